@@ -1,0 +1,227 @@
+//! Field-by-field descriptions of the wire structs, from which the C structs
+//! are generated. Tests check every Rust struct against its description
+//! (offsets and size), so the Rust and C layouts cannot drift apart.
+
+/// C field types. `Le*` are device-facing little-endian fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CType {
+    U8,
+    U16,
+    U32,
+    U64,
+    Le16,
+    Le32,
+    Le64,
+}
+
+impl CType {
+    pub fn size(self) -> usize {
+        match self {
+            CType::U8 => 1,
+            CType::U16 | CType::Le16 => 2,
+            CType::U32 | CType::Le32 => 4,
+            CType::U64 | CType::Le64 => 8,
+        }
+    }
+
+    pub fn c_name(self) -> &'static str {
+        match self {
+            CType::U8 => "__u8",
+            CType::U16 => "__u16",
+            CType::U32 => "__u32",
+            CType::U64 => "__u64",
+            CType::Le16 => "__le16",
+            CType::Le32 => "__le32",
+            CType::Le64 => "__le64",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub ctype: CType,
+    /// Array length; 1 for a scalar.
+    pub len: usize,
+    pub doc: &'static str,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StructDef {
+    /// C struct name.
+    pub name: &'static str,
+    pub doc: &'static str,
+    pub fields: &'static [Field],
+}
+
+const fn f(name: &'static str, ctype: CType, doc: &'static str) -> Field {
+    Field {
+        name,
+        ctype,
+        len: 1,
+        doc,
+    }
+}
+
+const fn arr(name: &'static str, ctype: CType, len: usize, doc: &'static str) -> Field {
+    Field {
+        name,
+        ctype,
+        len,
+        doc,
+    }
+}
+
+impl StructDef {
+    /// Field offsets under C's natural alignment rules, and the struct size.
+    pub fn offsets(&self) -> (Vec<(&'static str, usize)>, usize) {
+        let mut offset = 0usize;
+        let mut max_align = 1usize;
+        let mut out = Vec::with_capacity(self.fields.len());
+        for field in self.fields {
+            let align = field.ctype.size();
+            max_align = max_align.max(align);
+            offset = offset.next_multiple_of(align);
+            out.push((field.name, offset));
+            offset += align * field.len;
+        }
+        (out, offset.next_multiple_of(max_align))
+    }
+
+    /// True when the natural layout has no implicit padding (all wire structs
+    /// must be explicit about every byte).
+    pub fn has_no_padding(&self) -> bool {
+        let (offsets, size) = self.offsets();
+        let mut expected = 0usize;
+        for (field, (_, offset)) in self.fields.iter().zip(offsets) {
+            if offset != expected {
+                return false;
+            }
+            expected = offset + field.ctype.size() * field.len;
+        }
+        expected == size
+    }
+}
+
+use CType::{Le32, Le64, U16, U32, U64, U8};
+
+pub const IDENTITY: StructDef = StructDef {
+    name: "xxcap_identity",
+    doc: "Card identity: the device config-space layout (little-endian on the\n * device side) and the result of XXCAP_IOC_GET_INFO.",
+    fields: &[
+        f("magic", U32, "XXCAP_MAGIC"),
+        f("abi_version", U32, "XXCAP_ABI_VERSION of the card"),
+        f("model", U32, "XXCAP_MODEL_DOUBLE_X"),
+        f("revision", U32, "hardware revision"),
+        f("capabilities", U32, "XXCAP_CAP_* bits"),
+        f("max_commands", U32, "most commands per task file"),
+        f("card_ram_size", U64, "card RAM in bytes"),
+        f("status", U32, "XXCAP_STATUS_* bits at the time of reading"),
+        f("reserved0", U32, "zero"),
+        arr("serial", U8, 16, "NUL-padded serial number"),
+        arr("name", U8, 32, "NUL-padded product name"),
+        arr("reserved1", U32, 2, "zero"),
+    ],
+};
+
+pub const TASK_FILE_HEADER: StructDef = StructDef {
+    name: "xxcap_tf_header",
+    doc: "Task-file header, followed by `count` struct xxcap_cmd.",
+    fields: &[
+        f("error", U32, "out: XXCAP_TF_* error code"),
+        f("count", U32, "in: number of commands; out: index of the failing command"),
+        f("flags", U32, "in: zero"),
+        f("reserved", U32, "in: zero"),
+    ],
+};
+
+pub const COMMAND: StructDef = StructDef {
+    name: "xxcap_cmd",
+    doc: "One task-file command. Register ops use reg/value/mask; DMA ops use\n * reg as the direction, value as the buffer address, mask as the card-RAM\n * offset and length as the byte count (out: bytes transferred).\n * Unused fields must be zero.",
+    fields: &[
+        f("op", U16, "XXCAP_OP_*"),
+        f("reg", U16, "XXCAP_REG_* offset, or XXCAP_DMA_* direction"),
+        f("flags", U32, "zero"),
+        f("value", U64, "in/out value, or DMA buffer address"),
+        f("mask", U64, "SET_TO_REGISTER mask, or DMA card-RAM offset"),
+        f("length", U64, "DMA byte count; zero otherwise"),
+    ],
+};
+
+pub const EXEC: StructDef = StructDef {
+    name: "xxcap_exec",
+    doc: "Argument of XXCAP_IOC_EXEC: the task file is executed in place.",
+    fields: &[
+        f("task_file", U64, "user address of the task file"),
+        f("size", U32, "its size in bytes: header + count * command"),
+        f("flags", U32, "zero"),
+    ],
+};
+
+pub const VQ_REQUEST: StructDef = StructDef {
+    name: "xxcap_vq_request",
+    doc: "Start of every command-queue request (device-readable); the task\n * file follows.",
+    fields: &[
+        f("req_type", Le32, "XXCAP_REQ_*"),
+        f("flags", Le32, "zero"),
+        f("tag", Le64, "driver's request tag, echoed nowhere, for tracing"),
+    ],
+};
+
+pub const VQ_STATUS: StructDef = StructDef {
+    name: "xxcap_vq_status",
+    doc: "End of every command-queue request (device-writable), after the\n * task-file result.",
+    fields: &[
+        f("status", Le32, "XXCAP_VQ_* transport status"),
+        f("reserved", Le32, "zero"),
+    ],
+};
+
+/// User-visible structs (UAPI header).
+pub const UAPI_STRUCTS: &[StructDef] = &[IDENTITY, TASK_FILE_HEADER, COMMAND, EXEC];
+/// Device-facing structs (driver-private header).
+pub const DEVICE_STRUCTS: &[StructDef] = &[VQ_REQUEST, VQ_STATUS];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    /// Checks a Rust struct against its description: same field names in the
+    /// same order, same offsets, same size.
+    macro_rules! assert_layout {
+        ($ty:ty, $def:expr, $($field:ident),+ $(,)?) => {{
+            let def = $def;
+            let (offsets, size) = def.offsets();
+            let rust: Vec<(&str, usize)> = vec![$((stringify!($field), offset_of!($ty, $field))),+];
+            assert_eq!(rust, offsets, "{} field offsets", def.name);
+            assert_eq!(size_of::<$ty>(), size, "{} size", def.name);
+            assert!(def.has_no_padding(), "{} has implicit padding", def.name);
+        }};
+    }
+
+    #[test]
+    fn rust_structs_match_descriptions() {
+        assert_layout!(
+            crate::Identity,
+            IDENTITY,
+            magic,
+            abi_version,
+            model,
+            revision,
+            capabilities,
+            max_commands,
+            card_ram_size,
+            status,
+            reserved0,
+            serial,
+            name,
+            reserved1
+        );
+        assert_layout!(crate::TaskFileHeader, TASK_FILE_HEADER, error, count, flags, reserved);
+        assert_layout!(crate::Command, COMMAND, op, reg, flags, value, mask, length);
+        assert_layout!(crate::Exec, EXEC, task_file, size, flags);
+        assert_layout!(crate::VqRequest, VQ_REQUEST, req_type, flags, tag);
+        assert_layout!(crate::VqStatus, VQ_STATUS, status, reserved);
+    }
+}

@@ -1,0 +1,448 @@
+//! The xxcapture device ABI, written once.
+//!
+//! Everything that crosses a boundary is defined here: the virtio identity and
+//! queues, the device config-space layout, the register map with its
+//! writable-bit masks and value rules, the task-file wire format with its op
+//! codes and error codes, the virtqueue request framing and the guest ioctls.
+//!
+//! The C side is generated from this crate (`cargo run -p xxcapture-abi --bin
+//! xxcap-gen-headers`): `guest-driver/include/uapi/linux/xxcapture.h` and the
+//! driver's private register table. Tests fail when the checked-in headers and
+//! these definitions drift, and a compiled C probe checks sizes, offsets and
+//! ioctl numbers against the Rust values. `device-model/SPEC.md` is the prose.
+
+pub mod cgen;
+pub mod layout;
+pub mod regs;
+pub mod tf;
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+pub use regs::{Access, RegisterDesc, ValueRule, Width, REGISTERS};
+pub use tf::{ParseError, TaskFile, TaskFileResult};
+
+/// Default virtio device id. QEMU only accepts ids in its own name table; 31
+/// (the never-merged virtio-video decoder) has no Linux driver. The guest sees
+/// PCI `1af4:105f`. Overridable: `xxcapd --virtio-id`, the harness's
+/// `--virtio-id`, and the module's `XXCAPTURE_VIRTIO_ID` build variable.
+pub const VIRTIO_ID: u32 = 31;
+
+/// "XXCP" in little-endian byte order: the first word of config space and the
+/// value of the ID register.
+pub const MAGIC: u32 = 0x5043_5858;
+/// ABI version: major in the high half, minor in the low half. A driver must
+/// refuse a card whose major differs from its own.
+pub const ABI_VERSION: u32 = 0x0001_0000;
+pub const ABI_VERSION_MAJOR: u32 = ABI_VERSION >> 16;
+/// Model number of the "Double X" capture card.
+pub const MODEL_DOUBLE_X: u32 = 0x0000_D0B1;
+
+/// Capability bits, in config space and the CAPS register.
+pub mod caps {
+    /// Task files on the command queue.
+    pub const TASK_FILE: u32 = 1 << 0;
+    /// DMA between card RAM and guest memory (DMATransfer ops).
+    pub const DMA: u32 = 1 << 1;
+    /// Card RAM exposed as virtio shared-memory region 0.
+    pub const CARD_RAM_SHM: u32 = 1 << 2;
+    /// Event records on the event queue.
+    pub const EVENTS: u32 = 1 << 3;
+    /// Video capture into card RAM.
+    pub const CAPTURE: u32 = 1 << 4;
+}
+
+/// Device status bits, in config space and the STATUS register.
+pub mod status {
+    /// The card finished reset and accepts requests.
+    pub const READY: u32 = 1 << 0;
+    /// Capture is running.
+    pub const CAPTURING: u32 = 1 << 1;
+    /// A DMA transfer is in progress.
+    pub const DMA_BUSY: u32 = 1 << 2;
+    /// The last DMA transfer failed.
+    pub const DMA_ERROR: u32 = 1 << 3;
+}
+
+/// CONTROL register bits.
+pub mod control {
+    /// Card enabled.
+    pub const ENABLE: u32 = 1 << 0;
+    /// Start (1) or stop (0) capture.
+    pub const CAPTURE: u32 = 1 << 1;
+    /// Reset the DMA engine: self-clearing, reads back as 0.
+    pub const DMA_RESET: u32 = 1 << 2;
+}
+
+/// Interrupt causes: bits of INT_STATUS, INT_MASK, INT_ACK and INT_RAISE.
+pub mod irq {
+    pub const FRAME_DONE: u32 = 1 << 0;
+    pub const DMA_DONE: u32 = 1 << 1;
+    pub const DMA_ERROR: u32 = 1 << 2;
+    pub const OVERFLOW: u32 = 1 << 3;
+    /// Raised by writing INT_RAISE, for testing the interrupt path.
+    pub const TEST: u32 = 1 << 4;
+    pub const ALL: u32 = FRAME_DONE | DMA_DONE | DMA_ERROR | OVERFLOW | TEST;
+}
+
+/// Pixel formats (FRAME_FORMAT register values).
+pub mod format {
+    pub const YUYV: u32 = 1;
+    pub const NV12: u32 = 2;
+    pub const RGB24: u32 = 3;
+}
+
+/// Virtqueue indices.
+pub mod queue {
+    /// Driver-to-device requests (task files).
+    pub const COMMAND: u16 = 0;
+    /// Device-to-driver event records (buffers posted by the driver).
+    pub const EVENT: u16 = 1;
+    /// Number of virtqueues (QEMU `num_vqs`).
+    pub const COUNT: u16 = 2;
+}
+
+/// Size of the device config space; QEMU's `config_size` must equal it.
+pub const CONFIG_SIZE: usize = core::mem::size_of::<Identity>();
+
+/// Most commands one task file may carry.
+pub const MAX_COMMANDS: u32 = 4096;
+/// Size of a task-file header in bytes.
+pub const TF_HEADER_SIZE: usize = core::mem::size_of::<TaskFileHeader>();
+/// Size of one command block in bytes.
+pub const CMD_SIZE: usize = core::mem::size_of::<Command>();
+/// Largest valid task file in bytes.
+pub const MAX_TASK_FILE_SIZE: usize = TF_HEADER_SIZE + MAX_COMMANDS as usize * CMD_SIZE;
+
+/// Task-file op codes; the numbering is the seed's (Listing 4-15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Op {
+    GetAddress = 0,
+    GetRegister = 1,
+    SetAddress = 2,
+    SetRegister = 3,
+    ClearRegister = 4,
+    SetToRegister = 5,
+    DmaTransferBlock = 6,
+    DmaTransferNonBlock = 7,
+}
+
+impl Op {
+    pub const ALL: [Op; 8] = [
+        Op::GetAddress,
+        Op::GetRegister,
+        Op::SetAddress,
+        Op::SetRegister,
+        Op::ClearRegister,
+        Op::SetToRegister,
+        Op::DmaTransferBlock,
+        Op::DmaTransferNonBlock,
+    ];
+
+    pub fn from_raw(raw: u16) -> Option<Op> {
+        Op::ALL.get(usize::from(raw)).copied()
+    }
+
+    /// Name used in the C header (`XXCAP_OP_<NAME>`).
+    pub fn c_name(self) -> &'static str {
+        match self {
+            Op::GetAddress => "GET_ADDRESS",
+            Op::GetRegister => "GET_REGISTER",
+            Op::SetAddress => "SET_ADDRESS",
+            Op::SetRegister => "SET_REGISTER",
+            Op::ClearRegister => "CLEAR_REGISTER",
+            Op::SetToRegister => "SET_TO_REGISTER",
+            Op::DmaTransferBlock => "DMA_TRANSFER_BLOCK",
+            Op::DmaTransferNonBlock => "DMA_TRANSFER_NONBLOCK",
+        }
+    }
+}
+
+/// Task-file error codes, reported in the header's `error` field. The header's
+/// `count` then holds the index of the failing command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum TfError {
+    /// Every command executed.
+    Ok = 0,
+    /// Unknown op code.
+    BadOp = 1,
+    /// Unknown register offset, or a register of the wrong width for the op.
+    BadRegister = 2,
+    /// The command writes bits that are read-only.
+    ReadOnly = 3,
+    /// The value is not one the register accepts.
+    BadValue = 4,
+    /// The count is zero, above the maximum, or disagrees with the buffer size.
+    BadCount = 5,
+    /// A reserved or flags field is not zero.
+    Reserved = 6,
+    /// The op is defined but this card does not implement it yet.
+    NotSupported = 7,
+    /// A DMA transfer falls outside card RAM or has an invalid length.
+    DmaRange = 8,
+    /// A DMA transfer touched memory the caller does not own.
+    DmaFault = 9,
+    /// The device failed internally; the card was reset.
+    Device = 10,
+}
+
+impl TfError {
+    pub const ALL: [TfError; 11] = [
+        TfError::Ok,
+        TfError::BadOp,
+        TfError::BadRegister,
+        TfError::ReadOnly,
+        TfError::BadValue,
+        TfError::BadCount,
+        TfError::Reserved,
+        TfError::NotSupported,
+        TfError::DmaRange,
+        TfError::DmaFault,
+        TfError::Device,
+    ];
+
+    pub fn from_raw(raw: u32) -> Option<TfError> {
+        usize::try_from(raw)
+            .ok()
+            .and_then(|i| TfError::ALL.get(i))
+            .copied()
+    }
+
+    pub fn c_name(self) -> &'static str {
+        match self {
+            TfError::Ok => "OK",
+            TfError::BadOp => "BAD_OP",
+            TfError::BadRegister => "BAD_REGISTER",
+            TfError::ReadOnly => "READ_ONLY",
+            TfError::BadValue => "BAD_VALUE",
+            TfError::BadCount => "BAD_COUNT",
+            TfError::Reserved => "RESERVED",
+            TfError::NotSupported => "NOT_SUPPORTED",
+            TfError::DmaRange => "DMA_RANGE",
+            TfError::DmaFault => "DMA_FAULT",
+            TfError::Device => "DEVICE",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            TfError::Ok => "success",
+            TfError::BadOp => "unknown op code",
+            TfError::BadRegister => "unknown register or wrong register width for the op",
+            TfError::ReadOnly => "write to read-only bits",
+            TfError::BadValue => "value not accepted by the register",
+            TfError::BadCount => "command count zero, too large, or inconsistent with the buffer",
+            TfError::Reserved => "reserved field not zero",
+            TfError::NotSupported => "operation not supported by this card yet",
+            TfError::DmaRange => "DMA transfer outside card RAM or invalid length",
+            TfError::DmaFault => "DMA transfer touched memory the caller does not own",
+            TfError::Device => "internal device error",
+        }
+    }
+}
+
+/// DMA directions (the `reg` field of a DMA command).
+pub mod dma_dir {
+    /// From the caller's buffer into card RAM.
+    pub const TO_CARD: u16 = 0;
+    /// From card RAM into the caller's buffer.
+    pub const FROM_CARD: u16 = 1;
+}
+
+/// Card identity: the device config-space layout (little-endian, read-only)
+/// and the result of the GET_INFO ioctl.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Identity {
+    pub magic: U32,
+    pub abi_version: U32,
+    pub model: U32,
+    pub revision: U32,
+    pub capabilities: U32,
+    pub max_commands: U32,
+    pub card_ram_size: U64,
+    pub status: U32,
+    pub reserved0: U32,
+    pub serial: [u8; 16],
+    pub name: [u8; 32],
+    pub reserved1: [U32; 2],
+}
+
+/// Task-file header. In: `count` commands follow. Out: `error` and, in
+/// `count`, the index of the failing command (equal to the input count on
+/// success).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct TaskFileHeader {
+    pub error: U32,
+    pub count: U32,
+    pub flags: U32,
+    pub reserved: U32,
+}
+
+/// One command block. Field use by op:
+/// - GetRegister/GetAddress: `reg`; out `value`.
+/// - SetRegister/SetAddress: `reg`, `value`.
+/// - ClearRegister: `reg`.
+/// - SetToRegister: `reg`, `value`, `mask`: bits in `mask` take `value`'s bits.
+/// - DMA ops: `reg` is the direction, `value` the caller's buffer address,
+///   `mask` the card-RAM offset, `length` the byte count (out: transferred).
+///
+/// Unused fields must be zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Command {
+    pub op: U16,
+    pub reg: U16,
+    pub flags: U32,
+    pub value: U64,
+    pub mask: U64,
+    pub length: U64,
+}
+
+/// Argument of the EXEC ioctl: where the task file is and how long it is.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Exec {
+    pub task_file: U64,
+    pub size: U32,
+    pub flags: U32,
+}
+
+/// Request types on the command queue.
+pub mod req_type {
+    /// Execute the task file that follows the request header.
+    pub const EXEC_TASK_FILE: u32 = 1;
+}
+
+/// First bytes of every command-queue request (device-readable).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct VqRequest {
+    pub req_type: U32,
+    pub flags: U32,
+    pub tag: U64,
+}
+
+/// Last bytes of every command-queue request (device-writable).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct VqStatus {
+    pub status: U32,
+    pub reserved: U32,
+}
+
+/// Transport status of a command-queue request (`VqStatus::status`).
+pub mod vq_status {
+    /// The request was executed; task-file errors are in its header.
+    pub const OK: u32 = 0;
+    /// The descriptor chain was malformed (lengths, directions, addresses).
+    pub const BAD_REQUEST: u32 = 1;
+    /// Unknown request type or flags.
+    pub const UNSUPPORTED: u32 = 2;
+}
+
+/// Guest ioctl numbers (the `x` type, Linux `_IOC` encoding).
+pub mod ioctl {
+    use super::{Exec, Identity};
+
+    pub const TYPE: u8 = b'x';
+    const NRBITS: u32 = 8;
+    const TYPEBITS: u32 = 8;
+    const SIZEBITS: u32 = 14;
+    const NRSHIFT: u32 = 0;
+    const TYPESHIFT: u32 = NRSHIFT + NRBITS;
+    const SIZESHIFT: u32 = TYPESHIFT + TYPEBITS;
+    const DIRSHIFT: u32 = SIZESHIFT + SIZEBITS;
+    pub const DIR_NONE: u32 = 0;
+    pub const DIR_WRITE: u32 = 1;
+    pub const DIR_READ: u32 = 2;
+
+    /// The kernel's `_IOC(dir, type, nr, size)`.
+    pub const fn ioc(dir: u32, nr: u8, size: usize) -> u32 {
+        (dir << DIRSHIFT)
+            | ((TYPE as u32) << TYPESHIFT)
+            | ((nr as u32) << NRSHIFT)
+            | ((size as u32) << SIZESHIFT)
+    }
+
+    /// Does nothing: the floor of a kernel crossing.
+    pub const NOP_NR: u8 = 0x00;
+    /// Copies the card identity (cached at probe) out.
+    pub const GET_INFO_NR: u8 = 0x01;
+    /// Executes a task file in place.
+    pub const EXEC_NR: u8 = 0x02;
+
+    pub const NOP: u32 = ioc(DIR_NONE, NOP_NR, 0);
+    pub const GET_INFO: u32 = ioc(DIR_READ, GET_INFO_NR, core::mem::size_of::<Identity>());
+    pub const EXEC: u32 = ioc(DIR_READ | DIR_WRITE, EXEC_NR, core::mem::size_of::<Exec>());
+}
+
+/// Copies `text` into a fixed, NUL-padded byte field, truncating so that at
+/// least one NUL remains.
+pub fn fill_c_string(field: &mut [u8], text: &str) {
+    field.fill(0);
+    let len = text.len().min(field.len().saturating_sub(1));
+    field[..len].copy_from_slice(&text.as_bytes()[..len]);
+}
+
+/// Reads a NUL-padded byte field as text (lossy for non-UTF-8 bytes).
+pub fn read_c_string(field: &[u8]) -> String {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_the_documented_ones() {
+        assert_eq!(CONFIG_SIZE, 96);
+        assert!(CONFIG_SIZE <= 256, "QEMU refuses config_size above 256");
+        assert_eq!(TF_HEADER_SIZE, 16);
+        assert_eq!(CMD_SIZE, 32);
+        assert_eq!(core::mem::size_of::<Exec>(), 16);
+        assert_eq!(core::mem::size_of::<VqRequest>(), 16);
+        assert_eq!(core::mem::size_of::<VqStatus>(), 8);
+        assert_eq!(MAX_TASK_FILE_SIZE, 16 + 4096 * 32);
+    }
+
+    #[test]
+    fn magic_spells_xxcp() {
+        assert_eq!(&MAGIC.to_le_bytes(), b"XXCP");
+    }
+
+    #[test]
+    fn op_and_error_codes_round_trip() {
+        for op in Op::ALL {
+            assert_eq!(Op::from_raw(op as u16), Some(op));
+        }
+        assert_eq!(Op::from_raw(8), None);
+        for e in TfError::ALL {
+            assert_eq!(TfError::from_raw(e as u32), Some(e));
+        }
+        assert_eq!(TfError::from_raw(11), None);
+        assert_eq!(TfError::from_raw(u32::MAX), None);
+    }
+
+    #[test]
+    fn ioctl_numbers_match_linux_encoding() {
+        // _IOWR('x', 2, 16 bytes) computed by hand: dir 3, size 16, type 0x78, nr 2.
+        assert_eq!(ioctl::EXEC, (3 << 30) | (16 << 16) | (0x78 << 8) | 2);
+        assert_eq!(ioctl::GET_INFO, (2 << 30) | (96 << 16) | (0x78 << 8) | 1);
+        assert_eq!(ioctl::NOP, 0x7800);
+    }
+
+    #[test]
+    fn c_strings_truncate_and_terminate() {
+        let mut field = [0xffu8; 4];
+        fill_c_string(&mut field, "abcdef");
+        assert_eq!(&field, b"abc\0");
+        assert_eq!(read_c_string(&field), "abc");
+        fill_c_string(&mut field, "");
+        assert_eq!(read_c_string(&field), "");
+    }
+}

@@ -1,0 +1,165 @@
+/* SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR BSD-3-Clause) */
+/*
+ * xxcapture: user-space ABI of the emulated Double X video-capture card.
+ *
+ * Generated from device-model/abi by
+ *   cargo run -p xxcapture-abi --bin xxcap-gen-headers
+ * Do not edit: change the Rust definitions and regenerate. A test fails
+ * when this file and the Rust definitions differ.
+ */
+#ifndef _UAPI_LINUX_XXCAPTURE_H
+#define _UAPI_LINUX_XXCAPTURE_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define XXCAP_MAGIC	0x50435858U
+#define XXCAP_ABI_VERSION	0x00010000U
+#define XXCAP_MODEL_DOUBLE_X	0x0000d0b1U
+#define XXCAP_MAX_COMMANDS	4096
+
+/* Capability bits (identity.capabilities, register CAPS) */
+#define XXCAP_CAP_TASK_FILE	(1U << 0)
+#define XXCAP_CAP_DMA	(1U << 1)
+#define XXCAP_CAP_CARD_RAM_SHM	(1U << 2)
+#define XXCAP_CAP_EVENTS	(1U << 3)
+#define XXCAP_CAP_CAPTURE	(1U << 4)
+
+/* Status bits (identity.status, register STATUS) */
+#define XXCAP_STATUS_READY	(1U << 0)
+#define XXCAP_STATUS_CAPTURING	(1U << 1)
+#define XXCAP_STATUS_DMA_BUSY	(1U << 2)
+#define XXCAP_STATUS_DMA_ERROR	(1U << 3)
+
+/* Register CONTROL */
+#define XXCAP_CONTROL_ENABLE	(1U << 0)
+#define XXCAP_CONTROL_CAPTURE	(1U << 1)
+#define XXCAP_CONTROL_DMA_RESET	(1U << 2)
+
+/* Interrupt causes (INT_STATUS, INT_MASK, INT_ACK, INT_RAISE) */
+#define XXCAP_IRQ_FRAME_DONE	(1U << 0)
+#define XXCAP_IRQ_DMA_DONE	(1U << 1)
+#define XXCAP_IRQ_DMA_ERROR	(1U << 2)
+#define XXCAP_IRQ_OVERFLOW	(1U << 3)
+#define XXCAP_IRQ_TEST	(1U << 4)
+
+/* Pixel formats (register FRAME_FORMAT) */
+#define XXCAP_FORMAT_YUYV	1
+#define XXCAP_FORMAT_NV12	2
+#define XXCAP_FORMAT_RGB24	3
+
+/* DMA directions (the reg field of a DMA command) */
+#define XXCAP_DMA_TO_CARD	0
+#define XXCAP_DMA_FROM_CARD	1
+
+/* Registers: byte offsets, the reg field of a command */
+#define XXCAP_REG_ID	0x000
+#define XXCAP_REG_VERSION	0x004
+#define XXCAP_REG_CAPS	0x008
+#define XXCAP_REG_CONTROL	0x00c
+#define XXCAP_REG_STATUS	0x010
+#define XXCAP_REG_INT_STATUS	0x014
+#define XXCAP_REG_INT_MASK	0x018
+#define XXCAP_REG_INT_ACK	0x01c
+#define XXCAP_REG_INT_RAISE	0x020
+#define XXCAP_REG_INT_COALESCE_COUNT	0x024
+#define XXCAP_REG_INT_COALESCE_USEC	0x028
+#define XXCAP_REG_DMA_LENGTH	0x02c
+#define XXCAP_REG_DMA_DIRECTION	0x030
+#define XXCAP_REG_DMA_TRANSFERRED	0x034
+#define XXCAP_REG_FRAME_FORMAT	0x038
+#define XXCAP_REG_FRAME_WIDTH	0x03c
+#define XXCAP_REG_FRAME_HEIGHT	0x040
+#define XXCAP_REG_FRAME_RATE	0x044
+#define XXCAP_REG_FRAME_COUNTER	0x048
+#define XXCAP_REG_CARD_RAM_PAGES	0x04c
+#define XXCAP_REG_SCRATCH	0x050
+#define XXCAP_REG_REQUEST_COUNT	0x054
+#define XXCAP_REG_COMMAND_COUNT	0x058
+#define XXCAP_REG_DMA_CARD_ADDR	0x100
+#define XXCAP_REG_SCRATCH64	0x108
+#define XXCAP_REG_DEVICE_TIME_NS	0x110
+
+/* Task-file op codes */
+#define XXCAP_OP_GET_ADDRESS	0
+#define XXCAP_OP_GET_REGISTER	1
+#define XXCAP_OP_SET_ADDRESS	2
+#define XXCAP_OP_SET_REGISTER	3
+#define XXCAP_OP_CLEAR_REGISTER	4
+#define XXCAP_OP_SET_TO_REGISTER	5
+#define XXCAP_OP_DMA_TRANSFER_BLOCK	6
+#define XXCAP_OP_DMA_TRANSFER_NONBLOCK	7
+
+/* Task-file error codes (header.error) */
+#define XXCAP_TF_OK	0	/* success */
+#define XXCAP_TF_BAD_OP	1	/* unknown op code */
+#define XXCAP_TF_BAD_REGISTER	2	/* unknown register or wrong register width for the op */
+#define XXCAP_TF_READ_ONLY	3	/* write to read-only bits */
+#define XXCAP_TF_BAD_VALUE	4	/* value not accepted by the register */
+#define XXCAP_TF_BAD_COUNT	5	/* command count zero, too large, or inconsistent with the buffer */
+#define XXCAP_TF_RESERVED	6	/* reserved field not zero */
+#define XXCAP_TF_NOT_SUPPORTED	7	/* operation not supported by this card yet */
+#define XXCAP_TF_DMA_RANGE	8	/* DMA transfer outside card RAM or invalid length */
+#define XXCAP_TF_DMA_FAULT	9	/* DMA transfer touched memory the caller does not own */
+#define XXCAP_TF_DEVICE	10	/* internal device error */
+
+/*
+ * Card identity: the device config-space layout (little-endian on the
+ * device side) and the result of XXCAP_IOC_GET_INFO.
+ */
+struct xxcap_identity {
+	__u32 magic;	/* XXCAP_MAGIC */
+	__u32 abi_version;	/* XXCAP_ABI_VERSION of the card */
+	__u32 model;	/* XXCAP_MODEL_DOUBLE_X */
+	__u32 revision;	/* hardware revision */
+	__u32 capabilities;	/* XXCAP_CAP_* bits */
+	__u32 max_commands;	/* most commands per task file */
+	__u64 card_ram_size;	/* card RAM in bytes */
+	__u32 status;	/* XXCAP_STATUS_* bits at the time of reading */
+	__u32 reserved0;	/* zero */
+	__u8 serial[16];	/* NUL-padded serial number */
+	__u8 name[32];	/* NUL-padded product name */
+	__u32 reserved1[2];	/* zero */
+};
+
+/*
+ * Task-file header, followed by `count` struct xxcap_cmd.
+ */
+struct xxcap_tf_header {
+	__u32 error;	/* out: XXCAP_TF_* error code */
+	__u32 count;	/* in: number of commands; out: index of the failing command */
+	__u32 flags;	/* in: zero */
+	__u32 reserved;	/* in: zero */
+};
+
+/*
+ * One task-file command. Register ops use reg/value/mask; DMA ops use
+ * reg as the direction, value as the buffer address, mask as the card-RAM
+ * offset and length as the byte count (out: bytes transferred).
+ * Unused fields must be zero.
+ */
+struct xxcap_cmd {
+	__u16 op;	/* XXCAP_OP_* */
+	__u16 reg;	/* XXCAP_REG_* offset, or XXCAP_DMA_* direction */
+	__u32 flags;	/* zero */
+	__u64 value;	/* in/out value, or DMA buffer address */
+	__u64 mask;	/* SET_TO_REGISTER mask, or DMA card-RAM offset */
+	__u64 length;	/* DMA byte count; zero otherwise */
+};
+
+/*
+ * Argument of XXCAP_IOC_EXEC: the task file is executed in place.
+ */
+struct xxcap_exec {
+	__u64 task_file;	/* user address of the task file */
+	__u32 size;	/* its size in bytes: header + count * command */
+	__u32 flags;	/* zero */
+};
+
+/* ioctls on /dev/xxcaptureN */
+#define XXCAP_IOC_TYPE	'x'
+#define XXCAP_IOC_NOP	_IO(XXCAP_IOC_TYPE, 0x00)
+#define XXCAP_IOC_GET_INFO	_IOR(XXCAP_IOC_TYPE, 0x01, struct xxcap_identity)
+#define XXCAP_IOC_EXEC	_IOWR(XXCAP_IOC_TYPE, 0x02, struct xxcap_exec)
+
+#endif /* _UAPI_LINUX_XXCAPTURE_H */
