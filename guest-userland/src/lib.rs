@@ -1,0 +1,16 @@
+//! `xxcapture`: the device interface of the Double X capture card.
+//!
+//! Applications open a card and call functions; the library turns each call
+//! into a task file (a batch of register commands) and executes it with one
+//! ioctl, as the seed's device interface does. Register-level access stays
+//! available for tools and tests through [`Card::execute`] and
+//! [`Card::read_register`] / [`Card::write_register`].
+
+mod card;
+mod error;
+mod sys;
+
+pub use card::{Access, Card, FrameFormat, Info, PixelFormat};
+pub use error::{Error, Result};
+pub use xxcapture_abi as abi;
+pub use xxcapture_abi::{RegisterDesc, TaskFile, TaskFileResult, TfError};

@@ -1,0 +1,59 @@
+use std::path::PathBuf;
+
+use xxcapture_abi::TfError;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is busy: another process holds the card (controlling opens are exclusive)")]
+    Busy { path: PathBuf },
+    #[error("{call} failed: {source}")]
+    Ioctl {
+        call: &'static str,
+        source: nix::Error,
+    },
+    #[error("task file failed at command {index}: {} ({code:?})", code.description())]
+    Command { index: u32, code: TfError },
+    #[error("the card returned a task file this library cannot read")]
+    Protocol,
+    #[error("not an xxcapture card: magic {0:#010x}")]
+    BadMagic(u32),
+    #[error("card speaks ABI {card:#x}, this library speaks {library:#x}")]
+    AbiMismatch { card: u32, library: u32 },
+    #[error("unknown register {0:?} (see `xxcap regs list`)")]
+    UnknownRegister(String),
+    #[error("register {name} is {width}-bit; use the {wanted} accessors")]
+    RegisterWidth {
+        name: &'static str,
+        width: u32,
+        wanted: &'static str,
+    },
+    #[error("too many commands for one task file: {0} (at most {max})", max = xxcapture_abi::MAX_COMMANDS)]
+    TooManyCommands(usize),
+    #[error("cannot read {path}: {source}")]
+    Sysfs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid frame format: {0}")]
+    BadFormat(String),
+}
+
+impl Error {
+    /// The errno behind an ioctl or open failure, for callers that test the
+    /// driver's contract (EBUSY, EBADF, EINVAL, ...).
+    pub fn errno(&self) -> Option<nix::errno::Errno> {
+        match self {
+            Error::Ioctl { source, .. } => Some(*source),
+            Error::Open { source, .. } => source.raw_os_error().map(nix::errno::Errno::from_raw),
+            Error::Busy { .. } => Some(nix::errno::Errno::EBUSY),
+            _ => None,
+        }
+    }
+}
