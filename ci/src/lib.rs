@@ -1,0 +1,21 @@
+//! Hardware-in-the-loop harness for the xxcapture card: builds the guest
+//! pieces, boots QEMU (TCG by default) with `xxcapd` behind the card, and
+//! reads what the guest reports on its serial console.
+
+pub mod build;
+pub mod vm;
+
+pub use build::{build_all, Artifacts, Provisioned};
+pub use vm::{parse_steps, Accel, Mode, Step, Vm, VmOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing: {0}")]
+    Missing(String),
+    #[error("{0}")]
+    Step(String),
+    #[error("timeout: {0}")]
+    Timeout(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

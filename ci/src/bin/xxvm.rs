@@ -1,0 +1,137 @@
+//! `xxvm`: launch a VM with the xxcapture card (`cargo xxvm run|shell|build`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use xxcapture_hil::{build_all, parse_steps, Accel, Mode, Vm, VmOptions};
+
+#[derive(Parser)]
+#[command(name = "xxvm", about = "Boot a QEMU VM with the xxcapture card and drive it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Tcg,
+    Kvm,
+}
+
+#[derive(clap::Args, Clone)]
+struct VmArgs {
+    /// Accelerator: TCG works everywhere; KVM where /dev/kvm works.
+    #[arg(long, value_enum, default_value = "tcg")]
+    accel: AccelArg,
+    /// Seconds the guest may take before it is killed.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Card RAM size handed to xxcapd.
+    #[arg(long, default_value = "64M")]
+    card_ram: String,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 512)]
+    memory: u32,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Provision and build everything the VM needs.
+    Build,
+    /// Boot, load the driver, print what the card reports, run the selftest.
+    Run(VmArgs),
+    /// Boot into an interactive shell on the serial console (leave with
+    /// `poweroff -f`, or Ctrl-A X).
+    Shell(VmArgs),
+    /// Print the QEMU options that attach the card to a given xxcapd socket.
+    QemuArgs {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        memory: u32,
+    },
+}
+
+fn options(args: &VmArgs, mode: Mode) -> VmOptions {
+    VmOptions {
+        mode,
+        accel: match args.accel {
+            AccelArg::Tcg => Accel::Tcg,
+            AccelArg::Kvm => Accel::Kvm,
+        },
+        card_ram: args.card_ram.clone(),
+        guest_memory_mib: args.memory,
+        echo: true,
+        ..VmOptions::default()
+    }
+}
+
+fn boot(args: &VmArgs, mode: Mode) -> Result<ExitCode, xxcapture_hil::Error> {
+    let artifacts = build_all()?;
+    eprintln!(
+        "xxvm: booting Linux {} on QEMU {} ({}), card behind xxcapd",
+        artifacts.provisioned.kernel_abi,
+        artifacts.provisioned.qemu_version,
+        match args.accel {
+            AccelArg::Tcg => "TCG",
+            AccelArg::Kvm => "KVM",
+        }
+    );
+    let mut vm = Vm::start(&artifacts, &options(args, mode))?;
+    let qemu = vm.wait_guest(Duration::from_secs(args.timeout))?;
+    let backend = vm.wait_backend(Duration::from_secs(5))?;
+    let elapsed = vm.started().elapsed();
+    if mode == Mode::Shell {
+        eprintln!("xxvm: VM and xxcapd stopped (QEMU {qemu}, xxcapd {backend})");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let steps = parse_steps(&vm.console());
+    let failed: Vec<&str> = steps
+        .iter()
+        .filter(|s| s.rc != 0)
+        .map(|s| s.name.as_str())
+        .collect();
+    eprintln!(
+        "xxvm: {} guest steps, {} failed; wall time {:.1} s; QEMU {qemu}; xxcapd {backend}",
+        steps.len(),
+        failed.len(),
+        elapsed.as_secs_f64()
+    );
+    if steps.is_empty() || !failed.is_empty() || !qemu.success() || !backend.success() {
+        eprintln!("xxvm: FAILED {failed:?} (logs in target/hil-logs/)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Build => build_all().map(|a| {
+            println!("module    {}", a.module.display());
+            println!("xxcap     {}", a.xxcap.display());
+            println!("xxcapd    {}", a.xxcapd.display());
+            println!("initramfs {}", a.initramfs.display());
+            println!("kernel    {} ({})", a.provisioned.kernel.display(), a.provisioned.kernel_abi);
+            println!("qemu      {} ({})", a.provisioned.qemu.display(), a.provisioned.qemu_version);
+            ExitCode::SUCCESS
+        }),
+        Cmd::Run(args) => boot(&args, Mode::Run),
+        Cmd::Shell(args) => boot(&args, Mode::Shell),
+        Cmd::QemuArgs { socket, memory } => {
+            let args = xxcapture_hil::vm::card_qemu_args(&socket, xxcapture_abi_id(), memory);
+            println!("{}", args.join(" "));
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("xxvm: {err}");
+        ExitCode::FAILURE
+    })
+}
+
+fn xxcapture_abi_id() -> u32 {
+    xxcapture_hil::VmOptions::default().virtio_id
+}

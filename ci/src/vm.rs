@@ -1,0 +1,392 @@
+//! One VM with the card: `xxcapd` on a vhost-user socket and QEMU connected
+//! to it. Dropping a `Vm` kills whatever is still running, so no process
+//! outlives the harness.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::build::{repo_root, Artifacts};
+use crate::{Error, Result};
+
+/// What the guest's /init does (`xxcap.mode=` on the kernel command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Load the driver, print the card info, run the selftest.
+    Run,
+    /// The HIL test sequence.
+    Test,
+    /// An interactive shell on the serial console.
+    Shell,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+            Mode::Test => "test",
+            Mode::Shell => "shell",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+#[derive(Clone, Debug)]
+pub struct VmOptions {
+    pub mode: Mode,
+    pub accel: Accel,
+    pub virtio_id: u32,
+    pub guest_memory_mib: u32,
+    pub card_ram: String,
+    /// Echo the guest console to our stdout as it arrives.
+    pub echo: bool,
+    /// Where console and backend logs are kept.
+    pub log_dir: PathBuf,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Run,
+            accel: Accel::Tcg,
+            virtio_id: xxcapture_abi::VIRTIO_ID,
+            guest_memory_mib: 512,
+            card_ram: "64M".into(),
+            echo: false,
+            log_dir: repo_root().join("target/hil-logs"),
+        }
+    }
+}
+
+/// The QEMU arguments that attach the card: also what `xxvm qemu-args`
+/// prints for people who write their own command line.
+pub fn card_qemu_args(socket: &Path, virtio_id: u32, guest_memory_mib: u32) -> Vec<String> {
+    vec![
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={guest_memory_mib}M,share=on"),
+        "-numa".into(),
+        "node,memdev=mem".into(),
+        "-m".into(),
+        format!("{guest_memory_mib}M"),
+        "-chardev".into(),
+        format!("socket,id=xxcap0,path={}", socket.display()),
+        "-device".into(),
+        format!(
+            "vhost-user-test-device-pci,id=card0,chardev=xxcap0,virtio-id={virtio_id},num_vqs={},vq_size=256,config_size={}",
+            xxcapture_abi::queue::COUNT,
+            xxcapture_abi::CONFIG_SIZE
+        ),
+    ]
+}
+
+/// A running VM.
+pub struct Vm {
+    _workdir: tempfile::TempDir,
+    xxcapd: Option<Child>,
+    qemu: Option<Child>,
+    console: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+    started: Instant,
+    log_dir: PathBuf,
+}
+
+fn wait_deadline(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| Error::Step(format!("wait: {e}")))?
+        {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Vm {
+    /// Starts `xxcapd`, waits for its socket, then boots QEMU.
+    pub fn start(artifacts: &Artifacts, opts: &VmOptions) -> Result<Vm> {
+        let workdir = tempfile::Builder::new()
+            .prefix("xxvm-")
+            .tempdir()
+            .map_err(|e| Error::Step(format!("temp dir: {e}")))?;
+        std::fs::create_dir_all(&opts.log_dir)
+            .map_err(|e| Error::Step(format!("create {}: {e}", opts.log_dir.display())))?;
+        let socket = workdir.path().join("xxcap.sock");
+        let backend_log = opts.log_dir.join("xxcapd.log");
+        let log_file = File::create(&backend_log)
+            .map_err(|e| Error::Step(format!("create {}: {e}", backend_log.display())))?;
+
+        let mut xxcapd = Command::new(&artifacts.xxcapd)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--card-ram-size")
+            .arg(&opts.card_ram)
+            .arg("-v")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| Error::Step(format!("start {}: {e}", artifacts.xxcapd.display())))?;
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if let Ok(Some(status)) = xxcapd.try_wait() {
+                return Err(Error::Step(format!(
+                    "xxcapd exited ({status}) before listening:\n{}",
+                    tail(&backend_log, 20)
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = xxcapd.kill();
+                let _ = xxcapd.wait();
+                return Err(Error::Step("xxcapd did not create its socket within 10 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        let p = &artifacts.provisioned;
+        let mut qemu = Command::new(&p.qemu);
+        match opts.accel {
+            Accel::Tcg => qemu.args(["-accel", "tcg"]),
+            Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
+        };
+        qemu.args(["-smp", "1", "-nodefaults", "-no-reboot", "-display", "none"])
+            .args(card_qemu_args(&socket, opts.virtio_id, opts.guest_memory_mib))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", workdir.path().join("qmp.sock").display()))
+            .arg("-kernel")
+            .arg(&p.kernel)
+            .arg("-initrd")
+            .arg(&artifacts.initramfs)
+            .arg("-append")
+            .arg(format!(
+                "console=ttyS0 panic=-1 quiet loglevel=4 xxcap.mode={}",
+                opts.mode.as_str()
+            ));
+        let interactive = opts.mode == Mode::Shell;
+        if interactive {
+            qemu.args(["-serial", "mon:stdio"]);
+        } else {
+            qemu.args(["-serial", "stdio", "-monitor", "none"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped());
+        }
+        let started = Instant::now();
+        let mut qemu = match qemu.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = xxcapd.kill();
+                let _ = xxcapd.wait();
+                return Err(Error::Step(format!("start {}: {e}", p.qemu.display())));
+            }
+        };
+
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let reader = qemu.stdout.take().map(|out| {
+            let console = Arc::clone(&console);
+            let echo = opts.echo;
+            let log_path = opts.log_dir.join("console.log");
+            std::thread::spawn(move || {
+                let mut log = File::create(log_path).ok();
+                for line in BufReader::new(out).split(b'\n').map_while(|l| l.ok()) {
+                    let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                    if echo {
+                        println!("{text}");
+                    }
+                    if let Some(f) = log.as_mut() {
+                        let _ = writeln!(f, "{text}");
+                    }
+                    if let Ok(mut lines) = console.lock() {
+                        lines.push(text);
+                    }
+                }
+            })
+        });
+        Ok(Vm {
+            _workdir: workdir,
+            xxcapd: Some(xxcapd),
+            qemu: Some(qemu),
+            console,
+            reader,
+            started,
+            log_dir: opts.log_dir.clone(),
+        })
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Waits for QEMU to exit (the guest powers off at the end of its
+    /// script); kills it after `timeout`.
+    pub fn wait_guest(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let Some(qemu) = self.qemu.as_mut() else {
+            return Err(Error::Step("QEMU already reaped".into()));
+        };
+        match wait_deadline(qemu, timeout)? {
+            Some(status) => {
+                self.qemu = None;
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                Ok(status)
+            }
+            None => {
+                let _ = qemu.kill();
+                let _ = qemu.wait();
+                self.qemu = None;
+                Err(Error::Timeout(format!(
+                    "the guest did not finish within {} s; console tail:\n{}",
+                    timeout.as_secs(),
+                    self.console_tail(30)
+                )))
+            }
+        }
+    }
+
+    /// Waits for `xxcapd` to exit on its own (it does when QEMU disconnects);
+    /// sends SIGTERM after `grace`, SIGKILL after twice that.
+    pub fn wait_backend(&mut self, grace: Duration) -> Result<ExitStatus> {
+        let Some(child) = self.xxcapd.as_mut() else {
+            return Err(Error::Step("xxcapd already reaped".into()));
+        };
+        let status = match wait_deadline(child, grace)? {
+            Some(status) => status,
+            None => {
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+                match wait_deadline(child, grace)? {
+                    Some(status) => status,
+                    None => {
+                        let _ = child.kill();
+                        child.wait().map_err(|e| Error::Step(format!("wait xxcapd: {e}")))?
+                    }
+                }
+            }
+        };
+        self.xxcapd = None;
+        Ok(status)
+    }
+
+    pub fn console(&self) -> Vec<String> {
+        self.console.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn console_tail(&self, n: usize) -> String {
+        let lines = self.console();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    pub fn backend_log(&self) -> String {
+        std::fs::read_to_string(self.log_dir.join("xxcapd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        for child in [self.qemu.as_mut(), self.xxcapd.as_mut()].into_iter().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// One framed step of the guest script.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub name: String,
+    pub rc: i32,
+    pub output: Vec<String>,
+    /// Guest uptime in seconds when the step ended.
+    pub uptime: f64,
+}
+
+/// The guest's steps, parsed from the console.
+pub fn parse_steps(lines: &[String]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in lines {
+        if let Some(name) = line.strip_prefix("XXCAP-STEP-BEGIN ") {
+            current = Some((name.trim().to_string(), Vec::new()));
+        } else if let Some(rest) = line.strip_prefix("XXCAP-STEP-END ") {
+            let mut fields = rest.split_whitespace();
+            let name = fields.next().unwrap_or_default().to_string();
+            let mut rc = -1;
+            let mut uptime = 0.0;
+            for f in fields {
+                if let Some(v) = f.strip_prefix("rc=") {
+                    rc = v.parse().unwrap_or(-1);
+                } else if let Some(v) = f.strip_prefix("uptime=") {
+                    uptime = v.parse().unwrap_or(0.0);
+                }
+            }
+            let output = match current.take() {
+                Some((begun, out)) if begun == name => out,
+                _ => Vec::new(),
+            };
+            steps.push(Step {
+                name,
+                rc,
+                output,
+                uptime,
+            });
+        } else if let Some((_, out)) = current.as_mut() {
+            out.push(line.clone());
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_framed() {
+        let lines: Vec<String> = [
+            "noise",
+            "XXCAP-STEP-BEGIN info",
+            "card /dev/xxcapture0",
+            "XXCAP-STEP-END info rc=0 uptime=3.21",
+            "XXCAP-STEP-BEGIN selftest",
+            "selftest: FAIL x",
+            "XXCAP-STEP-END selftest rc=1 uptime=4.5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let steps = parse_steps(&lines);
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[0].name, "info");
+        assert_eq!(steps[0].rc, 0);
+        assert_eq!(steps[0].output, vec!["card /dev/xxcapture0".to_string()]);
+        assert_eq!(steps[1].rc, 1);
+        assert!((steps[1].uptime - 4.5).abs() < 1e-9);
+    }
+}
