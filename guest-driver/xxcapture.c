@@ -336,7 +336,7 @@ static void xxcap_cmd_done(struct virtqueue *vq)
 		virtqueue_disable_cb(vq);
 		while ((req = virtqueue_get_buf(vq, &len))) {
 			card->n_inflight--;
-			card->done_seq++;
+			WRITE_ONCE(card->done_seq, card->done_seq + 1);
 			any = true;
 			req->used_len = len;
 			req->result = 0;
@@ -359,6 +359,12 @@ static void xxcap_cmd_done(struct virtqueue *vq)
 		wake_up_all(&card->slot_wq);
 }
 
+/* A request came back (or the card went away) since @seq was read. */
+static bool xxcap_slot_news(struct xxcap_card *card, unsigned long seq)
+{
+	return READ_ONCE(card->done_seq) != seq || READ_ONCE(card->gone);
+}
+
 /*
  * Hands @req to the device. Waits (interruptibly, until @deadline) while the
  * queue is full. On success the device owns @req.
@@ -369,6 +375,7 @@ static int xxcap_submit(struct xxcap_card *card, struct xxcap_req *req,
 	struct scatterlist *sgs[2] = { req->sg_in, req->sg_out };
 	struct xxcap_vq_request *vreq = req->in;
 	const struct xxcap_tf_header *hdr = req->in + sizeof(*vreq);
+	u32 count = hdr->count;
 	unsigned long seq;
 	long left;
 	int ret;
@@ -392,13 +399,15 @@ static int xxcap_submit(struct xxcap_card *card, struct xxcap_req *req,
 		} else if (ret == -ENOSPC && !card->n_inflight) {
 			/* Will never fit: the ring is smaller than the request. */
 			ret = -EIO;
+			dev_err_ratelimited(&card->dev,
+					    "request does not fit the command queue\n");
 		}
 		seq = card->done_seq;
 		spin_unlock_irq(&card->lock);
 
 		if (!ret) {
 			atomic64_inc(&card->requests);
-			atomic64_add(hdr->count, &card->commands);
+			atomic64_add(count, &card->commands);
 			return 0;
 		}
 		if (ret != -ENOSPC)
@@ -408,10 +417,10 @@ static int xxcap_submit(struct xxcap_card *card, struct xxcap_req *req,
 		if (left <= 0)
 			return -ETIMEDOUT;
 		left = wait_event_interruptible_timeout(card->slot_wq,
-				READ_ONCE(card->done_seq) != seq ||
-				READ_ONCE(card->gone), left);
+							xxcap_slot_news(card, seq),
+							left);
 		if (left < 0)
-			return -EINTR;
+			return -ERESTARTSYS;	/* nothing sent yet: restartable */
 		if (left == 0)
 			return -ETIMEDOUT;
 	}
@@ -643,9 +652,10 @@ static ssize_t field##_show(struct device *dev,				\
 			    struct device_attribute *attr, char *buf)	\
 {									\
 	const u8 *s = to_xxcap_card(dev)->id.field;			\
+	size_t len = xxcap_str_len(s, sizeof_field(struct xxcap_identity, \
+						   field));		\
 									\
-	return sysfs_emit(buf, "%.*s\n",				\
-			  (int)xxcap_str_len(s, sizeof(to_xxcap_card(dev)->id.field)), s); \
+	return sysfs_emit(buf, "%.*s\n", (int)len, s);			\
 }									\
 static DEVICE_ATTR_RO(field)
 
@@ -851,7 +861,7 @@ static void xxcap_remove(struct virtio_device *vdev)
 			complete(&req->done);
 	}
 	WARN_ON(card->n_inflight);
-	card->done_seq++;
+	WRITE_ONCE(card->done_seq, card->done_seq + 1);
 	spin_unlock_irq(&card->lock);
 
 	vdev->config->del_vqs(vdev);

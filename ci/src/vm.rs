@@ -96,7 +96,7 @@ pub struct Vm {
     _workdir: tempfile::TempDir,
     xxcapd: Option<Child>,
     qemu: Option<Child>,
-    console: Arc<Mutex<Vec<String>>>,
+    console: Arc<Mutex<Vec<(Duration, String)>>>,
     reader: Option<JoinHandle<()>>,
     started: Instant,
     log_dir: PathBuf,
@@ -209,6 +209,7 @@ impl Vm {
             let echo = opts.echo;
             let log_path = opts.log_dir.join("console.log");
             std::thread::spawn(move || {
+                let started = started;
                 let mut log = File::create(log_path).ok();
                 for line in BufReader::new(out).split(b'\n').map_while(|l| l.ok()) {
                     let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
@@ -219,7 +220,7 @@ impl Vm {
                         let _ = writeln!(f, "{text}");
                     }
                     if let Ok(mut lines) = console.lock() {
-                        lines.push(text);
+                        lines.push((started.elapsed(), text));
                     }
                 }
             })
@@ -292,6 +293,11 @@ impl Vm {
     }
 
     pub fn console(&self) -> Vec<String> {
+        self.console_timed().into_iter().map(|(_, line)| line).collect()
+    }
+
+    /// Console lines with the wall time since QEMU started.
+    pub fn console_timed(&self) -> Vec<(Duration, String)> {
         self.console.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
