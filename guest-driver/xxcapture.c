@@ -52,9 +52,8 @@
 #endif
 
 #define XXCAP_MAX_CARDS		64
-#define XXCAP_HDR_SIZE		sizeof(struct xxcap_tf_header)
-#define XXCAP_CMD_SIZE		sizeof(struct xxcap_cmd)
-#define XXCAP_MAX_TF_SIZE	(XXCAP_HDR_SIZE + XXCAP_MAX_COMMANDS * XXCAP_CMD_SIZE)
+#define XXCAP_HDR_SIZE		XXCAP_TF_HEADER_SIZE
+#define XXCAP_MAX_TF_SIZE	XXCAP_MAX_TASK_FILE_SIZE
 /* Largest buffer in a request: request header + task file */
 #define XXCAP_MAX_BUF_SIZE	(sizeof(struct xxcap_vq_request) + XXCAP_MAX_TF_SIZE)
 /* One entry per page touched, for any alignment of the buffer */
@@ -119,7 +118,6 @@ struct xxcap_req {
 	struct completion done;
 	void *in;			/* vq_request + task file (device-readable) */
 	void *out;			/* result + vq_status (device-writable) */
-	u32 tf_size;
 	u32 used_len;
 	int result;			/* 0: returned by the device; or -ENODEV */
 	bool completed;			/* under card->lock */
@@ -480,7 +478,6 @@ static int xxcap_exec(struct xxcap_card *card, void __user *argp)
 		return -ENOMEM;
 	init_completion(&req->done);
 	INIT_LIST_HEAD(&req->node);
-	req->tf_size = arg.size;
 	req->in = kvmalloc(sizeof(*vreq) + arg.size, GFP_KERNEL_ACCOUNT);
 	if (!req->in) {
 		ret = -ENOMEM;
@@ -703,19 +700,25 @@ static int xxcap_read_identity(struct xxcap_card *card)
 	u8 raw[XXCAP_CONFIG_SIZE];
 
 	BUILD_BUG_ON(sizeof(struct xxcap_identity) != XXCAP_CONFIG_SIZE);
-	BUILD_BUG_ON(sizeof(id->serial) + sizeof(id->name) +
-		     sizeof(id->reserved1) !=
-		     XXCAP_CONFIG_SIZE - offsetof(struct xxcap_identity, serial));
+	BUILD_BUG_ON(XXCAP_CONFIG_SIZE % sizeof(u32));
+	BUILD_BUG_ON(sizeof(struct xxcap_tf_header) != XXCAP_TF_HEADER_SIZE);
+	BUILD_BUG_ON(sizeof(struct xxcap_cmd) != XXCAP_CMD_SIZE);
 
 	/*
 	 * Every config access is a round trip to the backend: read whole
-	 * 32-bit words (24 accesses) rather than bytes (96).
+	 * 32-bit words (24 accesses) rather than bytes (96). The magic comes
+	 * first, so that a foreign device is left alone after one access.
 	 */
-	__virtio_cread_many(card->vdev, 0, raw, XXCAP_CONFIG_SIZE / sizeof(u32),
-			    sizeof(u32));
+	__virtio_cread_many(card->vdev, 0, raw, 1, sizeof(u32));
+	id->magic = get_unaligned_le32(raw);
+	if (id->magic != XXCAP_MAGIC) {
+		dev_err(&card->vdev->dev, "bad magic 0x%08x\n", id->magic);
+		return -ENODEV;
+	}
+	__virtio_cread_many(card->vdev, sizeof(u32), raw + sizeof(u32),
+			    XXCAP_CONFIG_SIZE / sizeof(u32) - 1, sizeof(u32));
 
 #define XXCAP_LE32(f) get_unaligned_le32(raw + offsetof(struct xxcap_identity, f))
-	id->magic = XXCAP_LE32(magic);
 	id->abi_version = XXCAP_LE32(abi_version);
 	id->model = XXCAP_LE32(model);
 	id->revision = XXCAP_LE32(revision);
@@ -733,10 +736,6 @@ static int xxcap_read_identity(struct xxcap_card *card)
 	memcpy(id->name, raw + offsetof(struct xxcap_identity, name),
 	       sizeof(id->name));
 
-	if (id->magic != XXCAP_MAGIC) {
-		dev_err(&card->vdev->dev, "bad magic 0x%08x\n", id->magic);
-		return -ENODEV;
-	}
 	if ((id->abi_version >> 16) != XXCAP_ABI_VERSION_MAJOR) {
 		dev_err(&card->vdev->dev, "unsupported ABI version 0x%08x\n",
 			id->abi_version);

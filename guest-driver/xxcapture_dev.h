@@ -10,6 +10,7 @@
 #ifndef _XXCAPTURE_DEV_H
 #define _XXCAPTURE_DEV_H
 
+#include <linux/kernel.h>
 #include <linux/types.h>
 #include <uapi/linux/xxcapture.h>
 

@@ -317,7 +317,10 @@ mod tests {
 
     fn status_at(mem: &GuestMemoryMmap, addr: u64) -> u32 {
         let raw = get(mem, addr, STATUS_SIZE);
-        VqStatus::read_from_bytes(&raw).expect("status").status.get()
+        VqStatus::read_from_bytes(&raw)
+            .expect("status")
+            .status
+            .get()
     }
 
     /// Builds `descs` as one chain on a mock queue and processes it.
@@ -435,11 +438,7 @@ mod tests {
             mem.write_obj(raw, GuestAddress(table + 16 * i as u64))
                 .expect("table");
         }
-        let head = [desc(
-            table,
-            (16 * n) as u32,
-            VRING_DESC_F_INDIRECT as u16,
-        )];
+        let head = [desc(table, (16 * n) as u32, VRING_DESC_F_INDIRECT as u16)];
         let c = run(&mem, &mut card, &head);
         check_executed(&mem, out, MAX_COMMANDS, c);
     }
@@ -452,10 +451,7 @@ mod tests {
         let req = request(req_type::EXEC_TASK_FILE, 0, &tf);
         put(&mem, DATA, &req);
         let out = 0x20_0000;
-        let descs = [
-            desc(DATA, req.len() as u32, 0),
-            desc(out, 4096, W),
-        ];
+        let descs = [desc(DATA, req.len() as u32, 0), desc(out, 4096, W)];
         let c = run(&mem, &mut card, &descs);
         check_executed(&mem, out, 3, c);
     }
@@ -482,7 +478,12 @@ mod tests {
 
     /// Runs a chain that must be rejected with `status` written at the end of
     /// the `wlen`-byte writable area at `out`, without touching the card.
-    fn expect_rejected(descs: &[RawDescriptor], mem: &GuestMemoryMmap, out: u64, wlen: u32) -> ChainError {
+    fn expect_rejected(
+        descs: &[RawDescriptor],
+        mem: &GuestMemoryMmap,
+        out: u64,
+        wlen: u32,
+    ) -> ChainError {
         let mut card = card();
         let c = run(mem, &mut card, descs);
         assert_eq!(card.request_count(), 0, "card must not run");
@@ -490,7 +491,10 @@ mod tests {
         let Disposition::Rejected(e) = c.disposition else {
             panic!("not rejected: {c:?}");
         };
-        assert_eq!(status_at(mem, out + u64::from(wlen) - STATUS_SIZE as u64), e.status());
+        assert_eq!(
+            status_at(mem, out + u64::from(wlen) - STATUS_SIZE as u64),
+            e.status()
+        );
         e
     }
 
@@ -594,7 +598,12 @@ mod tests {
         let tf = task_file(2);
         let out = 0x20_0000;
         let wlen = (tf.len() + STATUS_SIZE) as u32;
-        for (req_type, flags) in [(0u32, 0u32), (2, 0), (u32::MAX, 0), (req_type::EXEC_TASK_FILE, 1)] {
+        for (req_type, flags) in [
+            (0u32, 0u32),
+            (2, 0),
+            (u32::MAX, 0),
+            (req_type::EXEC_TASK_FILE, 1),
+        ] {
             let req = request(req_type, flags, &tf);
             put(&mem, DATA, &req);
             let descs = [desc(DATA, req.len() as u32, 0), desc(out, wlen, W)];
@@ -637,7 +646,11 @@ mod tests {
         ));
         mem.write_obj(inner, GuestAddress(table)).expect("table");
         let mut card = card();
-        let c = run(&mem, &mut card, &[desc(table, 16, VRING_DESC_F_INDIRECT as u16)]);
+        let c = run(
+            &mem,
+            &mut card,
+            &[desc(table, 16, VRING_DESC_F_INDIRECT as u16)],
+        );
         assert_eq!(c.used_len, 0);
         assert_eq!(card.request_count(), 0);
     }
@@ -655,7 +668,7 @@ mod tests {
                     any::<u64>(), DATA..MEM_SIZE
                 ],
                 prop_oneof![0u32..64, 0u32..0x3_0000, any::<u32>()],
-                any::<bool>()),
+                prop_oneof![Just(0u16), Just(W), Just(VRING_DESC_F_INDIRECT as u16), any::<u16>()]),
                 0..12),
             req_type in prop_oneof![Just(req_type::EXEC_TASK_FILE), any::<u32>()],
             count in 0u32..8,
@@ -664,9 +677,15 @@ mod tests {
             put(&mem, DATA, &request(req_type, 0, &task_file(count)));
             let descs: Vec<_> = parts
                 .iter()
-                .map(|&(addr, len, write)| desc(addr, len, if write { W } else { 0 }))
+                .map(|&(addr, len, flags)| desc(addr, len, flags))
                 .collect();
-            let writable: u64 = parts.iter().filter(|p| p.2).map(|p| u64::from(p.1)).sum();
+            // An upper bound: indirect tables can only be read from guest
+            // memory, which holds no writable descriptors here.
+            let writable: u64 = parts
+                .iter()
+                .filter(|p| p.2 & W != 0)
+                .map(|p| u64::from(p.1))
+                .sum();
             let mut card = card();
             if descs.is_empty() {
                 return Ok(());

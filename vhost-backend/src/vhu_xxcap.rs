@@ -14,7 +14,9 @@ use log::{debug, error, info, trace, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -29,11 +31,13 @@ pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
 /// Largest virtqueue the backend accepts (QEMU's `vq_size` must not exceed it).
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
-/// Virtio features offered to the driver.
-pub const FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
+/// Virtio features always offered to the driver.
+pub const BASE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-    | (1 << VIRTIO_RING_F_EVENT_IDX)
     | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+/// Offered unless disabled (`xxcapd --no-event-idx`).
+pub const EVENT_IDX_FEATURE: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 
 /// vhost-user protocol features offered to the frontend.
 pub fn protocol_features() -> VhostUserProtocolFeatures {
@@ -83,17 +87,31 @@ pub struct XxcapBackend {
     /// flight to complete, as the vhost-user-backend documentation asks.
     card: Mutex<Card>,
     mem: Mutex<Option<GuestMemory>>,
+    features: u64,
     event_idx: AtomicBool,
+    /// Set while the device is stopped: the first command-queue event after
+    /// the next start resets the card once more, so that DEVICE_TIME_NS
+    /// counts from the start rather than from the stop.
+    rebase_on_start: AtomicBool,
     counters: Arc<Counters>,
     epoch: Instant,
 }
 
 impl XxcapBackend {
-    pub fn new(card: Card) -> Self {
+    /// A backend for `card`; `event_idx` says whether VIRTIO_RING_F_EVENT_IDX
+    /// is offered.
+    pub fn new(card: Card, event_idx: bool) -> Self {
+        let features = if event_idx {
+            BASE_FEATURES | EVENT_IDX_FEATURE
+        } else {
+            BASE_FEATURES
+        };
         XxcapBackend {
             card: Mutex::new(card),
             mem: Mutex::new(None),
+            features,
             event_idx: AtomicBool::new(false),
+            rebase_on_start: AtomicBool::new(true),
             counters: Arc::new(Counters::default()),
             epoch: Instant::now(),
         }
@@ -134,6 +152,12 @@ impl XxcapBackend {
             return;
         };
         let mut card = self.card();
+        if self.rebase_on_start.swap(false, Ordering::AcqRel) {
+            // Nothing can change the card while the device is stopped, so
+            // this only moves time zero to the start (not counted).
+            card.reset(self.now_ns());
+            debug!("device started");
+        }
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         loop {
             if event_idx {
@@ -218,7 +242,7 @@ impl VhostUserBackend for XxcapBackend {
     }
 
     fn features(&self) -> u64 {
-        FEATURES
+        self.features
     }
 
     fn acked_features(&self, features: u64) {
@@ -242,7 +266,9 @@ impl VhostUserBackend for XxcapBackend {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         let space = self.card().config_space();
-        let start = usize::try_from(offset).unwrap_or(CONFIG_SIZE).min(CONFIG_SIZE);
+        let start = usize::try_from(offset)
+            .unwrap_or(CONFIG_SIZE)
+            .min(CONFIG_SIZE);
         let len = usize::try_from(size).unwrap_or(CONFIG_SIZE);
         let end = start.saturating_add(len).min(CONFIG_SIZE);
         if end - start != len {
@@ -279,11 +305,15 @@ impl VhostUserBackend for XxcapBackend {
     /// here (not on the next start) means the guest's probe, which reads
     /// config space before DRIVER_OK, already sees the power-on card.
     /// Taking the card lock also waits for a batch in flight to finish.
+    /// When the device starts again, the library calls `handle_event` for
+    /// each vring as it is enabled, even without a kick; the first such call
+    /// for the command queue re-bases the card's clock (`rebase_on_start`).
     /// Cost: pausing the VM (`stop`/`cont`) resets the card too.
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         debug!("vring {queue_index} stopped");
         if queue_index == u32::from(queue::COMMAND) {
             self.reset_card("command queue stopped");
+            self.rebase_on_start.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -326,7 +356,7 @@ mod tests {
     use zerocopy::{FromBytes, IntoBytes};
 
     fn backend() -> XxcapBackend {
-        XxcapBackend::new(Card::new(CardConfig::default()).expect("card"))
+        XxcapBackend::new(Card::new(CardConfig::default()).expect("card"), true)
     }
 
     #[test]
@@ -337,6 +367,8 @@ mod tests {
         for bit in [32, 28, 29, 30] {
             assert_ne!(b.features() & (1 << bit), 0, "feature bit {bit}");
         }
+        let no_idx = XxcapBackend::new(Card::new(CardConfig::default()).expect("card"), false);
+        assert_eq!(no_idx.features() & (1 << 29), 0);
         let p = b.protocol_features();
         assert!(p.contains(VhostUserProtocolFeatures::CONFIG));
         assert!(p.contains(VhostUserProtocolFeatures::MQ));
@@ -455,7 +487,8 @@ mod tests {
     }
 
     fn used_idx(mem: &GuestMemoryMmap, vq: &MockSplitQueue<'_, GuestMemoryMmap>) -> u16 {
-        mem.read_obj::<u16>(vq.used_addr().unchecked_add(2)).expect("used idx")
+        mem.read_obj::<u16>(vq.used_addr().unchecked_add(2))
+            .expect("used idx")
     }
 
     use vm_memory::Address;
@@ -477,7 +510,8 @@ mod tests {
 
             let out0 = post(&mem, &cmd_q, 0);
             let out1 = post_more(&mem, &cmd_q, 1);
-            b.handle_event(0, EventSet::IN, &vrings, 0).expect("handled");
+            b.handle_event(0, EventSet::IN, &vrings, 0)
+                .expect("handled");
             assert_eq!(used_idx(&mem, &cmd_q), 2);
             // REQUEST_COUNT counts the request itself.
             assert_eq!(result(&mem, out0), (1, 0));
@@ -485,7 +519,8 @@ mod tests {
 
             // Event-queue buffers are left alone.
             post(&mem, &evt_q, 3);
-            b.handle_event(1, EventSet::IN, &vrings, 0).expect("handled");
+            b.handle_event(1, EventSet::IN, &vrings, 0)
+                .expect("handled");
             assert_eq!(used_idx(&mem, &evt_q), 0);
             assert_eq!(vrings[1].queue_next_avail(), 0);
 
@@ -495,7 +530,8 @@ mod tests {
             b.stop_vring(0).expect("stop");
             assert_eq!(b.card().request_count(), 0);
             let out2 = post_more(&mem, &cmd_q, 2);
-            b.handle_event(0, EventSet::IN, &vrings, 0).expect("handled");
+            b.handle_event(0, EventSet::IN, &vrings, 0)
+                .expect("handled");
             assert_eq!(result(&mem, out2), (1, 0));
             assert_eq!(b.counters.requests.load(Ordering::Relaxed), 3);
             assert_eq!(b.counters.resets.load(Ordering::Relaxed), 1);

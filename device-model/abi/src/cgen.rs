@@ -69,6 +69,9 @@ pub fn uapi_header() -> String {
     define(&mut out, "XXCAP_ABI_VERSION", hex32(crate::ABI_VERSION));
     define(&mut out, "XXCAP_MODEL_DOUBLE_X", hex32(crate::MODEL_DOUBLE_X));
     define(&mut out, "XXCAP_MAX_COMMANDS", crate::MAX_COMMANDS);
+    define(&mut out, "XXCAP_TF_HEADER_SIZE", crate::TF_HEADER_SIZE);
+    define(&mut out, "XXCAP_CMD_SIZE", crate::CMD_SIZE);
+    define(&mut out, "XXCAP_MAX_TASK_FILE_SIZE", crate::MAX_TASK_FILE_SIZE);
     out.push('\n');
 
     out.push_str("/* Capability bits (identity.capabilities, register CAPS) */\n");
@@ -186,7 +189,7 @@ pub fn device_header() -> String {
     out.push_str("/*\n * xxcapture: device-facing ABI (virtio transport, register table).\n *\n");
     out.push_str(GENERATED_NOTE);
     out.push_str(" */\n#ifndef _XXCAPTURE_DEV_H\n#define _XXCAPTURE_DEV_H\n\n");
-    out.push_str("#include <linux/types.h>\n#include <uapi/linux/xxcapture.h>\n\n");
+    out.push_str("#include <linux/kernel.h>\n#include <linux/types.h>\n#include <uapi/linux/xxcapture.h>\n\n");
 
     out.push_str("/* Default virtio device id: override with XXCAPTURE_VIRTIO_ID=N at build */\n");
     define(&mut out, "XXCAP_VIRTIO_ID_DEFAULT", crate::VIRTIO_ID);

@@ -1,6 +1,6 @@
 //! The register map: offsets, widths, access kinds, writable-bit masks and
 //! value rules. The model executes from this table, the guest driver
-//! validates from a C table generated from it (`xxcapture_regs.h`).
+//! validates from a C table generated from it (`guest-driver/xxcapture_dev.h`).
 
 use crate::{control, format, irq};
 

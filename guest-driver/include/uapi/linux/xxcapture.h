@@ -17,6 +17,9 @@
 #define XXCAP_ABI_VERSION	0x00010000U
 #define XXCAP_MODEL_DOUBLE_X	0x0000d0b1U
 #define XXCAP_MAX_COMMANDS	4096
+#define XXCAP_TF_HEADER_SIZE	16
+#define XXCAP_CMD_SIZE	32
+#define XXCAP_MAX_TASK_FILE_SIZE	131088
 
 /* Capability bits (identity.capabilities, register CAPS) */
 #define XXCAP_CAP_TASK_FILE	(1U << 0)
