@@ -529,9 +529,11 @@ mod tests {
             assert_eq!(b.card().request_count(), 2);
             b.stop_vring(0).expect("stop");
             assert_eq!(b.card().request_count(), 0);
+            assert!(b.rebase_on_start.load(Ordering::Relaxed));
             let out2 = post_more(&mem, &cmd_q, 2);
             b.handle_event(0, EventSet::IN, &vrings, 0)
                 .expect("handled");
+            assert!(!b.rebase_on_start.load(Ordering::Relaxed));
             assert_eq!(result(&mem, out2), (1, 0));
             assert_eq!(b.counters.requests.load(Ordering::Relaxed), 3);
             assert_eq!(b.counters.resets.load(Ordering::Relaxed), 1);
