@@ -50,7 +50,7 @@ pub enum ConfigError {
 
 impl CardConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.card_ram_size % PAGE_SIZE != 0 {
+        if !self.card_ram_size.is_multiple_of(PAGE_SIZE) {
             return Err(ConfigError::RamNotPageAligned(self.card_ram_size));
         }
         if !(MIN_CARD_RAM..=MAX_CARD_RAM).contains(&self.card_ram_size) {

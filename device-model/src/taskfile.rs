@@ -141,11 +141,7 @@ pub(crate) fn check_static(cmd: &Command, card_ram_size: u64) -> Result<(Op, &'s
                 return Err(TfError::ReadOnly);
             }
         }
-        Op::SetAddress => {
-            if value & !writable != 0 {
-                return Err(TfError::ReadOnly);
-            }
-        }
+        Op::SetAddress if value & !writable != 0 => return Err(TfError::ReadOnly),
         Op::SetToRegister => {
             if mask > u64::from(u32::MAX) || value > u64::from(u32::MAX) {
                 return Err(TfError::BadValue);

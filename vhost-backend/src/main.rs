@@ -185,14 +185,14 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     }
 
     let card = Card::new(config)?;
+    let (socket, listener) = OwnedSocket::bind(&cli.socket)?;
+    let socket = Arc::new(socket);
+
     let backend = Arc::new(XxcapBackend::new(card, !cli.no_event_idx));
     let counters = backend.counters();
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::default());
     let mut daemon = VhostUserDaemon::new("xxcapd".to_owned(), backend, mem)
         .map_err(|e| DaemonError::Daemon(e.to_string()))?;
-
-    let (socket, listener) = OwnedSocket::bind(&cli.socket)?;
-    let socket = Arc::new(socket);
     let shutdown = Arc::new(Shutdown::default());
     watch_signals(&shutdown, &socket, &counters)?;
 

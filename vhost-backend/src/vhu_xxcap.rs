@@ -20,6 +20,9 @@ use virtio_bindings::bindings::virtio_ring::{
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 use xxcapture_abi::{queue, CONFIG_SIZE};
 use xxcapture_model::Card;
 
@@ -316,6 +319,19 @@ impl VhostUserBackend for XxcapBackend {
             self.rebase_on_start.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// The vring worker's exit event. Without one, dropping the daemon hangs:
+    /// vhost-user-backend 0.24 joins its worker threads on drop and can only
+    /// stop them through this event.
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                error!("cannot create the exit event of vring worker {thread_index}: {e}");
+                None
+            }
+        }
     }
 
     /// Never returns an error: an error ends the vring worker thread, and the
