@@ -118,7 +118,10 @@ impl Artifacts {
         Ok(Artifacts {
             provisioned,
             module: must_exist(build_dir().join("xxcapture.ko"), BUILD_HINT)?,
-            xxcap: must_exist(target_dir().join(GUEST_TARGET).join("release/xxcap"), BUILD_HINT)?,
+            xxcap: must_exist(
+                target_dir().join(GUEST_TARGET).join("release/xxcap"),
+                BUILD_HINT,
+            )?,
             xxcapd: must_exist(target_dir().join("release/xxcapd"), BUILD_HINT)?,
             initramfs: must_exist(build_dir().join("initramfs.cpio.gz"), BUILD_HINT)?,
         })
@@ -166,7 +169,15 @@ pub fn build_all() -> Result<Artifacts> {
         "building the guest tools (static xxcap)",
         Command::new(env!("CARGO"))
             .current_dir(&root)
-            .args(["build", "--quiet", "--release", "--target", GUEST_TARGET, "-p", "xxcap"])
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--target",
+                GUEST_TARGET,
+                "-p",
+                "xxcap",
+            ])
             .env(
                 "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
                 "-C target-feature=+crt-static",
@@ -174,9 +185,13 @@ pub fn build_all() -> Result<Artifacts> {
     )?;
     run(
         "building xxcapd",
-        Command::new(env!("CARGO"))
-            .current_dir(&root)
-            .args(["build", "--quiet", "--release", "-p", "xxcapd"]),
+        Command::new(env!("CARGO")).current_dir(&root).args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "xxcapd",
+        ]),
     )?;
     let xxcap = target_dir().join(GUEST_TARGET).join("release/xxcap");
     let module = build_dir().join("xxcapture.ko");

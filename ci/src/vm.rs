@@ -161,7 +161,9 @@ impl Vm {
             if Instant::now() > deadline {
                 let _ = xxcapd.kill();
                 let _ = xxcapd.wait();
-                return Err(Error::Step("xxcapd did not create its socket within 10 s".into()));
+                return Err(Error::Step(
+                    "xxcapd did not create its socket within 10 s".into(),
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -173,9 +175,16 @@ impl Vm {
             Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
         };
         qemu.args(["-smp", "1", "-nodefaults", "-no-reboot", "-display", "none"])
-            .args(card_qemu_args(&socket, opts.virtio_id, opts.guest_memory_mib))
+            .args(card_qemu_args(
+                &socket,
+                opts.virtio_id,
+                opts.guest_memory_mib,
+            ))
             .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", workdir.path().join("qmp.sock").display()))
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                workdir.path().join("qmp.sock").display()
+            ))
             .arg("-kernel")
             .arg(&p.kernel)
             .arg("-initrd")
@@ -212,7 +221,9 @@ impl Vm {
                 let started = started;
                 let mut log = File::create(log_path).ok();
                 for line in BufReader::new(out).split(b'\n').map_while(|l| l.ok()) {
-                    let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                    let text = String::from_utf8_lossy(&line)
+                        .trim_end_matches('\r')
+                        .to_string();
                     if echo {
                         println!("{text}");
                     }
@@ -283,7 +294,9 @@ impl Vm {
                     Some(status) => status,
                     None => {
                         let _ = child.kill();
-                        child.wait().map_err(|e| Error::Step(format!("wait xxcapd: {e}")))?
+                        child
+                            .wait()
+                            .map_err(|e| Error::Step(format!("wait xxcapd: {e}")))?
                     }
                 }
             }
@@ -293,7 +306,10 @@ impl Vm {
     }
 
     pub fn console(&self) -> Vec<String> {
-        self.console_timed().into_iter().map(|(_, line)| line).collect()
+        self.console_timed()
+            .into_iter()
+            .map(|(_, line)| line)
+            .collect()
     }
 
     /// Console lines with the wall time since QEMU started.
@@ -313,7 +329,10 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        for child in [self.qemu.as_mut(), self.xxcapd.as_mut()].into_iter().flatten() {
+        for child in [self.qemu.as_mut(), self.xxcapd.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }

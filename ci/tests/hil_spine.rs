@@ -19,7 +19,9 @@ fn spine_end_to_end_in_vm() {
         ..VmOptions::default()
     };
     let mut vm = Vm::start(&artifacts, &opts).unwrap_or_else(|e| panic!("{e}"));
-    let qemu = vm.wait_guest(GUEST_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let qemu = vm
+        .wait_guest(GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     let backend = vm
         .wait_backend(Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -47,9 +49,13 @@ fn spine_end_to_end_in_vm() {
             step.output.join("\n")
         );
     }
-    let info = steps.iter().find(|s| s.name == "info").map(|s| s.output.join("\n"));
+    let info = steps
+        .iter()
+        .find(|s| s.name == "info")
+        .map(|s| s.output.join("\n"));
     assert!(
-        info.as_deref().is_some_and(|o| o.contains("config space and task file agree")),
+        info.as_deref()
+            .is_some_and(|o| o.contains("config space and task file agree")),
         "xxcap info did not confirm the identity: {info:?}"
     );
     for name in ["selftest", "selftest-after-reload"] {
@@ -62,7 +68,11 @@ fn spine_end_to_end_in_vm() {
             .iter()
             .find(|l| l.starts_with("selftest: ") && l.contains(" passed, "))
             .unwrap_or_else(|| panic!("{name}: no summary line:\n{}", out.join("\n")));
-        assert!(summary.ends_with(", 0 failed"), "{name}: {summary}\n{}", out.join("\n"));
+        assert!(
+            summary.ends_with(", 0 failed"),
+            "{name}: {summary}\n{}",
+            out.join("\n")
+        );
         let passed: u32 = summary
             .trim_start_matches("selftest: ")
             .split_whitespace()

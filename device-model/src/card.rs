@@ -174,7 +174,8 @@ impl Card {
         self.requests = self.requests.wrapping_add(1);
         // The card's own registers reflect this request before it runs, so a
         // task file can read the counters including itself.
-        self.regs.store(regs::REQUEST_COUNT, self.requests & 0xffff_ffff);
+        self.regs
+            .store(regs::REQUEST_COUNT, self.requests & 0xffff_ffff);
         self.regs
             .store(regs::DEVICE_TIME_NS, now_ns.saturating_sub(self.epoch_ns));
         let limits = self.limits();
@@ -182,7 +183,8 @@ impl Card {
         if outcome.error == xxcapture_abi::TfError::Ok {
             self.commands = self.commands.wrapping_add(u64::from(outcome.executed));
         }
-        self.regs.store(regs::COMMAND_COUNT, self.commands & 0xffff_ffff);
+        self.regs
+            .store(regs::COMMAND_COUNT, self.commands & 0xffff_ffff);
         outcome
     }
 
@@ -207,17 +209,26 @@ mod tests {
             card_ram_size: (64 << 20) + 1,
             ..ok.clone()
         };
-        assert_eq!(odd.validate(), Err(ConfigError::RamNotPageAligned((64 << 20) + 1)));
+        assert_eq!(
+            odd.validate(),
+            Err(ConfigError::RamNotPageAligned((64 << 20) + 1))
+        );
         let tiny = CardConfig {
             card_ram_size: 4096,
             ..ok.clone()
         };
-        assert!(matches!(tiny.validate(), Err(ConfigError::RamOutOfRange { .. })));
+        assert!(matches!(
+            tiny.validate(),
+            Err(ConfigError::RamOutOfRange { .. })
+        ));
         let long = CardConfig {
             serial: "0123456789abcdef".into(),
             ..ok
         };
-        assert!(matches!(long.validate(), Err(ConfigError::SerialTooLong(_))));
+        assert!(matches!(
+            long.validate(),
+            Err(ConfigError::SerialTooLong(_))
+        ));
     }
 
     #[test]

@@ -68,7 +68,10 @@ fn run(regs: &mut RegisterFile, limits: Limits, buf: &mut [u8]) -> Outcome {
     if count == 0 || count > MAX_COMMANDS || expected_len != Some(body.len()) {
         return Outcome::fail(TfError::BadCount, 0);
     }
-    debug_assert_eq!(TF_HEADER_SIZE + body.len(), TF_HEADER_SIZE + count as usize * CMD_SIZE);
+    debug_assert_eq!(
+        TF_HEADER_SIZE + body.len(),
+        TF_HEADER_SIZE + count as usize * CMD_SIZE
+    );
 
     let Ok(commands) = <[Command]>::mut_from_bytes(body) else {
         return Outcome::fail(TfError::BadCount, 0);
@@ -103,7 +106,10 @@ fn is_write(op: Op) -> bool {
 
 /// Static checks 1-7 of the validation order: those that depend only on the
 /// command and the register table. Returns the register's descriptor.
-pub(crate) fn check_static(cmd: &Command, card_ram_size: u64) -> Result<(Op, &'static RegisterDesc), TfError> {
+pub(crate) fn check_static(
+    cmd: &Command,
+    card_ram_size: u64,
+) -> Result<(Op, &'static RegisterDesc), TfError> {
     let op = Op::from_raw(cmd.op.get()).ok_or(TfError::BadOp)?;
     if cmd.flags.get() != 0 {
         return Err(TfError::Reserved);
@@ -172,7 +178,11 @@ fn check_rule(desc: &RegisterDesc, value: u64, card_ram_size: u64) -> CmdResult 
 }
 
 /// Runs one command against `regs`. Returns the output value of Get ops.
-fn run_command(regs: &mut RegisterFile, limits: Limits, cmd: &Command) -> Result<Option<u64>, TfError> {
+fn run_command(
+    regs: &mut RegisterFile,
+    limits: Limits,
+    cmd: &Command,
+) -> Result<Option<u64>, TfError> {
     let (op, desc) = check_static(cmd, limits.card_ram_size)?;
     let offset = desc.offset;
     let current = regs.peek(offset);

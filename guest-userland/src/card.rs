@@ -150,11 +150,12 @@ impl Card {
         let mut identity = Identity::default();
         // SAFETY: the fd is open and `identity` is a writable repr(C) struct
         // of exactly the size encoded in the ioctl number.
-        unsafe { sys::xxcap_get_info(file.as_raw_fd(), &mut identity) }
-            .map_err(|source| Error::Ioctl {
+        unsafe { sys::xxcap_get_info(file.as_raw_fd(), &mut identity) }.map_err(|source| {
+            Error::Ioctl {
                 call: "GET_INFO",
                 source,
-            })?;
+            }
+        })?;
         let info = Info::from_identity(&identity)?;
         Ok(Card { file, path, info })
     }
@@ -187,7 +188,10 @@ impl Card {
         // SAFETY: NOP takes no argument.
         unsafe { sys::xxcap_nop(self.file.as_raw_fd()) }
             .map(drop)
-            .map_err(|source| Error::Ioctl { call: "NOP", source })
+            .map_err(|source| Error::Ioctl {
+                call: "NOP",
+                source,
+            })
     }
 
     /// Executes a task file as one request and returns the card's result,

@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use xxcapture_hil::{build_all, parse_steps, Accel, Mode, Vm, VmOptions};
 
 #[derive(Parser)]
-#[command(name = "xxvm", about = "Boot a QEMU VM with the xxcapture card and drive it")]
+#[command(
+    name = "xxvm",
+    about = "Boot a QEMU VM with the xxcapture card and drive it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -114,8 +117,16 @@ fn main() -> ExitCode {
             println!("xxcap     {}", a.xxcap.display());
             println!("xxcapd    {}", a.xxcapd.display());
             println!("initramfs {}", a.initramfs.display());
-            println!("kernel    {} ({})", a.provisioned.kernel.display(), a.provisioned.kernel_abi);
-            println!("qemu      {} ({})", a.provisioned.qemu.display(), a.provisioned.qemu_version);
+            println!(
+                "kernel    {} ({})",
+                a.provisioned.kernel.display(),
+                a.provisioned.kernel_abi
+            );
+            println!(
+                "qemu      {} ({})",
+                a.provisioned.qemu.display(),
+                a.provisioned.qemu_version
+            );
             ExitCode::SUCCESS
         }),
         Cmd::Run(args) => boot(&args, Mode::Run),

@@ -51,7 +51,11 @@ fn render_struct(out: &mut String, def: &StructDef) {
 
 fn bits(out: &mut String, prefix: &str, items: &[(&str, u32)]) {
     for (name, value) in items {
-        define(out, &format!("{prefix}{name}"), format!("(1U << {})", value.trailing_zeros()));
+        define(
+            out,
+            &format!("{prefix}{name}"),
+            format!("(1U << {})", value.trailing_zeros()),
+        );
     }
     out.push('\n');
 }
@@ -59,19 +63,31 @@ fn bits(out: &mut String, prefix: &str, items: &[(&str, u32)]) {
 /// The UAPI header, byte for byte.
 pub fn uapi_header() -> String {
     let mut out = String::new();
-    out.push_str("/* SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR BSD-3-Clause) */\n");
-    out.push_str("/*\n * xxcapture: user-space ABI of the emulated Double X video-capture card.\n *\n");
+    out.push_str(
+        "/* SPDX-License-Identifier: ((GPL-2.0 WITH Linux-syscall-note) OR BSD-3-Clause) */\n",
+    );
+    out.push_str(
+        "/*\n * xxcapture: user-space ABI of the emulated Double X video-capture card.\n *\n",
+    );
     out.push_str(GENERATED_NOTE);
     out.push_str(" */\n#ifndef _UAPI_LINUX_XXCAPTURE_H\n#define _UAPI_LINUX_XXCAPTURE_H\n\n");
     out.push_str("#include <linux/ioctl.h>\n#include <linux/types.h>\n\n");
 
     define(&mut out, "XXCAP_MAGIC", hex32(crate::MAGIC));
     define(&mut out, "XXCAP_ABI_VERSION", hex32(crate::ABI_VERSION));
-    define(&mut out, "XXCAP_MODEL_DOUBLE_X", hex32(crate::MODEL_DOUBLE_X));
+    define(
+        &mut out,
+        "XXCAP_MODEL_DOUBLE_X",
+        hex32(crate::MODEL_DOUBLE_X),
+    );
     define(&mut out, "XXCAP_MAX_COMMANDS", crate::MAX_COMMANDS);
     define(&mut out, "XXCAP_TF_HEADER_SIZE", crate::TF_HEADER_SIZE);
     define(&mut out, "XXCAP_CMD_SIZE", crate::CMD_SIZE);
-    define(&mut out, "XXCAP_MAX_TASK_FILE_SIZE", crate::MAX_TASK_FILE_SIZE);
+    define(
+        &mut out,
+        "XXCAP_MAX_TASK_FILE_SIZE",
+        crate::MAX_TASK_FILE_SIZE,
+    );
     out.push('\n');
 
     out.push_str("/* Capability bits (identity.capabilities, register CAPS) */\n");
@@ -133,7 +149,11 @@ pub fn uapi_header() -> String {
 
     out.push_str("\n/* Registers: byte offsets, the reg field of a command */\n");
     for reg in REGISTERS {
-        define(&mut out, &format!("XXCAP_REG_{}", reg.name), format!("0x{:03x}", reg.offset));
+        define(
+            &mut out,
+            &format!("XXCAP_REG_{}", reg.name),
+            format!("0x{:03x}", reg.offset),
+        );
     }
 
     out.push_str("\n/* Task-file op codes */\n");
@@ -158,7 +178,11 @@ pub fn uapi_header() -> String {
 
     out.push_str("/* ioctls on /dev/xxcaptureN */\n");
     let _ = writeln!(out, "#define XXCAP_IOC_TYPE\t'{}'", ioctl::TYPE as char);
-    let _ = writeln!(out, "#define XXCAP_IOC_NOP\t_IO(XXCAP_IOC_TYPE, 0x{:02x})", ioctl::NOP_NR);
+    let _ = writeln!(
+        out,
+        "#define XXCAP_IOC_NOP\t_IO(XXCAP_IOC_TYPE, 0x{:02x})",
+        ioctl::NOP_NR
+    );
     let _ = writeln!(
         out,
         "#define XXCAP_IOC_GET_INFO\t_IOR(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_identity)",
@@ -193,14 +217,22 @@ pub fn device_header() -> String {
 
     out.push_str("/* Default virtio device id: override with XXCAPTURE_VIRTIO_ID=N at build */\n");
     define(&mut out, "XXCAP_VIRTIO_ID_DEFAULT", crate::VIRTIO_ID);
-    define(&mut out, "XXCAP_ABI_VERSION_MAJOR", crate::ABI_VERSION_MAJOR);
+    define(
+        &mut out,
+        "XXCAP_ABI_VERSION_MAJOR",
+        crate::ABI_VERSION_MAJOR,
+    );
     define(&mut out, "XXCAP_CONFIG_SIZE", crate::CONFIG_SIZE);
     out.push('\n');
     define(&mut out, "XXCAP_VQ_COMMAND", queue::COMMAND);
     define(&mut out, "XXCAP_VQ_EVENT", queue::EVENT);
     define(&mut out, "XXCAP_VQ_COUNT", queue::COUNT);
     out.push('\n');
-    define(&mut out, "XXCAP_REQ_EXEC_TASK_FILE", req_type::EXEC_TASK_FILE);
+    define(
+        &mut out,
+        "XXCAP_REQ_EXEC_TASK_FILE",
+        req_type::EXEC_TASK_FILE,
+    );
     define(&mut out, "XXCAP_VQ_OK", vq_status::OK);
     define(&mut out, "XXCAP_VQ_BAD_REQUEST", vq_status::BAD_REQUEST);
     define(&mut out, "XXCAP_VQ_UNSUPPORTED", vq_status::UNSUPPORTED);

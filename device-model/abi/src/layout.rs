@@ -129,7 +129,11 @@ pub const TASK_FILE_HEADER: StructDef = StructDef {
     doc: "Task-file header, followed by `count` struct xxcap_cmd.",
     fields: &[
         f("error", U32, "out: XXCAP_TF_* error code"),
-        f("count", U32, "in: number of commands; out: index of the failing command"),
+        f(
+            "count",
+            U32,
+            "in: number of commands; out: index of the failing command",
+        ),
         f("flags", U32, "in: zero"),
         f("reserved", U32, "in: zero"),
     ],
@@ -164,7 +168,11 @@ pub const VQ_REQUEST: StructDef = StructDef {
     fields: &[
         f("req_type", Le32, "XXCAP_REQ_*"),
         f("flags", Le32, "zero"),
-        f("tag", Le64, "driver's request tag, echoed nowhere, for tracing"),
+        f(
+            "tag",
+            Le64,
+            "driver's request tag, echoed nowhere, for tracing",
+        ),
     ],
 };
 
@@ -218,7 +226,14 @@ mod tests {
             name,
             reserved1
         );
-        assert_layout!(crate::TaskFileHeader, TASK_FILE_HEADER, error, count, flags, reserved);
+        assert_layout!(
+            crate::TaskFileHeader,
+            TASK_FILE_HEADER,
+            error,
+            count,
+            flags,
+            reserved
+        );
         assert_layout!(crate::Command, COMMAND, op, reg, flags, value, mask, length);
         assert_layout!(crate::Exec, EXEC, task_file, size, flags);
         assert_layout!(crate::VqRequest, VQ_REQUEST, req_type, flags, tag);

@@ -291,7 +291,9 @@ pub struct TaskFileHeader {
 ///   `mask` the card-RAM offset, `length` the byte count (out: transferred).
 ///
 /// Unused fields must be zero.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct Command {
     pub op: U16,

@@ -150,6 +150,7 @@ pub const MAX_HEIGHT: u32 = 2160;
 pub const MAX_FRAME_RATE: u32 = 1000;
 
 /// The register map, sorted by offset.
+#[rustfmt::skip]
 pub const REGISTERS: &[RegisterDesc] = &[
     reg32("ID", ID, ReadOnly, 0, Any, "Card magic, \"XXCP\""),
     reg32("VERSION", VERSION, ReadOnly, 0, Any, "ABI version (major << 16 | minor)"),
@@ -308,7 +309,11 @@ mod tests {
     #[test]
     fn table_is_sorted_unique_and_aligned() {
         for pair in REGISTERS.windows(2) {
-            assert!(pair[0].offset < pair[1].offset, "{} out of order", pair[1].name);
+            assert!(
+                pair[0].offset < pair[1].offset,
+                "{} out of order",
+                pair[1].name
+            );
         }
         for r in REGISTERS {
             let align = match r.width {
@@ -317,12 +322,24 @@ mod tests {
             };
             assert_eq!(r.offset % align, 0, "{} misaligned", r.name);
             if r.width == Width::W32 {
-                assert!(r.writable <= u64::from(u32::MAX), "{} mask too wide", r.name);
+                assert!(
+                    r.writable <= u64::from(u32::MAX),
+                    "{} mask too wide",
+                    r.name
+                );
             }
             if r.access == Access::ReadOnly {
-                assert_eq!(r.writable, 0, "{} is read-only but has writable bits", r.name);
+                assert_eq!(
+                    r.writable, 0,
+                    "{} is read-only but has writable bits",
+                    r.name
+                );
             } else {
-                assert_ne!(r.writable, 0, "{} is writable without writable bits", r.name);
+                assert_ne!(
+                    r.writable, 0,
+                    "{} is writable without writable bits",
+                    r.name
+                );
             }
         }
     }

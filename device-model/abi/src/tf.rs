@@ -112,8 +112,8 @@ pub enum ParseError {
 impl TaskFileResult {
     /// Reads an executed task file.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
-        let (header, rest) =
-            TaskFileHeader::read_from_prefix(bytes).map_err(|_| ParseError::BadLength(bytes.len()))?;
+        let (header, rest) = TaskFileHeader::read_from_prefix(bytes)
+            .map_err(|_| ParseError::BadLength(bytes.len()))?;
         if rest.len() % CMD_SIZE != 0 || rest.len() / CMD_SIZE > MAX_COMMANDS as usize {
             return Err(ParseError::BadLength(bytes.len()));
         }
@@ -156,10 +156,19 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_lengths() {
-        assert_eq!(TaskFileResult::parse(&[0; 4]), Err(ParseError::BadLength(4)));
-        assert_eq!(TaskFileResult::parse(&[0; 17]), Err(ParseError::BadLength(17)));
+        assert_eq!(
+            TaskFileResult::parse(&[0; 4]),
+            Err(ParseError::BadLength(4))
+        );
+        assert_eq!(
+            TaskFileResult::parse(&[0; 17]),
+            Err(ParseError::BadLength(17))
+        );
         let mut bytes = TaskFile::new().to_bytes();
         bytes[0] = 99;
-        assert_eq!(TaskFileResult::parse(&bytes), Err(ParseError::UnknownError(99)));
+        assert_eq!(
+            TaskFileResult::parse(&bytes),
+            Err(ParseError::UnknownError(99))
+        );
     }
 }

@@ -80,7 +80,10 @@ fn dma_reset_strobe_self_clears() {
     let ctl = tf.get_register(regs::CONTROL);
     let res = run(&mut c, &tf);
     assert_eq!(res.error, TfError::Ok);
-    assert_eq!(res.value(ctl), Some(u64::from(xxcapture_abi::control::ENABLE)));
+    assert_eq!(
+        res.value(ctl),
+        Some(u64::from(xxcapture_abi::control::ENABLE))
+    );
 }
 
 #[test]
@@ -127,7 +130,10 @@ fn each_invalid_command_gets_its_code_and_index() {
         (raw(5, regs::CONTROL, 0, 1 << 8), TfError::ReadOnly),
         (raw(4, regs::STATUS, 0, 0), TfError::ReadOnly),
         (raw(3, regs::SCRATCH, 1 << 32, 0), TfError::BadValue),
-        (raw(3, regs::FRAME_FORMAT, u64::from(format::RGB24) + 1, 0), TfError::BadValue),
+        (
+            raw(3, regs::FRAME_FORMAT, u64::from(format::RGB24) + 1, 0),
+            TfError::BadValue,
+        ),
         (raw(3, regs::FRAME_WIDTH, 1919, 0), TfError::BadValue),
         (raw(2, regs::DMA_CARD_ADDR, 64 << 20, 0), TfError::BadValue),
         (raw(3, regs::SCRATCH, 1, 1), TfError::Reserved),
@@ -146,8 +152,15 @@ fn each_invalid_command_gets_its_code_and_index() {
             tf.get_register(regs::ID);
             let before = c.registers().clone();
             let res = run(&mut c, &tf);
-            assert_eq!((res.error, res.index as usize), (expected, position), "{bad:?}");
-            assert_eq!(c.registers().peek(regs::SCRATCH), before.peek(regs::SCRATCH));
+            assert_eq!(
+                (res.error, res.index as usize),
+                (expected, position),
+                "{bad:?}"
+            );
+            assert_eq!(
+                c.registers().peek(regs::SCRATCH),
+                before.peek(regs::SCRATCH)
+            );
             // The card keeps working afterwards.
             let mut ok = TaskFile::new();
             ok.get_register(regs::ID);
@@ -183,17 +196,26 @@ fn header_errors() {
     let mut zero = good[..16].to_vec();
     zero[4] = 0;
     c.execute(&mut zero, 0);
-    assert_eq!(TaskFileResult::parse(&zero).expect("parse").error, TfError::BadCount);
+    assert_eq!(
+        TaskFileResult::parse(&zero).expect("parse").error,
+        TfError::BadCount
+    );
 
     let mut huge = good.clone();
     huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
     c.execute(&mut huge, 0);
-    assert_eq!(TaskFileResult::parse(&huge).expect("parse").error, TfError::BadCount);
+    assert_eq!(
+        TaskFileResult::parse(&huge).expect("parse").error,
+        TfError::BadCount
+    );
 
     let mut flags = good.clone();
     flags[8] = 1;
     c.execute(&mut flags, 0);
-    assert_eq!(TaskFileResult::parse(&flags).expect("parse").error, TfError::Reserved);
+    assert_eq!(
+        TaskFileResult::parse(&flags).expect("parse").error,
+        TfError::Reserved
+    );
 
     let mut tiny = vec![1u8, 2, 3];
     let outcome = c.execute(&mut tiny, 0);
@@ -239,7 +261,14 @@ fn any_command() -> impl Strategy<Value = Command> {
         any::<u16>(),
     ];
     let small = prop_oneof![Just(0u64), any::<u32>().prop_map(u64::from), any::<u64>()];
-    (0u16..10, reg, prop_oneof![Just(0u32), any::<u32>()], small.clone(), small, prop_oneof![Just(0u64), any::<u64>()])
+    (
+        0u16..10,
+        reg,
+        prop_oneof![Just(0u32), any::<u32>()],
+        small.clone(),
+        small,
+        prop_oneof![Just(0u64), any::<u64>()],
+    )
         .prop_map(|(op, reg, flags, value, mask, length)| Command {
             op: op.into(),
             reg: reg.into(),

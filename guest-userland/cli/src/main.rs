@@ -9,7 +9,11 @@ use xxcapture::abi::{caps, regs, Access as RegAccess, Width, MAGIC};
 use xxcapture::{Access, Card, Error, TaskFile};
 
 #[derive(Parser)]
-#[command(name = "xxcap", version, about = "Drive the xxcapture video-capture card")]
+#[command(
+    name = "xxcap",
+    version,
+    about = "Drive the xxcapture video-capture card"
+)]
 struct Cli {
     /// Card device node.
     #[arg(short, long, default_value = "/dev/xxcapture0", global = true)]
@@ -85,10 +89,18 @@ fn info(device: &str) -> Result<ExitCode, Error> {
     println!("  name         {}", i.name);
     println!("  model        {:#010x}", i.model);
     println!("  revision     {}", i.revision);
-    println!("  abi          {}.{}", i.abi_version >> 16, i.abi_version & 0xffff);
+    println!(
+        "  abi          {}.{}",
+        i.abi_version >> 16,
+        i.abi_version & 0xffff
+    );
     println!("  serial       {}", i.serial);
     println!("  card RAM     {} MiB", i.card_ram_size >> 20);
-    println!("  capabilities {:#010x} ({})", i.capabilities, caps_names(i.capabilities));
+    println!(
+        "  capabilities {:#010x} ({})",
+        i.capabilities,
+        caps_names(i.capabilities)
+    );
     println!("  max commands {}", i.max_commands);
     // Registers need a controlling open; the identity above needs none.
     let control = Card::open(device, Access::Control)?;
@@ -100,7 +112,8 @@ fn info(device: &str) -> Result<ExitCode, Error> {
     println!(
         "identity via task file:    magic={magic:#010x} abi={version:#010x} caps={capabilities:#010x} ram={ram}"
     );
-    if (magic, version, capabilities, ram) == (MAGIC, i.abi_version, i.capabilities, i.card_ram_size)
+    if (magic, version, capabilities, ram)
+        == (MAGIC, i.abi_version, i.capabilities, i.card_ram_size)
     {
         println!("identity check: config space and task file agree");
         Ok(ExitCode::SUCCESS)
@@ -132,7 +145,10 @@ fn lookup(name: &str) -> Result<&'static xxcapture::RegisterDesc, Error> {
 fn regs_cmd(device: &str, action: RegsAction) -> Result<ExitCode, Error> {
     match action {
         RegsAction::List => {
-            println!("{:<20} {:>6} {:>5} {:<5} {:>18}  description", "name", "offset", "width", "access", "writable");
+            println!(
+                "{:<20} {:>6} {:>5} {:<5} {:>18}  description",
+                "name", "offset", "width", "access", "writable"
+            );
             for r in regs::REGISTERS {
                 let access = match r.access {
                     RegAccess::ReadOnly => "ro",
@@ -180,7 +196,10 @@ fn regs_cmd(device: &str, action: RegsAction) -> Result<ExitCode, Error> {
                 match d.width {
                     Width::W32 => {
                         let narrow = u32::try_from(v).map_err(|_| {
-                            Error::BadFormat(format!("{v:#x} does not fit 32-bit register {}", d.name))
+                            Error::BadFormat(format!(
+                                "{v:#x} does not fit 32-bit register {}",
+                                d.name
+                            ))
                         })?;
                         tf.set_register(d.offset, narrow)
                     }

@@ -86,7 +86,11 @@ fn exclusive_open(device: &str, _held: &Card) -> Check {
     let mut tf = TaskFile::new();
     tf.get_register(regs::ID);
     let mut bytes = tf.to_bytes();
-    expect_errno(observer.execute_raw(&mut bytes), Errno::EBADF, "observer EXEC")?;
+    expect_errno(
+        observer.execute_raw(&mut bytes),
+        Errno::EBADF,
+        "observer EXEC",
+    )?;
     Ok("second controlling open EBUSY, observer open ok, observer EXEC EBADF".into())
 }
 
@@ -103,7 +107,10 @@ fn identity(card: &Card) -> Check {
             info.abi_version, info.capabilities, info.card_ram_size
         ));
     }
-    Ok(format!("config space and task file agree ({} MiB RAM)", ram >> 20))
+    Ok(format!(
+        "config space and task file agree ({} MiB RAM)",
+        ram >> 20
+    ))
 }
 
 fn scratch(card: &Card) -> Check {
@@ -204,7 +211,10 @@ fn max_batch(card: &Card) -> Check {
     let res = card.run(&tf).map_err(err)?;
     let want = u64::from(4094u32.wrapping_mul(2_654_435_761));
     if res.value(at) != Some(want) {
-        return Err(format!("last SCRATCH {:x?}, expected {want:#x}", res.value(at)));
+        return Err(format!(
+            "last SCRATCH {:x?}, expected {want:#x}",
+            res.value(at)
+        ));
     }
     let mut too_many = TaskFile::new();
     for _ in 0..4097 {
@@ -236,46 +246,96 @@ type Builder = fn(&mut TaskFile);
 /// driver first.
 fn invalid_cases() -> Vec<(&'static str, Builder, TfError, u32)> {
     vec![
-        ("unknown-op", |tf| {
-            tf.push_raw(raw(99, regs::SCRATCH, 0, 0));
-        }, TfError::BadOp, 0),
-        ("unknown-register", |tf| {
-            tf.get_register(regs::ID);
-            tf.push_raw(raw(1, 0x002, 0, 0));
-        }, TfError::BadRegister, 1),
-        ("wrong-width", |tf| {
-            tf.get_register(regs::ID);
-            tf.get_register(regs::ID);
-            tf.push_raw(raw(1, regs::SCRATCH64, 0, 0));
-        }, TfError::BadRegister, 2),
-        ("read-only-register", |tf| {
-            tf.set_register(regs::SCRATCH, 1);
-            tf.set_register(regs::ID, 0);
-        }, TfError::ReadOnly, 1),
-        ("read-only-bits", |tf| {
-            tf.set_to_register(regs::CONTROL, 0xffff_ffff, 0x100);
-        }, TfError::ReadOnly, 0),
-        ("bad-value", |tf| {
-            tf.set_register(regs::FRAME_FORMAT, format::YUYV);
-            tf.set_register(regs::FRAME_FORMAT, 77);
-        }, TfError::BadValue, 1),
-        ("reserved-field", |tf| {
-            let mut cmd = raw(1, regs::ID, 0, 0);
-            cmd.flags = 4.into();
-            tf.push_raw(cmd);
-        }, TfError::Reserved, 0),
-        ("dma-not-supported", |tf| {
-            tf.get_register(regs::ID);
-            tf.push_raw(raw(6, 1, 0, 0));
-        }, TfError::NotSupported, 1),
-        ("device-checked-value", |tf| {
-            tf.set_register(regs::SCRATCH, 0x5555);
-            tf.clear_register(regs::FRAME_WIDTH);
-        }, TfError::BadValue, 1),
-        ("device-checked-capture", |tf| {
-            tf.set_register(regs::SCRATCH, 0x5555);
-            tf.set_to_register(regs::CONTROL, control::CAPTURE, control::CAPTURE);
-        }, TfError::NotSupported, 1),
+        (
+            "unknown-op",
+            |tf| {
+                tf.push_raw(raw(99, regs::SCRATCH, 0, 0));
+            },
+            TfError::BadOp,
+            0,
+        ),
+        (
+            "unknown-register",
+            |tf| {
+                tf.get_register(regs::ID);
+                tf.push_raw(raw(1, 0x002, 0, 0));
+            },
+            TfError::BadRegister,
+            1,
+        ),
+        (
+            "wrong-width",
+            |tf| {
+                tf.get_register(regs::ID);
+                tf.get_register(regs::ID);
+                tf.push_raw(raw(1, regs::SCRATCH64, 0, 0));
+            },
+            TfError::BadRegister,
+            2,
+        ),
+        (
+            "read-only-register",
+            |tf| {
+                tf.set_register(regs::SCRATCH, 1);
+                tf.set_register(regs::ID, 0);
+            },
+            TfError::ReadOnly,
+            1,
+        ),
+        (
+            "read-only-bits",
+            |tf| {
+                tf.set_to_register(regs::CONTROL, 0xffff_ffff, 0x100);
+            },
+            TfError::ReadOnly,
+            0,
+        ),
+        (
+            "bad-value",
+            |tf| {
+                tf.set_register(regs::FRAME_FORMAT, format::YUYV);
+                tf.set_register(regs::FRAME_FORMAT, 77);
+            },
+            TfError::BadValue,
+            1,
+        ),
+        (
+            "reserved-field",
+            |tf| {
+                let mut cmd = raw(1, regs::ID, 0, 0);
+                cmd.flags = 4.into();
+                tf.push_raw(cmd);
+            },
+            TfError::Reserved,
+            0,
+        ),
+        (
+            "dma-not-supported",
+            |tf| {
+                tf.get_register(regs::ID);
+                tf.push_raw(raw(6, 1, 0, 0));
+            },
+            TfError::NotSupported,
+            1,
+        ),
+        (
+            "device-checked-value",
+            |tf| {
+                tf.set_register(regs::SCRATCH, 0x5555);
+                tf.clear_register(regs::FRAME_WIDTH);
+            },
+            TfError::BadValue,
+            1,
+        ),
+        (
+            "device-checked-capture",
+            |tf| {
+                tf.set_register(regs::SCRATCH, 0x5555);
+                tf.set_to_register(regs::CONTROL, control::CAPTURE, control::CAPTURE);
+            },
+            TfError::NotSupported,
+            1,
+        ),
     ]
 }
 
@@ -326,9 +386,21 @@ fn ioctl_contract(card: &Card) -> Check {
     tf.get_register(regs::ID);
     let mut bytes = tf.to_bytes();
     let len = bytes.len();
-    expect_errno(card.execute_raw_with(&mut bytes, len, 1), Errno::EINVAL, "EXEC flags")?;
-    expect_errno(card.execute_raw_with(&mut bytes, 8, 0), Errno::EINVAL, "EXEC size 8")?;
-    expect_errno(card.execute_at_address(0x10, 48), Errno::EFAULT, "EXEC at 0x10")?;
+    expect_errno(
+        card.execute_raw_with(&mut bytes, len, 1),
+        Errno::EINVAL,
+        "EXEC flags",
+    )?;
+    expect_errno(
+        card.execute_raw_with(&mut bytes, 8, 0),
+        Errno::EINVAL,
+        "EXEC size 8",
+    )?;
+    expect_errno(
+        card.execute_at_address(0x10, 48),
+        Errno::EFAULT,
+        "EXEC at 0x10",
+    )?;
     expect_errno(
         card.execute_at_address(0, 16 + 4097 * 32),
         Errno::EINVAL,
