@@ -1,7 +1,7 @@
 //! The xxcapture card as a pure model: its register file and the task-file
 //! executor that validates and runs batches of register commands.
 //!
-//! No I/O and no clock of its own: the backend passes the time in, so every
+//! No clock of its own and no I/O beyond the file video source reading its file: the backend passes the time in, so every
 //! behaviour here is deterministic and unit-testable. The ABI (register map,
 //! wire format, error codes) lives in `xxcapture-abi`; `SPEC.md` next to this
 //! crate is the prose contract.
@@ -9,8 +9,10 @@
 mod card;
 mod regfile;
 mod taskfile;
+pub mod video;
 
 pub use card::{Card, CardConfig, ConfigError};
 pub use regfile::RegisterFile;
 pub use taskfile::Outcome;
+pub use video::{FileKind, FileSource, PixelFormat, TestPattern, VideoError, VideoSource};
 pub use xxcapture_abi as abi;

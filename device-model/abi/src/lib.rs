@@ -12,6 +12,7 @@
 //! ioctl numbers against the Rust values. `device-model/SPEC.md` is the prose.
 
 pub mod cgen;
+pub mod frame;
 pub mod layout;
 pub mod regs;
 pub mod tf;
