@@ -27,6 +27,8 @@
 #define XXCAP_VQ_OK	0
 #define XXCAP_VQ_BAD_REQUEST	1
 #define XXCAP_VQ_UNSUPPORTED	2
+#define XXCAP_VQ_DEVICE_ERROR	3
+#define XXCAP_MAX_SG_ENTRIES	65536
 
 /*
  * Start of every command-queue request (device-readable); the task
@@ -36,6 +38,8 @@ struct xxcap_vq_request {
 	__le32 req_type;	/* XXCAP_REQ_* */
 	__le32 flags;	/* zero */
 	__le64 tag;	/* driver's request tag, echoed nowhere, for tracing */
+	__le32 sg_count;	/* struct xxcap_sg_entry after the task file */
+	__le32 reserved;	/* zero */
 };
 
 /*
@@ -44,6 +48,17 @@ struct xxcap_vq_request {
  */
 struct xxcap_vq_status {
 	__le32 status;	/* XXCAP_VQ_* transport status */
+	__le32 reserved;	/* zero */
+};
+
+/*
+ * One piece of a DMA buffer: guest-physical address and length of
+ * pinned memory of the caller. A DMA command's value field holds the index
+ * of its first entry; its entries cover exactly its length.
+ */
+struct xxcap_sg_entry {
+	__le64 addr;	/* guest-physical address */
+	__le32 len;	/* bytes */
 	__le32 reserved;	/* zero */
 };
 
@@ -76,6 +91,7 @@ struct xxcap_reg_desc {
 };
 
 static const u32 xxcap_frame_format_values[] = { 1, 2, 3 };
+static const u32 xxcap_frame_source_values[] = { 0, 1 };
 
 /* Sorted by offset */
 static const struct xxcap_reg_desc xxcap_regs[] = {
@@ -102,6 +118,10 @@ static const struct xxcap_reg_desc xxcap_regs[] = {
 	{ "SCRATCH", XXCAP_REG_SCRATCH, 32, XXCAP_ACCESS_RW, 0xffffffffULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "REQUEST_COUNT", XXCAP_REG_REQUEST_COUNT, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "COMMAND_COUNT", XXCAP_REG_COMMAND_COUNT, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
+	{ "RING_SLOTS", XXCAP_REG_RING_SLOTS, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
+	{ "RING_SLOT_SIZE", XXCAP_REG_RING_SLOT_SIZE, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
+	{ "FRAME_SOURCE", XXCAP_REG_FRAME_SOURCE, 32, XXCAP_ACCESS_RW, 0x1ULL, XXCAP_RULE_ONE_OF, 0, 0, xxcap_frame_source_values, ARRAY_SIZE(xxcap_frame_source_values) },
+	{ "DROPPED_FRAMES", XXCAP_REG_DROPPED_FRAMES, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "DMA_CARD_ADDR", XXCAP_REG_DMA_CARD_ADDR, 64, XXCAP_ACCESS_RW, 0xffffffffffffffffULL, XXCAP_RULE_CARD_RAM_OFFSET, 0, 0, NULL, 0 },
 	{ "SCRATCH64", XXCAP_REG_SCRATCH64, 64, XXCAP_ACCESS_RW, 0xffffffffffffffffULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "DEVICE_TIME_NS", XXCAP_REG_DEVICE_TIME_NS, 64, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },

@@ -143,6 +143,13 @@ pub fn uapi_header() -> String {
     ] {
         define(&mut out, &format!("XXCAP_FORMAT_{name}"), value);
     }
+    out.push_str("\n/* Video sources (register FRAME_SOURCE) */\n");
+    define(
+        &mut out,
+        "XXCAP_SOURCE_TEST_PATTERN",
+        crate::source::TEST_PATTERN,
+    );
+    define(&mut out, "XXCAP_SOURCE_FILE", crate::source::FILE);
     out.push_str("\n/* DMA directions (the reg field of a DMA command) */\n");
     define(&mut out, "XXCAP_DMA_TO_CARD", dma_dir::TO_CARD);
     define(&mut out, "XXCAP_DMA_FROM_CARD", dma_dir::FROM_CARD);
@@ -236,6 +243,8 @@ pub fn device_header() -> String {
     define(&mut out, "XXCAP_VQ_OK", vq_status::OK);
     define(&mut out, "XXCAP_VQ_BAD_REQUEST", vq_status::BAD_REQUEST);
     define(&mut out, "XXCAP_VQ_UNSUPPORTED", vq_status::UNSUPPORTED);
+    define(&mut out, "XXCAP_VQ_DEVICE_ERROR", vq_status::DEVICE_ERROR);
+    define(&mut out, "XXCAP_MAX_SG_ENTRIES", crate::MAX_SG_ENTRIES);
     out.push('\n');
 
     for def in DEVICE_STRUCTS {

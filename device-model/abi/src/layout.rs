@@ -3,7 +3,7 @@
 //! (offsets and size), so the Rust and C layouts cannot drift apart.
 
 /// C field types. `Le*` are device-facing little-endian fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub enum CType {
     U8,
     U16,
@@ -12,6 +12,8 @@ pub enum CType {
     Le16,
     Le32,
     Le64,
+    /// A nested struct (by its description).
+    Struct(&'static StructDef),
 }
 
 impl CType {
@@ -21,11 +23,32 @@ impl CType {
             CType::U16 | CType::Le16 => 2,
             CType::U32 | CType::Le32 => 4,
             CType::U64 | CType::Le64 => 8,
+            CType::Struct(def) => def.offsets().1,
         }
     }
 
-    pub fn c_name(self) -> &'static str {
+    pub fn align(self) -> usize {
         match self {
+            CType::Struct(def) => def
+                .fields
+                .iter()
+                .map(|f| f.ctype.align())
+                .max()
+                .unwrap_or(1),
+            other => other.size(),
+        }
+    }
+
+    pub fn c_name(self) -> String {
+        match self {
+            CType::Struct(def) => format!("struct {}", def.name),
+            other => other.scalar_name().to_string(),
+        }
+    }
+
+    fn scalar_name(self) -> &'static str {
+        match self {
+            CType::Struct(_) => "",
             CType::U8 => "__u8",
             CType::U16 => "__u16",
             CType::U32 => "__u32",
@@ -79,11 +102,11 @@ impl StructDef {
         let mut max_align = 1usize;
         let mut out = Vec::with_capacity(self.fields.len());
         for field in self.fields {
-            let align = field.ctype.size();
+            let align = field.ctype.align();
             max_align = max_align.max(align);
             offset = offset.next_multiple_of(align);
             out.push((field.name, offset));
-            offset += align * field.len;
+            offset += field.ctype.size() * field.len;
         }
         (out, offset.next_multiple_of(max_align))
     }
@@ -173,6 +196,73 @@ pub const VQ_REQUEST: StructDef = StructDef {
             Le64,
             "driver's request tag, echoed nowhere, for tracing",
         ),
+        f(
+            "sg_count",
+            Le32,
+            "struct xxcap_sg_entry after the task file",
+        ),
+        f("reserved", Le32, "zero"),
+    ],
+};
+
+pub const SG_ENTRY: StructDef = StructDef {
+    name: "xxcap_sg_entry",
+    doc: "One piece of a DMA buffer: guest-physical address and length of
+ * pinned memory of the caller. A DMA command's value field holds the index
+ * of its first entry; its entries cover exactly its length.",
+    fields: &[
+        f("addr", Le64, "guest-physical address"),
+        f("len", Le32, "bytes"),
+        f("reserved", Le32, "zero"),
+    ],
+};
+
+pub const SLOT_INFO: StructDef = StructDef {
+    name: "xxcap_slot_info",
+    doc: "One capture-ring slot in the status block.",
+    fields: &[
+        f("frame_number", U64, "frame in the slot when state is FULL"),
+        f("timestamp_ns", U64, "device time the frame completed"),
+        f("state", U32, "XXCAP_SLOT_*"),
+        f("size", U32, "bytes of frame data"),
+        f("reserved", U64, "zero"),
+    ],
+};
+
+pub const STATUS_BLOCK: StructDef = StructDef {
+    name: "xxcap_status_block",
+    doc: "Status block, kept current by the card in shared memory; mmap it
+ * read-only at offset XXCAP_MMAP_OFFSET_STATUS. Sequence lock: seq is odd
+ * while the card writes; copy, and retry if seq was odd or changed.",
+    fields: &[
+        f("magic", U32, "XXCAP_STATUS_MAGIC"),
+        f("version", U32, "1"),
+        f("seq", U32, "sequence lock"),
+        f("status", U32, "XXCAP_STATUS_* bits"),
+        f("frame_counter", U64, "frames completed since capture start"),
+        f("dropped", U64, "frames the card dropped"),
+        f("errors", U64, "capture errors"),
+        f("device_time_ns", U64, "device time of the last update"),
+        f("ring_offset", U64, "card-RAM offset of slot 0"),
+        f(
+            "ring_slots",
+            U32,
+            "slots in the ring; frame N is in slot N % ring_slots",
+        ),
+        f("slot_size", U32, "bytes per slot"),
+        f("format", U32, "XXCAP_FORMAT_*"),
+        f("width", U32, "pixels"),
+        f("height", U32, "pixels"),
+        f("fps", U32, "frames per second; 0 free-running"),
+        f("frame_size", U32, "bytes of one frame"),
+        f("reserved0", U32, "zero"),
+        arr("reserved1", U64, 3, "zero"),
+        arr(
+            "slots",
+            CType::Struct(&SLOT_INFO),
+            crate::MAX_RING_SLOTS,
+            "per-slot state",
+        ),
     ],
 };
 
@@ -186,9 +276,16 @@ pub const VQ_STATUS: StructDef = StructDef {
 };
 
 /// User-visible structs (UAPI header).
-pub const UAPI_STRUCTS: &[StructDef] = &[IDENTITY, TASK_FILE_HEADER, COMMAND, EXEC];
+pub const UAPI_STRUCTS: &[StructDef] = &[
+    IDENTITY,
+    TASK_FILE_HEADER,
+    COMMAND,
+    EXEC,
+    SLOT_INFO,
+    STATUS_BLOCK,
+];
 /// Device-facing structs (driver-private header).
-pub const DEVICE_STRUCTS: &[StructDef] = &[VQ_REQUEST, VQ_STATUS];
+pub const DEVICE_STRUCTS: &[StructDef] = &[VQ_REQUEST, VQ_STATUS, SG_ENTRY];
 
 #[cfg(test)]
 mod tests {
@@ -236,7 +333,48 @@ mod tests {
         );
         assert_layout!(crate::Command, COMMAND, op, reg, flags, value, mask, length);
         assert_layout!(crate::Exec, EXEC, task_file, size, flags);
-        assert_layout!(crate::VqRequest, VQ_REQUEST, req_type, flags, tag);
+        assert_layout!(
+            crate::VqRequest,
+            VQ_REQUEST,
+            req_type,
+            flags,
+            tag,
+            sg_count,
+            reserved
+        );
+        assert_layout!(crate::SgEntry, SG_ENTRY, addr, len, reserved);
+        assert_layout!(
+            crate::SlotInfo,
+            SLOT_INFO,
+            frame_number,
+            timestamp_ns,
+            state,
+            size,
+            reserved
+        );
+        assert_layout!(
+            crate::StatusBlock,
+            STATUS_BLOCK,
+            magic,
+            version,
+            seq,
+            status,
+            frame_counter,
+            dropped,
+            errors,
+            device_time_ns,
+            ring_offset,
+            ring_slots,
+            slot_size,
+            format,
+            width,
+            height,
+            fps,
+            frame_size,
+            reserved0,
+            reserved1,
+            slots
+        );
         assert_layout!(crate::VqStatus, VQ_STATUS, status, reserved);
     }
 }

@@ -93,6 +93,15 @@ pub mod format {
     pub const RGB24: u32 = 3;
 }
 
+/// Video sources (FRAME_SOURCE register values).
+pub mod source {
+    /// The built-in test pattern.
+    pub const TEST_PATTERN: u32 = 0;
+    /// Frames read from the file given to `xxcapd --source-file`; selecting
+    /// it without one fails BAD_VALUE.
+    pub const FILE: u32 = 1;
+}
+
 /// Virtqueue indices.
 pub mod queue {
     /// Driver-to-device requests (task files).
@@ -188,10 +197,12 @@ pub enum TfError {
     DmaFault = 9,
     /// The device failed internally; the card was reset.
     Device = 10,
+    /// The register cannot change while capture runs.
+    Busy = 11,
 }
 
 impl TfError {
-    pub const ALL: [TfError; 11] = [
+    pub const ALL: [TfError; 12] = [
         TfError::Ok,
         TfError::BadOp,
         TfError::BadRegister,
@@ -203,6 +214,7 @@ impl TfError {
         TfError::DmaRange,
         TfError::DmaFault,
         TfError::Device,
+        TfError::Busy,
     ];
 
     pub fn from_raw(raw: u32) -> Option<TfError> {
@@ -225,6 +237,7 @@ impl TfError {
             TfError::DmaRange => "DMA_RANGE",
             TfError::DmaFault => "DMA_FAULT",
             TfError::Device => "DEVICE",
+            TfError::Busy => "BUSY",
         }
     }
 
@@ -241,6 +254,7 @@ impl TfError {
             TfError::DmaRange => "DMA transfer outside card RAM or invalid length",
             TfError::DmaFault => "DMA transfer touched memory the caller does not own",
             TfError::Device => "internal device error",
+            TfError::Busy => "register cannot change while capture runs",
         }
     }
 }
@@ -319,6 +333,103 @@ pub struct Exec {
 pub mod req_type {
     /// Execute the task file that follows the request header.
     pub const EXEC_TASK_FILE: u32 = 1;
+    /// Map card RAM and the status block into shared-memory region 0 (if
+    /// not mapped since the last reset). No payload; the reply is a
+    /// `VqStatus`. The driver sends it once after DRIVER_OK, before it
+    /// exposes the card: the backend can only map after the device started.
+    pub const ATTACH: u32 = 2;
+}
+
+/// Shared-memory region 0 (virtio shm id): card RAM followed by the status
+/// block page: `[0, card_ram_size)` card RAM, `[card_ram_size,
+/// card_ram_size + STATUS_BLOCK_SIZE)` the status block.
+pub const SHM_ID_CARD_RAM: u8 = 0;
+/// Size of the status block page at the end of region 0.
+pub const STATUS_BLOCK_SIZE: usize = 4096;
+/// Most scatter-gather entries one request may carry (all its DMA
+/// commands together): 256 MiB of scattered 4 KiB pages.
+pub const MAX_SG_ENTRIES: u32 = 1 << 16;
+/// Most frame slots in the capture ring.
+pub const MAX_RING_SLOTS: usize = 64;
+/// `mmap` offset on `/dev/xxcaptureN` that maps the status block (read-only);
+/// offset 0 maps card RAM.
+pub const MMAP_OFFSET_STATUS: u64 = 1 << 40;
+/// "XXSB": first word of the status block.
+pub const STATUS_MAGIC: u32 = 0x4253_5858;
+
+/// One capture-ring slot as the status block reports it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct SlotInfo {
+    /// Frame number held by the slot (valid when `state` is FULL).
+    pub frame_number: U64,
+    /// Device time when the frame was completed.
+    pub timestamp_ns: U64,
+    /// `slot_state::*`.
+    pub state: U32,
+    /// Bytes of frame data in the slot.
+    pub size: U32,
+    pub reserved: U64,
+}
+
+/// Slot states.
+pub mod slot_state {
+    pub const EMPTY: u32 = 0;
+    /// The device is writing the slot.
+    pub const FILLING: u32 = 1;
+    /// The slot holds a complete frame.
+    pub const FULL: u32 = 2;
+}
+
+/// The status block: kept current by the device in shared memory so a
+/// reader follows capture with no system call. Updates use a sequence lock:
+/// `seq` is odd while the device writes; a reader copies the block, and
+/// retries if `seq` was odd or changed.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct StatusBlock {
+    pub magic: U32,
+    pub version: U32,
+    pub seq: U32,
+    /// `status::*` bits, as the STATUS register.
+    pub status: U32,
+    /// Frames completed since capture started.
+    pub frame_counter: U64,
+    /// Frames the card dropped (capture faster than the ring allowed, or a
+    /// file source that could not keep up).
+    pub dropped: U64,
+    pub errors: U64,
+    /// Device time of the last update.
+    pub device_time_ns: U64,
+    /// Ring geometry: `ring_slots` slots of `slot_size` bytes from card-RAM
+    /// offset `ring_offset`. Slot of frame N: `N % ring_slots`.
+    pub ring_offset: U64,
+    pub ring_slots: U32,
+    pub slot_size: U32,
+    pub format: U32,
+    pub width: U32,
+    pub height: U32,
+    pub fps: U32,
+    /// Bytes of one frame.
+    pub frame_size: U32,
+    pub reserved0: U32,
+    pub reserved1: [U64; 3],
+    pub slots: [SlotInfo; MAX_RING_SLOTS],
+}
+
+/// One scatter-gather element of a DMA buffer: guest-physical address and
+/// length. The driver builds them from the caller's pinned pages; they
+/// follow the task file in the request.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct SgEntry {
+    pub addr: U64,
+    pub len: U32,
+    pub reserved: U32,
 }
 
 /// First bytes of every command-queue request (device-readable).
@@ -328,6 +439,9 @@ pub struct VqRequest {
     pub req_type: U32,
     pub flags: U32,
     pub tag: U64,
+    /// Scatter-gather entries following the task file (DMA buffers).
+    pub sg_count: U32,
+    pub reserved: U32,
 }
 
 /// Last bytes of every command-queue request (device-writable).
@@ -346,6 +460,9 @@ pub mod vq_status {
     pub const BAD_REQUEST: u32 = 1;
     /// Unknown request type or flags.
     pub const UNSUPPORTED: u32 = 2;
+    /// The device could not carry out the request (e.g. mapping card RAM
+    /// failed).
+    pub const DEVICE_ERROR: u32 = 3;
 }
 
 /// Guest ioctl numbers (the `x` type, Linux `_IOC` encoding).
@@ -408,7 +525,10 @@ mod tests {
         assert_eq!(TF_HEADER_SIZE, 16);
         assert_eq!(CMD_SIZE, 32);
         assert_eq!(core::mem::size_of::<Exec>(), 16);
-        assert_eq!(core::mem::size_of::<VqRequest>(), 16);
+        assert_eq!(core::mem::size_of::<VqRequest>(), 24);
+        assert_eq!(core::mem::size_of::<SgEntry>(), 16);
+        assert_eq!(core::mem::size_of::<SlotInfo>(), 32);
+        assert!(core::mem::size_of::<StatusBlock>() <= STATUS_BLOCK_SIZE);
         assert_eq!(core::mem::size_of::<VqStatus>(), 8);
         assert_eq!(MAX_TASK_FILE_SIZE, 16 + 4096 * 32);
     }
@@ -427,7 +547,7 @@ mod tests {
         for e in TfError::ALL {
             assert_eq!(TfError::from_raw(e as u32), Some(e));
         }
-        assert_eq!(TfError::from_raw(11), None);
+        assert_eq!(TfError::from_raw(12), None);
         assert_eq!(TfError::from_raw(u32::MAX), None);
     }
 

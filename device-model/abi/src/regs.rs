@@ -2,7 +2,7 @@
 //! value rules. The model executes from this table, the guest driver
 //! validates from a C table generated from it (`guest-driver/xxcapture_dev.h`).
 
-use crate::{control, format, irq};
+use crate::{control, format, irq, source};
 
 /// Register width. 32-bit registers take the register ops, 64-bit ones the
 /// address ops (GetAddress/SetAddress).
@@ -137,6 +137,10 @@ pub const CARD_RAM_PAGES: u16 = 0x04C;
 pub const SCRATCH: u16 = 0x050;
 pub const REQUEST_COUNT: u16 = 0x054;
 pub const COMMAND_COUNT: u16 = 0x058;
+pub const RING_SLOTS: u16 = 0x05C;
+pub const RING_SLOT_SIZE: u16 = 0x060;
+pub const FRAME_SOURCE: u16 = 0x064;
+pub const DROPPED_FRAMES: u16 = 0x068;
 pub const DMA_CARD_ADDR: u16 = 0x100;
 pub const SCRATCH64: u16 = 0x108;
 pub const DEVICE_TIME_NS: u16 = 0x110;
@@ -259,6 +263,17 @@ pub const REGISTERS: &[RegisterDesc] = &[
         Any,
         "Task-file commands executed since the device started",
     ),
+    reg32("RING_SLOTS", RING_SLOTS, ReadOnly, 0, Any, "Slots in the capture ring (set at capture start)"),
+    reg32("RING_SLOT_SIZE", RING_SLOT_SIZE, ReadOnly, 0, Any, "Bytes per ring slot (frame size rounded up to 4 KiB)"),
+    reg32(
+        "FRAME_SOURCE",
+        FRAME_SOURCE,
+        ReadWrite,
+        0x1,
+        OneOf(&[source::TEST_PATTERN, source::FILE]),
+        "0: test pattern, 1: the file given to xxcapd --source-file",
+    ),
+    reg32("DROPPED_FRAMES", DROPPED_FRAMES, ReadOnly, 0, Any, "Frames dropped since capture start"),
     reg64(
         "DMA_CARD_ADDR",
         DMA_CARD_ADDR,

@@ -51,6 +51,10 @@
 #define XXCAP_FORMAT_NV12	2
 #define XXCAP_FORMAT_RGB24	3
 
+/* Video sources (register FRAME_SOURCE) */
+#define XXCAP_SOURCE_TEST_PATTERN	0
+#define XXCAP_SOURCE_FILE	1
+
 /* DMA directions (the reg field of a DMA command) */
 #define XXCAP_DMA_TO_CARD	0
 #define XXCAP_DMA_FROM_CARD	1
@@ -79,6 +83,10 @@
 #define XXCAP_REG_SCRATCH	0x050
 #define XXCAP_REG_REQUEST_COUNT	0x054
 #define XXCAP_REG_COMMAND_COUNT	0x058
+#define XXCAP_REG_RING_SLOTS	0x05c
+#define XXCAP_REG_RING_SLOT_SIZE	0x060
+#define XXCAP_REG_FRAME_SOURCE	0x064
+#define XXCAP_REG_DROPPED_FRAMES	0x068
 #define XXCAP_REG_DMA_CARD_ADDR	0x100
 #define XXCAP_REG_SCRATCH64	0x108
 #define XXCAP_REG_DEVICE_TIME_NS	0x110
@@ -105,6 +113,7 @@
 #define XXCAP_TF_DMA_RANGE	8	/* DMA transfer outside card RAM or invalid length */
 #define XXCAP_TF_DMA_FAULT	9	/* DMA transfer touched memory the caller does not own */
 #define XXCAP_TF_DEVICE	10	/* internal device error */
+#define XXCAP_TF_BUSY	11	/* register cannot change while capture runs */
 
 /*
  * Card identity: the device config-space layout (little-endian on the
@@ -157,6 +166,44 @@ struct xxcap_exec {
 	__u64 task_file;	/* user address of the task file */
 	__u32 size;	/* its size in bytes: header + count * command */
 	__u32 flags;	/* zero */
+};
+
+/*
+ * One capture-ring slot in the status block.
+ */
+struct xxcap_slot_info {
+	__u64 frame_number;	/* frame in the slot when state is FULL */
+	__u64 timestamp_ns;	/* device time the frame completed */
+	__u32 state;	/* XXCAP_SLOT_* */
+	__u32 size;	/* bytes of frame data */
+	__u64 reserved;	/* zero */
+};
+
+/*
+ * Status block, kept current by the card in shared memory; mmap it
+ * read-only at offset XXCAP_MMAP_OFFSET_STATUS. Sequence lock: seq is odd
+ * while the card writes; copy, and retry if seq was odd or changed.
+ */
+struct xxcap_status_block {
+	__u32 magic;	/* XXCAP_STATUS_MAGIC */
+	__u32 version;	/* 1 */
+	__u32 seq;	/* sequence lock */
+	__u32 status;	/* XXCAP_STATUS_* bits */
+	__u64 frame_counter;	/* frames completed since capture start */
+	__u64 dropped;	/* frames the card dropped */
+	__u64 errors;	/* capture errors */
+	__u64 device_time_ns;	/* device time of the last update */
+	__u64 ring_offset;	/* card-RAM offset of slot 0 */
+	__u32 ring_slots;	/* slots in the ring; frame N is in slot N % ring_slots */
+	__u32 slot_size;	/* bytes per slot */
+	__u32 format;	/* XXCAP_FORMAT_* */
+	__u32 width;	/* pixels */
+	__u32 height;	/* pixels */
+	__u32 fps;	/* frames per second; 0 free-running */
+	__u32 frame_size;	/* bytes of one frame */
+	__u32 reserved0;	/* zero */
+	__u64 reserved1[3];	/* zero */
+	struct xxcap_slot_info slots[64];	/* per-slot state */
 };
 
 /* ioctls on /dev/xxcaptureN */
