@@ -2,8 +2,9 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+pub use xxcapture_abi::frame::PixelFormat;
 use xxcapture_abi::{
-    format, read_c_string, regs, Exec, Identity, RegisterDesc, TaskFile, TaskFileResult, TfError,
+    read_c_string, regs, Exec, Identity, RegisterDesc, TaskFile, TaskFileResult, TfError,
     Width, ABI_VERSION_MAJOR, MAGIC, MAX_COMMANDS,
 };
 
@@ -59,48 +60,6 @@ impl Info {
     }
 }
 
-/// Pixel formats the card captures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PixelFormat {
-    Yuyv,
-    Nv12,
-    Rgb24,
-}
-
-impl PixelFormat {
-    fn code(self) -> u32 {
-        match self {
-            PixelFormat::Yuyv => format::YUYV,
-            PixelFormat::Nv12 => format::NV12,
-            PixelFormat::Rgb24 => format::RGB24,
-        }
-    }
-
-    fn from_code(code: u32) -> Option<Self> {
-        match code {
-            format::YUYV => Some(PixelFormat::Yuyv),
-            format::NV12 => Some(PixelFormat::Nv12),
-            format::RGB24 => Some(PixelFormat::Rgb24),
-            _ => None,
-        }
-    }
-}
-
-impl std::str::FromStr for PixelFormat {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "yuyv" => Ok(PixelFormat::Yuyv),
-            "nv12" => Ok(PixelFormat::Nv12),
-            "rgb24" => Ok(PixelFormat::Rgb24),
-            other => Err(Error::BadFormat(format!(
-                "unknown pixel format {other:?} (yuyv, nv12, rgb24)"
-            ))),
-        }
-    }
-}
-
 /// What the card captures: format, size and rate (0 fps: free-running).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameFormat {
@@ -113,7 +72,7 @@ pub struct FrameFormat {
 /// An open card.
 #[derive(Debug)]
 pub struct Card {
-    file: File,
+    pub(crate) file: File,
     path: PathBuf,
     info: Info,
 }

@@ -43,6 +43,15 @@ pub enum Error {
     },
     #[error("invalid frame format: {0}")]
     BadFormat(String),
+    #[error("cannot map {what}: {source}")]
+    Map {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("this card does not support {0} (see `xxcap info` capabilities)")]
+    Unsupported(&'static str),
+    #[error("no frame within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl Error {
@@ -53,6 +62,7 @@ impl Error {
             Error::Ioctl { source, .. } => Some(*source),
             Error::Open { source, .. } => source.raw_os_error().map(nix::errno::Errno::from_raw),
             Error::Busy { .. } => Some(nix::errno::Errno::EBUSY),
+            Error::Map { source, .. } => source.raw_os_error().map(nix::errno::Errno::from_raw),
             _ => None,
         }
     }

@@ -6,10 +6,12 @@
 //! available for tools and tests through [`Card::execute`] and
 //! [`Card::read_register`] / [`Card::write_register`].
 
+mod capture;
 mod card;
 mod error;
 mod sys;
 
+pub use capture::{Capture, CaptureMode, CaptureStats, CardRam, Frame, StatusView};
 pub use card::{Access, Card, FrameFormat, Info, PixelFormat};
 pub use error::{Error, Result};
 pub use xxcapture_abi as abi;

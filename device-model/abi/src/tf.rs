@@ -71,6 +71,32 @@ impl TaskFile {
         self.push(Op::SetAddress, reg, value, 0)
     }
 
+    /// A DMA transfer between the buffer at user address `buffer` and card
+    /// RAM at `card_offset`; `direction` is `dma_dir::TO_CARD` or
+    /// `FROM_CARD`. The buffer must stay valid until the task file returns.
+    pub fn dma(
+        &mut self,
+        blocking: bool,
+        direction: u16,
+        buffer: u64,
+        card_offset: u64,
+        length: u64,
+    ) -> usize {
+        let op = if blocking {
+            Op::DmaTransferBlock
+        } else {
+            Op::DmaTransferNonBlock
+        };
+        self.push_raw(Command {
+            op: (op as u16).into(),
+            reg: direction.into(),
+            flags: 0.into(),
+            value: buffer.into(),
+            mask: card_offset.into(),
+            length: length.into(),
+        })
+    }
+
     /// Serializes header and commands into the wire format.
     pub fn to_bytes(&self) -> Vec<u8> {
         let count = u32::try_from(self.commands.len()).unwrap_or(u32::MAX);

@@ -1,6 +1,8 @@
 //! `xxcap`: the xxcapture card from the guest's command line.
 
+mod capture;
 mod selftest;
+mod selftest_dma;
 
 use std::process::ExitCode;
 
@@ -33,6 +35,8 @@ enum Command {
     },
     /// Check the card and driver contract end to end; prints one line per check.
     Selftest,
+    /// Capture frames by DMA or from mapped card RAM; optionally verify, write Y4M and a PNG.
+    Capture(capture::CaptureArgs),
 }
 
 #[derive(Subcommand)]
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Info => info(&cli.device),
         Command::Regs { action } => regs_cmd(&cli.device, action),
         Command::Selftest => selftest::run(&cli.device),
+        Command::Capture(args) => capture::run(&cli.device, args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,173 @@
+//! Selftest checks of card RAM, DMA and mmap, run when the card has them.
+
+use std::num::NonZeroUsize;
+
+use nix::errno::Errno;
+use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
+use xxcapture::abi::{dma_dir, TaskFile, TfError};
+use xxcapture::{Card, Error};
+
+type Check = Result<String, String>;
+
+fn err(e: Error) -> String {
+    e.to_string()
+}
+
+/// Deterministic, position-dependent bytes, so a shifted copy is caught.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn roundtrip(card: &Card) -> Check {
+    let ram_size = card.info().card_ram_size as usize;
+    let mut ram = card.map_card_ram().map_err(err)?;
+    let cases: Vec<(usize, usize)> = vec![
+        (0, 1),
+        (1, 3),
+        (4093, 4096),
+        (4096, 4097),
+        (12_345, 65_541),
+        (1 << 20, (1 << 20) + 13),
+        (ram_size - 7, 7),
+        (0, ram_size),
+    ];
+    for (i, &(offset, len)) in cases.iter().enumerate() {
+        // An unaligned user buffer spanning many pages.
+        let mut backing = pattern(i as u64 + 1, len + 1);
+        let data = &mut backing[1..];
+        let moved = card.write_blocks(offset as u64, data).map_err(err)?;
+        if moved != len as u64 {
+            return Err(format!("write {len} at {offset}: moved {moved}"));
+        }
+        if &ram.as_slice()[offset..offset + len] != &data[..] {
+            return Err(format!("write {len} at {offset}: mapped card RAM differs"));
+        }
+        let mut back = vec![0u8; len + 2];
+        let moved = card
+            .read_blocks(offset as u64, &mut back[1..=len])
+            .map_err(err)?;
+        if moved != len as u64 || back[1..=len] != data[..] {
+            return Err(format!("read {len} at {offset}: data differs (moved {moved})"));
+        }
+        if back[0] != 0 || back[len + 1] != 0 {
+            return Err(format!("read {len} at {offset}: wrote outside the buffer"));
+        }
+    }
+    // Writes through the mapping are seen by DMA.
+    let probe = pattern(99, 4099);
+    ram.as_mut_slice()[777..777 + probe.len()].copy_from_slice(&probe);
+    let mut back = vec![0u8; probe.len()];
+    card.read_blocks(777, &mut back).map_err(err)?;
+    if back != probe {
+        return Err("mmap write not seen by DMA read".into());
+    }
+    Ok(format!(
+        "{} transfers from 1 byte to {} MiB, unaligned, byte-exact by DMA and mmap",
+        cases.len(),
+        ram_size >> 20
+    ))
+}
+
+fn tf_error(card: &Card, tf: &TaskFile) -> Result<(TfError, u32), String> {
+    let res = card.execute(tf).map_err(err)?;
+    Ok((res.error, res.index))
+}
+
+pub fn bad_transfers(card: &Card) -> Check {
+    let ram_size = card.info().card_ram_size;
+    let mut ram = card.map_card_ram().map_err(err)?;
+    // Canary: a known pattern over the first 64 KiB and last 64 KiB.
+    let canary = pattern(7, 65_536);
+    ram.as_mut_slice()[..65_536].copy_from_slice(&canary);
+    let tail = (ram_size - 65_536) as usize;
+    ram.as_mut_slice()[tail..].copy_from_slice(&canary);
+
+    let mut buf = vec![0u8; 64];
+    let addr = buf.as_mut_ptr() as u64;
+    let cases: Vec<(&str, TaskFile, TfError)> = vec![
+        ("past card RAM", one(dma_dir::TO_CARD, addr, ram_size - 10, 20), TfError::DmaRange),
+        ("zero length", one(dma_dir::TO_CARD, addr, 0, 0), TfError::DmaRange),
+        ("offset overflow", one(dma_dir::FROM_CARD, addr, u64::MAX - 3, 8), TfError::DmaRange),
+        ("bad direction", one(2, addr, 0, 8), TfError::BadValue),
+    ];
+    for (name, tf, want) in cases {
+        let got = tf_error(card, &tf)?;
+        if got != (want, 0) {
+            return Err(format!("{name}: got {got:?}, expected {want:?} at 0"));
+        }
+    }
+    // Addresses that are not the caller's.
+    match card.execute(&one(dma_dir::TO_CARD, 0x1000, 0, 64)) {
+        Err(e) if e.errno() == Some(Errno::EFAULT) => {}
+        other => return Err(format!("unmapped user address: {other:?}, expected EFAULT")),
+    }
+    let page = NonZeroUsize::new(4096).ok_or("page size")?;
+    // SAFETY: a fresh anonymous read-only page, unmapped below; never
+    // dereferenced here, only handed to the driver, which must refuse to
+    // write it.
+    let ro = unsafe { mmap_anonymous(None, page, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE) }
+        .map_err(|e| format!("mmap: {e}"))?;
+    let ro_result = card.execute(&one(dma_dir::FROM_CARD, ro.as_ptr() as u64, 0, 4096));
+    // SAFETY: `ro` came from mmap_anonymous above with this length.
+    unsafe { munmap(ro, 4096) }.map_err(|e| format!("munmap: {e}"))?;
+    match ro_result {
+        Err(e) if e.errno() == Some(Errno::EFAULT) => {}
+        other => return Err(format!("read-only buffer for a from-card transfer: {other:?}, expected EFAULT")),
+    }
+    if buf.iter().any(|&b| b != 0) {
+        return Err("a refused transfer wrote the user buffer".into());
+    }
+    if ram.as_slice()[..65_536] != canary[..] || ram.as_slice()[tail..] != canary[..] {
+        return Err("a refused transfer changed card RAM".into());
+    }
+    Ok("DMA_RANGE past RAM/zero/overflow, BAD_VALUE direction, EFAULT for foreign and read-only buffers; canaries intact".into())
+}
+
+fn one(direction: u16, addr: u64, offset: u64, len: u64) -> TaskFile {
+    let mut tf = TaskFile::new();
+    tf.dma(true, direction, addr, offset, len);
+    tf
+}
+
+pub fn nonblocking(card: &Card) -> Check {
+    let data = pattern(3, 10_000);
+    let mut tf = TaskFile::new();
+    tf.dma(false, dma_dir::TO_CARD, data.as_ptr() as u64, 5000, 10_000);
+    let mut back = vec![0u8; 10_000];
+    tf.dma(false, dma_dir::FROM_CARD, back.as_mut_ptr() as u64, 5000, 10_000);
+    let res = card.run(&tf).map_err(err)?;
+    if back != data || res.commands.iter().any(|c| c.length.get() != 10_000) {
+        return Err("non-blocking round trip differs".into());
+    }
+    Ok("two non-blocking transfers in one task file (complete synchronously in this revision)".into())
+}
+
+pub fn observer_mappings(device: &str) -> Check {
+    let observer = Card::open(device, xxcapture::Access::Observe).map_err(err)?;
+    let status = observer.map_status().map_err(err)?;
+    let block = status.snapshot().map_err(err)?;
+    match observer.map_card_ram() {
+        Err(e) if e.errno() == Some(Errno::EACCES) => {}
+        other => return Err(format!("observer writable card-RAM map: {:?}, expected EACCES", other.map(|_| ()))),
+    }
+    Ok(format!(
+        "status block readable (magic ok, {} frames), observer cannot map card RAM writable",
+        block.frame_counter.get()
+    ))
+}
+
+pub fn pins_released(card: &Card) -> Check {
+    let pinned = card.sysfs_attribute("pinned_pages").map_err(err)?;
+    if pinned != "0" {
+        return Err(format!("pinned_pages = {pinned} after all transfers"));
+    }
+    Ok("pinned_pages back to 0".into())
+}
