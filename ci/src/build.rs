@@ -207,6 +207,9 @@ pub fn build_all() -> Result<Artifacts> {
             .arg(format!("{}:/bin/xxcap", xxcap.display()))
             .arg("--add")
             .arg(format!("{}:/lib/xxcapture/xxcapture.ko", module.display()))
+            // For the capture tests' output disk.
+            .arg("--kmod")
+            .arg("virtio_blk")
             .stdout(std::process::Stdio::null()),
     )?;
     Artifacts::locate()

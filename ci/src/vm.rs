@@ -23,6 +23,8 @@ pub enum Mode {
     Run,
     /// The HIL test sequence.
     Test,
+    /// The capture tests (writes its files to the output disk).
+    Capture,
     /// An interactive shell on the serial console.
     Shell,
 }
@@ -32,6 +34,7 @@ impl Mode {
         match self {
             Mode::Run => "run",
             Mode::Test => "test",
+            Mode::Capture => "capture",
             Mode::Shell => "shell",
         }
     }
@@ -54,6 +57,8 @@ pub struct VmOptions {
     pub echo: bool,
     /// Where console and backend logs are kept.
     pub log_dir: PathBuf,
+    /// A raw disk image the guest sees as /dev/vda (its way to hand files out).
+    pub output_disk: Option<PathBuf>,
 }
 
 impl Default for VmOptions {
@@ -66,6 +71,7 @@ impl Default for VmOptions {
             card_ram: "64M".into(),
             echo: false,
             log_dir: repo_root().join("target/hil-logs"),
+            output_disk: None,
         }
     }
 }
@@ -187,6 +193,14 @@ impl Vm {
             ))
             .arg("-kernel")
             .arg(&p.kernel)
+            .args(opts.output_disk.iter().flat_map(|disk| {
+                [
+                    "-drive".to_string(),
+                    format!("file={},format=raw,if=none,id=out0", disk.display()),
+                    "-device".to_string(),
+                    "virtio-blk-pci,drive=out0".to_string(),
+                ]
+            }))
             .arg("-initrd")
             .arg(&artifacts.initramfs)
             .arg("-append")

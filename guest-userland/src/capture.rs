@@ -125,11 +125,12 @@ impl Card {
         // SAFETY: the mapping is shared with the card, which may change it
         // at any time; callers get it as bytes only, never as references to
         // typed data that could be torn.
-        let map = unsafe { MmapOptions::new().len(len).offset(0).map_mut(self.file()) }
-            .map_err(|source| Error::Map {
+        let map = unsafe { MmapOptions::new().len(len).offset(0).map_mut(self.file()) }.map_err(
+            |source| Error::Map {
                 what: "card RAM",
                 source,
-            })?;
+            },
+        )?;
         Ok(CardRam { map })
     }
 
@@ -166,18 +167,32 @@ impl Card {
         tf.set_to_register(regs::CONTROL, u32::MAX, control::DMA_RESET);
         let at = tf.dma(true, direction, addr, card_offset, len as u64);
         let res = self.run(&tf)?;
-        let moved = res.commands.get(at).map(|c| c.length.get()).ok_or(Error::Protocol)?;
+        let moved = res
+            .commands
+            .get(at)
+            .map(|c| c.length.get())
+            .ok_or(Error::Protocol)?;
         Ok(moved)
     }
 
     /// DMA from `data` into card RAM at `card_offset`; returns bytes moved.
     pub fn write_blocks(&self, card_offset: u64, data: &[u8]) -> Result<u64> {
-        self.dma(dma_dir::TO_CARD, card_offset, data.as_ptr() as u64, data.len())
+        self.dma(
+            dma_dir::TO_CARD,
+            card_offset,
+            data.as_ptr() as u64,
+            data.len(),
+        )
     }
 
     /// DMA from card RAM at `card_offset` into `buf`; returns bytes moved.
     pub fn read_blocks(&self, card_offset: u64, buf: &mut [u8]) -> Result<u64> {
-        self.dma(dma_dir::FROM_CARD, card_offset, buf.as_mut_ptr() as u64, buf.len())
+        self.dma(
+            dma_dir::FROM_CARD,
+            card_offset,
+            buf.as_mut_ptr() as u64,
+            buf.len(),
+        )
     }
 
     /// Starts capture in `format` from the test pattern (`file_source`

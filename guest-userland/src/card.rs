@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 pub use xxcapture_abi::frame::PixelFormat;
 use xxcapture_abi::{
-    read_c_string, regs, Exec, Identity, RegisterDesc, TaskFile, TaskFileResult, TfError,
-    Width, ABI_VERSION_MAJOR, MAGIC, MAX_COMMANDS,
+    read_c_string, regs, Exec, Identity, RegisterDesc, TaskFile, TaskFileResult, TfError, Width,
+    ABI_VERSION_MAJOR, MAGIC, MAX_COMMANDS,
 };
 
 use crate::error::{Error, Result};

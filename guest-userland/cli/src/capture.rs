@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use xxcapture::abi::frame::{verify, PixelFormat};
-use xxcapture::{Access, Card, CaptureMode, Error, FrameFormat};
+use xxcapture::{Access, CaptureMode, Card, Error, FrameFormat};
 
 #[derive(clap::Args)]
 pub struct CaptureArgs {
@@ -50,7 +50,8 @@ pub struct CaptureArgs {
 }
 
 fn parse_format(s: &str) -> Result<PixelFormat, String> {
-    PixelFormat::from_name(s).ok_or_else(|| format!("unknown pixel format {s:?} (yuyv, nv12, rgb24)"))
+    PixelFormat::from_name(s)
+        .ok_or_else(|| format!("unknown pixel format {s:?} (yuyv, nv12, rgb24)"))
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -121,7 +122,11 @@ fn to_rgb(fmt: PixelFormat, w: usize, h: usize, data: &[u8]) -> Vec<u8> {
             for row in 0..h {
                 for col in 0..w {
                     let c = (row / 2) * w + (col / 2) * 2;
-                    rgb.extend_from_slice(&yuv_to_rgb(luma[row * w + col], chroma[c], chroma[c + 1]));
+                    rgb.extend_from_slice(&yuv_to_rgb(
+                        luma[row * w + col],
+                        chroma[c],
+                        chroma[c + 1],
+                    ));
                 }
             }
         }

@@ -78,7 +78,8 @@ pub fn run(device: &str) -> Result<ExitCode, Error> {
     }
     report.record("transactional", transactional(&card));
     report.record("ioctl-contract", ioctl_contract(&card));
-    if card.info().capabilities & (caps::DMA | caps::CARD_RAM_SHM) == caps::DMA | caps::CARD_RAM_SHM {
+    if card.info().capabilities & (caps::DMA | caps::CARD_RAM_SHM) == caps::DMA | caps::CARD_RAM_SHM
+    {
         report.record("dma-roundtrip", selftest_dma::roundtrip(&card));
         report.record("dma-bad-transfers", selftest_dma::bad_transfers(&card));
         report.record("dma-nonblocking", selftest_dma::nonblocking(&card));
@@ -393,7 +394,10 @@ fn busy_while_capturing(card: &Card) -> Check {
     card.stop_capture().map_err(err)?;
     let res = res?;
     if (res.error, res.index) != (TfError::Busy, 1) {
-        return Err(format!("format change while capturing: {:?} at {}", res.error, res.index));
+        return Err(format!(
+            "format change while capturing: {:?} at {}",
+            res.error, res.index
+        ));
     }
     Ok("format change while capturing refused with BUSY".into())
 }

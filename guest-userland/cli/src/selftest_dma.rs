@@ -55,7 +55,9 @@ pub fn roundtrip(card: &Card) -> Check {
             .read_blocks(offset as u64, &mut back[1..=len])
             .map_err(err)?;
         if moved != len as u64 || back[1..=len] != data[..] {
-            return Err(format!("read {len} at {offset}: data differs (moved {moved})"));
+            return Err(format!(
+                "read {len} at {offset}: data differs (moved {moved})"
+            ));
         }
         if back[0] != 0 || back[len + 1] != 0 {
             return Err(format!("read {len} at {offset}: wrote outside the buffer"));
@@ -93,9 +95,21 @@ pub fn bad_transfers(card: &Card) -> Check {
     let mut buf = vec![0u8; 64];
     let addr = buf.as_mut_ptr() as u64;
     let cases: Vec<(&str, TaskFile, TfError)> = vec![
-        ("past card RAM", one(dma_dir::TO_CARD, addr, ram_size - 10, 20), TfError::DmaRange),
-        ("zero length", one(dma_dir::TO_CARD, addr, 0, 0), TfError::DmaRange),
-        ("offset overflow", one(dma_dir::FROM_CARD, addr, u64::MAX - 3, 8), TfError::DmaRange),
+        (
+            "past card RAM",
+            one(dma_dir::TO_CARD, addr, ram_size - 10, 20),
+            TfError::DmaRange,
+        ),
+        (
+            "zero length",
+            one(dma_dir::TO_CARD, addr, 0, 0),
+            TfError::DmaRange,
+        ),
+        (
+            "offset overflow",
+            one(dma_dir::FROM_CARD, addr, u64::MAX - 3, 8),
+            TfError::DmaRange,
+        ),
         ("bad direction", one(2, addr, 0, 8), TfError::BadValue),
     ];
     for (name, tf, want) in cases {
@@ -120,7 +134,11 @@ pub fn bad_transfers(card: &Card) -> Check {
     unsafe { munmap(ro, 4096) }.map_err(|e| format!("munmap: {e}"))?;
     match ro_result {
         Err(e) if e.errno() == Some(Errno::EFAULT) => {}
-        other => return Err(format!("read-only buffer for a from-card transfer: {other:?}, expected EFAULT")),
+        other => {
+            return Err(format!(
+                "read-only buffer for a from-card transfer: {other:?}, expected EFAULT"
+            ))
+        }
     }
     if buf.iter().any(|&b| b != 0) {
         return Err("a refused transfer wrote the user buffer".into());
@@ -142,12 +160,21 @@ pub fn nonblocking(card: &Card) -> Check {
     let mut tf = TaskFile::new();
     tf.dma(false, dma_dir::TO_CARD, data.as_ptr() as u64, 5000, 10_000);
     let mut back = vec![0u8; 10_000];
-    tf.dma(false, dma_dir::FROM_CARD, back.as_mut_ptr() as u64, 5000, 10_000);
+    tf.dma(
+        false,
+        dma_dir::FROM_CARD,
+        back.as_mut_ptr() as u64,
+        5000,
+        10_000,
+    );
     let res = card.run(&tf).map_err(err)?;
     if back != data || res.commands.iter().any(|c| c.length.get() != 10_000) {
         return Err("non-blocking round trip differs".into());
     }
-    Ok("two non-blocking transfers in one task file (complete synchronously in this revision)".into())
+    Ok(
+        "two non-blocking transfers in one task file (complete synchronously in this revision)"
+            .into(),
+    )
 }
 
 pub fn observer_mappings(device: &str) -> Check {
@@ -156,7 +183,12 @@ pub fn observer_mappings(device: &str) -> Check {
     let block = status.snapshot().map_err(err)?;
     match observer.map_card_ram() {
         Err(e) if e.errno() == Some(Errno::EACCES) => {}
-        other => return Err(format!("observer writable card-RAM map: {:?}, expected EACCES", other.map(|_| ()))),
+        other => {
+            return Err(format!(
+                "observer writable card-RAM map: {:?}, expected EACCES",
+                other.map(|_| ())
+            ))
+        }
     }
     Ok(format!(
         "status block readable (magic ok, {} frames), observer cannot map card RAM writable",
