@@ -1,12 +1,15 @@
 //! The card: identity, reset state and the entry point for task files.
 
 use thiserror::Error;
+use xxcapture_abi::frame::PixelFormat;
 use xxcapture_abi::{
-    caps, control, fill_c_string, format, irq, regs, status, Identity, ABI_VERSION, CONFIG_SIZE,
-    MAGIC, MAX_COMMANDS, MODEL_DOUBLE_X,
+    caps, control, fill_c_string, irq, regs, source, status, Identity, SgEntry, ABI_VERSION,
+    CONFIG_SIZE, MAGIC, MAX_COMMANDS, MODEL_DOUBLE_X,
 };
 use zerocopy::IntoBytes;
 
+use crate::capture::{CaptureSession, FrameGeometry, Ring};
+use crate::dma::{DmaPort, NoDma};
 use crate::regfile::RegisterFile;
 use crate::taskfile::{self, Outcome};
 
@@ -17,6 +20,34 @@ pub const MIN_CARD_RAM: u64 = 4 << 20;
 /// fit the region in a PCI BAR.
 pub const MAX_CARD_RAM: u64 = 4 << 30;
 
+/// Every capability bit this ABI defines.
+pub const ALL_CAPS: u32 =
+    caps::TASK_FILE | caps::DMA | caps::CARD_RAM_SHM | caps::EVENTS | caps::CAPTURE;
+
+/// The capabilities of a capture-capable card (what `xxcapd` serves).
+pub const CAPTURE_CARD_CAPS: u32 = caps::TASK_FILE | caps::DMA | caps::CARD_RAM_SHM | caps::CAPTURE;
+
+/// Reset values of the frame registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameDefaults {
+    pub geometry: FrameGeometry,
+    /// Frames per second, `0..=regs::MAX_FRAME_RATE`; 0: free-running.
+    pub fps: u32,
+}
+
+impl Default for FrameDefaults {
+    fn default() -> Self {
+        FrameDefaults {
+            geometry: FrameGeometry {
+                format: PixelFormat::Yuyv,
+                width: 640,
+                height: 480,
+            },
+            fps: 30,
+        }
+    }
+}
+
 /// How the card is built: fixed for its lifetime.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CardConfig {
@@ -26,6 +57,15 @@ pub struct CardConfig {
     pub serial: String,
     /// Hardware revision reported in the identity.
     pub revision: u32,
+    /// Capability bits (`caps::*`); must include `TASK_FILE`. The default is
+    /// `TASK_FILE` only (revision 1); a capture card has
+    /// [`CAPTURE_CARD_CAPS`].
+    pub capabilities: u32,
+    /// Reset values of FRAME_FORMAT/WIDTH/HEIGHT/RATE.
+    pub defaults: FrameDefaults,
+    /// Geometry of the file video source, if the card has one
+    /// (`xxcapd --source-file`); without one, FRAME_SOURCE = FILE is refused.
+    pub file_source: Option<FrameGeometry>,
 }
 
 impl Default for CardConfig {
@@ -34,6 +74,9 @@ impl Default for CardConfig {
             card_ram_size: 64 << 20,
             serial: "XX-0000001".into(),
             revision: 1,
+            capabilities: caps::TASK_FILE,
+            defaults: FrameDefaults::default(),
+            file_source: None,
         }
     }
 }
@@ -46,6 +89,14 @@ pub enum ConfigError {
     RamOutOfRange { size: u64, min: u64, max: u64 },
     #[error("serial number {0:?} is longer than 15 bytes")]
     SerialTooLong(String),
+    #[error("capabilities {0:#x} are not a TASK_FILE card's capability bits")]
+    BadCapabilities(u32),
+    #[error("{} {}x{} is not a frame size the card accepts (even, 320..=3840 x 240..=2160)", .0.format, .0.width, .0.height)]
+    BadFrameSize(FrameGeometry),
+    #[error("frame rate {0} is above {max} fps", max = regs::MAX_FRAME_RATE)]
+    BadFrameRate(u32),
+    #[error("{} {}x{} frames do not fit twice in {ram} bytes of card RAM", .geometry.format, .geometry.width, .geometry.height)]
+    RingTooSmall { geometry: FrameGeometry, ram: u64 },
 }
 
 impl CardConfig {
@@ -63,6 +114,27 @@ impl CardConfig {
         if self.serial.len() > 15 {
             return Err(ConfigError::SerialTooLong(self.serial.clone()));
         }
+        if self.capabilities & !ALL_CAPS != 0 || self.capabilities & caps::TASK_FILE == 0 {
+            return Err(ConfigError::BadCapabilities(self.capabilities));
+        }
+        let geometries = std::iter::once(self.defaults.geometry).chain(self.file_source);
+        for geometry in geometries {
+            if geometry.frame_size().is_none() {
+                return Err(ConfigError::BadFrameSize(geometry));
+            }
+            // A file whose frames cannot form a ring could never play.
+            if Ring::plan(geometry, self.card_ram_size).is_none()
+                && Some(geometry) == self.file_source
+            {
+                return Err(ConfigError::RingTooSmall {
+                    geometry,
+                    ram: self.card_ram_size,
+                });
+            }
+        }
+        if self.defaults.fps > regs::MAX_FRAME_RATE {
+            return Err(ConfigError::BadFrameRate(self.defaults.fps));
+        }
         Ok(())
     }
 }
@@ -79,20 +151,26 @@ pub struct Card {
     epoch_ns: u64,
     requests: u64,
     commands: u64,
+    /// Generation of the last capture start (0: none yet).
+    capture_generation: u64,
+    /// Whether progress reports for `capture_generation` still count (until
+    /// the next reset).
+    progress_open: bool,
 }
 
 impl Card {
     pub fn new(config: CardConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut card = Card {
+            // Operations of capabilities the card lacks answer NOT_SUPPORTED.
+            capabilities: config.capabilities,
             config,
-            // DMA, card-RAM mapping, events and capture come with later
-            // revisions; their ops answer NOT_SUPPORTED until then.
-            capabilities: caps::TASK_FILE,
             regs: RegisterFile::default(),
             epoch_ns: 0,
             requests: 0,
             commands: 0,
+            capture_generation: 0,
+            progress_open: false,
         };
         card.reset(0);
         Ok(card)
@@ -106,9 +184,11 @@ impl Card {
         self.capabilities
     }
 
-    /// Power-on state. `now_ns` becomes time zero of DEVICE_TIME_NS.
+    /// Power-on state. `now_ns` becomes time zero of DEVICE_TIME_NS. Stops
+    /// capture; card RAM (the backend's) is not the model's to clear.
     pub fn reset(&mut self, now_ns: u64) {
         self.epoch_ns = now_ns;
+        self.progress_open = false;
         self.requests = 0;
         self.commands = 0;
         let mut r = RegisterFile::default();
@@ -119,10 +199,12 @@ impl Card {
         r.store(regs::STATUS, status::READY.into());
         r.store(regs::INT_MASK, irq::ALL.into());
         r.store(regs::INT_COALESCE_COUNT, 1);
-        r.store(regs::FRAME_FORMAT, format::YUYV.into());
-        r.store(regs::FRAME_WIDTH, 640);
-        r.store(regs::FRAME_HEIGHT, 480);
-        r.store(regs::FRAME_RATE, 30);
+        let d = self.config.defaults;
+        r.store(regs::FRAME_FORMAT, d.geometry.format.code().into());
+        r.store(regs::FRAME_WIDTH, d.geometry.width.into());
+        r.store(regs::FRAME_HEIGHT, d.geometry.height.into());
+        r.store(regs::FRAME_RATE, d.fps.into());
+        r.store(regs::FRAME_SOURCE, source::TEST_PATTERN.into());
         r.store(regs::CARD_RAM_PAGES, self.config.card_ram_size / PAGE_SIZE);
         self.regs = r;
     }
@@ -167,10 +249,29 @@ impl Card {
         self.commands
     }
 
+    /// Time zero of DEVICE_TIME_NS, in the caller's clock.
+    pub fn epoch_ns(&self) -> u64 {
+        self.epoch_ns
+    }
+
     /// Executes a task file in place: `buf` holds the header and the command
     /// blocks; on return it holds the result. Never panics, whatever `buf`
-    /// holds. A buffer too short for a header is left untouched.
+    /// holds. A buffer too short for a header is left untouched. There is no
+    /// scatter-gather table: DMA commands fault (`DMA_FAULT`).
     pub fn execute(&mut self, buf: &mut [u8], now_ns: u64) -> Outcome {
+        self.execute_dma(buf, &[], &mut NoDma, now_ns)
+    }
+
+    /// Executes a task file whose DMA commands use the scatter-gather table
+    /// `sg` (the entries that followed the task file in the request) and
+    /// move their data through `port`.
+    pub fn execute_dma(
+        &mut self,
+        buf: &mut [u8],
+        sg: &[SgEntry],
+        port: &mut dyn DmaPort,
+        now_ns: u64,
+    ) -> Outcome {
         self.requests = self.requests.wrapping_add(1);
         // The card's own registers reflect this request before it runs, so a
         // task file can read the counters including itself.
@@ -179,9 +280,14 @@ impl Card {
         self.regs
             .store(regs::DEVICE_TIME_NS, now_ns.saturating_sub(self.epoch_ns));
         let limits = self.limits();
-        let outcome = taskfile::execute(&mut self.regs, limits, buf);
+        let mut dma = taskfile::Dma { sg, port };
+        let (outcome, effects) = taskfile::execute(&mut self.regs, limits, &mut dma, buf);
         if outcome.error == xxcapture_abi::TfError::Ok {
             self.commands = self.commands.wrapping_add(u64::from(outcome.executed));
+            if effects.capture_started {
+                self.capture_generation += 1;
+                self.progress_open = true;
+            }
         }
         self.regs
             .store(regs::COMMAND_COUNT, self.commands & 0xffff_ffff);
@@ -192,6 +298,42 @@ impl Card {
         taskfile::Limits {
             card_ram_size: self.config.card_ram_size,
             capabilities: self.capabilities,
+            file_source: self.config.file_source,
+        }
+    }
+
+    /// The running capture session, if CONTROL.CAPTURE is set.
+    pub fn capture_session(&self) -> Option<CaptureSession> {
+        let r = &self.regs;
+        if r.peek(regs::CONTROL) & u64::from(control::CAPTURE) == 0 {
+            return None;
+        }
+        let narrow = |offset| u32::try_from(r.peek(offset)).unwrap_or(0);
+        let geometry = FrameGeometry {
+            format: PixelFormat::from_code(narrow(regs::FRAME_FORMAT))?,
+            width: narrow(regs::FRAME_WIDTH),
+            height: narrow(regs::FRAME_HEIGHT),
+        };
+        // The same plan the CONTROL write stored in RING_SLOTS/RING_SLOT_SIZE.
+        let ring = Ring::plan(geometry, self.config.card_ram_size)?;
+        Some(CaptureSession {
+            generation: self.capture_generation,
+            geometry,
+            fps: narrow(regs::FRAME_RATE),
+            source: narrow(regs::FRAME_SOURCE),
+            ring,
+        })
+    }
+
+    /// Records the progress of capture session `generation` in
+    /// FRAME_COUNTER and DROPPED_FRAMES (low 32 bits). Also accepted after
+    /// that session stopped (its final counts), but ignored once a newer
+    /// session started or the card was reset, so a late report cannot
+    /// overwrite the zeroes of a new start.
+    pub fn set_capture_progress(&mut self, generation: u64, frames: u64, dropped: u64) {
+        if self.progress_open && generation == self.capture_generation {
+            self.regs.store(regs::FRAME_COUNTER, frames & 0xffff_ffff);
+            self.regs.store(regs::DROPPED_FRAMES, dropped & 0xffff_ffff);
         }
     }
 }
@@ -223,12 +365,72 @@ mod tests {
         ));
         let long = CardConfig {
             serial: "0123456789abcdef".into(),
-            ..ok
+            ..ok.clone()
         };
         assert!(matches!(
             long.validate(),
             Err(ConfigError::SerialTooLong(_))
         ));
+        for capabilities in [0, caps::DMA, 1 << 5] {
+            let bad = CardConfig {
+                capabilities,
+                ..ok.clone()
+            };
+            assert_eq!(
+                bad.validate(),
+                Err(ConfigError::BadCapabilities(capabilities))
+            );
+        }
+        let mut odd_size = ok.clone();
+        odd_size.defaults.geometry.width = 641;
+        assert!(matches!(
+            odd_size.validate(),
+            Err(ConfigError::BadFrameSize(_))
+        ));
+        let mut fast = ok.clone();
+        fast.defaults.fps = 1001;
+        assert_eq!(fast.validate(), Err(ConfigError::BadFrameRate(1001)));
+        let huge_file = CardConfig {
+            card_ram_size: MIN_CARD_RAM,
+            file_source: Some(FrameGeometry {
+                format: PixelFormat::Rgb24,
+                width: 1920,
+                height: 1080,
+            }),
+            ..ok
+        };
+        assert!(matches!(
+            huge_file.validate(),
+            Err(ConfigError::RingTooSmall { .. })
+        ));
+    }
+
+    #[test]
+    fn reset_values_follow_the_configured_defaults() {
+        let config = CardConfig {
+            capabilities: CAPTURE_CARD_CAPS,
+            defaults: FrameDefaults {
+                geometry: FrameGeometry {
+                    format: PixelFormat::Nv12,
+                    width: 1280,
+                    height: 720,
+                },
+                fps: 0,
+            },
+            ..CardConfig::default()
+        };
+        let card = Card::new(config).expect("card");
+        let r = card.registers();
+        assert_eq!(
+            r.peek(regs::FRAME_FORMAT),
+            u64::from(xxcapture_abi::format::NV12)
+        );
+        assert_eq!(r.peek(regs::FRAME_WIDTH), 1280);
+        assert_eq!(r.peek(regs::FRAME_HEIGHT), 720);
+        assert_eq!(r.peek(regs::FRAME_RATE), 0);
+        assert_eq!(r.peek(regs::CAPS), u64::from(CAPTURE_CARD_CAPS));
+        assert_eq!(card.identity().capabilities.get(), CAPTURE_CARD_CAPS);
+        assert_eq!(card.capture_session(), None);
     }
 
     #[test]

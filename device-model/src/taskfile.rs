@@ -2,18 +2,22 @@
 //!
 //! A task file runs as one transaction: the commands execute in order against
 //! a copy of the register file, and the copy replaces the card's registers
-//! only when every command succeeded. On the first failure nothing has taken
-//! effect and the header names the error and the failing command's index.
+//! only when every command succeeded. On the first failure no register has
+//! changed and the header names the error and the failing command's index.
+//! Data that DMA commands before the failing one moved stays moved: the
+//! transaction covers registers, not memory.
 //! The checks and their order are in `SPEC.md` ("Validation order"); the
 //! guest driver applies the same static checks before a request is sent.
 
 use xxcapture_abi::regs::{self, value_allowed, Access, RegisterDesc, ValueRule, Width};
 use xxcapture_abi::{
-    caps, control, status, Command, Op, TaskFileHeader, TfError, CMD_SIZE, MAX_COMMANDS,
-    TF_HEADER_SIZE,
+    caps, control, source, status, Command, Op, SgEntry, TaskFileHeader, TfError, CMD_SIZE,
+    MAX_COMMANDS, TF_HEADER_SIZE,
 };
 use zerocopy::FromBytes;
 
+use crate::capture::{FrameGeometry, Ring, BUSY_WHILE_CAPTURING};
+use crate::dma::{command_entries, DmaDirection, DmaPort};
 use crate::regfile::RegisterFile;
 
 /// What the executor needs to know about the card.
@@ -21,6 +25,21 @@ use crate::regfile::RegisterFile;
 pub(crate) struct Limits {
     pub card_ram_size: u64,
     pub capabilities: u32,
+    pub file_source: Option<FrameGeometry>,
+}
+
+/// The DMA engine of one request: its scatter-gather table and the port
+/// that moves the data.
+pub(crate) struct Dma<'a> {
+    pub sg: &'a [SgEntry],
+    pub port: &'a mut dyn DmaPort,
+}
+
+/// Effects of a committed task file beyond its registers.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Effects {
+    /// CONTROL.CAPTURE went from 0 to 1 (at least once).
+    pub capture_started: bool,
 }
 
 /// Result of one task file.
@@ -45,16 +64,37 @@ impl Outcome {
 
 type CmdResult = Result<(), TfError>;
 
-pub(crate) fn execute(regs: &mut RegisterFile, limits: Limits, buf: &mut [u8]) -> Outcome {
-    let outcome = run(regs, limits, buf);
+pub(crate) fn execute(
+    regs: &mut RegisterFile,
+    limits: Limits,
+    dma: &mut Dma<'_>,
+    buf: &mut [u8],
+) -> (Outcome, Effects) {
+    let mut effects = Effects::default();
+    let outcome = run(regs, limits, dma, &mut effects, buf);
     if let Ok((header, _)) = TaskFileHeader::mut_from_prefix(buf) {
         header.error = (outcome.error as u32).into();
         header.count = outcome.index.into();
     }
-    outcome
+    if outcome.error != TfError::Ok {
+        effects = Effects::default();
+    }
+    (outcome, effects)
 }
 
-fn run(regs: &mut RegisterFile, limits: Limits, buf: &mut [u8]) -> Outcome {
+/// Output of one command, written into its block when the task file commits.
+enum Output {
+    Value(u64),
+    Length(u64),
+}
+
+fn run(
+    regs: &mut RegisterFile,
+    limits: Limits,
+    dma: &mut Dma<'_>,
+    effects: &mut Effects,
+    buf: &mut [u8],
+) -> Outcome {
     let Ok((header, body)) = TaskFileHeader::mut_from_prefix(buf) else {
         return Outcome::fail(TfError::BadCount, 0);
     };
@@ -77,18 +117,21 @@ fn run(regs: &mut RegisterFile, limits: Limits, buf: &mut [u8]) -> Outcome {
         return Outcome::fail(TfError::BadCount, 0);
     };
     let mut scratch = regs.clone();
-    let mut outputs: Vec<(usize, u64)> = Vec::new();
+    let mut outputs: Vec<(usize, Output)> = Vec::new();
     for (index, cmd) in commands.iter().enumerate() {
         let index_u32 = u32::try_from(index).unwrap_or(u32::MAX);
-        match run_command(&mut scratch, limits, cmd) {
-            Ok(Some(value)) => outputs.push((index, value)),
+        match run_command(&mut scratch, limits, dma, effects, cmd) {
+            Ok(Some(out)) => outputs.push((index, out)),
             Ok(None) => {}
             Err(error) => return Outcome::fail(error, index_u32),
         }
     }
     *regs = scratch;
-    for (index, value) in outputs {
-        commands[index].value = value.into();
+    for (index, out) in outputs {
+        match out {
+            Output::Value(value) => commands[index].value = value.into(),
+            Output::Length(moved) => commands[index].length = moved.into(),
+        }
     }
     Outcome {
         error: TfError::Ok,
@@ -104,20 +147,32 @@ fn is_write(op: Op) -> bool {
     )
 }
 
+/// A DMA command that passed the card's range checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DmaCommand {
+    pub direction: DmaDirection,
+    /// Index of the command's first scatter-gather entry (the wire `value`).
+    pub first_entry: u64,
+    pub card_offset: u64,
+    pub length: u64,
+}
+
+/// A command that passed the static checks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Checked {
+    Register(Op, &'static RegisterDesc),
+    Dma(DmaCommand),
+}
+
 /// Static checks 1-7 of the validation order: those that depend only on the
-/// command and the register table. Returns the register's descriptor.
-pub(crate) fn check_static(
-    cmd: &Command,
-    card_ram_size: u64,
-) -> Result<(Op, &'static RegisterDesc), TfError> {
+/// command, the register table and the card's fixed limits.
+pub(crate) fn check_static(cmd: &Command, limits: Limits) -> Result<Checked, TfError> {
     let op = Op::from_raw(cmd.op.get()).ok_or(TfError::BadOp)?;
     if cmd.flags.get() != 0 {
         return Err(TfError::Reserved);
     }
     if matches!(op, Op::DmaTransferBlock | Op::DmaTransferNonBlock) {
-        // This revision has no DMA engine (no caps::DMA): refused with a
-        // documented code, never silently accepted.
-        return Err(TfError::NotSupported);
+        return check_dma(cmd, limits).map(Checked::Dma);
     }
     let desc = regs::find(cmd.reg.get()).ok_or(TfError::BadRegister)?;
     let wants = match op {
@@ -160,42 +215,72 @@ pub(crate) fn check_static(
     }
     // Check 8 for whole-register writes, which needs no current state.
     if matches!(op, Op::SetRegister | Op::SetAddress) && desc.access == Access::ReadWrite {
-        check_rule(desc, value, card_ram_size)?;
+        check_rule(desc, value, limits)?;
     }
-    Ok((op, desc))
+    Ok(Checked::Register(op, desc))
 }
 
-fn check_rule(desc: &RegisterDesc, value: u64, card_ram_size: u64) -> CmdResult {
+/// Check 3 for DMA ops: the card must have a DMA engine, the direction must
+/// be one of the two, and the transfer must lie inside card RAM.
+fn check_dma(cmd: &Command, limits: Limits) -> Result<DmaCommand, TfError> {
+    if limits.capabilities & caps::DMA == 0 {
+        return Err(TfError::NotSupported);
+    }
+    let direction = DmaDirection::from_raw(cmd.reg.get()).ok_or(TfError::BadValue)?;
+    let (card_offset, length) = (cmd.mask.get(), cmd.length.get());
+    let end = card_offset.checked_add(length);
+    if length == 0 || end.is_none_or(|end| end > limits.card_ram_size) {
+        return Err(TfError::DmaRange);
+    }
+    Ok(DmaCommand {
+        direction,
+        first_entry: cmd.value.get(),
+        card_offset,
+        length,
+    })
+}
+
+fn check_rule(desc: &RegisterDesc, value: u64, limits: Limits) -> CmdResult {
     let ok = match desc.rule {
-        ValueRule::CardRamOffset => value < card_ram_size,
+        ValueRule::CardRamOffset => value < limits.card_ram_size,
         _ => value_allowed(desc, value),
     };
-    if ok {
+    // The file source exists only when the backend was given a file.
+    let missing_file = desc.offset == regs::FRAME_SOURCE
+        && value == u64::from(source::FILE)
+        && limits.file_source.is_none();
+    if ok && !missing_file {
         Ok(())
     } else {
         Err(TfError::BadValue)
     }
 }
 
-/// Runs one command against `regs`. Returns the output value of Get ops.
+/// Runs one command against `regs`. Returns the command's output.
 fn run_command(
     regs: &mut RegisterFile,
     limits: Limits,
+    dma: &mut Dma<'_>,
+    effects: &mut Effects,
     cmd: &Command,
-) -> Result<Option<u64>, TfError> {
-    let (op, desc) = check_static(cmd, limits.card_ram_size)?;
+) -> Result<Option<Output>, TfError> {
+    let (op, desc) = match check_static(cmd, limits)? {
+        Checked::Register(op, desc) => (op, desc),
+        Checked::Dma(command) => return run_dma(regs, dma, command).map(Some),
+    };
     let offset = desc.offset;
     let current = regs.peek(offset);
     let (value, mask) = (cmd.value.get(), cmd.mask.get());
     // The bits the command writes, and which bits it touches.
     let (bits, touched) = match op {
         Op::GetRegister | Op::GetAddress => {
-            return Ok(Some(regs.read(offset).unwrap_or(0)));
+            return Ok(Some(Output::Value(regs.read(offset).unwrap_or(0))));
         }
         Op::SetRegister | Op::SetAddress => (value, desc.writable),
         Op::ClearRegister => (0, desc.writable),
         Op::SetToRegister => (value & mask, mask),
-        Op::DmaTransferBlock | Op::DmaTransferNonBlock => return Err(TfError::NotSupported),
+        // check_static answered these.
+        Op::DmaTransferBlock | Op::DmaTransferNonBlock => return Err(TfError::Device),
     };
     match desc.access {
         Access::ReadOnly => Err(TfError::ReadOnly),
@@ -211,35 +296,123 @@ fn run_command(
         }
         Access::ReadWrite => {
             let new = (current & !touched) | (bits & touched);
-            check_rule(desc, new, limits.card_ram_size)?;
-            write_effects(regs, limits, offset, new)?;
+            check_rule(desc, new, limits)?;
+            if BUSY_WHILE_CAPTURING.contains(&offset) && capturing(regs) {
+                return Err(TfError::Busy);
+            }
+            write_effects(regs, limits, effects, offset, new)?;
             Ok(None)
         }
     }
 }
 
+fn capturing(regs: &RegisterFile) -> bool {
+    regs.peek(regs::CONTROL) & u64::from(control::CAPTURE) != 0
+}
+
+/// Moves the data of a checked DMA command and records it in the DMA
+/// registers. Returns the bytes moved (the command's output `length`).
+fn run_dma(
+    regs: &mut RegisterFile,
+    dma: &mut Dma<'_>,
+    command: DmaCommand,
+) -> Result<Output, TfError> {
+    let entries = command_entries(dma.sg, command.first_entry, command.length)
+        .map_err(|_| TfError::DmaFault)?;
+    dma.port
+        .transfer(command.direction, command.card_offset, entries)
+        .map_err(|_| TfError::DmaFault)?;
+    let low = command.length & 0xffff_ffff;
+    regs.store(regs::DMA_CARD_ADDR, command.card_offset);
+    regs.store(regs::DMA_LENGTH, low);
+    regs.store(regs::DMA_DIRECTION, command.direction.raw().into());
+    regs.store(regs::DMA_TRANSFERRED, low);
+    Ok(Output::Length(command.length))
+}
+
 /// Stores a validated value and applies the register's side effects.
-fn write_effects(regs: &mut RegisterFile, limits: Limits, offset: u16, new: u64) -> CmdResult {
-    if offset == regs::CONTROL {
-        let bits = u32::try_from(new).map_err(|_| TfError::BadValue)?;
-        if bits & control::CAPTURE != 0 && limits.capabilities & caps::CAPTURE == 0 {
-            return Err(TfError::NotSupported);
+fn write_effects(
+    regs: &mut RegisterFile,
+    limits: Limits,
+    effects: &mut Effects,
+    offset: u16,
+    new: u64,
+) -> CmdResult {
+    match offset {
+        regs::CONTROL => return write_control(regs, limits, effects, new),
+        regs::FRAME_SOURCE if new == u64::from(source::FILE) => {
+            // Selecting the file loads its geometry into the frame registers.
+            if let Some(g) = limits.file_source {
+                regs.store(regs::FRAME_FORMAT, g.format.code().into());
+                regs.store(regs::FRAME_WIDTH, g.width.into());
+                regs.store(regs::FRAME_HEIGHT, g.height.into());
+            }
         }
-        if bits & control::DMA_RESET != 0 {
-            regs.store(regs::DMA_TRANSFERRED, 0);
-            let st = regs.peek(regs::STATUS);
-            regs.store(
-                regs::STATUS,
-                st & !u64::from(status::DMA_BUSY | status::DMA_ERROR),
-            );
-        }
-        // DMA_RESET is a strobe: it never stays set.
-        regs.store(offset, u64::from(bits & !control::DMA_RESET));
-        return Ok(());
+        _ => {}
     }
     regs.store(offset, new);
     Ok(())
 }
 
+fn write_control(
+    regs: &mut RegisterFile,
+    limits: Limits,
+    effects: &mut Effects,
+    new: u64,
+) -> CmdResult {
+    let bits = u32::try_from(new).map_err(|_| TfError::BadValue)?;
+    let was_capturing = capturing(regs);
+    let wants_capture = bits & control::CAPTURE != 0;
+    if wants_capture && limits.capabilities & caps::CAPTURE == 0 {
+        return Err(TfError::NotSupported);
+    }
+    if bits & control::DMA_RESET != 0 {
+        regs.store(regs::DMA_TRANSFERRED, 0);
+        let st = regs.peek(regs::STATUS);
+        regs.store(
+            regs::STATUS,
+            st & !u64::from(status::DMA_BUSY | status::DMA_ERROR),
+        );
+    }
+    let st = regs.peek(regs::STATUS);
+    if wants_capture && !was_capturing {
+        let ring = start_ring(regs, limits)?;
+        regs.store(regs::RING_SLOTS, ring.ring_slots.into());
+        regs.store(regs::RING_SLOT_SIZE, ring.slot_size.into());
+        regs.store(regs::FRAME_COUNTER, 0);
+        regs.store(regs::DROPPED_FRAMES, 0);
+        regs.store(regs::STATUS, st | u64::from(status::CAPTURING));
+        effects.capture_started = true;
+    } else if !wants_capture && was_capturing {
+        regs.store(regs::STATUS, st & !u64::from(status::CAPTURING));
+    }
+    // DMA_RESET is a strobe: it never stays set.
+    regs.store(regs::CONTROL, u64::from(bits & !control::DMA_RESET));
+    Ok(())
+}
+
+/// The ring of a capture starting with the current frame registers:
+/// BAD_VALUE when fewer than 2 frames fit in card RAM, or when the file
+/// source is selected and the registers no longer name its geometry.
+fn start_ring(regs: &RegisterFile, limits: Limits) -> Result<Ring, TfError> {
+    let narrow = |offset| u32::try_from(regs.peek(offset)).map_err(|_| TfError::BadValue);
+    let geometry = FrameGeometry {
+        format: xxcapture_abi::frame::PixelFormat::from_code(narrow(regs::FRAME_FORMAT)?)
+            .ok_or(TfError::BadValue)?,
+        width: narrow(regs::FRAME_WIDTH)?,
+        height: narrow(regs::FRAME_HEIGHT)?,
+    };
+    if regs.peek(regs::FRAME_SOURCE) == u64::from(source::FILE)
+        && limits.file_source != Some(geometry)
+    {
+        return Err(TfError::BadValue);
+    }
+    Ring::plan(geometry, limits.card_ram_size).ok_or(TfError::BadValue)
+}
+
+#[cfg(test)]
+mod capture_tests;
+#[cfg(test)]
+mod dma_tests;
 #[cfg(test)]
 mod tests;

@@ -3,13 +3,18 @@
 //! so that their behaviour can be tested without QEMU.
 //!
 //! - [`request`]: one command-queue descriptor chain in, one executed task
-//!   file (or an error status) out.
+//!   file, ATTACH answer or error status out.
+//! - [`card_ram`]: the memfd holding card RAM and the status block, DMA
+//!   copies between it and guest memory, the status block's seqlock writer.
+//! - [`capture`]: the capture thread that renders frames into the ring.
 //! - [`vhu_xxcap`]: the `VhostUserBackend` implementation, the only module
 //!   that knows the vhost-user protocol.
 //! - [`socket`]: creating the listening socket and removing it (and only it)
 //!   on exit.
 //! - [`options`]: size parsing and the QEMU command-line options.
 
+pub mod capture;
+pub mod card_ram;
 pub mod options;
 pub mod request;
 pub mod socket;

@@ -14,11 +14,16 @@ use thiserror::Error;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use xxcapd::options::{parse_size, qemu_args, QEMU_VQ_SIZE};
+use xxcapd::options::{parse_frame_size, parse_pixel_format, parse_size, qemu_args, QEMU_VQ_SIZE};
 use xxcapd::socket::{OwnedSocket, SocketError};
 use xxcapd::vhu_xxcap::{Counters, XxcapBackend};
+use xxcapture_abi::frame::PixelFormat;
+use xxcapture_abi::regs::MAX_FRAME_RATE;
 use xxcapture_abi::{queue, CONFIG_SIZE, VIRTIO_ID};
-use xxcapture_model::{Card, CardConfig, ConfigError};
+use xxcapture_model::{
+    Card, CardConfig, ConfigError, FileKind, FileSource, FrameDefaults, FrameGeometry, VideoError,
+    VideoSource, CAPTURE_CARD_CAPS,
+};
 
 /// Exit status for usage and configuration errors (clap uses 2 as well).
 const EXIT_USAGE: u8 = 2;
@@ -78,6 +83,36 @@ struct Cli {
     #[arg(long)]
     no_event_idx: bool,
 
+    /// Reset value of FRAME_FORMAT: yuyv, nv12 or rgb24.
+    #[arg(long, value_name = "FORMAT", default_value = "yuyv", value_parser = parse_pixel_format)]
+    format: PixelFormat,
+
+    /// Reset value of FRAME_WIDTH x FRAME_HEIGHT (even, 320..=3840 x 240..=2160).
+    #[arg(long, value_name = "WxH", default_value = "640x480", value_parser = parse_frame_size)]
+    size: (u32, u32),
+
+    /// Reset value of FRAME_RATE in frames per second (0: free-running).
+    #[arg(long, value_name = "N", default_value_t = FrameDefaults::default().fps,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_FRAME_RATE)))]
+    fps: u32,
+
+    /// Video file played when the guest selects FRAME_SOURCE = 1.
+    #[arg(long, value_name = "PATH", requires = "source_format")]
+    source_file: Option<PathBuf>,
+
+    /// Kind of --source-file: raw (needs --source-size and
+    /// --source-pixel-format) or y4m.
+    #[arg(long, value_name = "KIND", value_parser = ["raw", "y4m"], requires = "source_file")]
+    source_format: Option<String>,
+
+    /// Frame size of a raw --source-file.
+    #[arg(long, value_name = "WxH", value_parser = parse_frame_size)]
+    source_size: Option<(u32, u32)>,
+
+    /// Pixel format of a raw --source-file: yuyv, nv12 or rgb24.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_pixel_format)]
+    source_pixel_format: Option<PixelFormat>,
+
     /// Print the QEMU options for this socket and exit.
     #[arg(long)]
     print_qemu_args: bool,
@@ -105,6 +140,12 @@ fn parse_card_ram(text: &str) -> Result<u64, String> {
 enum DaemonError {
     #[error("invalid card configuration: {0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("--source-file {0}")]
+    Source(#[from] VideoError),
+    #[error("cannot create card RAM: {0}")]
+    CardRam(io::Error),
     #[error(transparent)]
     Socket(#[from] SocketError),
     #[error("cannot install signal handlers: {0}")]
@@ -118,7 +159,9 @@ enum DaemonError {
 impl DaemonError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            DaemonError::Config(_) => ExitCode::from(EXIT_USAGE),
+            DaemonError::Config(_) | DaemonError::Usage(_) | DaemonError::Source(_) => {
+                ExitCode::from(EXIT_USAGE)
+            }
             _ => ExitCode::FAILURE,
         }
     }
@@ -168,11 +211,67 @@ fn init_logging(verbose: u8) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
 }
 
+/// Opens `--source-file` as the options describe it.
+fn open_source(cli: &Cli) -> Result<Option<FileSource>, DaemonError> {
+    let raw_only = cli.source_size.is_some() || cli.source_pixel_format.is_some();
+    let Some(path) = &cli.source_file else {
+        if raw_only {
+            return Err(DaemonError::Usage(
+                "--source-size and --source-pixel-format need --source-file with --source-format raw"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let kind = match cli.source_format.as_deref() {
+        Some("raw") => match (cli.source_pixel_format, cli.source_size) {
+            (Some(format), Some((width, height))) => FileKind::Raw {
+                format,
+                width,
+                height,
+            },
+            _ => {
+                return Err(DaemonError::Usage(
+                    "--source-format raw needs --source-size WxH and --source-pixel-format".into(),
+                ))
+            }
+        },
+        Some("y4m") if raw_only => {
+            return Err(DaemonError::Usage(
+                "--source-size and --source-pixel-format apply to --source-format raw only (a Y4M file names its own)"
+                    .into(),
+            ))
+        }
+        Some("y4m") => FileKind::Y4m,
+        _ => return Err(DaemonError::Usage("--source-file needs --source-format raw|y4m".into())),
+    };
+    Ok(Some(FileSource::open(path, kind)?))
+}
+
 fn run(cli: Cli) -> Result<(), DaemonError> {
+    let source = open_source(&cli)?;
+    let file_source = source.as_ref().map(|s| {
+        let (format, width, height) = s.format();
+        FrameGeometry {
+            format,
+            width,
+            height,
+        }
+    });
     let config = CardConfig {
         card_ram_size: cli.card_ram_size,
         serial: cli.serial,
         revision: cli.revision,
+        capabilities: CAPTURE_CARD_CAPS,
+        defaults: FrameDefaults {
+            geometry: FrameGeometry {
+                format: cli.format,
+                width: cli.size.0,
+                height: cli.size.1,
+            },
+            fps: cli.fps,
+        },
+        file_source,
     };
     config.validate()?;
 
@@ -188,10 +287,11 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     let (socket, listener) = OwnedSocket::bind(&cli.socket)?;
     let socket = Arc::new(socket);
 
-    let backend = Arc::new(XxcapBackend::new(card, !cli.no_event_idx));
+    let backend =
+        Arc::new(XxcapBackend::new(card, !cli.no_event_idx, source).map_err(DaemonError::CardRam)?);
     let counters = backend.counters();
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::default());
-    let mut daemon = VhostUserDaemon::new("xxcapd".to_owned(), backend, mem)
+    let mut daemon = VhostUserDaemon::new("xxcapd".to_owned(), Arc::clone(&backend), mem)
         .map_err(|e| DaemonError::Daemon(e.to_string()))?;
     let shutdown = Arc::new(Shutdown::default());
     watch_signals(&shutdown, &socket, &counters)?;
@@ -210,6 +310,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
             shutdown.connected(daemon.shutdown_handle());
             wait(&mut daemon)
         });
+    backend.shutdown();
     finish(&counters, &socket);
     result
 }

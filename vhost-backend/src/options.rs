@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use thiserror::Error;
-use xxcapture_abi::{queue, CONFIG_SIZE};
+use xxcapture_abi::frame::PixelFormat;
+use xxcapture_abi::{queue, regs, CONFIG_SIZE};
 
 /// The `vq_size` xxcapd asks QEMU for (the backend accepts up to 1024).
 pub const QEMU_VQ_SIZE: u32 = 256;
@@ -47,6 +48,33 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     value
         .checked_mul(1u64 << shift)
         .ok_or_else(|| SizeError::Overflow(text.to_owned()))
+}
+
+/// Parses a frame size `WxH` the card accepts (even, 320..=3840 x 240..=2160).
+pub fn parse_frame_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("frame size {text:?} is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| v.trim().parse::<u32>().ok();
+    let (Some(width), Some(height)) = (parse(w), parse(h)) else {
+        return Err(format!("frame size {text:?} is not WIDTHxHEIGHT"));
+    };
+    if !PixelFormat::valid_size(width, height) {
+        return Err(format!(
+            "frame size {width}x{height} is not one the card accepts (even, {}..={} x {}..={})",
+            regs::MIN_WIDTH,
+            regs::MAX_WIDTH,
+            regs::MIN_HEIGHT,
+            regs::MAX_HEIGHT
+        ));
+    }
+    Ok((width, height))
+}
+
+/// Parses a pixel-format name: `yuyv`, `nv12` or `rgb24`.
+pub fn parse_pixel_format(text: &str) -> Result<PixelFormat, String> {
+    PixelFormat::from_name(text)
+        .ok_or_else(|| format!("pixel format {text:?} is not yuyv, nv12 or rgb24"))
 }
 
 /// Formats a byte count the way QEMU's `size=` and `-m` accept it.
@@ -106,6 +134,18 @@ mod tests {
             parse_size("17179869184G"),
             Err(SizeError::Overflow(_))
         ));
+    }
+
+    #[test]
+    fn frame_sizes_and_formats_parse() {
+        assert_eq!(parse_frame_size("1920x1080"), Ok((1920, 1080)));
+        assert_eq!(parse_frame_size("640X480"), Ok((640, 480)));
+        assert!(parse_frame_size("641x480").is_err());
+        assert!(parse_frame_size("1920").is_err());
+        assert!(parse_frame_size("x").is_err());
+        assert!(parse_frame_size("7680x4320").is_err());
+        assert_eq!(parse_pixel_format("nv12"), Ok(PixelFormat::Nv12));
+        assert!(parse_pixel_format("mjpeg").is_err());
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Command-queue requests: from a descriptor chain to an executed task file.
+//! Command-queue requests: from a descriptor chain to an executed task file
+//! or an ATTACH.
 //!
 //! One descriptor chain is one request. Its device-readable part holds a
-//! [`VqRequest`] header followed by the task file; its device-writable part
-//! receives the executed task file followed by a [`VqStatus`]. Either part may
-//! be split over any number of descriptors, direct or indirect.
+//! [`VqRequest`] header; for EXEC_TASK_FILE the task file and then
+//! `sg_count` [`SgEntry`]s follow (the DMA buffers of its DMA commands). Its
+//! device-writable part receives the executed task file followed by a
+//! [`VqStatus`] (ATTACH: the status only). Either part may be split over any
+//! number of descriptors, direct or indirect.
 //!
 //! The guest is untrusted. Every guest address goes through virtio-queue's
 //! bounds-checked [`Reader`] / [`Writer`]; nothing here panics, loops or
@@ -12,13 +15,17 @@
 //! * fewer than [`STATUS_SIZE`] writable bytes, or writable buffers outside
 //!   guest memory: nothing can be reported, the chain is completed with a used
 //!   length of 0 ([`Disposition::Dropped`]);
-//! * any other malformed chain gets `BAD_REQUEST`, an unknown request type or
-//!   non-zero flags get `UNSUPPORTED`; in both cases the status goes in the
-//!   LAST [`STATUS_SIZE`] bytes of the writable area and the used length is
-//!   the whole writable area;
-//! * a good request is executed by the card; the executed task file goes at
-//!   the start of the writable area, the `OK` status right after it, and the
-//!   used length is task-file length + [`STATUS_SIZE`].
+//! * any other malformed chain (including a malformed scatter-gather table)
+//!   gets `BAD_REQUEST`, an unknown request type or non-zero flags get
+//!   `UNSUPPORTED`; in both cases the status goes in the LAST
+//!   [`STATUS_SIZE`] bytes of the writable area and the used length is the
+//!   whole writable area;
+//! * a good EXEC_TASK_FILE is executed by the [`Device`]; the executed task
+//!   file goes at the start of the writable area, the `OK` status right after
+//!   it, and the used length is task-file length + [`STATUS_SIZE`];
+//! * a good ATTACH asks the [`Device`] to map card RAM; the status (`OK` or
+//!   `DEVICE_ERROR`) goes at the start of the writable area, used length
+//!   [`STATUS_SIZE`].
 
 use std::io::{Read, Write};
 use std::mem::size_of;
@@ -27,18 +34,36 @@ use std::ops::Deref;
 use thiserror::Error;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
-use xxcapture_abi::{req_type, vq_status, VqRequest, VqStatus, MAX_TASK_FILE_SIZE, TF_HEADER_SIZE};
-use xxcapture_model::{Card, Outcome};
+use xxcapture_abi::{
+    req_type, vq_status, SgEntry, VqRequest, VqStatus, MAX_SG_ENTRIES, MAX_TASK_FILE_SIZE,
+    TF_HEADER_SIZE,
+};
+use xxcapture_model::Outcome;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Size of the request header at the start of the readable part.
 pub const REQUEST_HEADER_SIZE: usize = size_of::<VqRequest>();
 /// Size of the status at the end of the writable part.
 pub const STATUS_SIZE: usize = size_of::<VqStatus>();
-/// Smallest readable part: request header plus task-file header.
-pub const MIN_READABLE: usize = REQUEST_HEADER_SIZE + TF_HEADER_SIZE;
-/// Largest readable part the device accepts.
-pub const MAX_READABLE: usize = REQUEST_HEADER_SIZE + MAX_TASK_FILE_SIZE;
+/// Size of one scatter-gather entry.
+pub const SG_ENTRY_SIZE: usize = size_of::<SgEntry>();
+/// Smallest readable part: the request header (an ATTACH).
+pub const MIN_READABLE: usize = REQUEST_HEADER_SIZE;
+/// Largest readable part the device accepts: header, the largest task file
+/// and the most scatter-gather entries.
+pub const MAX_READABLE: usize =
+    REQUEST_HEADER_SIZE + MAX_TASK_FILE_SIZE + MAX_SG_ENTRIES as usize * SG_ENTRY_SIZE;
+
+/// What a request asks of the card.
+pub trait Device {
+    /// Executes `task_file` in place; its DMA commands use the entries of
+    /// `sg` and the guest memory `mem`.
+    fn execute(&mut self, task_file: &mut [u8], sg: &[SgEntry], mem: &GuestMemoryMmap) -> Outcome;
+
+    /// Maps card RAM and the status block into shared-memory region 0 if
+    /// not mapped since the last reset. `Err` describes why mapping failed.
+    fn attach(&mut self) -> Result<(), String>;
+}
 
 /// Why a chain was not executed.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
@@ -51,7 +76,7 @@ pub enum ChainError {
     Misordered,
     #[error("{0} device-readable bytes exceed the largest request ({MAX_READABLE})")]
     TooLong(u64),
-    #[error("{0} device-readable bytes are too short for the request and task-file headers")]
+    #[error("{0} device-readable bytes are too short for the request")]
     TooShort(u64),
     #[error("a device-readable buffer lies outside guest memory")]
     ReadableOutOfBounds,
@@ -59,6 +84,14 @@ pub enum ChainError {
     ReadFailed,
     #[error("unsupported request type {req_type} with flags {flags:#x}")]
     Unsupported { req_type: u32, flags: u32 },
+    #[error("the request header's reserved field is {0:#x}")]
+    Reserved(u32),
+    #[error("{0} scatter-gather entries exceed the maximum ({MAX_SG_ENTRIES})")]
+    TooManyEntries(u32),
+    #[error("scatter-gather entry {0} has length 0 or a non-zero reserved field")]
+    BadEntry(u32),
+    #[error("ATTACH with {readable} readable bytes and {sg_count} scatter-gather entries")]
+    BadAttach { readable: u64, sg_count: u32 },
     #[error("{got} device-writable bytes cannot hold the {need}-byte result and status")]
     ResultTooSmall { got: u64, need: u64 },
     #[error("writing the response to guest memory failed")]
@@ -76,10 +109,13 @@ impl ChainError {
 }
 
 /// What happened to one chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Disposition {
     /// The task file ran (task-file errors, if any, are in `Outcome`).
     Executed(Outcome),
+    /// An ATTACH was answered: `Ok` mapped (or already mapped), `Err` with
+    /// why mapping failed (answered `DEVICE_ERROR`).
+    Attached(Result<(), String>),
     /// The chain was refused with the status of `ChainError::status`.
     Rejected(ChainError),
     /// Nothing could be reported; completed with length 0.
@@ -87,7 +123,7 @@ pub enum Disposition {
 }
 
 /// The result of processing one chain: what to pass to `add_used`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completion {
     /// Bytes written into the chain's device-writable part.
     pub used_len: u32,
@@ -134,8 +170,19 @@ impl Layout {
     }
 }
 
-/// Processes one command-queue chain against `card`.
-pub fn process_chain<M>(card: &mut Card, chain: &DescriptorChain<M>, now_ns: u64) -> Completion
+/// A parsed request.
+enum Request {
+    /// Request header + task file, and the scatter-gather table.
+    Exec {
+        buf: Vec<u8>,
+        tf_end: usize,
+        sg: Vec<SgEntry>,
+    },
+    Attach,
+}
+
+/// Processes one command-queue chain against `device`.
+pub fn process_chain<M>(device: &mut dyn Device, chain: &DescriptorChain<M>) -> Completion
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
@@ -147,27 +194,30 @@ where
     let Ok(mut writer) = Writer::new(mem, chain.clone()) else {
         return Completion::dropped(ChainError::WritableOutOfBounds);
     };
-    let request = read_request(mem, chain, &layout).and_then(|buf| {
-        let tf_len = buf.len() - REQUEST_HEADER_SIZE;
-        let need = (tf_len + STATUS_SIZE) as u64;
+    let request = read_request(mem, chain, &layout).and_then(|req| {
+        let result_len = match &req {
+            Request::Exec { tf_end, .. } => tf_end - REQUEST_HEADER_SIZE,
+            Request::Attach => 0,
+        };
+        let need = (result_len + STATUS_SIZE) as u64;
         let got = writer.available_bytes() as u64;
         if got < need {
             Err(ChainError::ResultTooSmall { got, need })
         } else {
-            Ok(buf)
+            Ok(req)
         }
     });
     match request {
-        Ok(mut buf) => {
-            let tf = &mut buf[REQUEST_HEADER_SIZE..];
-            let outcome = card.execute(tf, now_ns);
-            let status = VqStatus {
-                status: vq_status::OK.into(),
-                reserved: 0.into(),
-            };
+        Ok(Request::Exec {
+            mut buf,
+            tf_end,
+            sg,
+        }) => {
+            let tf = &mut buf[REQUEST_HEADER_SIZE..tf_end];
+            let outcome = device.execute(tf, &sg, mem);
             let written = writer
                 .write_all(tf)
-                .and_then(|()| writer.write_all(status.as_bytes()));
+                .and_then(|()| writer.write_all(status(vq_status::OK).as_bytes()));
             match written {
                 Ok(()) => Completion {
                     used_len: u32::try_from(tf.len() + STATUS_SIZE).unwrap_or(u32::MAX),
@@ -176,16 +226,38 @@ where
                 Err(_) => Completion::dropped(ChainError::WriteFailed),
             }
         }
+        Ok(Request::Attach) => {
+            let result = device.attach();
+            let code = if result.is_ok() {
+                vq_status::OK
+            } else {
+                vq_status::DEVICE_ERROR
+            };
+            match writer.write_all(status(code).as_bytes()) {
+                Ok(()) => Completion {
+                    used_len: STATUS_SIZE as u32,
+                    disposition: Disposition::Attached(result),
+                },
+                Err(_) => Completion::dropped(ChainError::WriteFailed),
+            }
+        }
         Err(error) => reject(writer, error),
     }
 }
 
-/// Reads and checks the readable part; returns request header + task file.
+fn status(code: u32) -> VqStatus {
+    VqStatus {
+        status: code.into(),
+        reserved: 0.into(),
+    }
+}
+
+/// Reads and checks the readable part.
 fn read_request<M>(
     mem: &GuestMemoryMmap,
     chain: &DescriptorChain<M>,
     layout: &Layout,
-) -> Result<Vec<u8>, ChainError>
+) -> Result<Request, ChainError>
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
@@ -210,13 +282,47 @@ where
         .map_err(|_| ChainError::ReadFailed)?;
     let (header, _) = VqRequest::read_from_prefix(&buf).map_err(|_| ChainError::ReadFailed)?;
     let (req, flags) = (header.req_type.get(), header.flags.get());
-    if req != req_type::EXEC_TASK_FILE || flags != 0 {
+    let known = matches!(req, req_type::EXEC_TASK_FILE | req_type::ATTACH);
+    if !known || flags != 0 {
         return Err(ChainError::Unsupported {
             req_type: req,
             flags,
         });
     }
-    Ok(buf)
+    if header.reserved.get() != 0 {
+        return Err(ChainError::Reserved(header.reserved.get()));
+    }
+    let sg_count = header.sg_count.get();
+    if req == req_type::ATTACH {
+        if buf.len() != REQUEST_HEADER_SIZE || sg_count != 0 {
+            return Err(ChainError::BadAttach {
+                readable: layout.readable,
+                sg_count,
+            });
+        }
+        return Ok(Request::Attach);
+    }
+    if sg_count > MAX_SG_ENTRIES {
+        return Err(ChainError::TooManyEntries(sg_count));
+    }
+    // sg_count <= 2^16: the product is small.
+    let sg_bytes = sg_count as usize * SG_ENTRY_SIZE;
+    let tf_end = buf
+        .len()
+        .checked_sub(sg_bytes)
+        .filter(|&end| end >= REQUEST_HEADER_SIZE + TF_HEADER_SIZE)
+        .ok_or(ChainError::TooShort(layout.readable))?;
+    let entries =
+        <[SgEntry]>::ref_from_bytes(&buf[tf_end..]).map_err(|_| ChainError::ReadFailed)?;
+    if let Some(bad) = entries
+        .iter()
+        .position(|e| e.len.get() == 0 || e.reserved.get() != 0)
+    {
+        return Err(ChainError::BadEntry(u32::try_from(bad).unwrap_or(u32::MAX)));
+    }
+    let sg = entries.to_vec();
+    buf.truncate(tf_end);
+    Ok(Request::Exec { buf, tf_end, sg })
 }
 
 /// Writes the error status into the last bytes of the writable area.
@@ -225,14 +331,13 @@ fn reject(mut writer: Writer<'_>, error: ChainError) -> Completion {
     let Some(offset) = total.checked_sub(STATUS_SIZE) else {
         return Completion::dropped(error);
     };
-    let status = VqStatus {
-        status: error.status().into(),
-        reserved: 0.into(),
-    };
     let written = writer
         .split_at(offset)
         .map_err(|_| ())
-        .and_then(|mut tail| tail.write_all(status.as_bytes()).map_err(|_| ()));
+        .and_then(|mut tail| {
+            tail.write_all(status(error.status()).as_bytes())
+                .map_err(|_| ())
+        });
     match written {
         Ok(()) => Completion {
             used_len: u32::try_from(total).unwrap_or(u32::MAX),
@@ -253,9 +358,11 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
     use xxcapture_abi::{
-        regs, Command, Op, TaskFileHeader, TfError, CMD_SIZE, MAGIC, MAX_COMMANDS,
+        regs, Command, Op, TaskFileHeader, TaskFileResult, TfError, CMD_SIZE, MAGIC, MAX_COMMANDS,
     };
-    use xxcapture_model::CardConfig;
+    use xxcapture_model::{Card, CardConfig, CAPTURE_CARD_CAPS};
+
+    use crate::card_ram::{CardRam, GuestDma};
 
     const MEM_SIZE: u64 = 8 << 20;
     const QUEUE_SIZE: u16 = 256;
@@ -267,8 +374,57 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).expect("memory")
     }
 
-    fn card() -> Card {
-        Card::new(CardConfig::default()).expect("card")
+    /// A card with DMA over a small card RAM, and a scripted ATTACH.
+    struct TestDevice {
+        card: Card,
+        ram: CardRam,
+        attaches: u32,
+        attach_fails: bool,
+    }
+
+    impl TestDevice {
+        fn request_count(&self) -> u64 {
+            self.card.request_count()
+        }
+
+        fn command_count(&self) -> u64 {
+            self.card.command_count()
+        }
+    }
+
+    impl Device for TestDevice {
+        fn execute(&mut self, tf: &mut [u8], sg: &[SgEntry], mem: &GuestMemoryMmap) -> Outcome {
+            let mut port = GuestDma {
+                ram: &self.ram,
+                mem,
+            };
+            self.card.execute_dma(tf, sg, &mut port, 42)
+        }
+
+        fn attach(&mut self) -> Result<(), String> {
+            self.attaches += 1;
+            if self.attach_fails {
+                Err("refused".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    const CARD_RAM: u64 = 4 << 20;
+
+    fn card() -> TestDevice {
+        let config = CardConfig {
+            card_ram_size: CARD_RAM,
+            capabilities: CAPTURE_CARD_CAPS,
+            ..CardConfig::default()
+        };
+        TestDevice {
+            card: Card::new(config).expect("card"),
+            ram: CardRam::new(CARD_RAM).expect("card RAM"),
+            attaches: 0,
+            attach_fails: false,
+        }
     }
 
     fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
@@ -298,6 +454,8 @@ mod tests {
             req_type: req.into(),
             flags: flags.into(),
             tag: 0x1234.into(),
+            sg_count: 0.into(),
+            reserved: 0.into(),
         };
         let mut buf = header.as_bytes().to_vec();
         buf.extend_from_slice(tf);
@@ -324,10 +482,10 @@ mod tests {
     }
 
     /// Builds `descs` as one chain on a mock queue and processes it.
-    fn run(mem: &GuestMemoryMmap, card: &mut Card, descs: &[RawDescriptor]) -> Completion {
+    fn run(mem: &GuestMemoryMmap, card: &mut TestDevice, descs: &[RawDescriptor]) -> Completion {
         let vq = MockSplitQueue::new(mem, QUEUE_SIZE);
         let chain = vq.build_desc_chain(descs).expect("chain");
-        process_chain(card, &chain, 42)
+        process_chain(card, &chain)
     }
 
     /// Lays the request out in pieces of `piece` bytes from `DATA`, then a
@@ -600,7 +758,7 @@ mod tests {
         let wlen = (tf.len() + STATUS_SIZE) as u32;
         for (req_type, flags) in [
             (0u32, 0u32),
-            (2, 0),
+            (3, 0),
             (u32::MAX, 0),
             (req_type::EXEC_TASK_FILE, 1),
         ] {
@@ -653,6 +811,268 @@ mod tests {
         );
         assert_eq!(c.used_len, 0);
         assert_eq!(card.request_count(), 0);
+    }
+
+    // ---- DMA and scatter-gather tables -------------------------------
+
+    fn sg(addr: u64, len: u32) -> SgEntry {
+        SgEntry {
+            addr: addr.into(),
+            len: len.into(),
+            reserved: 0.into(),
+        }
+    }
+
+    fn dma_cmd(dir: u16, first: u64, offset: u64, length: u64) -> Command {
+        Command {
+            op: (Op::DmaTransferBlock as u16).into(),
+            reg: dir.into(),
+            value: first.into(),
+            mask: offset.into(),
+            length: length.into(),
+            ..Command::default()
+        }
+    }
+
+    /// Request header (with `sg_count`), task file of `cmds`, then `table`.
+    fn dma_request(cmds: &[Command], table: &[SgEntry], sg_count: u32) -> (Vec<u8>, usize) {
+        let header = VqRequest {
+            req_type: req_type::EXEC_TASK_FILE.into(),
+            sg_count: sg_count.into(),
+            ..VqRequest::default()
+        };
+        let tf_header = TaskFileHeader {
+            count: (cmds.len() as u32).into(),
+            ..TaskFileHeader::default()
+        };
+        let mut buf = header.as_bytes().to_vec();
+        buf.extend_from_slice(tf_header.as_bytes());
+        for c in cmds {
+            buf.extend_from_slice(c.as_bytes());
+        }
+        let tf_len = buf.len() - REQUEST_HEADER_SIZE;
+        for e in table {
+            buf.extend_from_slice(e.as_bytes());
+        }
+        (buf, tf_len)
+    }
+
+    /// Sends `req` in 100-byte readable pieces with a writable area of
+    /// `wlen` at OUT; returns the completion.
+    fn send(mem: &GuestMemoryMmap, dev: &mut TestDevice, req: &[u8], wlen: usize) -> Completion {
+        put(mem, DATA, req);
+        let (descs, out) = split_layout(req, 100, wlen, 64);
+        assert_eq!(out, out_at(req.len()));
+        run(mem, dev, &descs)
+    }
+
+    fn out_at(req_len: usize) -> u64 {
+        (DATA + req_len as u64).next_multiple_of(0x1000)
+    }
+
+    fn tf_result(mem: &GuestMemoryMmap, out: u64, len: usize) -> TaskFileResult {
+        TaskFileResult::parse(&get(mem, out, len)).expect("result")
+    }
+
+    /// Guest buffers for DMA live at 0x40_0000..: page-split, unaligned.
+    const BUF: u64 = 0x40_0000;
+
+    #[test]
+    fn dma_both_directions_with_entries_split_across_pages() {
+        let mem = memory();
+        let mut dev = card();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        // The source buffer: 3 pieces on different pages, unaligned.
+        let pieces = [
+            (BUF + 0xf00, 0x100u32),
+            (BUF + 0x3000, 0x1000),
+            (BUF + 0x5123, 0),
+        ];
+        let rest = 10_000 - 0x1100;
+        let pieces = [pieces[0], pieces[1], (pieces[2].0, rest as u32)];
+        let mut at = 0usize;
+        for (addr, len) in pieces {
+            put(&mem, addr, &data[at..at + len as usize]);
+            at += len as usize;
+        }
+        let mut table: Vec<SgEntry> = pieces.iter().map(|&(a, l)| sg(a, l)).collect();
+        // The destination: 2 pieces elsewhere.
+        table.push(sg(BUF + 0x1_0ffc, 4));
+        table.push(sg(BUF + 0x2_0000, 9_996));
+        let cmds = [
+            dma_cmd(0, 0, 0x2_0000, 10_000),
+            dma_cmd(1, 3, 0x2_0000, 10_000),
+        ];
+        let (req, tf_len) = dma_request(&cmds, &table, table.len() as u32);
+        let c = send(&mem, &mut dev, &req, tf_len + STATUS_SIZE);
+        assert!(
+            matches!(c.disposition, Disposition::Executed(o) if o.error == TfError::Ok),
+            "{c:?}"
+        );
+        let out = out_at(req.len());
+        let res = tf_result(&mem, out, tf_len);
+        assert_eq!(res.error, TfError::Ok);
+        assert_eq!(res.commands[1].length.get(), 10_000);
+        assert_eq!(status_at(&mem, out + tf_len as u64), vq_status::OK);
+        assert_eq!(dev.ram.read(0x2_0000, 10_000).expect("card RAM"), data);
+        let mut back = get(&mem, BUF + 0x1_0ffc, 4);
+        back.extend_from_slice(&get(&mem, BUF + 0x2_0000, 9_996));
+        assert_eq!(back, data);
+        assert_eq!(dev.card.registers().peek(regs::DMA_TRANSFERRED), 10_000);
+    }
+
+    #[test]
+    fn dma_entry_outside_guest_memory_faults_and_writes_nothing() {
+        let mem = memory();
+        let mut dev = card();
+        dev.ram.write(0, &[0x5a; 0x2000]).expect("fill card RAM");
+        put(&mem, BUF, &[0x11; 0x1000]);
+        let sentinel = vec![0xeeu8; 0x1000];
+        put(&mem, BUF + 0x1000, &sentinel);
+        for bad in [
+            sg(MEM_SIZE - 0x800, 0x1000),
+            sg(u64::MAX - 0x7ff, 0x1000),
+            sg(MEM_SIZE, 0x1000),
+        ] {
+            // FROM_CARD: a good entry then one past guest memory.
+            let table = [sg(BUF + 0x1000, 0x1000), bad];
+            let cmds = [dma_cmd(1, 0, 0, 0x2000)];
+            let (req, tf_len) = dma_request(&cmds, &table, 2);
+            let c = send(&mem, &mut dev, &req, tf_len + STATUS_SIZE);
+            assert!(
+                matches!(c.disposition, Disposition::Executed(o) if o.error == TfError::DmaFault)
+            );
+            let res = tf_result(&mem, out_at(req.len()), tf_len);
+            assert_eq!((res.error, res.index), (TfError::DmaFault, 0));
+            assert_eq!(get(&mem, BUF + 0x1000, 0x1000), sentinel);
+            assert_eq!(get(&mem, MEM_SIZE - 0x800, 0x800), vec![0u8; 0x800]);
+            // TO_CARD: card RAM stays as it was.
+            let cmds = [dma_cmd(0, 0, 0, 0x2000)];
+            let (req, tf_len) = dma_request(&cmds, &table, 2);
+            send(&mem, &mut dev, &req, tf_len + STATUS_SIZE);
+            assert_eq!(
+                tf_result(&mem, out_at(req.len()), tf_len).error,
+                TfError::DmaFault
+            );
+            assert_eq!(dev.ram.read(0, 0x2000).expect("read"), vec![0x5a; 0x2000]);
+        }
+    }
+
+    #[test]
+    fn malformed_sg_tables_are_bad_requests() {
+        let mem = memory();
+        let cmds = [dma_cmd(0, 0, 0, 0x100)];
+        let good = [sg(BUF, 0x100)];
+        let mut zero_len = good;
+        zero_len[0].len = 0.into();
+        let mut reserved = good;
+        reserved[0].reserved = 1.into();
+        let cases: Vec<(Vec<u8>, ChainError)> = vec![
+            (dma_request(&cmds, &zero_len, 1).0, ChainError::BadEntry(0)),
+            (dma_request(&cmds, &reserved, 1).0, ChainError::BadEntry(0)),
+            (
+                dma_request(&cmds, &good, MAX_SG_ENTRIES + 1).0,
+                ChainError::TooManyEntries(MAX_SG_ENTRIES + 1),
+            ),
+        ];
+        for (req, expected) in cases {
+            put(&mem, DATA, &req);
+            let out = 0x30_0000;
+            let descs = [desc(DATA, req.len() as u32, 0), desc(out, 64, W)];
+            assert_eq!(expect_rejected(&descs, &mem, out, 64), expected);
+        }
+        // sg_count claims more entries than the readable part holds: what is
+        // left for the task file is too short.
+        let (req, _) = dma_request(&cmds, &good, 5);
+        put(&mem, DATA, &req);
+        let descs = [desc(DATA, req.len() as u32, 0), desc(0x30_0000, 64, W)];
+        assert_eq!(
+            expect_rejected(&descs, &mem, 0x30_0000, 64),
+            ChainError::TooShort(req.len() as u64)
+        );
+        // sg_count too small for the table: the extra bytes count as task
+        // file, which the card answers BAD_COUNT.
+        let (req, tf_len) = dma_request(&cmds, &good, 0);
+        let mut dev = card();
+        let c = send(&mem, &mut dev, &req, tf_len + 16 + STATUS_SIZE);
+        assert!(matches!(c.disposition, Disposition::Executed(o) if o.error == TfError::BadCount));
+        // A reserved request-header field.
+        let (mut req, _) = dma_request(&cmds, &good, 1);
+        req[20] = 1;
+        put(&mem, DATA, &req);
+        let descs = [desc(DATA, req.len() as u32, 0), desc(0x30_0000, 64, W)];
+        assert_eq!(
+            expect_rejected(&descs, &mem, 0x30_0000, 64),
+            ChainError::Reserved(1)
+        );
+    }
+
+    #[test]
+    fn sg_entries_that_do_not_sum_to_the_length_are_dma_faults() {
+        let mem = memory();
+        let mut dev = card();
+        let table = [sg(BUF, 0x100), sg(BUF + 0x1000, 0x100)];
+        for cmd in [
+            dma_cmd(0, 0, 0, 0x180), // overshoots inside entry 1
+            dma_cmd(0, 1, 0, 0x200), // runs past sg_count
+            dma_cmd(0, 2, 0, 0x100), // first entry past the table
+        ] {
+            let (req, tf_len) = dma_request(&[cmd], &table, 2);
+            send(&mem, &mut dev, &req, tf_len + STATUS_SIZE);
+            let res = tf_result(&mem, out_at(req.len()), tf_len);
+            assert_eq!((res.error, res.index), (TfError::DmaFault, 0), "{cmd:?}");
+        }
+    }
+
+    // ---- ATTACH ----------------------------------------------------------
+
+    fn attach_request(sg_count: u32, extra: usize) -> Vec<u8> {
+        let header = VqRequest {
+            req_type: req_type::ATTACH.into(),
+            sg_count: sg_count.into(),
+            ..VqRequest::default()
+        };
+        let mut buf = header.as_bytes().to_vec();
+        buf.resize(buf.len() + extra, 0);
+        buf
+    }
+
+    #[test]
+    fn attach_answers_ok_or_device_error() {
+        let mem = memory();
+        let mut dev = card();
+        let req = attach_request(0, 0);
+        put(&mem, DATA, &req);
+        let out = 0x30_0000;
+        let descs = [desc(DATA, 24, 0), desc(out, 8, W)];
+        let c = run(&mem, &mut dev, &descs);
+        assert_eq!(c.used_len, 8);
+        assert_eq!(c.disposition, Disposition::Attached(Ok(())));
+        assert_eq!(status_at(&mem, out), vq_status::OK);
+        dev.attach_fails = true;
+        let c = run(&mem, &mut dev, &descs);
+        assert_eq!(c.disposition, Disposition::Attached(Err("refused".into())));
+        assert_eq!(status_at(&mem, out), vq_status::DEVICE_ERROR);
+        assert_eq!(dev.attaches, 2);
+        assert_eq!(dev.request_count(), 0, "ATTACH runs no task file");
+    }
+
+    #[test]
+    fn malformed_attach_is_a_bad_request() {
+        let mem = memory();
+        let out = 0x30_0000;
+        for (req, flags) in [(attach_request(1, 0), 0u32), (attach_request(0, 16), 0)] {
+            put(&mem, DATA, &req);
+            let descs = [desc(DATA, req.len() as u32, 0), desc(out, 8, W)];
+            let e = expect_rejected(&descs, &mem, out, 8);
+            assert!(matches!(e, ChainError::BadAttach { .. }), "{e:?} {flags}");
+        }
+        let mut req = attach_request(0, 0);
+        req[4] = 1; // flags
+        put(&mem, DATA, &req);
+        let descs = [desc(DATA, 24, 0), desc(out, 8, W)];
+        let e = expect_rejected(&descs, &mem, out, 8);
+        assert_eq!(e.status(), vq_status::UNSUPPORTED);
     }
 
     proptest! {

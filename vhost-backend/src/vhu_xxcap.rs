@@ -2,8 +2,18 @@
 //! vhost-user protocol.
 //!
 //! QEMU's `vhost-user-test-device-pci` forwards everything to us: features,
-//! config space and the two virtqueues. Queue 0 carries task files (see
-//! [`crate::request`]); queue 1 will carry events and is left alone for now.
+//! config space, the two virtqueues and the shared-memory region. Queue 0
+//! carries task files and ATTACH requests (see [`crate::request`]); queue 1
+//! will carry events and is left alone for now.
+//!
+//! Threads and locks. The frontend thread (vhost-user messages) and the vring
+//! worker (queue events) share the backend; each capture session has its own
+//! thread ([`crate::capture`]). Lock order: `card` -> `capture` -> the card
+//! RAM bus lock. The capture thread takes only the bus lock, so joining it
+//! under the card lock cannot deadlock. SHMEM_MAP goes out from the vring
+//! worker with the card lock released ([`Batch::attach`]): QEMU answers it
+//! from its main loop, which may itself be waiting for this daemon to answer
+//! a frontend message that needs the card lock (GET_VRING_BASE at reset).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +21,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use log::{debug, error, info, trace, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
+    VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
@@ -23,10 +37,12 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
-use xxcapture_abi::{queue, CONFIG_SIZE};
-use xxcapture_model::Card;
+use xxcapture_abi::{caps, queue, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
+use xxcapture_model::{Card, FileSource, Outcome};
 
-use crate::request::{process_chain, Disposition};
+use crate::capture::{CaptureThread, DeviceClock, SharedFile};
+use crate::card_ram::{CardRam, GuestDma};
+use crate::request::{process_chain, Device, Disposition};
 
 /// Guest memory as the vhost-user library hands it to us.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -42,11 +58,51 @@ pub const BASE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
 /// Offered unless disabled (`xxcapd --no-event-idx`).
 pub const EVENT_IDX_FEATURE: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 
-/// vhost-user protocol features offered to the frontend.
-pub fn protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::CONFIG
+/// vhost-user protocol features offered to the frontend by a card with
+/// capabilities `capabilities`: card RAM as shared memory needs the backend
+/// channel (BACKEND_REQ) and SHMEM.
+pub fn protocol_features(capabilities: u32) -> VhostUserProtocolFeatures {
+    let base = VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::REPLY_ACK;
+    if capabilities & caps::CARD_RAM_SHM != 0 {
+        base | VhostUserProtocolFeatures::BACKEND_REQ | VhostUserProtocolFeatures::SHMEM
+    } else {
+        base
+    }
+}
+
+/// Where SHMEM_MAP requests go: the vhost-user backend channel, or a fake in
+/// tests.
+pub trait ShmemMapper: Send + Sync {
+    /// Maps the whole of `ram` (card RAM and status page) writable at offset
+    /// 0 of shared-memory region 0.
+    fn map(&self, ram: &CardRam) -> io::Result<()>;
+    /// Removes that mapping.
+    fn unmap(&self, ram: &CardRam) -> io::Result<()>;
+}
+
+fn region_request(ram: &CardRam, flags: VhostUserMMapFlags) -> VhostUserMMap {
+    VhostUserMMap {
+        shmid: SHM_ID_CARD_RAM,
+        padding: [0; 7],
+        fd_offset: 0,
+        shm_offset: 0,
+        len: ram.region_size(),
+        flags: flags.bits(),
+    }
+}
+
+impl ShmemMapper for Backend {
+    fn map(&self, ram: &CardRam) -> io::Result<()> {
+        let req = region_request(ram, VhostUserMMapFlags::WRITABLE);
+        self.shmem_map(&req, ram.file()).map(|_| ())
+    }
+
+    fn unmap(&self, ram: &CardRam) -> io::Result<()> {
+        let req = region_request(ram, VhostUserMMapFlags::empty());
+        self.shmem_unmap(&req).map(|_| ())
+    }
 }
 
 /// What the daemon counts over its lifetime (card resets do not clear these).
@@ -62,6 +118,10 @@ pub struct Counters {
     pub config_writes: AtomicU64,
     /// Card resets caused by the device being stopped or reset.
     pub resets: AtomicU64,
+    /// ATTACH requests answered OK.
+    pub attaches: AtomicU64,
+    /// ATTACH requests answered DEVICE_ERROR.
+    pub attach_failures: AtomicU64,
 }
 
 impl Counters {
@@ -73,12 +133,14 @@ impl Counters {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "requests={} bad_requests={} unsupported={} config_writes={} resets={}",
+            "requests={} bad_requests={} unsupported={} config_writes={} resets={} attaches={} attach_failures={}",
             get(&self.requests),
             get(&self.bad_requests),
             get(&self.unsupported),
             get(&self.config_writes),
             get(&self.resets),
+            get(&self.attaches),
+            get(&self.attach_failures),
         )
     }
 }
@@ -98,18 +160,33 @@ pub struct XxcapBackend {
     rebase_on_start: AtomicBool,
     counters: Arc<Counters>,
     epoch: Instant,
+    capabilities: u32,
+    /// Card RAM and the status block (the memfd of shared-memory region 0).
+    ram: Arc<CardRam>,
+    /// The file video source (`--source-file`), if any.
+    file: Option<SharedFile>,
+    /// The backend-request channel, once the frontend sent it.
+    mapper: Mutex<Option<Arc<dyn ShmemMapper>>>,
+    /// Region 0 is mapped (since the last device stop/reset).
+    mapped: AtomicBool,
+    /// The running capture session's thread.
+    capture: Mutex<Option<CaptureThread>>,
 }
 
 impl XxcapBackend {
     /// A backend for `card`; `event_idx` says whether VIRTIO_RING_F_EVENT_IDX
-    /// is offered.
-    pub fn new(card: Card, event_idx: bool) -> Self {
+    /// is offered; `file` is the file video source (its geometry must be the
+    /// card's `file_source`). Creates card RAM (a memfd of the card's RAM
+    /// size plus the status page).
+    pub fn new(card: Card, event_idx: bool, file: Option<FileSource>) -> io::Result<Self> {
         let features = if event_idx {
             BASE_FEATURES | EVENT_IDX_FEATURE
         } else {
             BASE_FEATURES
         };
-        XxcapBackend {
+        let ram = Arc::new(CardRam::new(card.config().card_ram_size)?);
+        Ok(XxcapBackend {
+            capabilities: card.capabilities(),
             card: Mutex::new(card),
             mem: Mutex::new(None),
             features,
@@ -117,6 +194,120 @@ impl XxcapBackend {
             rebase_on_start: AtomicBool::new(true),
             counters: Arc::new(Counters::default()),
             epoch: Instant::now(),
+            ram,
+            file: file.map(|f| Arc::new(Mutex::new(f))),
+            mapper: Mutex::new(None),
+            mapped: AtomicBool::new(false),
+            capture: Mutex::new(None),
+        })
+    }
+
+    /// Card RAM and the status block.
+    pub fn card_ram(&self) -> Arc<CardRam> {
+        Arc::clone(&self.ram)
+    }
+
+    /// Uses `mapper` for SHMEM_MAP (the frontend's backend channel arrives
+    /// through `set_backend_req_fd`; tests plug in a fake).
+    pub fn set_mapper(&self, mapper: Arc<dyn ShmemMapper>) {
+        *self.mapper.lock().unwrap_or_else(PoisonError::into_inner) = Some(mapper);
+    }
+
+    /// Stops capture (daemon shutdown). Returns at most one frame later.
+    pub fn shutdown(&self) {
+        if let Some(thread) = self.capture_slot().take() {
+            let generation = thread.generation();
+            let (frames, dropped) = thread.stop();
+            info!("capture {generation} stopped at exit: {frames} frames, {dropped} dropped");
+        }
+    }
+
+    fn capture_slot(&self) -> MutexGuard<'_, Option<CaptureThread>> {
+        self.capture.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Copies the capture thread's progress into the card's registers.
+    fn sync_progress(&self, card: &mut Card) {
+        if let Some(thread) = self.capture_slot().as_ref() {
+            let (frames, dropped) = thread.progress();
+            card.set_capture_progress(thread.generation(), frames, dropped);
+        }
+    }
+
+    /// Starts or stops the capture thread to match the card's session.
+    fn reconcile_capture(&self, card: &mut Card) {
+        let wanted = card.capture_session();
+        let mut slot = self.capture_slot();
+        let running = slot.as_ref().map(CaptureThread::generation);
+        if running == wanted.map(|s| s.generation) {
+            return;
+        }
+        if let Some(thread) = slot.take() {
+            let generation = thread.generation();
+            let (frames, dropped) = thread.stop();
+            card.set_capture_progress(generation, frames, dropped);
+        }
+        if let Some(session) = wanted {
+            let clock = DeviceClock {
+                origin: self.epoch,
+                card_epoch_ns: card.epoch_ns(),
+            };
+            match CaptureThread::start(session, self.card_ram(), self.file.clone(), clock) {
+                Ok(thread) => *slot = Some(thread),
+                Err(e) => error!("cannot start the capture thread: {e}"),
+            }
+        }
+    }
+
+    /// Executes one task file with the card locked by the caller.
+    fn execute_locked(
+        &self,
+        card: &mut Card,
+        task_file: &mut [u8],
+        sg: &[SgEntry],
+        mem: &GuestMemoryMmap,
+    ) -> Outcome {
+        self.sync_progress(card);
+        let mut port = GuestDma {
+            ram: &self.ram,
+            mem,
+        };
+        let outcome = card.execute_dma(task_file, sg, &mut port, self.now_ns());
+        self.reconcile_capture(card);
+        outcome
+    }
+
+    /// Maps region 0 unless mapped since the last reset. Called from the
+    /// vring worker with the card lock released (see the module docs).
+    fn attach(&self) -> Result<(), String> {
+        if self.capabilities & caps::CARD_RAM_SHM == 0 {
+            return Err("this card has no shared card RAM".into());
+        }
+        if self.mapped.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mapper = self
+            .mapper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or("the frontend sent no backend channel (BACKEND_REQ)")?;
+        let result = mapper.map(&self.ram).or_else(|first| {
+            // A mapping may survive a stop we took for a reset (VM pause):
+            // QEMU refuses overlapping maps, so drop it and map again.
+            debug!("SHMEM_MAP failed ({first}); unmapping and retrying");
+            mapper.unmap(&self.ram).and_then(|()| mapper.map(&self.ram))
+        });
+        match result {
+            Ok(()) => {
+                self.mapped.store(true, Ordering::Release);
+                info!(
+                    "card RAM mapped: shared-memory region {SHM_ID_CARD_RAM}, {} bytes",
+                    self.ram.region_size()
+                );
+                Ok(())
+            }
+            Err(e) => Err(format!("SHMEM_MAP failed: {e}")),
         }
     }
 
@@ -135,9 +326,17 @@ impl XxcapBackend {
         self.card.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Power-on state: capture stops, the card resets, the status block is
+    /// re-initialised and region 0 counts as unmapped (QEMU drops mappings
+    /// at device reset). Card RAM keeps its contents.
     fn reset_card(&self, why: &str) {
-        let now = self.now_ns();
-        self.card().reset(now);
+        let mut card = self.card();
+        if let Some(thread) = self.capture_slot().take() {
+            thread.stop();
+        }
+        card.reset(self.now_ns());
+        self.ram.status().init();
+        self.mapped.store(false, Ordering::Release);
         Counters::bump(&self.counters.resets);
         info!("card reset ({why})");
     }
@@ -154,11 +353,14 @@ impl XxcapBackend {
             warn!("command queue kicked before guest memory was set");
             return;
         };
-        let mut card = self.card();
+        let mut batch = Batch {
+            backend: self,
+            card: Some(self.card()),
+        };
         if self.rebase_on_start.swap(false, Ordering::AcqRel) {
             // Nothing can change the card while the device is stopped, so
             // this only moves time zero to the start (not counted).
-            card.reset(self.now_ns());
+            batch.card().reset(self.now_ns());
             debug!("device started");
         }
         let event_idx = self.event_idx.load(Ordering::Relaxed);
@@ -168,7 +370,7 @@ impl XxcapBackend {
                     warn!("command queue: cannot disable notifications: {e}");
                 }
             }
-            self.drain_command_queue(vring, &atomic, &mut card);
+            self.drain_command_queue(vring, &atomic, &mut batch);
             if !event_idx {
                 break;
             }
@@ -184,7 +386,12 @@ impl XxcapBackend {
         }
     }
 
-    fn drain_command_queue(&self, vring: &VringRwLock, atomic: &GuestMemory, card: &mut Card) {
+    fn drain_command_queue(
+        &self,
+        vring: &VringRwLock,
+        atomic: &GuestMemory,
+        batch: &mut Batch<'_>,
+    ) {
         let mem = atomic.memory();
         loop {
             // Hold the vring lock only to pop: the frontend thread needs it too.
@@ -196,11 +403,19 @@ impl XxcapBackend {
                 break;
             };
             let head = chain.head_index();
-            let completion = process_chain(card, &chain, self.now_ns());
+            let completion = process_chain(batch, &chain);
             Counters::bump(&self.counters.requests);
             match completion.disposition {
                 Disposition::Executed(outcome) => {
                     trace!("request {head}: {outcome:?}, {} bytes", completion.used_len)
+                }
+                Disposition::Attached(Ok(())) => {
+                    Counters::bump(&self.counters.attaches);
+                    debug!("request {head}: ATTACH done");
+                }
+                Disposition::Attached(Err(e)) => {
+                    Counters::bump(&self.counters.attach_failures);
+                    warn!("request {head}: ATTACH failed: {e}");
                 }
                 Disposition::Rejected(e) => {
                     if e.status() == xxcapture_abi::vq_status::UNSUPPORTED {
@@ -232,6 +447,32 @@ impl XxcapBackend {
     }
 }
 
+/// The card as one command-queue batch sees it: locked for the batch, except
+/// while an ATTACH talks to QEMU.
+struct Batch<'a> {
+    backend: &'a XxcapBackend,
+    card: Option<MutexGuard<'a, Card>>,
+}
+
+impl Batch<'_> {
+    fn card(&mut self) -> &mut Card {
+        let backend = self.backend;
+        self.card.get_or_insert_with(|| backend.card())
+    }
+}
+
+impl Device for Batch<'_> {
+    fn execute(&mut self, task_file: &mut [u8], sg: &[SgEntry], mem: &GuestMemoryMmap) -> Outcome {
+        let backend = self.backend;
+        backend.execute_locked(self.card(), task_file, sg, mem)
+    }
+
+    fn attach(&mut self) -> Result<(), String> {
+        self.card = None;
+        self.backend.attach()
+    }
+}
+
 impl VhostUserBackend for XxcapBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -253,7 +494,25 @@ impl VhostUserBackend for XxcapBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        protocol_features()
+        protocol_features(self.capabilities)
+    }
+
+    /// One region: card RAM plus the status page.
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        if self.capabilities & caps::CARD_RAM_SHM == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this card has no shared card RAM",
+            ));
+        }
+        Ok(VhostUserShMemConfig::new(1, &[self.ram.region_size()]))
+    }
+
+    /// Stores the backend channel; SHMEM_MAP goes out on it at ATTACH (never
+    /// from here: QEMU would deadlock waiting for its own reply).
+    fn set_backend_req_fd(&self, backend: Backend) {
+        debug!("backend channel received");
+        self.set_mapper(Arc::new(backend));
     }
 
     /// Only reached if a frontend sends VHOST_USER_RESET_DEVICE, which QEMU's
@@ -372,7 +631,8 @@ mod tests {
     use zerocopy::{FromBytes, IntoBytes};
 
     fn backend() -> XxcapBackend {
-        XxcapBackend::new(Card::new(CardConfig::default()).expect("card"), true)
+        XxcapBackend::new(Card::new(CardConfig::default()).expect("card"), true, None)
+            .expect("backend")
     }
 
     #[test]
@@ -383,7 +643,9 @@ mod tests {
         for bit in [32, 28, 29, 30] {
             assert_ne!(b.features() & (1 << bit), 0, "feature bit {bit}");
         }
-        let no_idx = XxcapBackend::new(Card::new(CardConfig::default()).expect("card"), false);
+        let no_idx =
+            XxcapBackend::new(Card::new(CardConfig::default()).expect("card"), false, None)
+                .expect("backend");
         assert_eq!(no_idx.features() & (1 << 29), 0);
         let p = b.protocol_features();
         assert!(p.contains(VhostUserProtocolFeatures::CONFIG));
@@ -554,5 +816,345 @@ mod tests {
             assert_eq!(b.counters.requests.load(Ordering::Relaxed), 3);
             assert_eq!(b.counters.resets.load(Ordering::Relaxed), 1);
         }
+    }
+
+    // ---- ATTACH, DMA and capture through the queue ----------------------
+
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT;
+    use xxcapture_abi::frame::{verify, PixelFormat};
+    use xxcapture_abi::{
+        control, slot_state, status, vq_status, TaskFile, TaskFileResult, TfError,
+    };
+    use xxcapture_model::CAPTURE_CARD_CAPS;
+
+    /// Records SHMEM_MAP requests; can be told to refuse.
+    #[derive(Default)]
+    struct FakeMapper {
+        maps: AtomicU32,
+        unmaps: AtomicU32,
+        refuse: AtomicBool,
+    }
+
+    impl ShmemMapper for FakeMapper {
+        fn map(&self, ram: &CardRam) -> io::Result<()> {
+            assert_eq!(ram.region_size(), (4 << 20) + 4096);
+            assert_eq!(ram.file().metadata()?.len(), ram.region_size());
+            if self.refuse.load(Ordering::Relaxed) {
+                return Err(io::Error::other("refused"));
+            }
+            self.maps.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+
+        fn unmap(&self, _ram: &CardRam) -> io::Result<()> {
+            self.unmaps.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn capture_backend() -> XxcapBackend {
+        let config = CardConfig {
+            card_ram_size: 4 << 20,
+            capabilities: CAPTURE_CARD_CAPS,
+            ..CardConfig::default()
+        };
+        XxcapBackend::new(Card::new(config).expect("card"), false, None).expect("backend")
+    }
+
+    /// A guest with a command queue driven through `handle_event`.
+    struct Guest {
+        mem: GuestMemoryMmap,
+        vrings: [VringRwLock; 2],
+        next: u16,
+    }
+
+    impl Guest {
+        fn new(
+            vq: &MockSplitQueue<'_, GuestMemoryMmap>,
+            evt: &MockSplitQueue<'_, GuestMemoryMmap>,
+            mem: &GuestMemoryMmap,
+            b: &XxcapBackend,
+        ) -> Guest {
+            let atomic = GuestMemoryAtomic::new(mem.clone());
+            b.update_memory(atomic.clone()).expect("memory");
+            Guest {
+                mem: mem.clone(),
+                vrings: [vring(&atomic, vq), vring(&atomic, evt)],
+                next: 0,
+            }
+        }
+
+        /// Posts `bytes` with `wlen` writable bytes, kicks, returns the
+        /// writable area's contents.
+        fn request(
+            &mut self,
+            vq: &MockSplitQueue<'_, GuestMemoryMmap>,
+            b: &XxcapBackend,
+            bytes: &[u8],
+            wlen: u32,
+        ) -> Vec<u8> {
+            let slot = self.next % 8;
+            self.next += 1;
+            let src = 0x10_0000 + u64::from(slot) * 0x1000;
+            let out = 0x20_0000 + u64::from(slot) * 0x1000;
+            self.mem
+                .write_slice(bytes, GuestAddress(src))
+                .expect("write");
+            let descs = [
+                RawDescriptor::from(SplitDescriptor::new(
+                    src,
+                    bytes.len() as u32,
+                    VRING_DESC_F_NEXT as u16,
+                    slot * 2 + 1,
+                )),
+                RawDescriptor::from(SplitDescriptor::new(
+                    out,
+                    wlen,
+                    VRING_DESC_F_WRITE as u16,
+                    0,
+                )),
+            ];
+            vq.add_desc_chains(&descs, slot * 2).expect("chain");
+            b.handle_event(0, EventSet::IN, &self.vrings, 0)
+                .expect("handled");
+            let mut raw = vec![0u8; wlen as usize];
+            self.mem
+                .read_slice(&mut raw, GuestAddress(out))
+                .expect("read");
+            raw
+        }
+
+        fn attach(&mut self, vq: &MockSplitQueue<'_, GuestMemoryMmap>, b: &XxcapBackend) -> u32 {
+            let req = VqRequest {
+                req_type: req_type::ATTACH.into(),
+                ..VqRequest::default()
+            };
+            let raw = self.request(vq, b, req.as_bytes(), 8);
+            VqStatus::read_from_bytes(&raw)
+                .expect("status")
+                .status
+                .get()
+        }
+
+        fn exec(
+            &mut self,
+            vq: &MockSplitQueue<'_, GuestMemoryMmap>,
+            b: &XxcapBackend,
+            tf: &TaskFile,
+        ) -> TaskFileResult {
+            let req = VqRequest {
+                req_type: req_type::EXEC_TASK_FILE.into(),
+                ..VqRequest::default()
+            };
+            let body = tf.to_bytes();
+            let mut bytes = req.as_bytes().to_vec();
+            bytes.extend_from_slice(&body);
+            let raw = self.request(vq, b, &bytes, (body.len() + 8) as u32);
+            let st = VqStatus::read_from_bytes(&raw[body.len()..]).expect("status");
+            assert_eq!(st.status.get(), vq_status::OK);
+            TaskFileResult::parse(&raw[..body.len()]).expect("result")
+        }
+    }
+
+    #[test]
+    fn attach_maps_once_per_reset_and_reports_failures() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let b = capture_backend();
+        assert!(b
+            .protocol_features()
+            .contains(VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ));
+        let config = b.get_shmem_config().expect("shmem config");
+        assert_eq!(
+            (config.nregions, config.memory_sizes[0]),
+            (1, (4 << 20) + 4096)
+        );
+        let mut g = Guest::new(&vq, &evt, &mem, &b);
+        // No backend channel yet: DEVICE_ERROR.
+        assert_eq!(g.attach(&vq, &b), vq_status::DEVICE_ERROR);
+        let mapper = Arc::new(FakeMapper::default());
+        b.set_mapper(mapper.clone());
+        assert_eq!(g.attach(&vq, &b), vq_status::OK);
+        assert_eq!(g.attach(&vq, &b), vq_status::OK);
+        assert_eq!(mapper.maps.load(Ordering::Relaxed), 1, "mapped once");
+        // A reset drops the mapping: the next ATTACH maps again.
+        b.stop_vring(0).expect("stop");
+        assert_eq!(g.attach(&vq, &b), vq_status::OK);
+        assert_eq!(mapper.maps.load(Ordering::Relaxed), 2);
+        // A refused map (after a retry with unmap) is DEVICE_ERROR.
+        b.stop_vring(0).expect("stop");
+        mapper.refuse.store(true, Ordering::Relaxed);
+        assert_eq!(g.attach(&vq, &b), vq_status::DEVICE_ERROR);
+        assert_eq!(mapper.unmaps.load(Ordering::Relaxed), 1);
+        assert_eq!(b.counters.attaches.load(Ordering::Relaxed), 3);
+        assert_eq!(b.counters.attach_failures.load(Ordering::Relaxed), 2);
+        // A card without CARD_RAM_SHM offers no shared memory.
+        let plain = backend();
+        assert!(plain.get_shmem_config().is_err());
+    }
+
+    fn start_capture(tf: &mut TaskFile) {
+        tf.set_to_register(regs::CONTROL, control::CAPTURE, control::CAPTURE);
+    }
+
+    fn stop_capture(tf: &mut TaskFile) {
+        tf.set_to_register(regs::CONTROL, 0, control::CAPTURE);
+    }
+
+    /// Waits until the status block shows `frames` completed frames.
+    fn wait_frames(b: &XxcapBackend, frames: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sb = b.ram.read_status().expect("consistent status");
+            if sb.frame_counter.get() >= frames {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no progress: {sb:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn capture_fills_the_ring_with_verifiable_frames() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let b = capture_backend();
+        let mut g = Guest::new(&vq, &evt, &mem, &b);
+        let mut tf = TaskFile::new();
+        tf.set_register(regs::FRAME_FORMAT, xxcapture_abi::format::NV12);
+        tf.set_register(regs::FRAME_RATE, 0);
+        start_capture(&mut tf);
+        let slots = tf.get_register(regs::RING_SLOTS);
+        let res = g.exec(&vq, &b, &tf);
+        assert_eq!(res.error, TfError::Ok);
+        let ring_slots = res.value(slots).expect("slots");
+        // 640x480 NV12 = 460800 bytes = 112.5 pages -> 113 pages; 4 MiB / that.
+        assert_eq!(ring_slots, (4u64 << 20) / (113 * 4096));
+        wait_frames(&b, 2 * ring_slots + 3);
+        // Registers follow the capture thread.
+        let mut tf = TaskFile::new();
+        let counter = tf.get_register(regs::FRAME_COUNTER);
+        let res = g.exec(&vq, &b, &tf);
+        assert!(res.value(counter).expect("counter") >= 2 * ring_slots + 3);
+        // Formats are busy while capturing.
+        let mut tf = TaskFile::new();
+        tf.set_register(regs::FRAME_WIDTH, 800);
+        assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Busy);
+
+        let mut tf = TaskFile::new();
+        stop_capture(&mut tf);
+        assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
+        let sb = b.ram.read_status().expect("status");
+        assert_eq!(sb.status.get(), status::READY);
+        assert_eq!(u64::from(sb.ring_slots.get()), ring_slots);
+        assert_eq!(sb.slot_size.get(), 113 * 4096);
+        assert_eq!(sb.frame_size.get(), 460_800);
+        assert_eq!(
+            (sb.format.get(), sb.width.get(), sb.height.get()),
+            (2, 640, 480)
+        );
+        let frames = sb.frame_counter.get();
+        assert_eq!(sb.dropped.get(), 0, "free-running never drops");
+        // FRAME_COUNTER holds the final count.
+        let mut tf = TaskFile::new();
+        let counter = tf.get_register(regs::FRAME_COUNTER);
+        assert_eq!(
+            g.exec(&vq, &b, &tf).value(counter),
+            Some(frames & 0xffff_ffff)
+        );
+        // Every slot holds the newest frame of its residue class, verified.
+        let mut seen = 0;
+        for (index, slot) in sb.slots.iter().enumerate().take(ring_slots as usize) {
+            assert_eq!(slot.state.get(), slot_state::FULL, "slot {index}");
+            let n = slot.frame_number.get();
+            assert_eq!(n % ring_slots, index as u64);
+            assert!(
+                n < frames && n + ring_slots >= frames,
+                "slot {index} holds stale frame {n} of {frames}"
+            );
+            let bytes = b
+                .ram
+                .read(u64::from(sb.slot_size.get()) * index as u64, 460_800)
+                .expect("slot");
+            let stamp = verify(&bytes, PixelFormat::Nv12, 640, 480).expect("verified frame");
+            assert_eq!(stamp.frame_number, n);
+            assert!(slot.timestamp_ns.get() <= sb.device_time_ns.get());
+            seen += 1;
+        }
+        assert_eq!(seen, ring_slots);
+    }
+
+    #[test]
+    fn paced_capture_keeps_to_the_frame_rate() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let b = capture_backend();
+        let mut g = Guest::new(&vq, &evt, &mem, &b);
+        let mut tf = TaskFile::new();
+        tf.set_register(regs::FRAME_RATE, 50);
+        start_capture(&mut tf);
+        let started = Instant::now();
+        assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
+        wait_frames(&b, 5);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut tf = TaskFile::new();
+        stop_capture(&mut tf);
+        g.exec(&vq, &b, &tf);
+        let elapsed = started.elapsed().as_secs_f64();
+        let sb = b.ram.read_status().expect("status");
+        let (frames, dropped) = (sb.frame_counter.get(), sb.dropped.get());
+        // Never ahead of the schedule (frame 0 is due at once).
+        assert!(
+            (frames + dropped) as f64 <= elapsed * 50.0 + 1.0,
+            "{frames} frames + {dropped} dropped in {elapsed} s"
+        );
+        assert!(frames >= 5);
+        assert_eq!(sb.fps.get(), 50);
+    }
+
+    #[test]
+    fn reset_and_shutdown_stop_capture_without_hanging() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let b = capture_backend();
+        let mut g = Guest::new(&vq, &evt, &mem, &b);
+        for fps in [0, 1] {
+            let mut tf = TaskFile::new();
+            tf.set_register(regs::FRAME_RATE, fps);
+            start_capture(&mut tf);
+            assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
+            wait_frames(&b, 1);
+            // A device reset stops the thread (even mid-way through a 1 s
+            // frame period) and re-initialises the status block.
+            let t = Instant::now();
+            b.stop_vring(0).expect("stop");
+            assert!(t.elapsed() < Duration::from_secs(5));
+            assert!(b.capture_slot().is_none());
+            let sb = b.ram.read_status().expect("status");
+            assert_eq!(
+                (sb.status.get(), sb.frame_counter.get()),
+                (status::READY, 0)
+            );
+            assert!(b.card().capture_session().is_none());
+        }
+        // Daemon shutdown while capturing.
+        let mut tf = TaskFile::new();
+        start_capture(&mut tf);
+        assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
+        wait_frames(&b, 1);
+        let t = Instant::now();
+        b.shutdown();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(b.capture_slot().is_none());
+        assert_eq!(
+            b.ram.read_status().expect("status").status.get(),
+            status::READY
+        );
     }
 }

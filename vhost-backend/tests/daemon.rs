@@ -220,6 +220,113 @@ fn bad_arguments_are_one_line_errors() {
 }
 
 #[test]
+fn capture_options_are_checked_with_one_line_errors() {
+    let dir = TempDir::new("source");
+    let small = dir.0.join("small.raw");
+    fs::write(&small, [0u8; 1000]).expect("write");
+    let not_y4m = dir.0.join("not.y4m");
+    fs::write(&not_y4m, b"hello").expect("write");
+    let (small, not_y4m) = (
+        small.to_str().expect("utf8"),
+        not_y4m.to_str().expect("utf8"),
+    );
+    let s = ["--socket", "/tmp/x.sock", "--print-qemu-args"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--source-file",
+                "/nonexistent/a.y4m",
+                "--source-format",
+                "y4m",
+            ],
+            "/nonexistent/a.y4m",
+        ),
+        (
+            vec!["--source-file", not_y4m, "--source-format", "y4m"],
+            "not.y4m",
+        ),
+        (
+            vec!["--source-file", small, "--source-format", "raw"],
+            "--source-size",
+        ),
+        (
+            vec![
+                "--source-file",
+                small,
+                "--source-format",
+                "raw",
+                "--source-size",
+                "640x480",
+                "--source-pixel-format",
+                "yuyv",
+            ],
+            "no complete frame",
+        ),
+        (vec!["--source-file", small], "--source-format"),
+        (vec!["--source-format", "raw"], "--source-file"),
+        (
+            vec!["--source-format", "mp4", "--source-file", small],
+            "mp4",
+        ),
+        (vec!["--source-size", "640x480"], "--source-file"),
+        (vec!["--size", "641x480"], "641x480"),
+        (vec!["--format", "mjpeg"], "mjpeg"),
+        (vec!["--fps", "1001"], "1001"),
+        (
+            vec![
+                "--card-ram-size",
+                "4M",
+                "--size",
+                "3840x2160",
+                "--format",
+                "rgb24",
+            ],
+            "",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let args: Vec<&str> = s.iter().copied().chain(extra.iter().copied()).collect();
+        let out = run(&args);
+        if needle.is_empty() {
+            // Defaults that cannot form a ring only fail at capture start.
+            assert!(out.status.success(), "{args:?}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = one_line(&out.stderr);
+        assert!(err.starts_with("xxcapd: "), "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A good raw file and defaults are accepted.
+    let good = dir.0.join("good.raw");
+    fs::write(&good, vec![0u8; 320 * 240 * 2 * 3]).expect("write");
+    let out = run(&[
+        "--socket",
+        "/tmp/x.sock",
+        "--print-qemu-args",
+        "--fps",
+        "0",
+        "--size",
+        "1280x720",
+        "--format",
+        "nv12",
+        "--source-file",
+        good.to_str().expect("utf8"),
+        "--source-format",
+        "raw",
+        "--source-size",
+        "320x240",
+        "--source-pixel-format",
+        "yuyv",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn prints_the_qemu_options() {
     let out = run(&[
         "--socket",

@@ -237,7 +237,6 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
     let elapsed = started.elapsed().as_secs_f64();
     let stats = capture.stop()?;
     progress.finish_and_clear();
-    drop(y4m);
     if let Some(out) = sink.as_mut() {
         out.flush()
             .map_err(|e| Error::BadFormat(format!("Y4M write: {e}")))?;

@@ -47,7 +47,7 @@ pub fn roundtrip(card: &Card) -> Check {
         if moved != len as u64 {
             return Err(format!("write {len} at {offset}: moved {moved}"));
         }
-        if &ram.as_slice()[offset..offset + len] != &data[..] {
+        if ram.as_slice()[offset..offset + len] != data[..] {
             return Err(format!("write {len} at {offset}: mapped card RAM differs"));
         }
         let mut back = vec![0u8; len + 2];

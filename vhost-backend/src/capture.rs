@@ -1,0 +1,306 @@
+//! The capture thread: renders frames into the ring in card RAM at the
+//! session's frame rate and keeps the status block current.
+//!
+//! One thread per capture session. The backend starts it when a task file
+//! commits CONTROL.CAPTURE 0 -> 1 and stops it (signal, then join) when
+//! capture is stopped, the device is reset or the daemon exits. The thread
+//! never takes the card lock: it reports progress through atomics that the
+//! backend copies into FRAME_COUNTER / DROPPED_FRAMES before each request.
+//!
+//! Pacing: frame period `1 s / fps` on the monotonic clock, frame k of the
+//! schedule due at `start + k * period`. A frame is rendered when it is due;
+//! when rendering leaves the thread behind by whole periods, those periods
+//! are skipped and counted as dropped (frame numbers stay consecutive: the
+//! frame after a drop gets the next number, its timestamp shows the gap).
+//! `fps == 0` runs free: frames back to back, nothing is ever dropped.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use xxcapture_model::{CaptureSession, FileSource, TestPattern, VideoSource};
+
+use crate::card_ram::{filling, full, CardRam, SlotUpdate};
+
+/// Device time: nanoseconds since the card's epoch, on the daemon's clock.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceClock {
+    /// The daemon's time zero.
+    pub origin: Instant,
+    /// The card's epoch (`Card::epoch_ns`) on the daemon's clock.
+    pub card_epoch_ns: u64,
+}
+
+impl DeviceClock {
+    pub fn now_ns(&self) -> u64 {
+        let since_origin = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        since_origin.saturating_sub(self.card_epoch_ns)
+    }
+}
+
+/// Progress of one session, shared with the backend.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub frames: AtomicU64,
+    pub dropped: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+#[derive(Default)]
+struct StopSignal {
+    stopped: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl StopSignal {
+    fn stop(&self) {
+        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.stopped.store(true, Ordering::Release);
+        self.cv.notify_all();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Sleeps until `deadline`; true if stopped meanwhile.
+    fn sleep_until(&self, deadline: Instant) -> bool {
+        let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if self.is_stopped() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = self
+                .cv
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// The file video source, shared by successive sessions (one at a time).
+pub type SharedFile = Arc<Mutex<FileSource>>;
+
+/// A running capture thread. Dropping it stops and joins the thread.
+pub struct CaptureThread {
+    generation: u64,
+    progress: Arc<Progress>,
+    stop: Arc<StopSignal>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for CaptureThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureThread")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaptureThread {
+    /// Writes the session into the status block and starts rendering.
+    pub fn start(
+        session: CaptureSession,
+        ram: Arc<CardRam>,
+        file: Option<SharedFile>,
+        clock: DeviceClock,
+    ) -> io::Result<CaptureThread> {
+        ram.status().begin(&session, clock.now_ns());
+        let progress = Arc::new(Progress::default());
+        let stop = Arc::new(StopSignal::default());
+        let worker = Worker {
+            session,
+            ram,
+            file,
+            clock,
+            progress: Arc::clone(&progress),
+            stop: Arc::clone(&stop),
+        };
+        let handle = thread::Builder::new()
+            .name(format!("capture-{}", session.generation))
+            .spawn(move || worker.run())?;
+        Ok(CaptureThread {
+            generation: session.generation,
+            progress,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Frames completed and frame periods dropped so far.
+    pub fn progress(&self) -> (u64, u64) {
+        (
+            self.progress.frames.load(Ordering::Acquire),
+            self.progress.dropped.load(Ordering::Acquire),
+        )
+    }
+
+    /// Stops the thread and waits for it: at most one frame's rendering.
+    pub fn stop(mut self) -> (u64, u64) {
+        self.halt();
+        self.progress()
+    }
+
+    fn halt(&mut self) {
+        self.stop.stop();
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                warn!("capture thread {} panicked", self.generation);
+            }
+        }
+    }
+}
+
+impl Drop for CaptureThread {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+struct Worker {
+    session: CaptureSession,
+    ram: Arc<CardRam>,
+    file: Option<SharedFile>,
+    clock: DeviceClock,
+    progress: Arc<Progress>,
+    stop: Arc<StopSignal>,
+}
+
+impl Worker {
+    fn run(self) {
+        let g = self.session.geometry;
+        debug!(
+            "capture {} started: {} {}x{} at {} fps, {} slots of {} bytes",
+            self.session.generation,
+            g.format,
+            g.width,
+            g.height,
+            self.session.fps,
+            self.session.ring.ring_slots,
+            self.session.ring.slot_size
+        );
+        if self.session.uses_file() {
+            match &self.file {
+                Some(file) => {
+                    let mut source = file.lock().unwrap_or_else(PoisonError::into_inner);
+                    self.frames(&mut *source);
+                }
+                None => warn!("capture from a file source, but xxcapd has none"),
+            }
+        } else {
+            match TestPattern::new(g.format, g.width, g.height) {
+                Ok(mut pattern) => self.frames(&mut pattern),
+                Err(e) => warn!("capture: {e}"),
+            }
+        }
+        self.ram.status().end(self.clock.now_ns());
+        debug!(
+            "capture {} stopped after {} frames ({} dropped)",
+            self.session.generation,
+            self.progress.frames.load(Ordering::Relaxed),
+            self.progress.dropped.load(Ordering::Relaxed)
+        );
+    }
+
+    fn frames(&self, source: &mut dyn VideoSource) {
+        let ring = self.session.ring;
+        let frame_size = source.frame_size();
+        let period = match self.session.fps {
+            0 => None,
+            fps => Some(Duration::from_nanos(1_000_000_000 / u64::from(fps))),
+        };
+        let start = Instant::now();
+        // Index of the next frame period in the schedule.
+        let mut tick: u32 = 0;
+        let (mut frame, mut dropped, mut errors) = (0u64, 0u64, 0u64);
+        while !self.stop.is_stopped() {
+            if let Some(p) = period {
+                if self.stop.sleep_until(start + p * tick) {
+                    break;
+                }
+            }
+            let slot = ring.slot_index(frame);
+            self.ram.status().slot(&SlotUpdate {
+                slot,
+                info: filling(frame),
+                frame_counter: frame,
+                dropped,
+                errors,
+                device_time_ns: self.clock.now_ns(),
+            });
+            let rendered = self
+                .ram
+                .with_slot(ring.slot_offset(frame), frame_size, |buf| {
+                    source.render(frame, buf)
+                });
+            let now_ns = self.clock.now_ns();
+            match rendered {
+                Some(Ok(_stamp)) => {
+                    frame += 1;
+                    self.ram.status().slot(&SlotUpdate {
+                        slot,
+                        info: full(frame - 1, now_ns, ring.frame_size),
+                        frame_counter: frame,
+                        dropped,
+                        errors,
+                        device_time_ns: now_ns,
+                    });
+                    self.progress.frames.store(frame, Ordering::Release);
+                }
+                failed => {
+                    errors += 1;
+                    self.progress.errors.store(errors, Ordering::Release);
+                    if errors == 1 || errors.is_power_of_two() {
+                        match failed {
+                            Some(Err(e)) => warn!("capture: frame {frame}: {e}"),
+                            _ => warn!("capture: frame {frame} does not fit card RAM"),
+                        }
+                    }
+                    self.ram.status().slot(&SlotUpdate {
+                        slot,
+                        info: Default::default(),
+                        frame_counter: frame,
+                        dropped,
+                        errors,
+                        device_time_ns: now_ns,
+                    });
+                    if period.is_none()
+                        && self
+                            .stop
+                            .sleep_until(Instant::now() + Duration::from_millis(10))
+                    {
+                        break;
+                    }
+                }
+            }
+            match period {
+                Some(p) => {
+                    tick = tick.saturating_add(1);
+                    // Whole periods that passed while rendering are lost.
+                    let late = Instant::now().saturating_duration_since(start + p * tick);
+                    let missed = u32::try_from(late.as_nanos() / p.as_nanos()).unwrap_or(u32::MAX);
+                    if missed > 0 {
+                        tick = tick.saturating_add(missed);
+                        dropped += u64::from(missed);
+                        self.progress.dropped.store(dropped, Ordering::Release);
+                    }
+                }
+                // Let the other threads (DMA, the guest's vCPUs) in.
+                None => thread::yield_now(),
+            }
+        }
+    }
+}

@@ -1,0 +1,573 @@
+//! Card RAM and the status block: one memfd, mapped here and (on ATTACH)
+//! into the guest as virtio shared-memory region 0.
+//!
+//! Layout of the memfd (and of the region): `[0, card_ram_size)` card RAM,
+//! then one page holding the [`StatusBlock`]. The daemon keeps its own shared
+//! mapping of the whole file; the guest maps the same pages through QEMU, so
+//! frames the capture thread renders are visible to the guest without a copy.
+//!
+//! Who touches the bytes inside this process:
+//! - DMA commands (the vring worker) copy between guest memory and card RAM
+//!   with bounds-checked volatile copies ([`GuestDma`]);
+//! - the capture thread renders frames into ring slots ([`CardRam::with_slot`]);
+//! - the status block is written only through [`StatusWriter`], by one writer
+//!   at a time (the capture thread while it runs, the backend otherwise).
+//!
+//! DMA copies and slot rendering exclude each other through the "bus" lock,
+//! so no two threads of this process ever access the same card-RAM bytes at
+//! once. The guest may access card RAM at any time through its own mapping;
+//! that can only garble what the guest itself reads.
+
+use std::fs::File;
+use std::io;
+use std::mem::offset_of;
+use std::os::fd::AsFd;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, MmapRegion, VolatileMemory,
+};
+use xxcapture_abi::{slot_state, status, SgEntry, SlotInfo, StatusBlock, STATUS_BLOCK_SIZE};
+use xxcapture_abi::{MAX_RING_SLOTS, STATUS_MAGIC};
+use xxcapture_model::{CaptureSession, DmaDirection, DmaFault, DmaPort};
+
+/// Layout version written into the status block's `version` field.
+pub const STATUS_BLOCK_VERSION: u32 = 1;
+
+/// The memfd behind shared-memory region 0, mapped into the daemon.
+pub struct CardRam {
+    file: File,
+    map: MmapRegion<()>,
+    card_ram_size: u64,
+    /// Serialises in-process access to card-RAM bytes (DMA vs. capture).
+    bus: Mutex<()>,
+}
+
+impl std::fmt::Debug for CardRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CardRam")
+            .field("card_ram_size", &self.card_ram_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CardRam {
+    /// Creates the memfd (`card_ram_size` + one status page; `card_ram_size`
+    /// must be a whole number of pages) and maps it. The status block is
+    /// initialised; card RAM starts zeroed.
+    pub fn new(card_ram_size: u64) -> io::Result<CardRam> {
+        if card_ram_size == 0 || !card_ram_size.is_multiple_of(STATUS_BLOCK_SIZE as u64) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("card RAM size {card_ram_size} is not a whole number of pages"),
+            ));
+        }
+        let total = card_ram_size + STATUS_BLOCK_SIZE as u64;
+        let len = usize::try_from(total).map_err(io::Error::other)?;
+        let fd =
+            memfd_create(c"xxcapd-card-ram", MFdFlags::MFD_CLOEXEC).map_err(io::Error::from)?;
+        let file = File::from(fd);
+        file.set_len(total)?;
+        let map = MmapRegion::from_file(FileOffset::new(file.try_clone()?, 0), len)
+            .map_err(io::Error::other)?;
+        let ram = CardRam {
+            file,
+            map,
+            card_ram_size,
+            bus: Mutex::new(()),
+        };
+        ram.status().init();
+        Ok(ram)
+    }
+
+    /// The memfd, for SHMEM_MAP.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn card_ram_size(&self) -> u64 {
+        self.card_ram_size
+    }
+
+    /// Size of the whole region: card RAM plus the status page.
+    pub fn region_size(&self) -> u64 {
+        self.card_ram_size + STATUS_BLOCK_SIZE as u64
+    }
+
+    fn bus(&self) -> MutexGuard<'_, ()> {
+        self.bus.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on `len` bytes of card RAM from `offset` with the bus held,
+    /// or returns `None` when the range is not inside card RAM.
+    pub fn with_slot<R>(
+        &self,
+        offset: u64,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Option<R> {
+        let end = offset.checked_add(u64::try_from(len).ok()?)?;
+        if end > self.card_ram_size {
+            return None;
+        }
+        let start = usize::try_from(offset).ok()?;
+        let _bus = self.bus();
+        // SAFETY: [start, start + len) lies inside the mapping (checked
+        // against card_ram_size, which is below the mapping's size), which
+        // lives as long as `self`. The bus lock is held for the slice's whole
+        // life, and every other access to card RAM from this process (DMA
+        // copies, `read`) takes it too, so no other Rust reference or access
+        // aliases these bytes while the slice exists. The guest's own mapping
+        // of the same pages is outside this process's control; concurrent
+        // guest writes can only change the frame the guest itself reads.
+        let slot = unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().add(start), len) };
+        Some(f(slot))
+    }
+
+    /// Copies `len` bytes of card RAM from `offset` (tests and diagnostics).
+    pub fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(len)?;
+        if u64::try_from(end).ok()? > self.card_ram_size {
+            return None;
+        }
+        let _bus = self.bus();
+        let mut out = vec![0u8; len];
+        self.map.get_slice(start, len).ok()?.copy_to(&mut out[..]);
+        Some(out)
+    }
+
+    /// Writes `bytes` into card RAM at `offset` (tests).
+    pub fn write(&self, offset: u64, bytes: &[u8]) -> Option<()> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(bytes.len())?;
+        if u64::try_from(end).ok()? > self.card_ram_size {
+            return None;
+        }
+        let _bus = self.bus();
+        self.map
+            .get_slice(start, bytes.len())
+            .ok()?
+            .copy_from(bytes);
+        Some(())
+    }
+
+    /// Copies between guest memory and card RAM (see [`GuestDma`]).
+    fn transfer(
+        &self,
+        mem: &GuestMemoryMmap,
+        direction: DmaDirection,
+        card_offset: u64,
+        sg: &[SgEntry],
+    ) -> Result<(), DmaFault> {
+        // Check every entry before moving a byte.
+        let mut total = 0u64;
+        for (index, e) in sg.iter().enumerate() {
+            let len = usize::try_from(e.len.get()).map_err(|_| DmaFault::Unavailable)?;
+            let addr = GuestAddress(e.addr.get());
+            if len == 0 || !mem.check_range(addr, len) {
+                return Err(DmaFault::OutsideGuestMemory { index });
+            }
+            total += u64::from(e.len.get());
+        }
+        let end = card_offset
+            .checked_add(total)
+            .ok_or(DmaFault::Unavailable)?;
+        if end > self.card_ram_size {
+            return Err(DmaFault::Unavailable);
+        }
+        let _bus = self.bus();
+        let mut at = usize::try_from(card_offset).map_err(|_| DmaFault::Unavailable)?;
+        for (index, e) in sg.iter().enumerate() {
+            let fault = DmaFault::OutsideGuestMemory { index };
+            for piece in mem.get_slices(GuestAddress(e.addr.get()), e.len.get() as usize) {
+                let guest = piece.map_err(|_| fault)?;
+                let card = self
+                    .map
+                    .get_slice(at, guest.len())
+                    .map_err(|_| DmaFault::Unavailable)?;
+                match direction {
+                    DmaDirection::ToCard => guest.copy_to_volatile_slice(card),
+                    DmaDirection::FromCard => card.copy_to_volatile_slice(guest),
+                }
+                at += guest.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// The status-block writer. Callers keep to one writer at a time.
+    pub fn status(&self) -> StatusWriter<'_> {
+        StatusWriter { ram: self }
+    }
+
+    /// Reads the status block as a guest would: retries until a consistent
+    /// copy is seen (tests and diagnostics). `None` after 1000 tries.
+    pub fn read_status(&self) -> Option<StatusBlock> {
+        use zerocopy::FromBytes;
+        let base = usize::try_from(self.card_ram_size).ok()?;
+        let seq_at = base + offset_of!(StatusBlock, seq);
+        for _ in 0..1000 {
+            let before = self.atomic32(seq_at).load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let mut raw = Vec::with_capacity(size_of::<StatusBlock>());
+            for at in (base..base + size_of::<StatusBlock>()).step_by(4) {
+                let word = self.atomic32(at).load(Ordering::Relaxed);
+                raw.extend_from_slice(&word.to_le_bytes());
+            }
+            fence(Ordering::Acquire);
+            let after = self.atomic32(seq_at).load(Ordering::Relaxed);
+            if before == after {
+                return StatusBlock::read_from_bytes(&raw).ok();
+            }
+        }
+        None
+    }
+
+    fn atomic32(&self, at: usize) -> &AtomicU32 {
+        assert!(at.is_multiple_of(4) && at + 4 <= self.map.size());
+        // SAFETY: in bounds and 4-byte aligned (asserted; the mapping is
+        // page-aligned); the mapping outlives the returned reference. All
+        // in-process accesses to the status block go through atomics.
+        unsafe { AtomicU32::from_ptr(self.map.as_ptr().add(at).cast()) }
+    }
+
+    fn atomic64(&self, at: usize) -> &AtomicU64 {
+        assert!(at.is_multiple_of(8) && at + 8 <= self.map.size());
+        // SAFETY: as in `atomic32`, with 8-byte alignment.
+        unsafe { AtomicU64::from_ptr(self.map.as_ptr().add(at).cast()) }
+    }
+}
+
+/// [`DmaPort`] over card RAM and the guest memory of one request.
+pub struct GuestDma<'a> {
+    pub ram: &'a CardRam,
+    pub mem: &'a GuestMemoryMmap,
+}
+
+impl DmaPort for GuestDma<'_> {
+    fn transfer(
+        &mut self,
+        direction: DmaDirection,
+        card_offset: u64,
+        sg: &[SgEntry],
+    ) -> Result<(), DmaFault> {
+        self.ram.transfer(self.mem, direction, card_offset, sg)
+    }
+}
+
+/// Writes the status block under its sequence lock: `seq` odd, fence, the
+/// fields, fence, `seq` even. Fields are written with relaxed atomic
+/// stores, so the guest (which reads the same page concurrently) sees each
+/// field whole and the fences order them against `seq`.
+pub struct StatusWriter<'a> {
+    ram: &'a CardRam,
+}
+
+/// What one status-block update changes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SlotUpdate {
+    pub slot: usize,
+    pub info: SlotInfo,
+    pub frame_counter: u64,
+    pub dropped: u64,
+    pub errors: u64,
+    pub device_time_ns: u64,
+}
+
+macro_rules! field {
+    ($w:expr, $field:ident, u32, $v:expr) => {
+        $w.ram
+            .atomic32($w.base() + offset_of!(StatusBlock, $field))
+            .store($v, Ordering::Relaxed)
+    };
+    ($w:expr, $field:ident, u64, $v:expr) => {
+        $w.ram
+            .atomic64($w.base() + offset_of!(StatusBlock, $field))
+            .store($v, Ordering::Relaxed)
+    };
+}
+
+impl StatusWriter<'_> {
+    fn base(&self) -> usize {
+        // card_ram_size fits in usize: the mapping exists.
+        self.ram.card_ram_size as usize
+    }
+
+    fn seq(&self) -> &AtomicU32 {
+        self.ram
+            .atomic32(self.base() + offset_of!(StatusBlock, seq))
+    }
+
+    /// Runs `f` inside one seqlock write section.
+    fn update(&self, f: impl FnOnce(&Self)) {
+        let seq = self.seq();
+        let start = seq.load(Ordering::Relaxed);
+        // An odd value would mean a writer died mid-update: make it even
+        // first so the reader protocol stays intact.
+        let start = start.wrapping_add(start & 1);
+        seq.store(start.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        f(self);
+        fence(Ordering::Release);
+        seq.store(start.wrapping_add(2), Ordering::Relaxed);
+    }
+
+    fn write_slot(&self, slot: usize, info: &SlotInfo) {
+        let at = self.base() + offset_of!(StatusBlock, slots) + slot * size_of::<SlotInfo>();
+        let r = self.ram;
+        r.atomic64(at + offset_of!(SlotInfo, frame_number))
+            .store(info.frame_number.get(), Ordering::Relaxed);
+        r.atomic64(at + offset_of!(SlotInfo, timestamp_ns))
+            .store(info.timestamp_ns.get(), Ordering::Relaxed);
+        r.atomic32(at + offset_of!(SlotInfo, state))
+            .store(info.state.get(), Ordering::Relaxed);
+        r.atomic32(at + offset_of!(SlotInfo, size))
+            .store(info.size.get(), Ordering::Relaxed);
+        r.atomic64(at + offset_of!(SlotInfo, reserved))
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// Power-on contents: magic, version, READY, everything else zero. The
+    /// sequence number keeps counting (readers never see it go back).
+    pub fn init(&self) {
+        self.update(|w| {
+            let base = w.base();
+            let seq_at = base + offset_of!(StatusBlock, seq);
+            let mut at = base;
+            while at < base + STATUS_BLOCK_SIZE {
+                if at != seq_at {
+                    w.ram.atomic32(at).store(0, Ordering::Relaxed);
+                }
+                at += 4;
+            }
+            field!(w, magic, u32, STATUS_MAGIC);
+            field!(w, version, u32, STATUS_BLOCK_VERSION);
+            field!(w, status, u32, status::READY);
+        });
+    }
+
+    /// A capture session starts: geometry, zero counters, all slots EMPTY.
+    pub fn begin(&self, session: &CaptureSession, device_time_ns: u64) {
+        self.update(|w| {
+            let g = session.geometry;
+            field!(w, status, u32, status::READY | status::CAPTURING);
+            field!(w, frame_counter, u64, 0);
+            field!(w, dropped, u64, 0);
+            field!(w, errors, u64, 0);
+            field!(w, device_time_ns, u64, device_time_ns);
+            field!(w, ring_offset, u64, session.ring.ring_offset);
+            field!(w, ring_slots, u32, session.ring.ring_slots);
+            field!(w, slot_size, u32, session.ring.slot_size);
+            field!(w, format, u32, g.format.code());
+            field!(w, width, u32, g.width);
+            field!(w, height, u32, g.height);
+            field!(w, fps, u32, session.fps);
+            field!(w, frame_size, u32, session.ring.frame_size);
+            for slot in 0..MAX_RING_SLOTS {
+                w.write_slot(slot, &SlotInfo::default());
+            }
+        });
+    }
+
+    /// One slot changes state, with the counters.
+    pub fn slot(&self, u: &SlotUpdate) {
+        self.update(|w| {
+            if u.slot < MAX_RING_SLOTS {
+                w.write_slot(u.slot, &u.info);
+            }
+            field!(w, frame_counter, u64, u.frame_counter);
+            field!(w, dropped, u64, u.dropped);
+            field!(w, errors, u64, u.errors);
+            field!(w, device_time_ns, u64, u.device_time_ns);
+        });
+    }
+
+    /// Capture stopped: CAPTURING clears, the rest stays for late readers.
+    pub fn end(&self, device_time_ns: u64) {
+        self.update(|w| {
+            field!(w, status, u32, status::READY);
+            field!(w, device_time_ns, u64, device_time_ns);
+        });
+    }
+}
+
+/// A FILLING slot entry.
+pub fn filling(frame_number: u64) -> SlotInfo {
+    SlotInfo {
+        frame_number: frame_number.into(),
+        state: slot_state::FILLING.into(),
+        ..SlotInfo::default()
+    }
+}
+
+/// A FULL slot entry.
+pub fn full(frame_number: u64, timestamp_ns: u64, size: u32) -> SlotInfo {
+    SlotInfo {
+        frame_number: frame_number.into(),
+        timestamp_ns: timestamp_ns.into(),
+        state: slot_state::FULL.into(),
+        size: size.into(),
+        reserved: 0.into(),
+    }
+}
+
+impl AsFd for CardRam {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+    use xxcapture_model::FrameGeometry;
+
+    fn sg(addr: u64, len: u32) -> SgEntry {
+        SgEntry {
+            addr: addr.into(),
+            len: len.into(),
+            reserved: 0.into(),
+        }
+    }
+
+    #[test]
+    fn memfd_is_whole_pages_and_status_is_initialised() {
+        let ram = CardRam::new(4 << 20).expect("ram");
+        assert_eq!(ram.file().metadata().expect("meta").len(), (4 << 20) + 4096);
+        let sb = ram.read_status().expect("status");
+        assert_eq!(sb.magic.get(), STATUS_MAGIC);
+        assert_eq!(sb.version.get(), STATUS_BLOCK_VERSION);
+        assert_eq!(sb.seq.get(), 2);
+        assert_eq!(sb.status.get(), status::READY);
+        assert!(CardRam::new(4097).is_err());
+    }
+
+    #[test]
+    fn dma_copies_both_ways_across_guest_regions() {
+        // Two guest regions with a hole between them.
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+            (GuestAddress(0x40000), 0x1000),
+        ])
+        .expect("mem");
+        let pattern: Vec<u8> = (0..0x20000u32).map(|i| (i * 7 % 256) as u8).collect();
+        mem.write_slice(&pattern, GuestAddress(0)).expect("fill");
+        let ram = CardRam::new(4 << 20).expect("ram");
+        // An entry spanning the boundary of two regions.
+        let table = [sg(0xff00, 0x200), sg(0x40000, 0x1000)];
+        let mut port = GuestDma {
+            ram: &ram,
+            mem: &mem,
+        };
+        port.transfer(DmaDirection::ToCard, 100, &table)
+            .expect("to card");
+        let got = ram.read(100, 0x1200).expect("read");
+        assert_eq!(&got[..0x200], &pattern[0xff00..0x10100]);
+        assert!(got[0x200..].iter().all(|&b| b == 0));
+        // Out of card RAM into a fresh guest buffer.
+        let back = [sg(0x8000, 0x100), sg(0x18000, 0x100)];
+        port.transfer(DmaDirection::FromCard, 100, &back)
+            .expect("from card");
+        let mut out = vec![0u8; 0x100];
+        mem.read_slice(&mut out, GuestAddress(0x18000))
+            .expect("read");
+        assert_eq!(&out[..], &pattern[0x10000..0x10100]);
+    }
+
+    #[test]
+    fn entries_outside_guest_memory_fault_before_anything_moves() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x20000), 0x1000),
+        ])
+        .expect("mem");
+        mem.write_slice(&[0xaa; 0x100], GuestAddress(0))
+            .expect("fill");
+        let ram = CardRam::new(4 << 20).expect("ram");
+        let mut port = GuestDma {
+            ram: &ram,
+            mem: &mem,
+        };
+        for (bad, index) in [
+            (sg(0x10000, 1), 1),        // the hole
+            (sg(0xffff, 2), 1),         // runs into the hole
+            (sg(0x20fff, 2), 1),        // runs off the end
+            (sg(u64::MAX, 16), 1),      // wraps
+            (sg(u64::MAX - 15, 16), 1), // ends exactly at 2^64
+        ] {
+            let table = [sg(0, 0x100), bad];
+            for dir in [DmaDirection::ToCard, DmaDirection::FromCard] {
+                assert_eq!(
+                    port.transfer(dir, 0, &table),
+                    Err(DmaFault::OutsideGuestMemory { index })
+                );
+            }
+        }
+        assert!(ram.read(0, 0x200).expect("read").iter().all(|&b| b == 0));
+        let mut out = vec![0u8; 0x100];
+        mem.read_slice(&mut out, GuestAddress(0)).expect("read");
+        assert!(out.iter().all(|&b| b == 0xaa));
+    }
+
+    #[test]
+    fn slots_are_bounds_checked() {
+        let ram = CardRam::new(4 << 20).expect("ram");
+        assert_eq!(ram.with_slot((4 << 20) - 16, 16, |s| s.len()), Some(16));
+        assert_eq!(ram.with_slot((4 << 20) - 15, 16, |s| s.len()), None);
+        assert_eq!(ram.with_slot(u64::MAX, 16, |s| s.len()), None);
+        ram.with_slot(4096, 4, |s| s.copy_from_slice(b"abcd"));
+        assert_eq!(ram.read(4096, 4).as_deref(), Some(&b"abcd"[..]));
+    }
+
+    #[test]
+    fn status_updates_keep_seq_even_and_fields_consistent() {
+        let ram = CardRam::new(4 << 20).expect("ram");
+        let session = CaptureSession {
+            generation: 1,
+            geometry: FrameGeometry {
+                format: xxcapture_abi::frame::PixelFormat::Yuyv,
+                width: 640,
+                height: 480,
+            },
+            fps: 30,
+            source: 0,
+            ring: xxcapture_model::Ring {
+                ring_offset: 0,
+                ring_slots: 6,
+                slot_size: 614_400,
+                frame_size: 614_400,
+            },
+        };
+        let w = ram.status();
+        w.begin(&session, 5);
+        w.slot(&SlotUpdate {
+            slot: 3,
+            info: full(3, 99, 614_400),
+            frame_counter: 4,
+            dropped: 1,
+            errors: 0,
+            device_time_ns: 100,
+        });
+        let sb = ram.read_status().expect("status");
+        assert_eq!(sb.seq.get() % 2, 0);
+        assert_eq!(sb.status.get(), status::READY | status::CAPTURING);
+        assert_eq!(sb.ring_slots.get(), 6);
+        assert_eq!(sb.frame_counter.get(), 4);
+        assert_eq!(sb.slots[3], full(3, 99, 614_400));
+        w.end(200);
+        w.init();
+        let sb = ram.read_status().expect("status");
+        assert_eq!(sb.status.get(), status::READY);
+        assert_eq!(sb.slots[3], SlotInfo::default());
+        assert_eq!(sb.ring_slots.get(), 0);
+        assert_eq!(sb.seq.get(), 2 * 5);
+    }
+}
