@@ -15,6 +15,18 @@
  * does not free the request: it marks it orphaned under card->lock, and
  * whoever takes it back from the device frees it. All ownership decisions
  * are made under card->lock.
+ *
+ * DMA: the pages of a DMA command's user buffer are pinned before the
+ * request is sent and belong to the request: they are unpinned exactly once,
+ * by xxcap_req_free(), whoever frees it (the submitter, the reap work for a
+ * returned orphan, or remove()). So the device can never write to a page
+ * that has been given back to the system.
+ *
+ * Card RAM and the status block live in a virtio shared-memory region (a
+ * PCI BAR). User mappings of it are filled on fault, under map_rwsem; all
+ * files of a card share one address_space (an anonymous inode of the card),
+ * so remove() can zap every mapping after making later faults fail with
+ * SIGBUS.
  */
 
 #include <linux/atomic.h>
@@ -25,12 +37,19 @@
 #include <linux/device.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
+#include <linux/io.h>
+#include <linux/ioport.h>
 #include <linux/jiffies.h>
 #include <linux/kernel.h>
 #include <linux/list.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/mount.h>
+#include <linux/overflow.h>
+#include <linux/pseudo_fs.h>
+#include <linux/rwsem.h>
 #include <linux/scatterlist.h>
+#include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/uaccess.h>
@@ -51,15 +70,46 @@
 #define XXCAPTURE_VIRTIO_ID	XXCAP_VIRTIO_ID_DEFAULT
 #endif
 
+/*
+ * Part of the ABI (device-model/abi) that the header generator does not emit
+ * yet. Same values as the Rust definitions; the generated ones win.
+ */
+#ifndef XXCAP_REQ_ATTACH
+#define XXCAP_REQ_ATTACH		2
+#endif
+#ifndef XXCAP_SHM_ID_CARD_RAM
+#define XXCAP_SHM_ID_CARD_RAM		0
+#endif
+#ifndef XXCAP_STATUS_BLOCK_SIZE
+#define XXCAP_STATUS_BLOCK_SIZE		4096
+#endif
+#ifndef XXCAP_MMAP_OFFSET_CARD_RAM
+#define XXCAP_MMAP_OFFSET_CARD_RAM	0ULL
+#endif
+#ifndef XXCAP_MMAP_OFFSET_STATUS
+#define XXCAP_MMAP_OFFSET_STATUS	(1ULL << 40)
+#endif
+
 #define XXCAP_MAX_CARDS		64
 #define XXCAP_HDR_SIZE		XXCAP_TF_HEADER_SIZE
 #define XXCAP_MAX_TF_SIZE	XXCAP_MAX_TASK_FILE_SIZE
-/* Largest buffer in a request: request header + task file */
-#define XXCAP_MAX_BUF_SIZE	(sizeof(struct xxcap_vq_request) + XXCAP_MAX_TF_SIZE)
+/* Largest result buffer of a request: task-file result + transport status */
+#define XXCAP_MAX_OUT_SIZE	(XXCAP_MAX_TF_SIZE + sizeof(struct xxcap_vq_status))
 /* One entry per page touched, for any alignment of the buffer */
-#define XXCAP_MAX_SG		(DIV_ROUND_UP(XXCAP_MAX_BUF_SIZE, PAGE_SIZE) + 1)
+#define XXCAP_MAX_SG		(DIV_ROUND_UP(XXCAP_MAX_OUT_SIZE, PAGE_SIZE) + 1)
 /* Requests owned by the device at once, orphans included */
 #define XXCAP_MAX_INFLIGHT	16
+/* Absolute limit of the bytes one task file may pin, whatever the card RAM */
+#define XXCAP_MAX_DMA_BYTES	SZ_1G
+/* Longest scatter-gather entry */
+#define XXCAP_MAX_SG_LEN	U32_MAX
+
+#define XXCAP_MMAP_PGOFF_RAM	(XXCAP_MMAP_OFFSET_CARD_RAM >> PAGE_SHIFT)
+#define XXCAP_MMAP_PGOFF_STATUS	(XXCAP_MMAP_OFFSET_STATUS >> PAGE_SHIFT)
+#define XXCAP_STATUS_MAP_SIZE	PAGE_ALIGN(XXCAP_STATUS_BLOCK_SIZE)
+
+/* Magic of the pseudo file system holding the cards' address_spaces */
+#define XXCAP_FS_MAGIC		0x78786366
 
 #define XXCAP_TIMEOUT_MAX_MS	3600000U
 
@@ -81,6 +131,7 @@ MODULE_PARM_DESC(timeout_ms,
 
 static dev_t xxcap_devt;
 static struct class *xxcap_class;
+static struct vfsmount *xxcap_mnt;
 static DEFINE_IDA(xxcap_ida);
 
 enum {
@@ -96,6 +147,16 @@ struct xxcap_card {
 	struct xxcap_identity id;	/* read once at probe, CPU byte order */
 	int minor;
 	unsigned long flags;
+	bool dma;			/* DMA commands are passed to the card */
+	struct inode *inode;		/* its i_mapping holds every user mapping */
+
+	/* Card RAM + status block (virtio shared memory), set at probe */
+	phys_addr_t shm_phys;
+	u64 shm_len;
+	void *shm_virt;			/* kernel mapping: reserves the memtype */
+	bool shm_wc;			/* write-combining, not write-back */
+	struct rw_semaphore map_rwsem;	/* protects shm_mapped */
+	bool shm_mapped;		/* user mappings may be filled */
 
 	spinlock_t lock;		/* protects the fields below */
 	bool gone;			/* removed: no new requests */
@@ -111,18 +172,43 @@ struct xxcap_card {
 	atomic64_t commands;
 	atomic64_t rejected;
 	atomic64_t timeouts;
+	atomic64_t pinned_pages;
+	atomic64_t dma_bytes;
 };
 
+/* A DMA command of a request and the user pages it pinned */
+struct xxcap_dma {
+	u32 index;			/* of the command in the task file */
+	bool to_user;			/* FROM_CARD: the card writes the pages */
+	u64 user_value;			/* buffer address, restored in the result */
+	u64 length;
+	unsigned long first_page;	/* in xxcap_req.pages */
+	unsigned long n_pages;		/* pages the buffer spans */
+	unsigned long n_pinned;		/* pinned so far */
+};
+
+/*
+ * Device-readable: in (vq_request [+ task file]) then sgt (SG table);
+ * device-writable: out ([task-file result +] vq_status).
+ */
 struct xxcap_req {
 	struct list_head node;		/* on card->reap_list */
 	struct completion done;
-	void *in;			/* vq_request + task file (device-readable) */
-	void *out;			/* result + vq_status (device-writable) */
+	struct xxcap_card *card;
+	void *in;
+	size_t in_len;
+	struct xxcap_sg_entry *sgt;	/* NULL without DMA commands */
+	unsigned int n_sgt;
+	void *out;
+	size_t out_len;
+	struct xxcap_dma *dma;		/* DMA commands, in command order */
+	unsigned int n_dma;
+	struct page **pages;		/* their pinned pages */
 	u32 used_len;
 	int result;			/* 0: returned by the device; or -ENODEV */
 	bool completed;			/* under card->lock */
 	bool orphan;			/* under card->lock */
-	struct scatterlist sg_in[XXCAP_MAX_SG];
+	struct scatterlist *sg_in;	/* kvmalloc'd, for in + sgt */
 	struct scatterlist sg_out[XXCAP_MAX_SG];
 };
 
@@ -187,8 +273,21 @@ static u32 xxcap_check_cmd(const struct xxcap_card *card,
 	if (cmd->flags)
 		return XXCAP_TF_RESERVED;
 	if (cmd->op == XXCAP_OP_DMA_TRANSFER_BLOCK ||
-	    cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK)
-		return XXCAP_TF_NOT_SUPPORTED;
+	    cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK) {
+		u64 end;
+
+		if (!card->dma)
+			return XXCAP_TF_NOT_SUPPORTED;
+		if (cmd->reg != XXCAP_DMA_TO_CARD &&
+		    cmd->reg != XXCAP_DMA_FROM_CARD)
+			return XXCAP_TF_BAD_VALUE;
+		if (!cmd->length ||
+		    check_add_overflow(cmd->mask, cmd->length, &end) ||
+		    end > card->id.card_ram_size)
+			return XXCAP_TF_DMA_RANGE;
+		/* The buffer (value) is checked when its pages are pinned. */
+		return XXCAP_TF_OK;
+	}
 
 	desc = xxcap_find_reg(cmd->reg);
 	if (!desc)
@@ -271,8 +370,37 @@ static u32 xxcap_validate(const struct xxcap_card *card, const void *tf,
 
 /* ---- Requests ---- */
 
+/* Gives back the pinned pages of @req (FROM_CARD ones dirtied). */
+static void xxcap_unpin(struct xxcap_req *req)
+{
+	unsigned long total = 0;
+	unsigned int i;
+
+	for (i = 0; i < req->n_dma; i++) {
+		struct xxcap_dma *d = &req->dma[i];
+		struct page **pages = req->pages + d->first_page;
+
+		if (!d->n_pinned)
+			continue;
+		if (d->to_user)
+			unpin_user_pages_dirty_lock(pages, d->n_pinned, true);
+		else
+			unpin_user_pages(pages, d->n_pinned);
+		total += d->n_pinned;
+		d->n_pinned = 0;
+	}
+	if (total)
+		atomic64_sub(total, &req->card->pinned_pages);
+}
+
+/* Process context only: unpinning may sleep. */
 static void xxcap_req_free(struct xxcap_req *req)
 {
+	xxcap_unpin(req);
+	kvfree(req->pages);
+	kvfree(req->dma);
+	kvfree(req->sg_in);
+	kvfree(req->sgt);
 	kvfree(req->out);
 	kvfree(req->in);
 	kfree(req);
@@ -288,23 +416,84 @@ static void xxcap_free_list(struct list_head *list)
 	}
 }
 
-/* Maps @len bytes at @buf (kmalloc or vmalloc memory), one entry per page. */
-static void xxcap_sg_build(struct scatterlist *sg, void *buf, size_t len)
+/*
+ * A request with @in_len readable bytes (vq_request first) and @out_len
+ * writable ones, zeroed: no stale byte reaches the device or user space.
+ */
+static struct xxcap_req *xxcap_req_alloc(struct xxcap_card *card,
+					 size_t in_len, size_t out_len)
 {
-	unsigned int n = 0;
+	struct xxcap_req *req;
 
-	sg_init_table(sg, XXCAP_MAX_SG);
+	req = kzalloc(sizeof(*req), GFP_KERNEL_ACCOUNT);
+	if (!req)
+		return NULL;
+	init_completion(&req->done);
+	INIT_LIST_HEAD(&req->node);
+	req->card = card;
+	req->in_len = in_len;
+	req->out_len = out_len;
+	req->in = kvzalloc(in_len, GFP_KERNEL_ACCOUNT);
+	req->out = kvzalloc(out_len, GFP_KERNEL_ACCOUNT);
+	if (!req->in || !req->out) {
+		xxcap_req_free(req);
+		return NULL;
+	}
+	return req;
+}
+
+/* Scatterlist entries @len bytes at @buf may need (one per page touched). */
+static unsigned int xxcap_sg_pages(const void *buf, size_t len)
+{
+	return len ? DIV_ROUND_UP(offset_in_page(buf) + len, PAGE_SIZE) : 0;
+}
+
+/*
+ * Appends @len bytes at @buf (kmalloc or vmalloc memory) to @sg, which holds
+ * @n entries, merging physically contiguous pages. Returns the new count.
+ */
+static unsigned int xxcap_sg_add(struct scatterlist *sg, unsigned int n,
+				 void *buf, size_t len)
+{
 	while (len) {
 		size_t off = offset_in_page(buf);
 		size_t chunk = min_t(size_t, len, PAGE_SIZE - off);
 		struct page *page = is_vmalloc_addr(buf) ?
 			vmalloc_to_page(buf) : virt_to_page(buf);
+		struct scatterlist *last = n ? &sg[n - 1] : NULL;
 
-		sg_set_page(&sg[n++], page, chunk, off);
+		if (last && sg_phys(last) + last->length ==
+			    page_to_phys(page) + off)
+			last->length += chunk;
+		else
+			sg_set_page(&sg[n++], page, chunk, off);
 		buf += chunk;
 		len -= chunk;
 	}
-	sg_mark_end(&sg[n - 1]);
+	return n;
+}
+
+/* Builds the scatterlists of @req once its buffers are final. */
+static int xxcap_req_map(struct xxcap_req *req)
+{
+	size_t sgt_len = req->n_sgt * sizeof(*req->sgt);
+	unsigned int max, n;
+
+	max = xxcap_sg_pages(req->in, req->in_len) +
+	      xxcap_sg_pages(req->sgt, sgt_len);
+	req->sg_in = kvmalloc_array(max, sizeof(*req->sg_in),
+				    GFP_KERNEL_ACCOUNT);
+	if (!req->sg_in)
+		return -ENOMEM;
+	sg_init_table(req->sg_in, max);
+	n = xxcap_sg_add(req->sg_in, 0, req->in, req->in_len);
+	n = xxcap_sg_add(req->sg_in, n, req->sgt, sgt_len);
+	sg_mark_end(&req->sg_in[n - 1]);
+
+	sg_init_table(req->sg_out, XXCAP_MAX_SG);
+	n = xxcap_sg_add(req->sg_out, 0, req->out, req->out_len);
+	sg_mark_end(&req->sg_out[n - 1]);
+	return 0;
 }
 
 /* Frees orphaned requests the device has given back. */
@@ -365,15 +554,13 @@ static bool xxcap_slot_news(struct xxcap_card *card, unsigned long seq)
 
 /*
  * Hands @req to the device. Waits (interruptibly, until @deadline) while the
- * queue is full. On success the device owns @req.
+ * queue is full. On success the device owns @req. @count: commands in it.
  */
 static int xxcap_submit(struct xxcap_card *card, struct xxcap_req *req,
-			unsigned long deadline)
+			u32 count, unsigned long deadline)
 {
 	struct scatterlist *sgs[2] = { req->sg_in, req->sg_out };
 	struct xxcap_vq_request *vreq = req->in;
-	const struct xxcap_tf_header *hdr = req->in + sizeof(*vreq);
-	u32 count = hdr->count;
 	unsigned long seq;
 	long left;
 	int ret;
@@ -453,16 +640,213 @@ static int xxcap_wait(struct xxcap_card *card, struct xxcap_req *req,
 	return left < 0 ? -EINTR : -ETIMEDOUT;
 }
 
+/* ---- DMA ---- */
+
+static bool xxcap_is_dma(const struct xxcap_cmd *cmd)
+{
+	return cmd->op == XXCAP_OP_DMA_TRANSFER_BLOCK ||
+	       cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK;
+}
+
+/* Most bytes the DMA commands of one task file may pin together. */
+static u64 xxcap_dma_limit(const struct xxcap_card *card)
+{
+	u64 size = card->id.card_ram_size;
+
+	return min_t(u64, size > U64_MAX / 2 ? U64_MAX : size * 2,
+		     XXCAP_MAX_DMA_BYTES);
+}
+
+/*
+ * Records the DMA commands of the (validated) task file of @req and the pages
+ * their buffers span. Returns the number of pages, or a negative error.
+ */
+static long xxcap_dma_collect(struct xxcap_card *card, struct xxcap_req *req,
+			      const struct xxcap_cmd *cmds, u32 count)
+{
+	u64 limit = xxcap_dma_limit(card), total = 0, end;
+	unsigned long pages = 0;
+	unsigned int i, n = 0;
+
+	for (i = 0; i < count; i++)
+		n += xxcap_is_dma(&cmds[i]);
+	if (!n)
+		return 0;
+	req->dma = kvcalloc(n, sizeof(*req->dma), GFP_KERNEL_ACCOUNT);
+	if (!req->dma)
+		return -ENOMEM;
+
+	for (i = 0; i < count; i++) {
+		const struct xxcap_cmd *cmd = &cmds[i];
+		struct xxcap_dma *d;
+
+		if (!xxcap_is_dma(cmd))
+			continue;
+		/* The buffer must not wrap around the address space. */
+		if (check_add_overflow(cmd->value, cmd->length, &end))
+			return -EFAULT;
+		/* Bounded, so that user space cannot pin unbounded memory. */
+		if (check_add_overflow(total, cmd->length, &total) ||
+		    total > limit)
+			return -EINVAL;
+		d = &req->dma[req->n_dma++];
+		d->index = i;
+		d->to_user = cmd->reg == XXCAP_DMA_FROM_CARD;
+		d->user_value = cmd->value;
+		d->length = cmd->length;
+		d->first_page = pages;
+		d->n_pages = DIV_ROUND_UP(offset_in_page(cmd->value) +
+					  cmd->length, PAGE_SIZE);
+		pages += d->n_pages;
+	}
+	return pages;
+}
+
+/* Pins the buffers of the DMA commands: all of every one, or -EFAULT. */
+static int xxcap_dma_pin(struct xxcap_card *card, struct xxcap_req *req)
+{
+	unsigned int i;
+	int ret;
+
+	for (i = 0; i < req->n_dma; i++) {
+		struct xxcap_dma *d = &req->dma[i];
+
+		/* n_pages fits an int: bounded by XXCAP_MAX_DMA_BYTES. */
+		ret = pin_user_pages_fast(d->user_value, d->n_pages,
+					  d->to_user ? FOLL_WRITE : 0,
+					  req->pages + d->first_page);
+		if (ret > 0) {
+			/* Owned by the request from here: see xxcap_unpin(). */
+			d->n_pinned = ret;
+			atomic64_add(ret, &card->pinned_pages);
+		}
+		if (ret != d->n_pages)
+			return ret == -ENOMEM ? -ENOMEM : -EFAULT;
+	}
+	return 0;
+}
+
+static int xxcap_sg_emit(struct xxcap_req *req, unsigned int max,
+			 phys_addr_t addr, u64 len)
+{
+	struct xxcap_sg_entry *e;
+
+	if (req->n_sgt >= max)
+		return -EINVAL;
+	e = &req->sgt[req->n_sgt++];
+	e->addr = cpu_to_le64(addr);
+	e->len = cpu_to_le32(len);
+	e->reserved = 0;
+	return 0;
+}
+
+/*
+ * Describes the pinned buffers to the card: one run of SG entries per DMA
+ * command, in command order, physically contiguous pieces merged. The wire
+ * copy of each DMA command gets the index of its first entry as its value.
+ */
+static int xxcap_dma_build_sg(struct xxcap_req *req, struct xxcap_cmd *cmds,
+			      unsigned long pages)
+{
+	unsigned int max = min_t(unsigned long, pages, XXCAP_MAX_SG_ENTRIES);
+	unsigned int i;
+	int ret;
+
+	/* Every page starts at most one entry: max entries are enough. */
+	req->sgt = kvmalloc_array(max, sizeof(*req->sgt), GFP_KERNEL_ACCOUNT);
+	if (!req->sgt)
+		return -ENOMEM;
+
+	for (i = 0; i < req->n_dma; i++) {
+		const struct xxcap_dma *d = &req->dma[i];
+		size_t off = offset_in_page(d->user_value);
+		unsigned int first = req->n_sgt;
+		u64 left = d->length, len = 0;
+		phys_addr_t addr = 0;
+		unsigned long p;
+
+		for (p = 0; p < d->n_pages; p++) {
+			phys_addr_t pa = page_to_phys(req->pages[d->first_page + p]) + off;
+			u64 chunk = min_t(u64, left, PAGE_SIZE - off);
+
+			if (len && addr + len == pa &&
+			    len + chunk <= XXCAP_MAX_SG_LEN) {
+				len += chunk;
+			} else {
+				if (len) {
+					ret = xxcap_sg_emit(req, max, addr, len);
+					if (ret)
+						return ret;
+				}
+				addr = pa;
+				len = chunk;
+			}
+			left -= chunk;
+			off = 0;
+		}
+		ret = xxcap_sg_emit(req, max, addr, len);
+		if (ret)
+			return ret;
+		cmds[d->index].value = first;
+	}
+	return 0;
+}
+
+/* Pins the DMA buffers of the task file in @req and adds its SG table. */
+static int xxcap_dma_prepare(struct xxcap_card *card, struct xxcap_req *req,
+			     struct xxcap_cmd *cmds, u32 count)
+{
+	long pages;
+	int ret;
+
+	pages = xxcap_dma_collect(card, req, cmds, count);
+	if (pages <= 0)
+		return pages;
+	req->pages = kvmalloc_array(pages, sizeof(*req->pages),
+				    GFP_KERNEL_ACCOUNT);
+	if (!req->pages)
+		return -ENOMEM;
+	ret = xxcap_dma_pin(card, req);
+	if (ret)
+		return ret;
+	return xxcap_dma_build_sg(req, cmds, pages);
+}
+
+/*
+ * Gives the DMA commands of the result their user values back and counts
+ * the bytes moved by those the card executed.
+ */
+static void xxcap_dma_finish(struct xxcap_card *card, struct xxcap_req *req)
+{
+	const struct xxcap_tf_header *res = req->out;
+	struct xxcap_cmd *cmds = req->out + XXCAP_HDR_SIZE;
+	u64 moved = 0;
+	unsigned int i;
+
+	for (i = 0; i < req->n_dma; i++) {
+		const struct xxcap_dma *d = &req->dma[i];
+		struct xxcap_cmd *cmd = &cmds[d->index];
+
+		if (res->error == XXCAP_TF_OK || d->index < res->count)
+			moved += min(cmd->length, d->length);
+		cmd->value = d->user_value;
+	}
+	atomic64_add(moved, &card->dma_bytes);
+}
+
+/* ---- Task files ---- */
+
 static int xxcap_exec(struct xxcap_card *card, void __user *argp)
 {
 	struct xxcap_exec arg;
 	struct xxcap_req *req;
 	struct xxcap_tf_header *hdr;
+	struct xxcap_cmd *cmds;
 	struct xxcap_vq_request *vreq;
 	const struct xxcap_vq_status *vst;
 	void __user *utf;
 	unsigned long deadline;
-	u32 err, index, status;
+	u32 err, index, status, count;
 	int ret;
 
 	if (copy_from_user(&arg, argp, sizeof(arg)))
@@ -473,18 +857,13 @@ static int xxcap_exec(struct xxcap_card *card, void __user *argp)
 		return -EINVAL;
 	utf = u64_to_user_ptr(arg.task_file);
 
-	req = kzalloc(sizeof(*req), GFP_KERNEL_ACCOUNT);
+	req = xxcap_req_alloc(card, sizeof(*vreq) + arg.size,
+			      arg.size + sizeof(*vst));
 	if (!req)
 		return -ENOMEM;
-	init_completion(&req->done);
-	INIT_LIST_HEAD(&req->node);
-	req->in = kvmalloc(sizeof(*vreq) + arg.size, GFP_KERNEL_ACCOUNT);
-	if (!req->in) {
-		ret = -ENOMEM;
-		goto out_free;
-	}
 	vreq = req->in;
 	hdr = req->in + sizeof(*vreq);
+	cmds = req->in + sizeof(*vreq) + XXCAP_HDR_SIZE;
 	if (copy_from_user(hdr, utf, arg.size)) {
 		ret = -EFAULT;
 		goto out_free;
@@ -498,21 +877,23 @@ static int xxcap_exec(struct xxcap_card *card, void __user *argp)
 		ret = copy_to_user(utf, hdr, XXCAP_HDR_SIZE) ? -EFAULT : 0;
 		goto out_free;
 	}
+	count = hdr->count;
 
-	/* Zeroed: nothing stale reaches user space, whatever the device does. */
-	req->out = kvzalloc(arg.size + sizeof(*vst), GFP_KERNEL_ACCOUNT);
-	if (!req->out) {
-		ret = -ENOMEM;
-		goto out_free;
+	if (card->dma) {
+		ret = xxcap_dma_prepare(card, req, cmds, count);
+		if (ret)
+			goto out_free;
 	}
+
+	/* flags, reserved: zero (kvzalloc); tag: set when submitted */
 	vreq->req_type = cpu_to_le32(XXCAP_REQ_EXEC_TASK_FILE);
-	vreq->flags = 0;
-	vreq->tag = 0;
-	xxcap_sg_build(req->sg_in, req->in, sizeof(*vreq) + arg.size);
-	xxcap_sg_build(req->sg_out, req->out, arg.size + sizeof(*vst));
+	vreq->sg_count = cpu_to_le32(req->n_sgt);
+	ret = xxcap_req_map(req);
+	if (ret)
+		goto out_free;
 
 	deadline = jiffies + msecs_to_jiffies(READ_ONCE(timeout_ms));
-	ret = xxcap_submit(card, req, deadline);
+	ret = xxcap_submit(card, req, count, deadline);
 	if (ret) {
 		if (ret == -ETIMEDOUT)
 			atomic64_inc(&card->timeouts);
@@ -523,7 +904,7 @@ static int xxcap_exec(struct xxcap_card *card, void __user *argp)
 	if (ret) {
 		if (ret == -ETIMEDOUT)
 			atomic64_inc(&card->timeouts);
-		return ret;	/* orphaned: the device still owns req */
+		return ret;	/* orphaned: the device still owns req and its pins */
 	}
 
 	/* Back from the device: req is ours again. */
@@ -531,10 +912,10 @@ static int xxcap_exec(struct xxcap_card *card, void __user *argp)
 		ret = req->result;
 		goto out_free;
 	}
-	if (req->used_len != arg.size + sizeof(*vst)) {
+	if (req->used_len != req->out_len) {
 		dev_err_ratelimited(&card->dev,
 				    "reply of %u bytes, expected %zu\n",
-				    req->used_len, arg.size + sizeof(*vst));
+				    req->used_len, req->out_len);
 		ret = -EIO;
 		goto out_free;
 	}
@@ -546,11 +927,248 @@ static int xxcap_exec(struct xxcap_card *card, void __user *argp)
 		ret = -EIO;
 		goto out_free;
 	}
+	xxcap_dma_finish(card, req);
 	ret = copy_to_user(utf, req->out, arg.size) ? -EFAULT : 0;
 
 out_free:
 	xxcap_req_free(req);
 	return ret;
+}
+
+/* ---- Card RAM and status block ---- */
+
+/*
+ * Sends ATTACH: the card maps card RAM and the status block into its
+ * shared-memory region. Returns 0 once it says it has.
+ */
+static int xxcap_send_attach(struct xxcap_card *card)
+{
+	struct xxcap_vq_request *vreq;
+	const struct xxcap_vq_status *vst;
+	struct xxcap_req *req;
+	unsigned long deadline;
+	u32 status;
+	int ret;
+
+	req = xxcap_req_alloc(card, sizeof(*vreq), sizeof(*vst));
+	if (!req)
+		return -ENOMEM;
+	vreq = req->in;
+	vreq->req_type = cpu_to_le32(XXCAP_REQ_ATTACH);
+	ret = xxcap_req_map(req);
+	if (ret)
+		goto out_free;
+
+	deadline = jiffies + msecs_to_jiffies(READ_ONCE(timeout_ms));
+	ret = xxcap_submit(card, req, 0, deadline);
+	if (ret)
+		goto out_free;
+	ret = xxcap_wait(card, req, deadline);
+	if (ret)
+		return ret;	/* orphaned: freed when the card gives it back */
+
+	ret = req->result;
+	if (ret)
+		goto out_free;
+	vst = req->out;
+	status = le32_to_cpu(vst->status);
+	if (req->used_len != sizeof(*vst) || status != XXCAP_VQ_OK) {
+		dev_dbg(&card->dev, "ATTACH: %u bytes, status %u\n",
+			req->used_len, status);
+		ret = -EIO;
+	}
+out_free:
+	xxcap_req_free(req);
+	return ret;
+}
+
+/*
+ * Whether PAT gave the kernel mapping at @virt the write-back type: for a
+ * BAR in a range the MTRRs make uncachable (below 4 GiB, typically), a
+ * write-back request silently becomes uncached-minus.
+ */
+static bool xxcap_mapped_wb(void *virt)
+{
+#ifdef CONFIG_X86
+	unsigned int level;
+	pte_t *pte = lookup_address((unsigned long)virt, &level);
+	pteval_t mask = _PAGE_PWT | _PAGE_PCD |
+			(level == PG_LEVEL_4K ? _PAGE_PAT : _PAGE_PAT_LARGE);
+
+	return pte && !(pte_flags(*pte) & mask);
+#else
+	return true;
+#endif
+}
+
+/*
+ * Maps the region for the kernel, which also reserves its memory type:
+ * user mappings get the same one (PAT looks it up on each inserted page).
+ * Write-back when the platform allows it (the memory is RAM on the host),
+ * else write-combining, which PAT grants whatever the MTRRs say.
+ */
+static void *xxcap_memremap(struct xxcap_card *card, phys_addr_t addr,
+			    size_t len)
+{
+	void *virt = memremap(addr, len, MEMREMAP_WB);
+
+	if (virt && xxcap_mapped_wb(virt))
+		return virt;
+	if (virt)
+		memunmap(virt);
+	card->shm_wc = true;
+	return memremap(addr, len, MEMREMAP_WC);
+}
+
+/*
+ * Attaches card RAM at probe. A card without it still runs task files;
+ * only mmap() is refused (-ENODEV).
+ */
+static void xxcap_attach(struct xxcap_card *card)
+{
+	struct virtio_shm_region region;
+	bool has_shm = card->id.capabilities & XXCAP_CAP_CARD_RAM_SHM;
+	const char *why;
+	u64 ram = card->id.card_ram_size, need;
+	int ret;
+
+	ret = xxcap_send_attach(card);
+	if (!has_shm) {
+		dev_info(&card->dev, "no shared card RAM: mmap unavailable\n");
+		return;
+	}
+	if (ret) {
+		dev_warn(&card->dev, "ATTACH failed (%d): mmap unavailable\n",
+			 ret);
+		return;
+	}
+
+	why = "no shared-memory region";
+	if (!virtio_get_shm_region(card->vdev, &region, XXCAP_SHM_ID_CARD_RAM))
+		goto fail;
+	why = "shared-memory region too small";
+	if (check_add_overflow(ram, (u64)XXCAP_STATUS_MAP_SIZE, &need) ||
+	    region.len < need)
+		goto fail;
+	why = "card RAM not page aligned";
+	if (!ram || !PAGE_ALIGNED(ram) || !PAGE_ALIGNED(region.addr))
+		goto fail;
+	/* Its mmap offsets must stay below the status block's. */
+	why = "card RAM too large to map";
+	if (ram > XXCAP_MMAP_OFFSET_STATUS)
+		goto fail;
+	why = "shared-memory region busy";
+	if (!request_mem_region(region.addr, need, dev_name(&card->dev)))
+		goto fail;
+	card->shm_virt = xxcap_memremap(card, region.addr, need);
+	if (!card->shm_virt) {
+		release_mem_region(region.addr, need);
+		why = "cannot map the shared-memory region";
+		goto fail;
+	}
+	card->shm_phys = region.addr;
+	card->shm_len = need;
+	card->shm_mapped = true;	/* no user yet: no lock needed */
+	return;
+
+fail:
+	dev_warn(&card->dev, "%s: mmap unavailable\n", why);
+}
+
+/* Makes every later fault fail, then zaps every user mapping of the card. */
+static void xxcap_zap_mappings(struct xxcap_card *card)
+{
+	down_write(&card->map_rwsem);
+	card->shm_mapped = false;
+	up_write(&card->map_rwsem);
+	unmap_mapping_range(card->inode->i_mapping, 0, 0, 1);
+}
+
+static void xxcap_detach(struct xxcap_card *card)
+{
+	if (!card->shm_virt)
+		return;
+	memunmap(card->shm_virt);
+	release_mem_region(card->shm_phys, card->shm_len);
+	card->shm_virt = NULL;
+}
+
+static vm_fault_t xxcap_vm_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct xxcap_card *card = vma->vm_private_data;
+	unsigned long ram_pages = card->id.card_ram_size >> PAGE_SHIFT;
+	vm_fault_t ret = VM_FAULT_SIGBUS;
+	phys_addr_t phys;
+
+	down_read(&card->map_rwsem);
+	if (!card->shm_mapped)
+		goto out;	/* the card is gone */
+	if (vmf->pgoff < ram_pages)
+		phys = card->shm_phys + ((phys_addr_t)vmf->pgoff << PAGE_SHIFT);
+	else if (vmf->pgoff == XXCAP_MMAP_PGOFF_STATUS &&
+		 !(vma->vm_flags & VM_WRITE))
+		phys = card->shm_phys + card->id.card_ram_size;
+	else
+		goto out;
+	ret = vmf_insert_pfn(vma, vmf->address, PHYS_PFN(phys));
+out:
+	up_read(&card->map_rwsem);
+	return ret;
+}
+
+static const struct vm_operations_struct xxcap_vm_ops = {
+	.fault = xxcap_vm_fault,
+};
+
+/*
+ * Offset 0: card RAM (writable by the controlling open only); offset
+ * XXCAP_MMAP_OFFSET_STATUS: the status block (read-only). Pages are mapped
+ * on fault, so that remove() can revoke every mapping.
+ */
+static int xxcap_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct xxcap_card *card = file->private_data;
+	unsigned long len = vma->vm_end - vma->vm_start;
+	bool writable;
+	bool mapped;
+
+	down_read(&card->map_rwsem);
+	mapped = card->shm_mapped;
+	up_read(&card->map_rwsem);
+	if (!mapped || READ_ONCE(card->gone))
+		return -ENODEV;
+
+	if (vma->vm_pgoff == XXCAP_MMAP_PGOFF_RAM) {
+		if (len > card->id.card_ram_size)
+			return -EINVAL;
+		writable = file->f_mode & FMODE_WRITE;
+	} else if (vma->vm_pgoff == XXCAP_MMAP_PGOFF_STATUS) {
+		if (len > XXCAP_STATUS_MAP_SIZE)
+			return -EINVAL;
+		writable = false;
+	} else {
+		return -EINVAL;
+	}
+
+	/* No private copies of card memory. */
+	if (!(vma->vm_flags & VM_SHARED)) {
+		if (vma->vm_flags & VM_WRITE)
+			return -EINVAL;
+		writable = false;
+	}
+	if (!writable) {
+		if (vma->vm_flags & VM_WRITE)
+			return -EACCES;
+		/* Nor later with mprotect(); also keeps it from being COW. */
+		vma->vm_flags &= ~VM_MAYWRITE;
+	}
+
+	vma->vm_flags |= VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
+	vma->vm_ops = &xxcap_vm_ops;
+	/* The file, which the vma pins, holds a reference on the card. */
+	vma->vm_private_data = card;
+	return 0;
 }
 
 /* ---- Char device ---- */
@@ -568,6 +1186,8 @@ static int xxcap_open(struct inode *inode, struct file *file)
 
 	get_device(&card->dev);
 	file->private_data = card;
+	/* One address_space per card, whatever node it was opened through. */
+	file->f_mapping = card->inode->i_mapping;
 	return stream_open(inode, file);
 }
 
@@ -612,6 +1232,7 @@ static const struct file_operations xxcap_fops = {
 	.release = xxcap_release,
 	.unlocked_ioctl = xxcap_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
+	.mmap = xxcap_mmap,
 	.llseek = no_llseek,
 };
 
@@ -668,6 +1289,15 @@ XXCAP_COUNTER_ATTR(requests);
 XXCAP_COUNTER_ATTR(commands);
 XXCAP_COUNTER_ATTR(rejected);
 XXCAP_COUNTER_ATTR(timeouts);
+XXCAP_COUNTER_ATTR(pinned_pages);
+XXCAP_COUNTER_ATTR(dma_bytes);
+
+static ssize_t card_ram_mapped_show(struct device *dev,
+				    struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%d\n", READ_ONCE(to_xxcap_card(dev)->shm_mapped));
+}
+static DEVICE_ATTR_RO(card_ram_mapped);
 
 static struct attribute *xxcap_attrs[] = {
 	&dev_attr_model.attr,
@@ -682,6 +1312,9 @@ static struct attribute *xxcap_attrs[] = {
 	&dev_attr_commands.attr,
 	&dev_attr_rejected.attr,
 	&dev_attr_timeouts.attr,
+	&dev_attr_pinned_pages.attr,
+	&dev_attr_dma_bytes.attr,
+	&dev_attr_card_ram_mapped.attr,
 	NULL,
 };
 ATTRIBUTE_GROUPS(xxcap);
@@ -690,7 +1323,12 @@ ATTRIBUTE_GROUPS(xxcap);
 
 static void xxcap_card_release(struct device *dev)
 {
-	kfree(to_xxcap_card(dev));
+	struct xxcap_card *card = to_xxcap_card(dev);
+
+	/* Last user gone: no mapping of the card is left. */
+	if (card->inode)
+		iput(card->inode);
+	kfree(card);
 }
 
 /* Reads the identity from config space: the only config access ever. */
@@ -744,111 +1382,19 @@ static int xxcap_read_identity(struct xxcap_card *card)
 	return 0;
 }
 
-static int xxcap_probe(struct virtio_device *vdev)
+/*
+ * Resets the device and takes every request back: waiters get -ENODEV,
+ * orphans are freed (and their pages unpinned). Then deletes the queues.
+ */
+static void xxcap_shutdown(struct xxcap_card *card)
 {
-	vq_callback_t *callbacks[XXCAP_VQ_COUNT] = {
-		[XXCAP_VQ_COMMAND] = xxcap_cmd_done,
-		[XXCAP_VQ_EVENT] = NULL,	/* events: not yet used */
-	};
-	static const char * const names[XXCAP_VQ_COUNT] = {
-		[XXCAP_VQ_COMMAND] = "command",
-		[XXCAP_VQ_EVENT] = "event",
-	};
-	struct virtqueue *vqs[XXCAP_VQ_COUNT];
-	struct xxcap_card *card;
-	int ret;
-
-	card = kzalloc(sizeof(*card), GFP_KERNEL);
-	if (!card)
-		return -ENOMEM;
-	card->vdev = vdev;
-	spin_lock_init(&card->lock);
-	INIT_LIST_HEAD(&card->reap_list);
-	init_waitqueue_head(&card->slot_wq);
-	INIT_WORK(&card->reap_work, xxcap_reap_work);
-	atomic64_set(&card->requests, 0);
-	atomic64_set(&card->commands, 0);
-	atomic64_set(&card->rejected, 0);
-	atomic64_set(&card->timeouts, 0);
-
-	/* From here on the last put_device() frees the card. */
-	device_initialize(&card->dev);
-	card->dev.release = xxcap_card_release;
-	card->dev.class = xxcap_class;
-	card->dev.parent = &vdev->dev;
-	card->dev.groups = xxcap_groups;
-
-	ret = xxcap_read_identity(card);
-	if (ret)
-		goto err_put;
-
-	ret = ida_alloc_max(&xxcap_ida, XXCAP_MAX_CARDS - 1, GFP_KERNEL);
-	if (ret < 0) {
-		dev_err(&vdev->dev, "no free minor\n");
-		goto err_put;
-	}
-	card->minor = ret;
-	card->dev.devt = MKDEV(MAJOR(xxcap_devt), card->minor);
-	ret = dev_set_name(&card->dev, "xxcapture%d", card->minor);
-	if (ret)
-		goto err_ida;
-
-	vdev->priv = card;
-	ret = virtio_find_vqs(vdev, XXCAP_VQ_COUNT, vqs, callbacks, names,
-			      NULL);
-	if (ret) {
-		dev_err(&vdev->dev, "cannot find virtqueues: %d\n", ret);
-		goto err_ida;
-	}
-	card->cmd_vq = vqs[XXCAP_VQ_COMMAND];
-	card->evt_vq = vqs[XXCAP_VQ_EVENT];
-
-	/* Ready before user space can reach the card. */
-	virtio_device_ready(vdev);
-
-	cdev_init(&card->cdev, &xxcap_fops);
-	card->cdev.owner = THIS_MODULE;
-	ret = cdev_device_add(&card->cdev, &card->dev);
-	if (ret) {
-		dev_err(&vdev->dev, "cannot add char device: %d\n", ret);
-		goto err_reset;
-	}
-
-	dev_info(&card->dev, "model 0x%04x rev %u serial %.*s, %llu bytes of card RAM\n",
-		 card->id.model, card->id.revision,
-		 (int)xxcap_str_len(card->id.serial, sizeof(card->id.serial)),
-		 card->id.serial, card->id.card_ram_size);
-	return 0;
-
-err_reset:
-	virtio_reset_device(vdev);
-	vdev->config->del_vqs(vdev);
-err_ida:
-	vdev->priv = NULL;
-	ida_free(&xxcap_ida, card->minor);
-err_put:
-	put_device(&card->dev);
-	return ret;
-}
-
-static void xxcap_remove(struct virtio_device *vdev)
-{
-	struct xxcap_card *card = vdev->priv;
+	struct virtio_device *vdev = card->vdev;
 	struct xxcap_req *req;
 	LIST_HEAD(free_list);
-
-	/* No new requests; open files see -ENODEV from now on. */
-	spin_lock_irq(&card->lock);
-	WRITE_ONCE(card->gone, true);
-	spin_unlock_irq(&card->lock);
-	wake_up_all(&card->slot_wq);
-
-	cdev_device_del(&card->cdev, &card->dev);
 
 	/* After the reset the device touches no buffer and no callback runs. */
 	virtio_reset_device(vdev);
 
-	/* Take every request back: fail the waited ones, free the orphans. */
 	spin_lock_irq(&card->lock);
 	while ((req = virtqueue_detach_unused_buf(card->cmd_vq))) {
 		card->n_inflight--;
@@ -874,6 +1420,139 @@ static void xxcap_remove(struct virtio_device *vdev)
 	card->vdev = NULL;
 	spin_unlock_irq(&card->lock);
 	xxcap_free_list(&free_list);
+}
+
+static int xxcap_probe(struct virtio_device *vdev)
+{
+	vq_callback_t *callbacks[XXCAP_VQ_COUNT] = {
+		[XXCAP_VQ_COMMAND] = xxcap_cmd_done,
+		[XXCAP_VQ_EVENT] = NULL,	/* events: not yet used */
+	};
+	static const char * const names[XXCAP_VQ_COUNT] = {
+		[XXCAP_VQ_COMMAND] = "command",
+		[XXCAP_VQ_EVENT] = "event",
+	};
+	struct virtqueue *vqs[XXCAP_VQ_COUNT];
+	struct xxcap_card *card;
+	int ret;
+
+	card = kzalloc(sizeof(*card), GFP_KERNEL);
+	if (!card)
+		return -ENOMEM;
+	card->vdev = vdev;
+	spin_lock_init(&card->lock);
+	init_rwsem(&card->map_rwsem);
+	INIT_LIST_HEAD(&card->reap_list);
+	init_waitqueue_head(&card->slot_wq);
+	INIT_WORK(&card->reap_work, xxcap_reap_work);
+	atomic64_set(&card->requests, 0);
+	atomic64_set(&card->commands, 0);
+	atomic64_set(&card->rejected, 0);
+	atomic64_set(&card->timeouts, 0);
+	atomic64_set(&card->pinned_pages, 0);
+	atomic64_set(&card->dma_bytes, 0);
+
+	/* From here on the last put_device() frees the card. */
+	device_initialize(&card->dev);
+	card->dev.release = xxcap_card_release;
+	card->dev.class = xxcap_class;
+	card->dev.parent = &vdev->dev;
+	card->dev.groups = xxcap_groups;
+
+	ret = xxcap_read_identity(card);
+	if (ret)
+		goto err_put;
+
+	card->inode = alloc_anon_inode(xxcap_mnt->mnt_sb);
+	if (IS_ERR(card->inode)) {
+		ret = PTR_ERR(card->inode);
+		card->inode = NULL;
+		goto err_put;
+	}
+
+	/*
+	 * The SG entries carry guest-physical addresses: not usable when the
+	 * device sits behind an IOMMU (or needs bounce buffers).
+	 */
+	card->dma = card->id.capabilities & XXCAP_CAP_DMA;
+	if (card->dma && virtio_has_feature(vdev, VIRTIO_F_ACCESS_PLATFORM)) {
+		dev_warn(&vdev->dev, "DMA disabled: device needs the DMA API\n");
+		card->dma = false;
+	}
+
+	ret = ida_alloc_max(&xxcap_ida, XXCAP_MAX_CARDS - 1, GFP_KERNEL);
+	if (ret < 0) {
+		dev_err(&vdev->dev, "no free minor\n");
+		goto err_put;
+	}
+	card->minor = ret;
+	card->dev.devt = MKDEV(MAJOR(xxcap_devt), card->minor);
+	ret = dev_set_name(&card->dev, "xxcapture%d", card->minor);
+	if (ret)
+		goto err_ida;
+
+	vdev->priv = card;
+	ret = virtio_find_vqs(vdev, XXCAP_VQ_COUNT, vqs, callbacks, names,
+			      NULL);
+	if (ret) {
+		dev_err(&vdev->dev, "cannot find virtqueues: %d\n", ret);
+		goto err_ida;
+	}
+	card->cmd_vq = vqs[XXCAP_VQ_COMMAND];
+	card->evt_vq = vqs[XXCAP_VQ_EVENT];
+
+	/* Ready before user space can reach the card. */
+	virtio_device_ready(vdev);
+
+	/* The card can only map its RAM once it has started. */
+	xxcap_attach(card);
+
+	cdev_init(&card->cdev, &xxcap_fops);
+	card->cdev.owner = THIS_MODULE;
+	ret = cdev_device_add(&card->cdev, &card->dev);
+	if (ret) {
+		dev_err(&vdev->dev, "cannot add char device: %d\n", ret);
+		goto err_reset;
+	}
+
+	dev_info(&card->dev, "model 0x%04x rev %u serial %.*s, %llu bytes of card RAM%s%s\n",
+		 card->id.model, card->id.revision,
+		 (int)xxcap_str_len(card->id.serial, sizeof(card->id.serial)),
+		 card->id.serial, card->id.card_ram_size,
+		 !card->shm_mapped ? "" :
+		 card->shm_wc ? ", mapped write-combining" : ", mapped write-back",
+		 card->dma ? ", DMA" : "");
+	return 0;
+
+err_reset:
+	/* No file was ever opened: nothing can be mapped or waiting. */
+	xxcap_shutdown(card);
+	xxcap_detach(card);
+err_ida:
+	vdev->priv = NULL;
+	ida_free(&xxcap_ida, card->minor);
+err_put:
+	put_device(&card->dev);
+	return ret;
+}
+
+static void xxcap_remove(struct virtio_device *vdev)
+{
+	struct xxcap_card *card = vdev->priv;
+
+	/* No new requests; open files see -ENODEV from now on. */
+	spin_lock_irq(&card->lock);
+	WRITE_ONCE(card->gone, true);
+	spin_unlock_irq(&card->lock);
+	wake_up_all(&card->slot_wq);
+
+	/* Before the BAR goes: user accesses fault with SIGBUS from now on. */
+	xxcap_zap_mappings(card);
+
+	cdev_device_del(&card->cdev, &card->dev);
+
+	xxcap_shutdown(card);
+	xxcap_detach(card);
 
 	vdev->priv = NULL;
 	ida_free(&xxcap_ida, card->minor);
@@ -895,13 +1574,33 @@ static struct virtio_driver xxcap_driver = {
 	.remove = xxcap_remove,
 };
 
+static int xxcap_init_fs_context(struct fs_context *fc)
+{
+	return init_pseudo(fc, XXCAP_FS_MAGIC) ? 0 : -ENOMEM;
+}
+
+/*
+ * Holds one anonymous inode per card, whose address_space gathers the
+ * card's user mappings. Never registered, so never mounted by user space;
+ * no owner, or its own mount would pin the module.
+ */
+static struct file_system_type xxcap_fs_type = {
+	.name = "xxcapture",
+	.init_fs_context = xxcap_init_fs_context,
+	.kill_sb = kill_anon_super,
+};
+
 static int __init xxcap_init(void)
 {
 	int ret;
 
+	xxcap_mnt = kern_mount(&xxcap_fs_type);
+	if (IS_ERR(xxcap_mnt))
+		return PTR_ERR(xxcap_mnt);
+
 	ret = alloc_chrdev_region(&xxcap_devt, 0, XXCAP_MAX_CARDS, "xxcapture");
 	if (ret)
-		return ret;
+		goto err_mnt;
 
 	xxcap_class = class_create(THIS_MODULE, "xxcapture");
 	if (IS_ERR(xxcap_class)) {
@@ -918,6 +1617,8 @@ err_class:
 	class_destroy(xxcap_class);
 err_region:
 	unregister_chrdev_region(xxcap_devt, XXCAP_MAX_CARDS);
+err_mnt:
+	kern_unmount(xxcap_mnt);
 	return ret;
 }
 
@@ -927,6 +1628,8 @@ static void __exit xxcap_exit(void)
 	class_destroy(xxcap_class);
 	unregister_chrdev_region(xxcap_devt, XXCAP_MAX_CARDS);
 	ida_destroy(&xxcap_ida);
+	/* Every card has been released: no inode is left on it. */
+	kern_unmount(xxcap_mnt);
 }
 
 module_init(xxcap_init);

@@ -20,10 +20,15 @@ fn step<'a>(steps: &'a [Step], name: &str, console: &[String]) -> &'a Step {
 
 /// Parses "capture: N frames ... corrupt C, missed M, card dropped D, F fps".
 fn capture_summary(step: &Step) -> (u64, u64, u64, u64, f64) {
+    // The progress bar may share the summary's line on a serial console.
     let line = step
         .output
         .iter()
-        .find(|l| l.starts_with("capture: ") && l.contains(" frames "))
+        .find_map(|l| {
+            l.find("capture: ")
+                .map(|at| &l[at..])
+                .filter(|rest| rest.contains(" frames "))
+        })
         .unwrap_or_else(|| panic!("{}: no summary:\n{}", step.name, step.output.join("\n")));
     let number_after = |key: &str| -> f64 {
         line.split(key)

@@ -91,9 +91,16 @@ impl CardRam {
         self.card_ram_size
     }
 
-    /// Size of the whole region: card RAM plus the status page.
+    /// Size of the mapped contents: card RAM plus the status page.
     pub fn region_size(&self) -> u64 {
         self.card_ram_size + STATUS_BLOCK_SIZE as u64
+    }
+
+    /// Size announced for shared-memory region 0: QEMU places the region in
+    /// a PCI BAR, whose size must be a power of two (it aborts otherwise).
+    /// The part past `region_size` is never mapped and reads as zero.
+    pub fn bar_size(&self) -> u64 {
+        self.region_size().next_power_of_two()
     }
 
     fn bus(&self) -> MutexGuard<'_, ()> {

@@ -505,7 +505,7 @@ impl VhostUserBackend for XxcapBackend {
                 "this card has no shared card RAM",
             ));
         }
-        Ok(VhostUserShMemConfig::new(1, &[self.ram.region_size()]))
+        Ok(VhostUserShMemConfig::new(1, &[self.ram.bar_size()]))
     }
 
     /// Stores the backend channel; SHMEM_MAP goes out on it at ATTACH (never
@@ -968,10 +968,8 @@ mod tests {
             .protocol_features()
             .contains(VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ));
         let config = b.get_shmem_config().expect("shmem config");
-        assert_eq!(
-            (config.nregions, config.memory_sizes[0]),
-            (1, (4 << 20) + 4096)
-        );
+        // A PCI BAR: the next power of two above card RAM + status page.
+        assert_eq!((config.nregions, config.memory_sizes[0]), (1, 8 << 20));
         let mut g = Guest::new(&vq, &evt, &mem, &b);
         // No backend channel yet: DEVICE_ERROR.
         assert_eq!(g.attach(&vq, &b), vq_status::DEVICE_ERROR);
