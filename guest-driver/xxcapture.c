@@ -70,26 +70,6 @@
 #define XXCAPTURE_VIRTIO_ID	XXCAP_VIRTIO_ID_DEFAULT
 #endif
 
-/*
- * Part of the ABI (device-model/abi) that the header generator does not emit
- * yet. Same values as the Rust definitions; the generated ones win.
- */
-#ifndef XXCAP_REQ_ATTACH
-#define XXCAP_REQ_ATTACH		2
-#endif
-#ifndef XXCAP_SHM_ID_CARD_RAM
-#define XXCAP_SHM_ID_CARD_RAM		0
-#endif
-#ifndef XXCAP_STATUS_BLOCK_SIZE
-#define XXCAP_STATUS_BLOCK_SIZE		4096
-#endif
-#ifndef XXCAP_MMAP_OFFSET_CARD_RAM
-#define XXCAP_MMAP_OFFSET_CARD_RAM	0ULL
-#endif
-#ifndef XXCAP_MMAP_OFFSET_STATUS
-#define XXCAP_MMAP_OFFSET_STATUS	(1ULL << 40)
-#endif
-
 #define XXCAP_MAX_CARDS		64
 #define XXCAP_HDR_SIZE		XXCAP_TF_HEADER_SIZE
 #define XXCAP_MAX_TF_SIZE	XXCAP_MAX_TASK_FILE_SIZE

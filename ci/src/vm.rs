@@ -25,6 +25,8 @@ pub enum Mode {
     Test,
     /// The capture tests (writes its files to the output disk).
     Capture,
+    /// The capture and DMA benchmarks.
+    Bench,
     /// An interactive shell on the serial console.
     Shell,
 }
@@ -35,6 +37,7 @@ impl Mode {
             Mode::Run => "run",
             Mode::Test => "test",
             Mode::Capture => "capture",
+            Mode::Bench => "bench",
             Mode::Shell => "shell",
         }
     }

@@ -48,6 +48,9 @@ enum Cmd {
     /// Boot into an interactive shell on the serial console (leave with
     /// `poweroff -f`, or Ctrl-A X).
     Shell(VmArgs),
+    /// Measure DMA throughput and capture rates in the guest, next to a
+    /// host memcpy; writes target/bench/capture.md.
+    Bench(VmArgs),
     /// Print the QEMU options that attach the card to a given xxcapd socket.
     QemuArgs {
         #[arg(long)]
@@ -109,6 +112,35 @@ fn boot(args: &VmArgs, mode: Mode) -> Result<ExitCode, xxcapture_hil::Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn bench(args: &VmArgs) -> Result<ExitCode, xxcapture_hil::Error> {
+    let artifacts = build_all()?;
+    eprintln!("xxvm: measuring host memcpy (64 MiB)...");
+    let memcpy = xxcapture_hil::bench::host_memcpy_gbps(64 << 20);
+    let mut opts = options(args, Mode::Bench);
+    opts.echo = false;
+    eprintln!("xxvm: booting the benchmark VM (a few minutes under TCG)...");
+    let mut vm = Vm::start(&artifacts, &opts)?;
+    vm.wait_guest(Duration::from_secs(args.timeout.max(900)))?;
+    vm.wait_backend(Duration::from_secs(5))?;
+    let steps = parse_steps(&vm.console());
+    let report = xxcapture_hil::bench::report(&steps, memcpy);
+    println!("{report}");
+    let dir = xxcapture_hil::build::repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| xxcapture_hil::Error::Step(e.to_string()))?;
+    std::fs::write(dir.join("capture.md"), &report)
+        .map_err(|e| xxcapture_hil::Error::Step(e.to_string()))?;
+    let failed: Vec<&str> = steps
+        .iter()
+        .filter(|s| s.rc != 0)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        eprintln!("xxvm: bench steps failed: {failed:?} (console in target/hil-logs/)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -131,6 +163,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Run(args) => boot(&args, Mode::Run),
         Cmd::Shell(args) => boot(&args, Mode::Shell),
+        Cmd::Bench(args) => bench(&args),
         Cmd::QemuArgs { socket, memory } => {
             let args = xxcapture_hil::vm::card_qemu_args(&socket, xxcapture_abi_id(), memory);
             println!("{}", args.join(" "));

@@ -89,6 +89,20 @@ pub fn uapi_header() -> String {
         crate::MAX_TASK_FILE_SIZE,
     );
     out.push('\n');
+    out.push_str("/* Card RAM and status block: mmap offsets on /dev/xxcaptureN */\n");
+    define(&mut out, "XXCAP_MMAP_OFFSET_CARD_RAM", "0ULL");
+    define(
+        &mut out,
+        "XXCAP_MMAP_OFFSET_STATUS",
+        format!("0x{:x}ULL", crate::MMAP_OFFSET_STATUS),
+    );
+    define(&mut out, "XXCAP_STATUS_BLOCK_SIZE", crate::STATUS_BLOCK_SIZE);
+    define(&mut out, "XXCAP_STATUS_MAGIC", hex32(crate::STATUS_MAGIC));
+    define(&mut out, "XXCAP_MAX_RING_SLOTS", crate::MAX_RING_SLOTS);
+    define(&mut out, "XXCAP_SLOT_EMPTY", crate::slot_state::EMPTY);
+    define(&mut out, "XXCAP_SLOT_FILLING", crate::slot_state::FILLING);
+    define(&mut out, "XXCAP_SLOT_FULL", crate::slot_state::FULL);
+    out.push('\n');
 
     out.push_str("/* Capability bits (identity.capabilities, register CAPS) */\n");
     bits(
@@ -240,6 +254,8 @@ pub fn device_header() -> String {
         "XXCAP_REQ_EXEC_TASK_FILE",
         req_type::EXEC_TASK_FILE,
     );
+    define(&mut out, "XXCAP_REQ_ATTACH", req_type::ATTACH);
+    define(&mut out, "XXCAP_SHM_ID_CARD_RAM", crate::SHM_ID_CARD_RAM);
     define(&mut out, "XXCAP_VQ_OK", vq_status::OK);
     define(&mut out, "XXCAP_VQ_BAD_REQUEST", vq_status::BAD_REQUEST);
     define(&mut out, "XXCAP_VQ_UNSUPPORTED", vq_status::UNSUPPORTED);

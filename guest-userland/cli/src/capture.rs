@@ -198,6 +198,7 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
     );
     let mut capture = card.start_capture(format, args.file_source, mode)?;
     let started = Instant::now();
+    let cpu_started = crate::bench::cpu_time();
     let mut corrupt = 0u64;
     let mut bytes = 0u64;
     let mut first_error: Option<String> = None;
@@ -235,6 +236,10 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
         progress.inc(1);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_ms_per_frame = match (cpu_started, crate::bench::cpu_time()) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e3 / args.frames.max(1) as f64,
+        _ => f64::NAN,
+    };
     let stats = capture.stop()?;
     progress.finish_and_clear();
     if let Some(out) = sink.as_mut() {
@@ -242,7 +247,7 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
             .map_err(|e| Error::BadFormat(format!("Y4M write: {e}")))?;
     }
     println!(
-        "capture: {} frames {}x{} {} @{} fps by {}: verified {}, corrupt {}, missed {}, card dropped {}, {:.1} fps, {:.1} MB/s",
+        "capture: {} frames {}x{} {} @{} fps by {}: verified {}, corrupt {}, missed {}, card dropped {}, {:.1} fps, {:.1} MB/s, {:.2} ms CPU/frame",
         stats.delivered,
         w,
         h,
@@ -254,7 +259,8 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
         stats.missed,
         stats.card_dropped,
         stats.delivered as f64 / elapsed.max(1e-9),
-        bytes as f64 / elapsed.max(1e-9) / 1e6
+        bytes as f64 / elapsed.max(1e-9) / 1e6,
+        cpu_ms_per_frame
     );
     if let Some(e) = first_error {
         println!("capture: first bad frame: {e}");

@@ -1,5 +1,6 @@
 //! `xxcap`: the xxcapture card from the guest's command line.
 
+mod bench;
 mod capture;
 mod selftest;
 mod selftest_dma;
@@ -37,6 +38,8 @@ enum Command {
     Selftest,
     /// Capture frames by DMA or from mapped card RAM; optionally verify, write Y4M and a PNG.
     Capture(capture::CaptureArgs),
+    /// DMA throughput by transfer size and direction.
+    BenchDma(bench::BenchDmaArgs),
 }
 
 #[derive(Subcommand)]
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Regs { action } => regs_cmd(&cli.device, action),
         Command::Selftest => selftest::run(&cli.device),
         Command::Capture(args) => capture::run(&cli.device, args),
+        Command::BenchDma(args) => bench::run(&cli.device, args),
     };
     match result {
         Ok(code) => code,

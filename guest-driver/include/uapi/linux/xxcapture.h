@@ -21,6 +21,16 @@
 #define XXCAP_CMD_SIZE	32
 #define XXCAP_MAX_TASK_FILE_SIZE	131088
 
+/* Card RAM and status block: mmap offsets on /dev/xxcaptureN */
+#define XXCAP_MMAP_OFFSET_CARD_RAM	0ULL
+#define XXCAP_MMAP_OFFSET_STATUS	0x10000000000ULL
+#define XXCAP_STATUS_BLOCK_SIZE	4096
+#define XXCAP_STATUS_MAGIC	0x42535858U
+#define XXCAP_MAX_RING_SLOTS	64
+#define XXCAP_SLOT_EMPTY	0
+#define XXCAP_SLOT_FILLING	1
+#define XXCAP_SLOT_FULL	2
+
 /* Capability bits (identity.capabilities, register CAPS) */
 #define XXCAP_CAP_TASK_FILE	(1U << 0)
 #define XXCAP_CAP_DMA	(1U << 1)

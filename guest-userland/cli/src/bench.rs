@@ -1,0 +1,64 @@
+//! `xxcap bench-dma`: DMA throughput between card RAM and this process, by
+//! transfer size and direction, measured in the guest.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use xxcapture::{Access, Card, Error};
+
+#[derive(clap::Args)]
+pub struct BenchDmaArgs {
+    /// Transfer sizes in bytes (default: 4 KiB to 64 MiB).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Time spent per size and direction.
+    #[arg(long, default_value_t = 500)]
+    millis: u64,
+}
+
+/// Guest CPU time this process has used, from the scheduler's own account
+/// (`/proc/self/schedstat`), which also covers time spent in the kernel on
+/// our behalf.
+pub fn cpu_time() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+pub fn run(device: &str, args: BenchDmaArgs) -> Result<ExitCode, Error> {
+    let card = Card::open(device, Access::Control)?;
+    let ram = card.info().card_ram_size as usize;
+    let sizes = if args.sizes.is_empty() {
+        vec![4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
+    } else {
+        args.sizes
+    };
+    let budget = Duration::from_millis(args.millis);
+    for size in sizes.into_iter().filter(|&s| s > 0 && s <= ram) {
+        let mut buf = vec![0x5au8; size];
+        for (name, to_card) in [("to-card", true), ("from-card", false)] {
+            let started = Instant::now();
+            let cpu0 = cpu_time();
+            let mut transfers = 0u64;
+            while started.elapsed() < budget || transfers == 0 {
+                if to_card {
+                    card.write_blocks(0, &buf)?;
+                } else {
+                    card.read_blocks(0, &mut buf)?;
+                }
+                transfers += 1;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let cpu = match (cpu0, cpu_time()) {
+                (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e6 / transfers as f64,
+                _ => f64::NAN,
+            };
+            println!(
+                "bench-dma: size={size} dir={name} transfers={transfers} seconds={secs:.3} gbps={:.3} us_per_transfer={:.1} cpu_us_per_transfer={cpu:.1}",
+                (size as f64 * transfers as f64) / secs / 1e9,
+                secs * 1e6 / transfers as f64,
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
