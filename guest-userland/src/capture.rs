@@ -306,6 +306,10 @@ impl Capture<'_> {
         let deadline = Instant::now() + timeout;
         let mut data = vec![0u8; self.frame_size];
         loop {
+            // Also bounds a reader that keeps losing the race with the card.
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(timeout));
+            }
             let st = self.status.snapshot()?;
             self.stats.card_dropped = st.dropped.get();
             let completed = st.frame_counter.get();
@@ -342,9 +346,6 @@ impl Capture<'_> {
                     timestamp_ns: info.timestamp_ns.get(),
                     data,
                 });
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout(timeout));
             }
             std::thread::sleep(self.poll);
         }

@@ -23,9 +23,9 @@ use std::io;
 use std::mem::offset_of;
 use std::os::fd::AsFd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::sys::memfd::{memfd_create, MFdFlags};
+use parking_lot::{FairMutex, FairMutexGuard};
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, MmapRegion, VolatileMemory,
 };
@@ -42,7 +42,9 @@ pub struct CardRam {
     map: MmapRegion<()>,
     card_ram_size: u64,
     /// Serialises in-process access to card-RAM bytes (DMA vs. capture).
-    bus: Mutex<()>,
+    /// Fair, so a free-running capture thread that re-takes it at once
+    /// cannot starve DMA requests.
+    bus: FairMutex<()>,
 }
 
 impl std::fmt::Debug for CardRam {
@@ -76,7 +78,7 @@ impl CardRam {
             file,
             map,
             card_ram_size,
-            bus: Mutex::new(()),
+            bus: FairMutex::new(()),
         };
         ram.status().init();
         Ok(ram)
@@ -103,8 +105,8 @@ impl CardRam {
         self.region_size().next_power_of_two()
     }
 
-    fn bus(&self) -> MutexGuard<'_, ()> {
-        self.bus.lock().unwrap_or_else(PoisonError::into_inner)
+    fn bus(&self) -> FairMutexGuard<'_, ()> {
+        self.bus.lock()
     }
 
     /// Runs `f` on `len` bytes of card RAM from `offset` with the bus held,
