@@ -96,7 +96,11 @@ pub fn uapi_header() -> String {
         "XXCAP_MMAP_OFFSET_STATUS",
         format!("0x{:x}ULL", crate::MMAP_OFFSET_STATUS),
     );
-    define(&mut out, "XXCAP_STATUS_BLOCK_SIZE", crate::STATUS_BLOCK_SIZE);
+    define(
+        &mut out,
+        "XXCAP_STATUS_BLOCK_SIZE",
+        crate::STATUS_BLOCK_SIZE,
+    );
     define(&mut out, "XXCAP_STATUS_MAGIC", hex32(crate::STATUS_MAGIC));
     define(&mut out, "XXCAP_MAX_RING_SLOTS", crate::MAX_RING_SLOTS);
     define(&mut out, "XXCAP_SLOT_EMPTY", crate::slot_state::EMPTY);
