@@ -43,10 +43,10 @@ fn capture_summary(step: &Step) -> (u64, u64, u64, u64, f64) {
         number_after("corrupt") as u64,
         number_after("missed") as u64,
         number_after("card dropped") as u64,
-        line.rsplit(", ")
-            .nth(1)
-            .and_then(|f| f.trim_end_matches(" fps").parse().ok())
-            .unwrap_or(0.0),
+        line.split(", ")
+            .filter_map(|part| part.strip_suffix(" fps"))
+            .find_map(|f| f.parse().ok())
+            .unwrap_or(f64::NAN),
     )
 }
 

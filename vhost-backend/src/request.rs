@@ -816,11 +816,7 @@ mod tests {
     // ---- DMA and scatter-gather tables -------------------------------
 
     fn sg(addr: u64, len: u32) -> SgEntry {
-        SgEntry {
-            addr: addr.into(),
-            len: len.into(),
-            reserved: 0.into(),
-        }
+        SgEntry::new(addr, len)
     }
 
     fn dma_cmd(dir: u16, first: u64, offset: u64, length: u64) -> Command {

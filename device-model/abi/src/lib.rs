@@ -320,6 +320,32 @@ pub struct Command {
     pub length: U64,
 }
 
+impl Command {
+    /// A command block from raw field values (flags zero): for building
+    /// commands the typed `TaskFile` methods refuse to, such as malformed
+    /// ones in tests.
+    pub fn raw(op: u16, reg: u16, value: u64, mask: u64, length: u64) -> Self {
+        Command {
+            op: op.into(),
+            reg: reg.into(),
+            flags: 0.into(),
+            value: value.into(),
+            mask: mask.into(),
+            length: length.into(),
+        }
+    }
+}
+
+impl SgEntry {
+    pub fn new(addr: u64, len: u32) -> Self {
+        SgEntry {
+            addr: addr.into(),
+            len: len.into(),
+            reserved: 0.into(),
+        }
+    }
+}
+
 /// Argument of the EXEC ioctl: where the task file is and how long it is.
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]

@@ -68,11 +68,7 @@ fn card() -> Card {
 }
 
 fn sg(addr: u64, len: u32) -> SgEntry {
-    SgEntry {
-        addr: addr.into(),
-        len: len.into(),
-        reserved: 0.into(),
-    }
+    SgEntry::new(addr, len)
 }
 
 fn dma(dir: u16, first: u64, offset: u64, length: u64) -> Command {

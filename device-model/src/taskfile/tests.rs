@@ -15,14 +15,7 @@ fn run(card: &mut Card, tf: &TaskFile) -> TaskFileResult {
 }
 
 fn raw(op: u16, reg: u16, value: u64, mask: u64) -> Command {
-    Command {
-        op: op.into(),
-        reg: reg.into(),
-        flags: 0.into(),
-        value: value.into(),
-        mask: mask.into(),
-        length: 0.into(),
-    }
+    Command::raw(op, reg, value, mask, 0)
 }
 
 #[test]

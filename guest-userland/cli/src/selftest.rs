@@ -252,14 +252,7 @@ fn max_batch(card: &Card) -> Check {
 }
 
 fn raw(op: u16, reg: u16, value: u64, mask: u64) -> Cmd {
-    Cmd {
-        op: op.into(),
-        reg: reg.into(),
-        flags: 0.into(),
-        value: value.into(),
-        mask: mask.into(),
-        length: 0.into(),
-    }
+    Cmd::raw(op, reg, value, mask, 0)
 }
 
 type Builder = fn(&mut TaskFile);
