@@ -381,6 +381,7 @@ fn write_control(
         regs.store(regs::RING_SLOT_SIZE, ring.slot_size.into());
         regs.store(regs::FRAME_COUNTER, 0);
         regs.store(regs::DROPPED_FRAMES, 0);
+        regs.store(regs::RING_RELEASE, 0);
         regs.store(regs::STATUS, st | u64::from(status::CAPTURING));
         effects.capture_started = true;
     } else if !wants_capture && was_capturing {

@@ -277,7 +277,12 @@ impl Capture<'_> {
         self.status.snapshot()
     }
 
-    fn copy_slot(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+    /// Copies frame `n`'s slot out. A free-running card waits for its
+    /// reader: frames up to `n` are released (RING_RELEASE) after the copy,
+    /// in the DMA's own task file, so that costs no extra crossing.
+    fn copy_slot(&self, n: u64, offset: u64, out: &mut [u8]) -> Result<()> {
+        let free_running = self.format.fps == 0;
+        let release = u32::try_from(n + 1).unwrap_or(u32::MAX);
         match (&self.mode, &self.ram) {
             (CaptureMode::Mapped, Some(ram)) => {
                 let start = usize::try_from(offset).map_err(|_| Error::Protocol)?;
@@ -286,13 +291,28 @@ impl Capture<'_> {
                     .get(start..start + out.len())
                     .ok_or(Error::Protocol)?;
                 out.copy_from_slice(src);
+                if free_running {
+                    self.card.write_register(regs::RING_RELEASE, release)?;
+                }
                 Ok(())
             }
             _ => {
-                let moved = self.card.read_blocks(offset, out)?;
-                if moved != out.len() as u64 {
+                let mut tf = TaskFile::new();
+                let at = tf.dma(
+                    true,
+                    dma_dir::FROM_CARD,
+                    out.as_mut_ptr() as u64,
+                    offset,
+                    out.len() as u64,
+                );
+                if free_running {
+                    tf.set_register(regs::RING_RELEASE, release);
+                }
+                let res = self.card.run(&tf)?;
+                let moved = res.commands.get(at).map(|c| c.length.get());
+                if moved != Some(out.len() as u64) {
                     return Err(Error::Command {
-                        index: 1,
+                        index: 0,
                         code: TfError::DmaRange,
                     });
                 }
@@ -329,7 +349,7 @@ impl Capture<'_> {
                 let slot = usize::try_from(n % slots).map_err(|_| Error::Protocol)?;
                 let offset = st.ring_offset.get() + (n % slots) * u64::from(st.slot_size.get());
                 let info = st.slots.get(slot).copied().ok_or(Error::Protocol)?;
-                self.copy_slot(offset, &mut data)?;
+                self.copy_slot(n, offset, &mut data)?;
                 let after = self.status.snapshot()?;
                 self.next += 1;
                 if info.frame_number.get() != n

@@ -12,7 +12,11 @@
 //! when rendering leaves the thread behind by whole periods, those periods
 //! are skipped and counted as dropped (frame numbers stay consecutive: the
 //! frame after a drop gets the next number, its timestamp shows the gap).
-//! `fps == 0` runs free: frames back to back, nothing is ever dropped.
+//! `fps == 0` runs free: frames back to back, nothing is ever dropped, and
+//! the card never overwrites a frame the reader has not released through
+//! RING_RELEASE (frame n waits until n < released + ring_slots): free-running
+//! capture goes as fast as the reader takes frames, instead of burning a host
+//! core on frames nobody reads and starving the guest's vCPU of it.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -67,6 +71,26 @@ impl StopSignal {
         self.stopped.load(Ordering::Acquire)
     }
 
+    /// Wakes waiters (a new RING_RELEASE value).
+    fn notify(&self) {
+        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.cv.notify_all();
+    }
+
+    /// Waits for a notification or `timeout`; true if stopped.
+    fn wait_notified(&self, timeout: Duration) -> bool {
+        let guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.is_stopped() {
+            return true;
+        }
+        drop(
+            self.cv
+                .wait_timeout(guard, timeout)
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        self.is_stopped()
+    }
+
     /// Sleeps until `deadline`; true if stopped meanwhile.
     fn sleep_until(&self, deadline: Instant) -> bool {
         let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -95,6 +119,7 @@ pub struct CaptureThread {
     generation: u64,
     progress: Arc<Progress>,
     stop: Arc<StopSignal>,
+    released: Arc<AtomicU64>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -117,7 +142,9 @@ impl CaptureThread {
         ram.status().begin(&session, clock.now_ns());
         let progress = Arc::new(Progress::default());
         let stop = Arc::new(StopSignal::default());
+        let released = Arc::new(AtomicU64::new(0));
         let worker = Worker {
+            released: Arc::clone(&released),
             session,
             ram,
             file,
@@ -132,8 +159,16 @@ impl CaptureThread {
             generation: session.generation,
             progress,
             stop,
+            released,
             handle: Some(handle),
         })
+    }
+
+    /// The reader's RING_RELEASE: frames below it may be overwritten.
+    pub fn set_released(&self, frames: u64) {
+        if self.released.swap(frames, Ordering::AcqRel) != frames {
+            self.stop.notify();
+        }
     }
 
     pub fn generation(&self) -> u64 {
@@ -171,6 +206,7 @@ impl Drop for CaptureThread {
 }
 
 struct Worker {
+    released: Arc<AtomicU64>,
     session: CaptureSession,
     ram: Arc<CardRam>,
     file: Option<SharedFile>,
@@ -226,11 +262,18 @@ impl Worker {
         // Index of the next frame period in the schedule.
         let mut tick: u32 = 0;
         let (mut frame, mut dropped, mut errors) = (0u64, 0u64, 0u64);
+        let slots = u64::from(ring.ring_slots);
         while !self.stop.is_stopped() {
             if let Some(p) = period {
                 if self.stop.sleep_until(start + p * tick) {
                     break;
                 }
+            } else if frame >= self.released.load(Ordering::Acquire) + slots {
+                // Free-running: the slot still holds an unreleased frame.
+                if self.stop.wait_notified(Duration::from_millis(50)) {
+                    break;
+                }
+                continue;
             }
             let slot = ring.slot_index(frame);
             self.ram.status().slot(&SlotUpdate {

@@ -37,7 +37,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
-use xxcapture_abi::{caps, queue, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
+use xxcapture_abi::{caps, queue, regs, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
 use xxcapture_model::{Card, FileSource, Outcome};
 
 use crate::capture::{CaptureThread, DeviceClock, SharedFile};
@@ -274,6 +274,9 @@ impl XxcapBackend {
         };
         let outcome = card.execute_dma(task_file, sg, &mut port, self.now_ns());
         self.reconcile_capture(card);
+        if let Some(thread) = self.capture_slot().as_ref() {
+            thread.set_released(card.registers().peek(regs::RING_RELEASE));
+        }
         outcome
     }
 
@@ -1032,6 +1035,15 @@ mod tests {
         let ring_slots = res.value(slots).expect("slots");
         // 640x480 NV12 = 460800 bytes = 112.5 pages -> 113 pages; 4 MiB / that.
         assert_eq!(ring_slots, (4u64 << 20) / (113 * 4096));
+        // Free-running waits for its reader: one ring, then nothing more
+        // until frames are released.
+        wait_frames(&b, ring_slots);
+        std::thread::sleep(Duration::from_millis(100));
+        let sb = b.ram.read_status().expect("consistent status");
+        assert_eq!(sb.frame_counter.get(), ring_slots, "overwrote unreleased frames");
+        let mut tf = TaskFile::new();
+        tf.set_register(regs::RING_RELEASE, (ring_slots + 3) as u32);
+        assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
         wait_frames(&b, 2 * ring_slots + 3);
         // Registers follow the capture thread.
         let mut tf = TaskFile::new();

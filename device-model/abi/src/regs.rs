@@ -141,6 +141,7 @@ pub const RING_SLOTS: u16 = 0x05C;
 pub const RING_SLOT_SIZE: u16 = 0x060;
 pub const FRAME_SOURCE: u16 = 0x064;
 pub const DROPPED_FRAMES: u16 = 0x068;
+pub const RING_RELEASE: u16 = 0x06C;
 pub const DMA_CARD_ADDR: u16 = 0x100;
 pub const SCRATCH64: u16 = 0x108;
 pub const DEVICE_TIME_NS: u16 = 0x110;
@@ -274,6 +275,14 @@ pub const REGISTERS: &[RegisterDesc] = &[
         "0: test pattern, 1: the file given to xxcapd --source-file",
     ),
     reg32("DROPPED_FRAMES", DROPPED_FRAMES, ReadOnly, 0, Any, "Frames dropped since capture start"),
+    reg32(
+        "RING_RELEASE",
+        RING_RELEASE,
+        ReadWrite,
+        0xFFFF_FFFF,
+        Any,
+        "Free-running capture: frames below this number are consumed and may be overwritten (0 at capture start)",
+    ),
     reg64(
         "DMA_CARD_ADDR",
         DMA_CARD_ADDR,
