@@ -1040,7 +1040,11 @@ mod tests {
         wait_frames(&b, ring_slots);
         std::thread::sleep(Duration::from_millis(100));
         let sb = b.ram.read_status().expect("consistent status");
-        assert_eq!(sb.frame_counter.get(), ring_slots, "overwrote unreleased frames");
+        assert_eq!(
+            sb.frame_counter.get(),
+            ring_slots,
+            "overwrote unreleased frames"
+        );
         let mut tf = TaskFile::new();
         tf.set_register(regs::RING_RELEASE, (ring_slots + 3) as u32);
         assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
