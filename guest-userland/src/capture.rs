@@ -337,11 +337,14 @@ impl Capture<'_> {
             if slots == 0 {
                 return Err(Error::Protocol);
             }
+            // A free-running card waits for RING_RELEASE: nothing from
+            // `next` on is overwritten before this reader releases it.
+            let flow_controlled = self.format.fps == 0;
             if completed > self.next {
-                // While the card fills frame `completed`, it overwrites the
-                // slot of frame `completed - slots`.
+                // While a paced card fills frame `completed`, it overwrites
+                // the slot of frame `completed - slots`.
                 let oldest = (completed + 1).saturating_sub(slots);
-                if self.next < oldest {
+                if !flow_controlled && self.next < oldest {
                     self.stats.missed += oldest - self.next;
                     self.next = oldest;
                 }
@@ -354,7 +357,7 @@ impl Capture<'_> {
                 self.next += 1;
                 if info.frame_number.get() != n
                     || info.state.get() != slot_state::FULL
-                    || after.frame_counter.get() >= n + slots
+                    || (!flow_controlled && after.frame_counter.get() >= n + slots)
                 {
                     // Overwritten before or while we copied it.
                     self.stats.missed += 1;
