@@ -99,6 +99,8 @@ pub struct Artifacts {
     pub xxcap: PathBuf,
     pub xxcapd: PathBuf,
     pub initramfs: PathBuf,
+    /// The crossings tracer (QEMU TCG plugin).
+    pub crossings_plugin: PathBuf,
 }
 
 fn must_exist(path: PathBuf, how: &str) -> Result<PathBuf> {
@@ -124,6 +126,10 @@ impl Artifacts {
             )?,
             xxcapd: must_exist(target_dir().join("release/xxcapd"), BUILD_HINT)?,
             initramfs: must_exist(build_dir().join("initramfs.cpio.gz"), BUILD_HINT)?,
+            crossings_plugin: must_exist(
+                target_dir().join("release/libxxcapture_crossings.so"),
+                BUILD_HINT,
+            )?,
         })
     }
 }
@@ -177,6 +183,8 @@ pub fn build_all() -> Result<Artifacts> {
                 GUEST_TARGET,
                 "-p",
                 "xxcap",
+                "-p",
+                "edu-probe",
             ])
             .env(
                 "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
@@ -184,13 +192,15 @@ pub fn build_all() -> Result<Artifacts> {
             ),
     )?;
     run(
-        "building xxcapd",
+        "building xxcapd and the crossings tracer",
         Command::new(env!("CARGO")).current_dir(&root).args([
             "build",
             "--quiet",
             "--release",
             "-p",
             "xxcapd",
+            "-p",
+            "xxcapture-crossings",
         ]),
     )?;
     let xxcap = target_dir().join(GUEST_TARGET).join("release/xxcap");
@@ -205,6 +215,14 @@ pub fn build_all() -> Result<Artifacts> {
             .arg(root.join("ci/guest/init"))
             .arg("--add")
             .arg(format!("{}:/bin/xxcap", xxcap.display()))
+            .arg("--add")
+            .arg(format!(
+                "{}:/bin/edu-probe",
+                target_dir()
+                    .join(GUEST_TARGET)
+                    .join("release/edu-probe")
+                    .display()
+            ))
             .arg("--add")
             .arg(format!("{}:/lib/xxcapture/xxcapture.ko", module.display()))
             // For the capture tests' output disk.

@@ -27,6 +27,8 @@ pub enum Mode {
     Capture,
     /// The capture and DMA benchmarks.
     Bench,
+    /// The crossing budgets (run with the tracer plugin and edu).
+    Crossings,
     /// An interactive shell on the serial console.
     Shell,
 }
@@ -38,6 +40,7 @@ impl Mode {
             Mode::Test => "test",
             Mode::Capture => "capture",
             Mode::Bench => "bench",
+            Mode::Crossings => "crossings",
             Mode::Shell => "shell",
         }
     }
@@ -62,6 +65,8 @@ pub struct VmOptions {
     pub log_dir: PathBuf,
     /// A raw disk image the guest sees as /dev/vda (its way to hand files out).
     pub output_disk: Option<PathBuf>,
+    /// More QEMU arguments (extra devices, `-plugin`).
+    pub extra_qemu_args: Vec<String>,
 }
 
 impl Default for VmOptions {
@@ -75,6 +80,7 @@ impl Default for VmOptions {
             echo: false,
             log_dir: repo_root().join("target/hil-logs"),
             output_disk: None,
+            extra_qemu_args: Vec::new(),
         }
     }
 }
@@ -194,6 +200,7 @@ impl Vm {
                 "unix:{},server=on,wait=off",
                 workdir.path().join("qmp.sock").display()
             ))
+            .args(&opts.extra_qemu_args)
             .arg("-kernel")
             .arg(&p.kernel)
             .args(opts.output_disk.iter().flat_map(|disk| {

@@ -62,3 +62,53 @@ pub fn run(device: &str, args: BenchDmaArgs) -> Result<ExitCode, Error> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+pub struct BatchArgs {
+    /// Commands in the one task file (SCRATCH writes).
+    #[arg(long, default_value_t = 1)]
+    commands: u32,
+}
+
+/// One task file of `commands` register writes: one crossing into the
+/// kernel, one request to the card, whatever the count.
+pub fn batch(device: &str, args: BatchArgs) -> Result<ExitCode, Error> {
+    let card = Card::open(device, Access::Control)?;
+    let mut tf = xxcapture::TaskFile::new();
+    for i in 0..args.commands {
+        tf.set_register(xxcapture::abi::regs::SCRATCH, i);
+    }
+    let started = Instant::now();
+    card.run(&tf)?;
+    println!(
+        "batch: {} commands in one task file, {:.1} us",
+        args.commands,
+        started.elapsed().as_secs_f64() * 1e6
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args)]
+pub struct StatusReadArgs {
+    /// Status-block snapshots to take.
+    #[arg(long, default_value_t = 1000)]
+    count: u32,
+}
+
+/// Follows the card through the mapped status block only: no system call
+/// and no access to the card's registers per read.
+pub fn status_read(device: &str, args: StatusReadArgs) -> Result<ExitCode, Error> {
+    let card = Card::open(device, Access::Observe)?;
+    let status = card.map_status()?;
+    let started = Instant::now();
+    let mut last = 0;
+    for _ in 0..args.count {
+        last = status.snapshot()?.frame_counter.get();
+    }
+    println!(
+        "status-read: {} snapshots, {:.2} us each, frame counter {last}",
+        args.count,
+        started.elapsed().as_secs_f64() * 1e6 / f64::from(args.count.max(1))
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -40,6 +40,10 @@ enum Command {
     Capture(capture::CaptureArgs),
     /// DMA throughput by transfer size and direction.
     BenchDma(bench::BenchDmaArgs),
+    /// Execute one task file of N register writes.
+    Batch(bench::BatchArgs),
+    /// Read the mapped status block N times (no system call per read).
+    StatusRead(bench::StatusReadArgs),
 }
 
 #[derive(Subcommand)]
@@ -66,6 +70,8 @@ fn main() -> ExitCode {
         Command::Selftest => selftest::run(&cli.device),
         Command::Capture(args) => capture::run(&cli.device, args),
         Command::BenchDma(args) => bench::run(&cli.device, args),
+        Command::Batch(args) => bench::batch(&cli.device, args),
+        Command::StatusRead(args) => bench::status_read(&cli.device, args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,107 @@
+//! Crossing budgets, counted by the tracer plugin in a booted VM: a task
+//! file costs one doorbell whatever its length, and following the card
+//! through the mapped status block costs no access to the card at all.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use xxcapture_hil::build::repo_root;
+use xxcapture_hil::{parse_steps, Artifacts, Mode, Vm, VmOptions};
+
+/// QEMU names the card's regions after virtio id 31's entry in its table.
+const CARD: &str = "virtio-vid-decoder";
+
+fn snapshot(json: &Value, tag: u64) -> &Value {
+    json["snapshots"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["tag"] == tag))
+        .unwrap_or_else(|| panic!("no snapshot with tag {tag} in {json}"))
+}
+
+/// Accesses to the card's region `kind` (common, isr, device, notify)
+/// between two snapshots.
+fn delta(json: &Value, from: u64, to: u64, kind: &str, field: &str) -> u64 {
+    let region = format!("virtio-pci-{kind}-{CARD}");
+    let get = |tag| {
+        snapshot(json, tag)["regions"][&region][field]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    get(to) - get(from)
+}
+
+#[test]
+fn task_files_cost_one_doorbell_and_status_reads_cost_none() {
+    let artifacts = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
+    let log_dir = repo_root().join("target/hil-logs/crossings");
+    std::fs::create_dir_all(&log_dir).expect("log dir");
+    let json_path = log_dir.join("crossings.json");
+    let _ = std::fs::remove_file(&json_path);
+    let opts = VmOptions {
+        mode: Mode::Crossings,
+        log_dir: log_dir.clone(),
+        extra_qemu_args: vec![
+            "-device".into(),
+            "edu".into(),
+            "-plugin".into(),
+            format!(
+                "{},out={}",
+                artifacts.crossings_plugin.display(),
+                json_path.display()
+            ),
+        ],
+        ..VmOptions::default()
+    };
+    let mut vm = Vm::start(&artifacts, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let qemu = vm
+        .wait_guest(Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_backend(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let console = vm.console();
+    for step in parse_steps(&console) {
+        assert_eq!(
+            step.rc,
+            0,
+            "guest step {} failed:\n{}",
+            step.name,
+            step.output.join("\n")
+        );
+    }
+    assert!(qemu.success(), "QEMU exited with {qemu}");
+    let text = std::fs::read_to_string(&json_path).expect("tracer output");
+    let json: Value = serde_json::from_str(&text).expect("tracer JSON");
+
+    let doorbells_1 = delta(&json, 2, 3, "notify", "writes");
+    let doorbells_4096 = delta(&json, 4, 5, "notify", "writes");
+    let config_reads =
+        delta(&json, 2, 3, "device", "reads") + delta(&json, 4, 5, "device", "reads");
+    let isr_1 = delta(&json, 2, 3, "isr", "reads");
+    eprintln!(
+        "crossings: 1-command task file {doorbells_1} doorbell(s), 4096-command task file {doorbells_4096} doorbell(s), {isr_1} ISR read(s), {config_reads} config reads"
+    );
+    assert_eq!(
+        doorbells_1, 1,
+        "a 1-command task file must cost exactly one doorbell"
+    );
+    assert_eq!(
+        doorbells_4096, 1,
+        "a 4096-command task file must cost exactly one doorbell"
+    );
+    assert_eq!(
+        config_reads, 0,
+        "task files must not read device config space"
+    );
+
+    let status_phase: u64 = ["common", "isr", "device", "notify"]
+        .iter()
+        .map(|k| delta(&json, 6, 7, k, "reads") + delta(&json, 6, 7, k, "writes"))
+        .sum();
+    eprintln!(
+        "crossings: 1000 status-block reads through mmap: {status_phase} accesses to the card"
+    );
+    assert_eq!(
+        status_phase, 0,
+        "reading the mapped status block must not touch the card"
+    );
+}
