@@ -31,9 +31,61 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
 }
 
+/// The crossings table: cost per operation and per command of each way to
+/// reach the card, with the ratios the seed's guidance turns on.
+fn crossings(steps: &[Step], out: &mut String) {
+    let rows: Vec<(String, f64, f64)> = steps
+        .iter()
+        .filter(|s| s.name == "bench-crossings")
+        .flat_map(|s| s.output.iter())
+        .filter(|l| l.starts_with("cross:") && l.contains("per_op_us="))
+        .filter_map(|l| {
+            let num = |k| field(l, k).and_then(|v| v.parse::<f64>().ok());
+            Some((
+                field(l, "method")?.to_string(),
+                num("per_op_us")?,
+                num("per_cmd_us")?,
+            ))
+        })
+        .collect();
+    let per = |m: &str| rows.iter().find(|r| r.0 == m).map(|r| r.2);
+    let config = per("config-space-register");
+    let edu = per("edu-register");
+    let _ = writeln!(
+        out,
+        "## Crossings: cost per operation (guest, TCG, 1 vCPU)\n"
+    );
+    let _ = writeln!(out, "| method | µs per operation | µs per command | config-space register / this | this / edu register |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for (method, per_op, per_cmd) in &rows {
+        let vs_config = config.map_or(String::from("-"), |c| format!("{:.1}x", c / per_cmd));
+        let vs_edu = edu.map_or(String::from("-"), |e| format!("{:.2}x", per_cmd / e));
+        let _ = writeln!(
+            out,
+            "| {method} | {per_op:.2} | {per_cmd:.3} | {vs_config} | {vs_edu} |"
+        );
+    }
+    if let Some(c) = config {
+        for factor in [10.0, 100.0] {
+            let first = rows
+                .iter()
+                .filter(|r| r.0.starts_with("task-file-") && c / r.2 >= factor)
+                .map(|r| r.0.trim_start_matches("task-file-").to_string())
+                .next();
+            let _ = writeln!(
+                out,
+                "\nSmallest measured batch at least {factor}x cheaper per command than a config-space register: {}",
+                first.unwrap_or_else(|| "none of 1, 16, 256, 4096".into())
+            );
+        }
+    }
+    out.push('\n');
+}
+
 /// Markdown report from the guest's bench steps.
 pub fn report(steps: &[Step], memcpy_gbps: f64) -> String {
     let mut out = String::new();
+    crossings(steps, &mut out);
     let _ = writeln!(out, "## DMA throughput (guest, TCG, 1 vCPU)\n");
     let _ = writeln!(
         out,

@@ -118,6 +118,8 @@ fn bench(args: &VmArgs) -> Result<ExitCode, xxcapture_hil::Error> {
     let memcpy = xxcapture_hil::bench::host_memcpy_gbps(64 << 20);
     let mut opts = options(args, Mode::Bench);
     opts.echo = false;
+    // QEMU's in-process edu device, for the per-register comparison.
+    opts.extra_qemu_args = vec!["-device".into(), "edu".into()];
     eprintln!("xxvm: booting the benchmark VM (a few minutes under TCG)...");
     let mut vm = Vm::start(&artifacts, &opts)?;
     vm.wait_guest(Duration::from_secs(args.timeout.max(900)))?;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod capture;
+mod crossings;
 mod selftest;
 mod selftest_dma;
 
@@ -40,6 +41,8 @@ enum Command {
     Capture(capture::CaptureArgs),
     /// DMA throughput by transfer size and direction.
     BenchDma(bench::BenchDmaArgs),
+    /// Cost per operation of each way to reach the card.
+    BenchCrossings(crossings::CrossingsArgs),
     /// Execute one task file of N register writes.
     Batch(bench::BatchArgs),
     /// Read the mapped status block N times (no system call per read).
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Capture(args) => capture::run(&cli.device, args),
         Command::BenchDma(args) => bench::run(&cli.device, args),
         Command::Batch(args) => bench::batch(&cli.device, args),
+        Command::BenchCrossings(args) => crossings::run(&cli.device, args),
         Command::StatusRead(args) => bench::status_read(&cli.device, args),
     };
     match result {
