@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -45,7 +45,7 @@ fn find_pci(vendor: u32, device: u32) -> Option<PathBuf> {
 
 /// Times `iterations` 32-bit reads of `offset` in BAR `bar` of a PCI device,
 /// mapped from user space through sysfs (uncached, O_SYNC).
-fn bar_reads(dev: &PathBuf, bar: u32, offset: usize, iterations: u32) -> Option<f64> {
+fn bar_reads(dev: &Path, bar: u32, offset: usize, iterations: u32) -> Option<f64> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
