@@ -43,6 +43,18 @@ fn find_pci(vendor: u32, device: u32) -> Option<PathBuf> {
         })
 }
 
+/// The BAR holding QEMU's virtio-pci modern capabilities: the 16 KiB one.
+fn caps_bar(dev: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(dev.join("resource")).ok()?;
+    text.lines().enumerate().find_map(|(i, line)| {
+        let mut f = line
+            .split_whitespace()
+            .map(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok());
+        let (start, end) = (f.next()??, f.next()??);
+        (end > start && end - start + 1 == 0x4000).then_some(i as u32)
+    })
+}
+
 /// Times `iterations` 32-bit reads of `offset` in BAR `bar` of a PCI device,
 /// mapped from user space through sysfs (uncached, O_SYNC).
 fn bar_reads(dev: &Path, bar: u32, offset: usize, iterations: u32) -> Option<f64> {
@@ -107,12 +119,13 @@ pub fn run(device: &str, args: CrossingsArgs) -> Result<ExitCode, Error> {
         );
     }
 
-    // One register through device config space: virtio-pci modern puts it
-    // in BAR 2 at 0x2000 (platform facts); each read is one GET_CONFIG
-    // round trip to xxcapd.
-    match find_pci(0x1af4, 0x1040 + xxcapture::abi::VIRTIO_ID)
-        .and_then(|dev| bar_reads(&dev, 2, 0x2000, n / 4))
-    {
+    // One register through device config space: QEMU's virtio-pci modern
+    // capabilities BAR (16 KiB) holds it at 0x2000; each read is one
+    // GET_CONFIG round trip to xxcapd.
+    match find_pci(0x1af4, 0x1040 + xxcapture::abi::VIRTIO_ID).and_then(|dev| {
+        let bar = caps_bar(&dev)?;
+        bar_reads(&dev, bar, 0x2000, n / 4)
+    }) {
         Some(secs) => report("config-space-register", (n / 4).into(), 1, secs),
         None => println!("cross: method=config-space-register unavailable"),
     }
