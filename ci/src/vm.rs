@@ -85,25 +85,17 @@ impl Default for VmOptions {
     }
 }
 
-/// The QEMU arguments that attach the card: also what `xxvm qemu-args`
-/// prints for people who write their own command line.
+/// The QEMU arguments that attach the card, split into argv words: the
+/// same options `xxcapd --print-qemu-args` prints (one definition, in
+/// xxcapd's `options` module).
 pub fn card_qemu_args(socket: &Path, virtio_id: u32, guest_memory_mib: u32) -> Vec<String> {
-    vec![
-        "-object".into(),
-        format!("memory-backend-memfd,id=mem,size={guest_memory_mib}M,share=on"),
-        "-numa".into(),
-        "node,memdev=mem".into(),
-        "-m".into(),
-        format!("{guest_memory_mib}M"),
-        "-chardev".into(),
-        format!("socket,id=xxcap0,path={}", socket.display()),
-        "-device".into(),
-        format!(
-            "vhost-user-test-device-pci,id=card0,chardev=xxcap0,virtio-id={virtio_id},num_vqs={},vq_size=256,config_size={}",
-            xxcapture_abi::queue::COUNT,
-            xxcapture_abi::CONFIG_SIZE
-        ),
-    ]
+    xxcapd::options::qemu_args(socket, virtio_id, u64::from(guest_memory_mib) << 20)
+        .iter()
+        .flat_map(|line| match line.split_once(' ') {
+            Some((option, value)) => vec![option.to_string(), value.to_string()],
+            None => vec![line.clone()],
+        })
+        .collect()
 }
 
 /// A running VM.
@@ -415,6 +407,16 @@ pub fn parse_steps(lines: &[String]) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn card_args_are_argv_words() {
+        let args = card_qemu_args(Path::new("/tmp/a,b.sock"), 31, 512);
+        let device = args.iter().position(|a| a == "-device").expect("-device");
+        assert!(args[device + 1].starts_with("vhost-user-test-device-pci,"));
+        assert!(args.contains(&"512M".to_string()));
+        assert!(args.contains(&"socket,id=xxcap0,path=/tmp/a,,b.sock".to_string()));
+        assert!(args.iter().all(|a| !a.starts_with("-m ")));
+    }
 
     #[test]
     fn steps_are_framed() {

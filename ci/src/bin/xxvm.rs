@@ -1,6 +1,5 @@
 //! `xxvm`: launch a VM with the xxcapture card (`cargo xxvm run|shell|build`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -51,13 +50,6 @@ enum Cmd {
     /// Measure DMA throughput and capture rates in the guest, next to a
     /// host memcpy; writes target/bench/capture.md.
     Bench(VmArgs),
-    /// Print the QEMU options that attach the card to a given xxcapd socket.
-    QemuArgs {
-        #[arg(long)]
-        socket: PathBuf,
-        #[arg(long, default_value_t = 512)]
-        memory: u32,
-    },
 }
 
 fn options(args: &VmArgs, mode: Mode) -> VmOptions {
@@ -166,18 +158,9 @@ fn main() -> ExitCode {
         Cmd::Run(args) => boot(&args, Mode::Run),
         Cmd::Shell(args) => boot(&args, Mode::Shell),
         Cmd::Bench(args) => bench(&args),
-        Cmd::QemuArgs { socket, memory } => {
-            let args = xxcapture_hil::vm::card_qemu_args(&socket, xxcapture_abi_id(), memory);
-            println!("{}", args.join(" "));
-            Ok(ExitCode::SUCCESS)
-        }
     };
     result.unwrap_or_else(|err| {
         eprintln!("xxvm: {err}");
         ExitCode::FAILURE
     })
-}
-
-fn xxcapture_abi_id() -> u32 {
-    xxcapture_hil::VmOptions::default().virtio_id
 }
