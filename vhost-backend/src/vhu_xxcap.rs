@@ -38,7 +38,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 use xxcapture_abi::{caps, queue, regs, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
-use xxcapture_model::{Card, FileSource, Outcome};
+use xxcapture_model::{CaptureSession, Card, FileSource, Outcome};
 
 use crate::capture::{CaptureThread, DeviceClock, SharedFile};
 use crate::card_ram::{CardRam, GuestDma};
@@ -234,14 +234,26 @@ impl XxcapBackend {
         }
     }
 
-    /// Starts or stops the capture thread to match the card's session.
+    /// Starts or stops the capture thread to match the card's session, and
+    /// hands the running one the reader's RING_RELEASE.
     fn reconcile_capture(&self, card: &mut Card) {
         let wanted = card.capture_session();
         let mut slot = self.capture_slot();
         let running = slot.as_ref().map(CaptureThread::generation);
-        if running == wanted.map(|s| s.generation) {
-            return;
+        if running != wanted.map(|s| s.generation) {
+            self.restart_capture(card, &mut slot, wanted);
         }
+        if let Some(thread) = slot.as_ref() {
+            thread.set_released(card.registers().peek(regs::RING_RELEASE));
+        }
+    }
+
+    fn restart_capture(
+        &self,
+        card: &mut Card,
+        slot: &mut Option<CaptureThread>,
+        wanted: Option<CaptureSession>,
+    ) {
         if let Some(thread) = slot.take() {
             let generation = thread.generation();
             let (frames, dropped) = thread.stop();
@@ -274,9 +286,6 @@ impl XxcapBackend {
         };
         let outcome = card.execute_dma(task_file, sg, &mut port, self.now_ns());
         self.reconcile_capture(card);
-        if let Some(thread) = self.capture_slot().as_ref() {
-            thread.set_released(card.registers().peek(regs::RING_RELEASE));
-        }
         outcome
     }
 
