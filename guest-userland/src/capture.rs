@@ -353,11 +353,14 @@ impl Capture<'_> {
                 let offset = st.ring_offset.get() + (n % slots) * u64::from(st.slot_size.get());
                 let info = st.slots.get(slot).copied().ok_or(Error::Protocol)?;
                 self.copy_slot(n, offset, &mut data)?;
-                let after = self.status.snapshot()?;
+                // A paced card may have overwritten the slot while we copied
+                // it; a flow-controlled one cannot, so skip the second read.
+                let overwritten =
+                    !flow_controlled && self.status.snapshot()?.frame_counter.get() >= n + slots;
                 self.next += 1;
                 if info.frame_number.get() != n
                     || info.state.get() != slot_state::FULL
-                    || (!flow_controlled && after.frame_counter.get() >= n + slots)
+                    || overwritten
                 {
                     // Overwritten before or while we copied it.
                     self.stats.missed += 1;
