@@ -238,9 +238,9 @@ impl Card {
         let mut tf = TaskFile::new();
         match desc.width {
             Width::W32 => {
-                let narrow = u32::try_from(value).map_err(|_| Error::Command {
-                    index: 0,
-                    code: TfError::BadValue,
+                let narrow = u32::try_from(value).map_err(|_| Error::ValueTooWide {
+                    name: desc.name,
+                    value,
                 })?;
                 tf.set_register(desc.offset, narrow)
             }

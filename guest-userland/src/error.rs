@@ -34,6 +34,8 @@ pub enum Error {
         width: u32,
         wanted: &'static str,
     },
+    #[error("{value:#x} does not fit 32-bit register {name}")]
+    ValueTooWide { name: &'static str, value: u64 },
     #[error("too many commands for one task file: {0} (at most {max})", max = xxcapture_abi::MAX_COMMANDS)]
     TooManyCommands(usize),
     #[error("cannot read {path}: {source}")]
