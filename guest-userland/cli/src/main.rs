@@ -214,11 +214,9 @@ fn regs_cmd(device: &str, action: RegsAction) -> Result<ExitCode, Error> {
                     .ok_or_else(|| Error::BadFormat(format!("{value:?} is not a number")))?;
                 match d.width {
                     Width::W32 => {
-                        let narrow = u32::try_from(v).map_err(|_| {
-                            Error::BadFormat(format!(
-                                "{v:#x} does not fit 32-bit register {}",
-                                d.name
-                            ))
+                        let narrow = u32::try_from(v).map_err(|_| Error::ValueTooWide {
+                            name: d.name,
+                            value: v,
                         })?;
                         tf.set_register(d.offset, narrow)
                     }
