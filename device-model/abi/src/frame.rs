@@ -241,9 +241,16 @@ pub fn checksum(frame: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn expected_len(fmt: PixelFormat, width: u32, height: u32) -> Result<usize, FrameError> {
-    fmt.frame_size(width, height)
-        .ok_or(FrameError::BadSize { width, height })
+/// Checks that a frame of `actual` bytes has the size of `fmt` at
+/// `width` x `height`, a size the card accepts.
+fn check_len(fmt: PixelFormat, width: u32, height: u32, actual: usize) -> Result<(), FrameError> {
+    let expected = fmt
+        .frame_size(width, height)
+        .ok_or(FrameError::BadSize { width, height })?;
+    if actual != expected {
+        return Err(FrameError::WrongLength { expected, actual });
+    }
+    Ok(())
 }
 
 /// Writes the stamp for frame `frame_number` into the first [`STAMP_SIZE`]
@@ -257,13 +264,7 @@ pub fn stamp(
     width: u32,
     height: u32,
 ) -> Result<Stamp, FrameError> {
-    let expected = expected_len(fmt, width, height)?;
-    if frame.len() != expected {
-        return Err(FrameError::WrongLength {
-            expected,
-            actual: frame.len(),
-        });
-    }
+    check_len(fmt, width, height, frame.len())?;
     let mut s = Stamp {
         frame_number,
         format: fmt.code(),
@@ -288,13 +289,7 @@ pub fn verify(
     width: u32,
     height: u32,
 ) -> Result<Stamp, FrameError> {
-    let expected = expected_len(fmt, width, height)?;
-    if frame.len() != expected {
-        return Err(FrameError::WrongLength {
-            expected,
-            actual: frame.len(),
-        });
-    }
+    check_len(fmt, width, height, frame.len())?;
     let s = check_intact(frame)?;
     if (s.format, s.width, s.height) != (fmt.code(), width, height) {
         return Err(FrameError::Mismatch {
@@ -330,13 +325,7 @@ pub fn verify_any(frame: &[u8]) -> Result<Stamp, FrameError> {
     let fmt = s
         .pixel_format()
         .ok_or(FrameError::UnknownFormat(s.format))?;
-    let expected = expected_len(fmt, s.width, s.height)?;
-    if frame.len() != expected {
-        return Err(FrameError::WrongLength {
-            expected,
-            actual: frame.len(),
-        });
-    }
+    check_len(fmt, s.width, s.height, frame.len())?;
     Ok(s)
 }
 
