@@ -16,15 +16,19 @@
 
 /* Default virtio device id: override with XXCAPTURE_VIRTIO_ID=N at build */
 #define XXCAP_VIRTIO_ID_DEFAULT	31
-#define XXCAP_ABI_VERSION_MAJOR	1
+#define XXCAP_ABI_VERSION_MAJOR	2
 #define XXCAP_CONFIG_SIZE	96
 
 #define XXCAP_VQ_COMMAND	0
 #define XXCAP_VQ_EVENT	1
-#define XXCAP_VQ_COUNT	2
+#define XXCAP_VQ_STREAM	2
+#define XXCAP_VQ_COUNT	3
 
 #define XXCAP_REQ_EXEC_TASK_FILE	1
 #define XXCAP_REQ_ATTACH	2
+#define XXCAP_REQ_STREAM_BUFFER	3
+#define XXCAP_REQ_FLUSH_BUFFERS	4
+#define XXCAP_EVENT_BUFFER_SIZE	4096
 #define XXCAP_SHM_ID_CARD_RAM	0
 #define XXCAP_VQ_OK	0
 #define XXCAP_VQ_BAD_REQUEST	1
@@ -51,6 +55,7 @@ struct xxcap_vq_request {
 struct xxcap_vq_status {
 	__le32 status;	/* XXCAP_VQ_* transport status */
 	__le32 reserved;	/* zero */
+	__le64 device_time_ns;	/* device clock at completion */
 };
 
 /*
@@ -61,6 +66,19 @@ struct xxcap_vq_status {
 struct xxcap_sg_entry {
 	__le64 addr;	/* guest-physical address */
 	__le32 len;	/* bytes */
+	__le32 reserved;	/* zero */
+};
+
+/*
+ * End of a stream-queue request (device-writable): how the capture
+ * buffer was used.
+ */
+struct xxcap_stream_result {
+	__le32 status;	/* XXCAP_VQ_* transport status */
+	__le32 error;	/* XXCAP_TF_OK, DMA_RANGE, DMA_FAULT or CANCELLED */
+	__le64 frame_number;	/* frame written into the buffer */
+	__le64 device_time_ns;	/* device clock at completion or cancellation */
+	__le32 bytes;	/* bytes of frame data written */
 	__le32 reserved;	/* zero */
 };
 
@@ -100,7 +118,7 @@ static const struct xxcap_reg_desc xxcap_regs[] = {
 	{ "ID", XXCAP_REG_ID, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "VERSION", XXCAP_REG_VERSION, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "CAPS", XXCAP_REG_CAPS, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
-	{ "CONTROL", XXCAP_REG_CONTROL, 32, XXCAP_ACCESS_RW, 0x7ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
+	{ "CONTROL", XXCAP_REG_CONTROL, 32, XXCAP_ACCESS_RW, 0xfULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "STATUS", XXCAP_REG_STATUS, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "INT_STATUS", XXCAP_REG_INT_STATUS, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "INT_MASK", XXCAP_REG_INT_MASK, 32, XXCAP_ACCESS_RW, 0x1fULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
@@ -125,6 +143,8 @@ static const struct xxcap_reg_desc xxcap_regs[] = {
 	{ "FRAME_SOURCE", XXCAP_REG_FRAME_SOURCE, 32, XXCAP_ACCESS_RW, 0x1ULL, XXCAP_RULE_ONE_OF, 0, 0, xxcap_frame_source_values, ARRAY_SIZE(xxcap_frame_source_values) },
 	{ "DROPPED_FRAMES", XXCAP_REG_DROPPED_FRAMES, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "RING_RELEASE", XXCAP_REG_RING_RELEASE, 32, XXCAP_ACCESS_RW, 0xffffffffULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
+	{ "EVENT_COUNT", XXCAP_REG_EVENT_COUNT, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
+	{ "EVENTS_LOST", XXCAP_REG_EVENTS_LOST, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "DMA_CARD_ADDR", XXCAP_REG_DMA_CARD_ADDR, 64, XXCAP_ACCESS_RW, 0xffffffffffffffffULL, XXCAP_RULE_CARD_RAM_OFFSET, 0, 0, NULL, 0 },
 	{ "SCRATCH64", XXCAP_REG_SCRATCH64, 64, XXCAP_ACCESS_RW, 0xffffffffffffffffULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "DEVICE_TIME_NS", XXCAP_REG_DEVICE_TIME_NS, 64, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },

@@ -249,6 +249,7 @@ fn status(code: u32) -> VqStatus {
     VqStatus {
         status: code.into(),
         reserved: 0.into(),
+        device_time_ns: 0.into(),
     }
 }
 

@@ -118,6 +118,7 @@ pub fn uapi_header() -> String {
             ("CARD_RAM_SHM", caps::CARD_RAM_SHM),
             ("EVENTS", caps::EVENTS),
             ("CAPTURE", caps::CAPTURE),
+            ("STREAMING", caps::STREAMING),
         ],
     );
     out.push_str("/* Status bits (identity.status, register STATUS) */\n");
@@ -139,6 +140,7 @@ pub fn uapi_header() -> String {
             ("ENABLE", control::ENABLE),
             ("CAPTURE", control::CAPTURE),
             ("DMA_RESET", control::DMA_RESET),
+            ("STREAM", control::STREAM),
         ],
     );
     out.push_str("/* Interrupt causes (INT_STATUS, INT_MASK, INT_ACK, INT_RAISE) */\n");
@@ -153,6 +155,27 @@ pub fn uapi_header() -> String {
             ("TEST", irq::TEST),
         ],
     );
+    out.push_str("/* Event records (read() on /dev/xxcaptureN) */\n");
+    define(&mut out, "XXCAP_EVENT_LOST", hex32(crate::event::LOST));
+    define(
+        &mut out,
+        "XXCAP_EVENT_FLAG_COMPLETION",
+        crate::event::FLAG_COMPLETION,
+    );
+    define(&mut out, "XXCAP_EVENT_SIZE", crate::event::SIZE);
+    define(
+        &mut out,
+        "XXCAP_MAX_QUEUED_BUFFERS",
+        crate::MAX_QUEUED_BUFFERS,
+    );
+    define(
+        &mut out,
+        "XXCAP_MAX_BUFFER_SIZE",
+        format!("0x{:x}ULL", crate::MAX_BUFFER_SIZE),
+    );
+    out.push_str("\n/* EXEC flags */\n");
+    define(&mut out, "XXCAP_EXEC_POLL", crate::exec_flags::POLL);
+    out.push('\n');
     out.push_str("/* Pixel formats (register FRAME_FORMAT) */\n");
     for (name, value) in [
         ("YUYV", format::YUYV),
@@ -218,6 +241,26 @@ pub fn uapi_header() -> String {
         "#define XXCAP_IOC_EXEC\t_IOWR(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_exec)",
         ioctl::EXEC_NR
     );
+    let _ = writeln!(
+        out,
+        "#define XXCAP_IOC_SUBMIT\t_IOWR(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_submit)",
+        ioctl::SUBMIT_NR
+    );
+    let _ = writeln!(
+        out,
+        "#define XXCAP_IOC_QUEUE_BUFFER\t_IOWR(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_queue_buffer)",
+        ioctl::QUEUE_BUFFER_NR
+    );
+    let _ = writeln!(
+        out,
+        "#define XXCAP_IOC_SUBSCRIBE\t_IOWR(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_subscribe)",
+        ioctl::SUBSCRIBE_NR
+    );
+    let _ = writeln!(
+        out,
+        "#define XXCAP_IOC_FLUSH_BUFFERS\t_IO(XXCAP_IOC_TYPE, 0x{:02x})",
+        ioctl::FLUSH_BUFFERS_NR
+    );
     out.push_str("\n#endif /* _UAPI_LINUX_XXCAPTURE_H */\n");
     out
 }
@@ -251,6 +294,7 @@ pub fn device_header() -> String {
     out.push('\n');
     define(&mut out, "XXCAP_VQ_COMMAND", queue::COMMAND);
     define(&mut out, "XXCAP_VQ_EVENT", queue::EVENT);
+    define(&mut out, "XXCAP_VQ_STREAM", queue::STREAM);
     define(&mut out, "XXCAP_VQ_COUNT", queue::COUNT);
     out.push('\n');
     define(
@@ -259,6 +303,13 @@ pub fn device_header() -> String {
         req_type::EXEC_TASK_FILE,
     );
     define(&mut out, "XXCAP_REQ_ATTACH", req_type::ATTACH);
+    define(&mut out, "XXCAP_REQ_STREAM_BUFFER", req_type::STREAM_BUFFER);
+    define(&mut out, "XXCAP_REQ_FLUSH_BUFFERS", req_type::FLUSH_BUFFERS);
+    define(
+        &mut out,
+        "XXCAP_EVENT_BUFFER_SIZE",
+        crate::event::BUFFER_SIZE,
+    );
     define(&mut out, "XXCAP_SHM_ID_CARD_RAM", crate::SHM_ID_CARD_RAM);
     define(&mut out, "XXCAP_VQ_OK", vq_status::OK);
     define(&mut out, "XXCAP_VQ_BAD_REQUEST", vq_status::BAD_REQUEST);
@@ -343,7 +394,15 @@ pub fn c_probe_source() -> String {
             );
         }
     }
-    for name in ["XXCAP_IOC_NOP", "XXCAP_IOC_GET_INFO", "XXCAP_IOC_EXEC"] {
+    for name in [
+        "XXCAP_IOC_NOP",
+        "XXCAP_IOC_GET_INFO",
+        "XXCAP_IOC_EXEC",
+        "XXCAP_IOC_SUBMIT",
+        "XXCAP_IOC_QUEUE_BUFFER",
+        "XXCAP_IOC_SUBSCRIBE",
+        "XXCAP_IOC_FLUSH_BUFFERS",
+    ] {
         let _ = writeln!(out, "\tprintf(\"{name} %lu\\n\", (unsigned long){name});");
     }
     out.push_str("\treturn 0;\n}\n");
@@ -363,5 +422,9 @@ pub fn expected_probe_output() -> String {
     let _ = writeln!(out, "XXCAP_IOC_NOP {}", ioctl::NOP);
     let _ = writeln!(out, "XXCAP_IOC_GET_INFO {}", ioctl::GET_INFO);
     let _ = writeln!(out, "XXCAP_IOC_EXEC {}", ioctl::EXEC);
+    let _ = writeln!(out, "XXCAP_IOC_SUBMIT {}", ioctl::SUBMIT);
+    let _ = writeln!(out, "XXCAP_IOC_QUEUE_BUFFER {}", ioctl::QUEUE_BUFFER);
+    let _ = writeln!(out, "XXCAP_IOC_SUBSCRIBE {}", ioctl::SUBSCRIBE);
+    let _ = writeln!(out, "XXCAP_IOC_FLUSH_BUFFERS {}", ioctl::FLUSH_BUFFERS);
     out
 }

@@ -272,6 +272,95 @@ pub const VQ_STATUS: StructDef = StructDef {
     fields: &[
         f("status", Le32, "XXCAP_VQ_* transport status"),
         f("reserved", Le32, "zero"),
+        f("device_time_ns", Le64, "device clock at completion"),
+    ],
+};
+
+pub const STREAM_RESULT: StructDef = StructDef {
+    name: "xxcap_stream_result",
+    doc: "End of a stream-queue request (device-writable): how the capture\n * buffer was used.",
+    fields: &[
+        f("status", Le32, "XXCAP_VQ_* transport status"),
+        f(
+            "error",
+            Le32,
+            "XXCAP_TF_OK, DMA_RANGE, DMA_FAULT or CANCELLED",
+        ),
+        f("frame_number", Le64, "frame written into the buffer"),
+        f(
+            "device_time_ns",
+            Le64,
+            "device clock at completion or cancellation",
+        ),
+        f("bytes", Le32, "bytes of frame data written"),
+        f("reserved", Le32, "zero"),
+    ],
+};
+
+pub const SUBMIT: StructDef = StructDef {
+    name: "xxcap_submit",
+    doc: "Argument of XXCAP_IOC_SUBMIT: the task file runs asynchronously; its\n * completion is an XXCAP_IRQ_DMA_DONE (no error) or XXCAP_IRQ_DMA_ERROR\n * event record carrying refcon and request_id. Results of GET ops are not\n * returned.",
+    fields: &[
+        f("task_file", U64, "user address of the task file"),
+        f("size", U32, "its size in bytes"),
+        f("flags", U32, "zero"),
+        f("refcon", U64, "caller's reference, echoed in the event"),
+        f("request_id", U64, "out: id echoed in the event"),
+    ],
+};
+
+pub const QUEUE_BUFFER: StructDef = StructDef {
+    name: "xxcap_queue_buffer",
+    doc: "Argument of XXCAP_IOC_QUEUE_BUFFER: a capture buffer, pinned until a\n * frame fills it (an XXCAP_IRQ_FRAME_DONE event record) or it is\n * cancelled (the same record with status XXCAP_TF_CANCELLED).",
+    fields: &[
+        f("addr", U64, "user address of the buffer"),
+        f("length", U64, "its length in bytes"),
+        f("refcon", U64, "caller's reference, echoed in the event"),
+        f("request_id", U64, "out: id echoed in the event"),
+        f("flags", U32, "zero"),
+        f("reserved", U32, "zero"),
+    ],
+};
+
+pub const SUBSCRIBE: StructDef = StructDef {
+    name: "xxcap_subscribe",
+    doc: "Argument of XXCAP_IOC_SUBSCRIBE: the XXCAP_IRQ_* causes this open\n * receives from the event queue (out: the previous mask).",
+    fields: &[
+        f("mask", U32, "in: new mask; out: previous mask"),
+        f("flags", U32, "zero"),
+    ],
+};
+
+pub const EVENT: StructDef = StructDef {
+    name: "xxcap_event",
+    doc: "One event record, as read() returns it (and, little-endian, as the\n * device writes it on the event queue).",
+    fields: &[
+        f("cause", U32, "one XXCAP_IRQ_* bit, or XXCAP_EVENT_LOST"),
+        f("status", U32, "completions: XXCAP_TF_* of the request"),
+        f(
+            "sequence",
+            U64,
+            "device events: device event number since reset",
+        ),
+        f("frame_number", U64, "FRAME_DONE, OVERFLOW: the frame"),
+        f(
+            "request_id",
+            U64,
+            "completions: id from SUBMIT or QUEUE_BUFFER",
+        ),
+        f("refcon", U64, "completions: the caller's reference"),
+        f("device_time_ns", U64, "device clock when the cause occurred"),
+        f(
+            "guest_time_ns",
+            U64,
+            "CLOCK_MONOTONIC when the driver took it",
+        ),
+        f(
+            "count",
+            U32,
+            "LOST: records lost; FRAME_DONE: bytes; DMA: out count",
+        ),
+        f("flags", U32, "XXCAP_EVENT_FLAG_*"),
     ],
 };
 
@@ -281,11 +370,15 @@ pub const UAPI_STRUCTS: &[StructDef] = &[
     TASK_FILE_HEADER,
     COMMAND,
     EXEC,
+    SUBMIT,
+    QUEUE_BUFFER,
+    SUBSCRIBE,
+    EVENT,
     SLOT_INFO,
     STATUS_BLOCK,
 ];
 /// Device-facing structs (driver-private header).
-pub const DEVICE_STRUCTS: &[StructDef] = &[VQ_REQUEST, VQ_STATUS, SG_ENTRY];
+pub const DEVICE_STRUCTS: &[StructDef] = &[VQ_REQUEST, VQ_STATUS, SG_ENTRY, STREAM_RESULT];
 
 #[cfg(test)]
 mod tests {
@@ -375,6 +468,50 @@ mod tests {
             reserved1,
             slots
         );
-        assert_layout!(crate::VqStatus, VQ_STATUS, status, reserved);
+        assert_layout!(crate::VqStatus, VQ_STATUS, status, reserved, device_time_ns);
+        assert_layout!(
+            crate::StreamResult,
+            STREAM_RESULT,
+            status,
+            error,
+            frame_number,
+            device_time_ns,
+            bytes,
+            reserved
+        );
+        assert_layout!(
+            crate::Submit,
+            SUBMIT,
+            task_file,
+            size,
+            flags,
+            refcon,
+            request_id
+        );
+        assert_layout!(
+            crate::QueueBuffer,
+            QUEUE_BUFFER,
+            addr,
+            length,
+            refcon,
+            request_id,
+            flags,
+            reserved
+        );
+        assert_layout!(crate::Subscribe, SUBSCRIBE, mask, flags);
+        assert_layout!(
+            crate::Event,
+            EVENT,
+            cause,
+            status,
+            sequence,
+            frame_number,
+            request_id,
+            refcon,
+            device_time_ns,
+            guest_time_ns,
+            count,
+            flags
+        );
     }
 }

@@ -34,7 +34,7 @@ pub const VIRTIO_ID: u32 = 31;
 pub const MAGIC: u32 = 0x5043_5858;
 /// ABI version: major in the high half, minor in the low half. A driver must
 /// refuse a card whose major differs from its own.
-pub const ABI_VERSION: u32 = 0x0001_0000;
+pub const ABI_VERSION: u32 = 0x0002_0000;
 pub const ABI_VERSION_MAJOR: u32 = ABI_VERSION >> 16;
 /// Model number of the "Double X" capture card.
 pub const MODEL_DOUBLE_X: u32 = 0x0000_D0B1;
@@ -51,6 +51,8 @@ pub mod caps {
     pub const EVENTS: u32 = 1 << 3;
     /// Video capture into card RAM.
     pub const CAPTURE: u32 = 1 << 4;
+    /// Capture into buffers the driver queues on the stream queue.
+    pub const STREAMING: u32 = 1 << 5;
 }
 
 /// Device status bits, in config space and the STATUS register.
@@ -73,6 +75,9 @@ pub mod control {
     pub const CAPTURE: u32 = 1 << 1;
     /// Reset the DMA engine: self-clearing, reads back as 0.
     pub const DMA_RESET: u32 = 1 << 2;
+    /// Capture into buffers queued on the stream queue instead of the
+    /// card-RAM ring. Sampled when capture starts; BUSY while capturing.
+    pub const STREAM: u32 = 1 << 3;
 }
 
 /// Interrupt causes: bits of INT_STATUS, INT_MASK, INT_ACK and INT_RAISE.
@@ -84,6 +89,37 @@ pub mod irq {
     /// Raised by writing INT_RAISE, for testing the interrupt path.
     pub const TEST: u32 = 1 << 4;
     pub const ALL: u32 = FRAME_DONE | DMA_DONE | DMA_ERROR | OVERFLOW | TEST;
+}
+
+/// Event records: the `cause` values that are not interrupt causes, the
+/// `flags` bits, and the sizes of records and event-queue buffers.
+pub mod event {
+    /// `cause` of a record that reports lost records: `count` of them were
+    /// dropped because a queue (the device's backlog, or a reader's queue in
+    /// the driver) was full. It takes the place of the first lost record.
+    pub const LOST: u32 = 1 << 31;
+    /// `flags`: the driver made this record from a request completion (a
+    /// submitted task file or a queued buffer), not from the event queue.
+    pub const FLAG_COMPLETION: u32 = 1 << 0;
+    /// Bytes of one record.
+    pub const SIZE: usize = core::mem::size_of::<super::Event>();
+    /// Bytes of one event-queue buffer the driver posts; the device writes
+    /// whole records into it.
+    pub const BUFFER_SIZE: usize = 4096;
+    /// Records one event-queue buffer holds.
+    pub const PER_BUFFER: usize = BUFFER_SIZE / SIZE;
+    /// Records the device keeps when the driver posted no buffer; beyond
+    /// this it counts them in EVENTS_LOST and reports a LOST record.
+    pub const DEVICE_BACKLOG: usize = 4096;
+}
+
+/// EXEC `flags`.
+pub mod exec_flags {
+    /// Wait for completion by polling the command queue instead of
+    /// sleeping until the interrupt (for latency measurements; the timeout
+    /// still applies, and EINTR too).
+    pub const POLL: u32 = 1 << 0;
+    pub const ALL: u32 = POLL;
 }
 
 /// Pixel formats (FRAME_FORMAT register values).
@@ -108,8 +144,11 @@ pub mod queue {
     pub const COMMAND: u16 = 0;
     /// Device-to-driver event records (buffers posted by the driver).
     pub const EVENT: u16 = 1;
+    /// Capture buffers queued by the driver, held by the device until a
+    /// frame fills them (streaming capture).
+    pub const STREAM: u16 = 2;
     /// Number of virtqueues (QEMU `num_vqs`).
-    pub const COUNT: u16 = 2;
+    pub const COUNT: u16 = 3;
 }
 
 /// Size of the device config space; QEMU's `config_size` must equal it.
@@ -199,10 +238,13 @@ pub enum TfError {
     Device = 10,
     /// The register cannot change while capture runs.
     Busy = 11,
+    /// The request was cancelled before it ran (queued capture buffers
+    /// returned by FLUSH_BUFFERS, a capture stop or a device reset).
+    Cancelled = 12,
 }
 
 impl TfError {
-    pub const ALL: [TfError; 12] = [
+    pub const ALL: [TfError; 13] = [
         TfError::Ok,
         TfError::BadOp,
         TfError::BadRegister,
@@ -215,6 +257,7 @@ impl TfError {
         TfError::DmaFault,
         TfError::Device,
         TfError::Busy,
+        TfError::Cancelled,
     ];
 
     pub fn from_raw(raw: u32) -> Option<TfError> {
@@ -238,6 +281,7 @@ impl TfError {
             TfError::DmaFault => "DMA_FAULT",
             TfError::Device => "DEVICE",
             TfError::Busy => "BUSY",
+            TfError::Cancelled => "CANCELLED",
         }
     }
 
@@ -255,6 +299,7 @@ impl TfError {
             TfError::DmaFault => "DMA transfer touched memory the caller does not own",
             TfError::Device => "internal device error",
             TfError::Busy => "register cannot change while capture runs",
+            TfError::Cancelled => "request cancelled before it ran",
         }
     }
 }
@@ -355,6 +400,94 @@ pub struct Exec {
     pub flags: U32,
 }
 
+/// Argument of the SUBMIT ioctl: the task file runs asynchronously; its
+/// completion arrives as a DMA_DONE (task-file error OK) or DMA_ERROR event
+/// record carrying `refcon` and `request_id`.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Submit {
+    pub task_file: U64,
+    pub size: U32,
+    pub flags: U32,
+    pub refcon: U64,
+    /// Out: the id the completion event carries.
+    pub request_id: U64,
+}
+
+/// Argument of the QUEUE_BUFFER ioctl: a capture buffer of the caller's,
+/// pinned by the driver until a frame fills it (a FRAME_DONE event record)
+/// or it is cancelled.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct QueueBuffer {
+    pub addr: U64,
+    pub length: U64,
+    pub refcon: U64,
+    /// Out: the id the FRAME_DONE record carries.
+    pub request_id: U64,
+    pub flags: U32,
+    pub reserved: U32,
+}
+
+/// Argument of the SUBSCRIBE ioctl: which device interrupt causes this open
+/// receives as event records (completions of its own requests always
+/// arrive). Out: the previous mask.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Subscribe {
+    pub mask: U32,
+    pub flags: U32,
+}
+
+/// One event record: on the event queue (device to driver) and from
+/// `read()` on `/dev/xxcaptureN` (driver to user), in the same layout.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct Event {
+    /// One `irq::*` bit, or `event::LOST`.
+    pub cause: U32,
+    /// Completions: the `TfError` of the request (0 = OK).
+    pub status: U32,
+    /// Device events: the device's event number since reset (contiguous
+    /// across causes); completions: 0.
+    pub sequence: U64,
+    /// FRAME_DONE and OVERFLOW: the frame's number.
+    pub frame_number: U64,
+    /// Completions: the id SUBMIT or QUEUE_BUFFER returned.
+    pub request_id: U64,
+    /// Completions: the caller's reference value.
+    pub refcon: U64,
+    /// Device clock when the cause occurred.
+    pub device_time_ns: U64,
+    /// Guest CLOCK_MONOTONIC when the driver took the record (0 on the
+    /// event queue).
+    pub guest_time_ns: U64,
+    /// LOST: records lost; FRAME_DONE of a queued buffer: bytes written;
+    /// task-file completions: the header's out count (failing index).
+    pub count: U32,
+    /// `event::FLAG_*`.
+    pub flags: U32,
+}
+
+/// Device-writable end of a stream-queue request: how the buffer was used.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct StreamResult {
+    /// `vq_status::*`.
+    pub status: U32,
+    /// `TfError`: OK, DMA_RANGE (buffer smaller than the frame), DMA_FAULT
+    /// or CANCELLED.
+    pub error: U32,
+    pub frame_number: U64,
+    /// Device clock when the frame completed (or the buffer was cancelled).
+    pub device_time_ns: U64,
+    /// Bytes of frame data written.
+    pub bytes: U32,
+    pub reserved: U32,
+}
+
 /// Request types on the command queue.
 pub mod req_type {
     /// Execute the task file that follows the request header.
@@ -364,6 +497,13 @@ pub mod req_type {
     /// `VqStatus`. The driver sends it once after DRIVER_OK, before it
     /// exposes the card: the backend can only map after the device started.
     pub const ATTACH: u32 = 2;
+    /// Stream queue only: a capture buffer (`sg_count` entries, no task
+    /// file), device-writable `StreamResult` at the end.
+    pub const STREAM_BUFFER: u32 = 3;
+    /// Return every buffer held on the stream queue with CANCELLED. No
+    /// payload; the reply is a `VqStatus` written after the buffers are
+    /// returned.
+    pub const FLUSH_BUFFERS: u32 = 4;
 }
 
 /// Shared-memory region 0 (virtio shm id): card RAM followed by the status
@@ -375,6 +515,10 @@ pub const STATUS_BLOCK_SIZE: usize = 4096;
 /// Most scatter-gather entries one request may carry (all its DMA
 /// commands together): 256 MiB of scattered 4 KiB pages.
 pub const MAX_SG_ENTRIES: u32 = 1 << 16;
+/// Most capture buffers one open may have queued at once.
+pub const MAX_QUEUED_BUFFERS: u32 = 32;
+/// Largest capture buffer (bytes); a 2160p RGB24 frame is 24.9 MB.
+pub const MAX_BUFFER_SIZE: u64 = 64 << 20;
 /// Most frame slots in the capture ring.
 pub const MAX_RING_SLOTS: usize = 64;
 /// `mmap` offset on `/dev/xxcaptureN` that maps the status block (read-only);
@@ -476,6 +620,8 @@ pub struct VqRequest {
 pub struct VqStatus {
     pub status: U32,
     pub reserved: U32,
+    /// Device clock when the request completed.
+    pub device_time_ns: U64,
 }
 
 /// Transport status of a command-queue request (`VqStatus::status`).
@@ -493,7 +639,7 @@ pub mod vq_status {
 
 /// Guest ioctl numbers (the `x` type, Linux `_IOC` encoding).
 pub mod ioctl {
-    use super::{Exec, Identity};
+    use super::{Exec, Identity, QueueBuffer, Submit, Subscribe};
 
     pub const TYPE: u8 = b'x';
     const NRBITS: u32 = 8;
@@ -525,6 +671,27 @@ pub mod ioctl {
     pub const NOP: u32 = ioc(DIR_NONE, NOP_NR, 0);
     pub const GET_INFO: u32 = ioc(DIR_READ, GET_INFO_NR, core::mem::size_of::<Identity>());
     pub const EXEC: u32 = ioc(DIR_READ | DIR_WRITE, EXEC_NR, core::mem::size_of::<Exec>());
+    /// Submits a task file to run asynchronously.
+    pub const SUBMIT_NR: u8 = 0x03;
+    /// Queues a capture buffer.
+    pub const QUEUE_BUFFER_NR: u8 = 0x04;
+    /// Sets which interrupt causes this open receives.
+    pub const SUBSCRIBE_NR: u8 = 0x05;
+    /// Returns this open's queued capture buffers, cancelled.
+    pub const FLUSH_BUFFERS_NR: u8 = 0x06;
+
+    pub const SUBMIT: u32 = ioc(DIR_READ | DIR_WRITE, SUBMIT_NR, core::mem::size_of::<Submit>());
+    pub const QUEUE_BUFFER: u32 = ioc(
+        DIR_READ | DIR_WRITE,
+        QUEUE_BUFFER_NR,
+        core::mem::size_of::<QueueBuffer>(),
+    );
+    pub const SUBSCRIBE: u32 = ioc(
+        DIR_READ | DIR_WRITE,
+        SUBSCRIBE_NR,
+        core::mem::size_of::<Subscribe>(),
+    );
+    pub const FLUSH_BUFFERS: u32 = ioc(DIR_NONE, FLUSH_BUFFERS_NR, 0);
 }
 
 /// Copies `text` into a fixed, NUL-padded byte field, truncating so that at
@@ -555,7 +722,13 @@ mod tests {
         assert_eq!(core::mem::size_of::<SgEntry>(), 16);
         assert_eq!(core::mem::size_of::<SlotInfo>(), 32);
         assert!(core::mem::size_of::<StatusBlock>() <= STATUS_BLOCK_SIZE);
-        assert_eq!(core::mem::size_of::<VqStatus>(), 8);
+        assert_eq!(core::mem::size_of::<VqStatus>(), 16);
+        assert_eq!(core::mem::size_of::<Event>(), 64);
+        assert_eq!(core::mem::size_of::<Submit>(), 32);
+        assert_eq!(core::mem::size_of::<QueueBuffer>(), 40);
+        assert_eq!(core::mem::size_of::<Subscribe>(), 8);
+        assert_eq!(core::mem::size_of::<StreamResult>(), 32);
+        assert_eq!(event::PER_BUFFER, 64);
         assert_eq!(MAX_TASK_FILE_SIZE, 16 + 4096 * 32);
     }
 
@@ -573,7 +746,7 @@ mod tests {
         for e in TfError::ALL {
             assert_eq!(TfError::from_raw(e as u32), Some(e));
         }
-        assert_eq!(TfError::from_raw(12), None);
+        assert_eq!(TfError::from_raw(13), None);
         assert_eq!(TfError::from_raw(u32::MAX), None);
     }
 

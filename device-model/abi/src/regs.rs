@@ -142,6 +142,8 @@ pub const RING_SLOT_SIZE: u16 = 0x060;
 pub const FRAME_SOURCE: u16 = 0x064;
 pub const DROPPED_FRAMES: u16 = 0x068;
 pub const RING_RELEASE: u16 = 0x06C;
+pub const EVENT_COUNT: u16 = 0x070;
+pub const EVENTS_LOST: u16 = 0x074;
 pub const DMA_CARD_ADDR: u16 = 0x100;
 pub const SCRATCH64: u16 = 0x108;
 pub const DEVICE_TIME_NS: u16 = 0x110;
@@ -164,9 +166,9 @@ pub const REGISTERS: &[RegisterDesc] = &[
         "CONTROL",
         CONTROL,
         ReadWrite,
-        control::ENABLE | control::CAPTURE | control::DMA_RESET,
+        control::ENABLE | control::CAPTURE | control::DMA_RESET | control::STREAM,
         Any,
-        "Control bits (XXCAP_CONTROL_*); DMA_RESET self-clears",
+        "Control bits (XXCAP_CONTROL_*); DMA_RESET self-clears; STREAM is BUSY while capturing",
     ),
     reg32("STATUS", STATUS, ReadOnly, 0, Any, "Status bits (XXCAP_STATUS_*)"),
     reg32("INT_STATUS", INT_STATUS, ReadOnly, 0, Any, "Pending interrupt causes (XXCAP_IRQ_*)"),
@@ -283,6 +285,8 @@ pub const REGISTERS: &[RegisterDesc] = &[
         Any,
         "Free-running capture: frames below this number are consumed and may be overwritten (0 at capture start)",
     ),
+    reg32("EVENT_COUNT", EVENT_COUNT, ReadOnly, 0, Any, "Event records generated since reset (posted or lost)"),
+    reg32("EVENTS_LOST", EVENTS_LOST, ReadOnly, 0, Any, "Event records lost since reset: no event buffer and the backlog full"),
     reg64(
         "DMA_CARD_ADDR",
         DMA_CARD_ADDR,

@@ -14,7 +14,7 @@
 #include <linux/types.h>
 
 #define XXCAP_MAGIC	0x50435858U
-#define XXCAP_ABI_VERSION	0x00010000U
+#define XXCAP_ABI_VERSION	0x00020000U
 #define XXCAP_MODEL_DOUBLE_X	0x0000d0b1U
 #define XXCAP_MAX_COMMANDS	4096
 #define XXCAP_TF_HEADER_SIZE	16
@@ -37,6 +37,7 @@
 #define XXCAP_CAP_CARD_RAM_SHM	(1U << 2)
 #define XXCAP_CAP_EVENTS	(1U << 3)
 #define XXCAP_CAP_CAPTURE	(1U << 4)
+#define XXCAP_CAP_STREAMING	(1U << 5)
 
 /* Status bits (identity.status, register STATUS) */
 #define XXCAP_STATUS_READY	(1U << 0)
@@ -48,6 +49,7 @@
 #define XXCAP_CONTROL_ENABLE	(1U << 0)
 #define XXCAP_CONTROL_CAPTURE	(1U << 1)
 #define XXCAP_CONTROL_DMA_RESET	(1U << 2)
+#define XXCAP_CONTROL_STREAM	(1U << 3)
 
 /* Interrupt causes (INT_STATUS, INT_MASK, INT_ACK, INT_RAISE) */
 #define XXCAP_IRQ_FRAME_DONE	(1U << 0)
@@ -55,6 +57,16 @@
 #define XXCAP_IRQ_DMA_ERROR	(1U << 2)
 #define XXCAP_IRQ_OVERFLOW	(1U << 3)
 #define XXCAP_IRQ_TEST	(1U << 4)
+
+/* Event records (read() on /dev/xxcaptureN) */
+#define XXCAP_EVENT_LOST	0x80000000U
+#define XXCAP_EVENT_FLAG_COMPLETION	1
+#define XXCAP_EVENT_SIZE	64
+#define XXCAP_MAX_QUEUED_BUFFERS	32
+#define XXCAP_MAX_BUFFER_SIZE	0x4000000ULL
+
+/* EXEC flags */
+#define XXCAP_EXEC_POLL	1
 
 /* Pixel formats (register FRAME_FORMAT) */
 #define XXCAP_FORMAT_YUYV	1
@@ -98,6 +110,8 @@
 #define XXCAP_REG_FRAME_SOURCE	0x064
 #define XXCAP_REG_DROPPED_FRAMES	0x068
 #define XXCAP_REG_RING_RELEASE	0x06c
+#define XXCAP_REG_EVENT_COUNT	0x070
+#define XXCAP_REG_EVENTS_LOST	0x074
 #define XXCAP_REG_DMA_CARD_ADDR	0x100
 #define XXCAP_REG_SCRATCH64	0x108
 #define XXCAP_REG_DEVICE_TIME_NS	0x110
@@ -125,6 +139,7 @@
 #define XXCAP_TF_DMA_FAULT	9	/* DMA transfer touched memory the caller does not own */
 #define XXCAP_TF_DEVICE	10	/* internal device error */
 #define XXCAP_TF_BUSY	11	/* register cannot change while capture runs */
+#define XXCAP_TF_CANCELLED	12	/* request cancelled before it ran */
 
 /*
  * Card identity: the device config-space layout (little-endian on the
@@ -180,6 +195,60 @@ struct xxcap_exec {
 };
 
 /*
+ * Argument of XXCAP_IOC_SUBMIT: the task file runs asynchronously; its
+ * completion is an XXCAP_IRQ_DMA_DONE (no error) or XXCAP_IRQ_DMA_ERROR
+ * event record carrying refcon and request_id. Results of GET ops are not
+ * returned.
+ */
+struct xxcap_submit {
+	__u64 task_file;	/* user address of the task file */
+	__u32 size;	/* its size in bytes */
+	__u32 flags;	/* zero */
+	__u64 refcon;	/* caller's reference, echoed in the event */
+	__u64 request_id;	/* out: id echoed in the event */
+};
+
+/*
+ * Argument of XXCAP_IOC_QUEUE_BUFFER: a capture buffer, pinned until a
+ * frame fills it (an XXCAP_IRQ_FRAME_DONE event record) or it is
+ * cancelled (the same record with status XXCAP_TF_CANCELLED).
+ */
+struct xxcap_queue_buffer {
+	__u64 addr;	/* user address of the buffer */
+	__u64 length;	/* its length in bytes */
+	__u64 refcon;	/* caller's reference, echoed in the event */
+	__u64 request_id;	/* out: id echoed in the event */
+	__u32 flags;	/* zero */
+	__u32 reserved;	/* zero */
+};
+
+/*
+ * Argument of XXCAP_IOC_SUBSCRIBE: the XXCAP_IRQ_* causes this open
+ * receives from the event queue (out: the previous mask).
+ */
+struct xxcap_subscribe {
+	__u32 mask;	/* in: new mask; out: previous mask */
+	__u32 flags;	/* zero */
+};
+
+/*
+ * One event record, as read() returns it (and, little-endian, as the
+ * device writes it on the event queue).
+ */
+struct xxcap_event {
+	__u32 cause;	/* one XXCAP_IRQ_* bit, or XXCAP_EVENT_LOST */
+	__u32 status;	/* completions: XXCAP_TF_* of the request */
+	__u64 sequence;	/* device events: device event number since reset */
+	__u64 frame_number;	/* FRAME_DONE, OVERFLOW: the frame */
+	__u64 request_id;	/* completions: id from SUBMIT or QUEUE_BUFFER */
+	__u64 refcon;	/* completions: the caller's reference */
+	__u64 device_time_ns;	/* device clock when the cause occurred */
+	__u64 guest_time_ns;	/* CLOCK_MONOTONIC when the driver took it */
+	__u32 count;	/* LOST: records lost; FRAME_DONE: bytes; DMA: out count */
+	__u32 flags;	/* XXCAP_EVENT_FLAG_* */
+};
+
+/*
  * One capture-ring slot in the status block.
  */
 struct xxcap_slot_info {
@@ -222,5 +291,9 @@ struct xxcap_status_block {
 #define XXCAP_IOC_NOP	_IO(XXCAP_IOC_TYPE, 0x00)
 #define XXCAP_IOC_GET_INFO	_IOR(XXCAP_IOC_TYPE, 0x01, struct xxcap_identity)
 #define XXCAP_IOC_EXEC	_IOWR(XXCAP_IOC_TYPE, 0x02, struct xxcap_exec)
+#define XXCAP_IOC_SUBMIT	_IOWR(XXCAP_IOC_TYPE, 0x03, struct xxcap_submit)
+#define XXCAP_IOC_QUEUE_BUFFER	_IOWR(XXCAP_IOC_TYPE, 0x04, struct xxcap_queue_buffer)
+#define XXCAP_IOC_SUBSCRIBE	_IOWR(XXCAP_IOC_TYPE, 0x05, struct xxcap_subscribe)
+#define XXCAP_IOC_FLUSH_BUFFERS	_IO(XXCAP_IOC_TYPE, 0x06)
 
 #endif /* _UAPI_LINUX_XXCAPTURE_H */
