@@ -397,7 +397,13 @@ impl<'c> AsyncDma<'c> {
         refcon: u64,
         callback: impl FnOnce(Completion) + 'static,
     ) -> Result<u64> {
-        self.start(direction, buffer, card_offset, refcon, Some(Box::new(callback)))
+        self.start(
+            direction,
+            buffer,
+            card_offset,
+            refcon,
+            Some(Box::new(callback)),
+        )
     }
 
     /// Takes available records (waiting up to `timeout` for the first),

@@ -112,7 +112,11 @@ impl Card {
             },
         );
         tf.set_to_register(regs::CONTROL, control::STREAM, control::STREAM);
-        tf.set_to_register(regs::INT_MASK, xxcapture_abi::irq::OVERFLOW, xxcapture_abi::irq::OVERFLOW);
+        tf.set_to_register(
+            regs::INT_MASK,
+            xxcapture_abi::irq::OVERFLOW,
+            xxcapture_abi::irq::OVERFLOW,
+        );
         self.run(&tf)?;
         let mut stream = Stream {
             card: self,
@@ -183,12 +187,12 @@ impl Stream<'_> {
         // SAFETY: the buffer moves into `self.queued` and is neither read,
         // written nor freed until its completion record hands it back (Drop
         // waits for that, and leaks buffers the card never returned).
-        unsafe { sys::xxcap_queue_buffer(self.card.as_raw_fd(), &mut arg) }.map_err(
-            |source| Error::Ioctl {
+        unsafe { sys::xxcap_queue_buffer(self.card.as_raw_fd(), &mut arg) }.map_err(|source| {
+            Error::Ioctl {
                 call: "QUEUE_BUFFER",
                 source,
-            },
-        )?;
+            }
+        })?;
         self.queued.insert(arg.request_id.get(), (index, buffer));
         Ok(())
     }

@@ -3,8 +3,12 @@
 mod bench;
 mod capture;
 mod crossings;
+mod irq;
 mod selftest;
 mod selftest_dma;
+mod stats;
+mod stream;
+mod syncasync;
 
 use std::process::ExitCode;
 
@@ -47,6 +51,22 @@ enum Command {
     Batch(bench::BatchArgs),
     /// Read the mapped status block N times (no system call per read).
     StatusRead(bench::StatusReadArgs),
+    /// Stream frames into this process's own buffers, with live statistics.
+    /// Exits non-zero if any frame was dropped, corrupt or out of order, or
+    /// a page stayed pinned.
+    Stream(stream::StreamArgs),
+    /// Raise TEST interrupts singly and in bursts; check each record arrives
+    /// exactly once, in order, and the counts agree on every side.
+    IrqTest(irq::IrqTestArgs),
+    /// Latency from raising an interrupt to a user thread waking, by stage,
+    /// and the sustained record rate (optionally next to edu through uio).
+    BenchIrq(irq::BenchIrqArgs),
+    /// Check that signals interrupt blocking waits with EINTR and leak nothing.
+    EintrTest,
+    /// Keep asynchronous DMA in flight for a while.
+    DmaAsync(irq::DmaAsyncArgs),
+    /// Synchronous vs asynchronous DMA at fixed request rates: CPU and latency.
+    BenchSyncAsync(syncasync::SyncAsyncArgs),
 }
 
 #[derive(Subcommand)]
@@ -76,6 +96,12 @@ fn main() -> ExitCode {
         Command::Batch(args) => bench::batch(&cli.device, args),
         Command::BenchCrossings(args) => crossings::run(&cli.device, args),
         Command::StatusRead(args) => bench::status_read(&cli.device, args),
+        Command::Stream(args) => stream::run(&cli.device, args),
+        Command::IrqTest(args) => irq::irq_test(&cli.device, args),
+        Command::BenchIrq(args) => irq::bench_irq(&cli.device, args),
+        Command::EintrTest => irq::eintr_test(&cli.device),
+        Command::DmaAsync(args) => irq::dma_async(&cli.device, args),
+        Command::BenchSyncAsync(args) => syncasync::run(&cli.device, args),
     };
     match result {
         Ok(code) => code,
@@ -93,6 +119,7 @@ fn caps_names(bits: u32) -> String {
         (caps::CARD_RAM_SHM, "card-ram-shm"),
         (caps::EVENTS, "events"),
         (caps::CAPTURE, "capture"),
+        (caps::STREAMING, "streaming"),
     ]
     .iter()
     .filter(|(bit, _)| bits & bit != 0)
