@@ -29,6 +29,8 @@ pub enum Mode {
     Bench,
     /// The crossing budgets (run with the tracer plugin and edu).
     Crossings,
+    /// Interrupts, event records, streaming and killed clients.
+    Events,
     /// An interactive shell on the serial console.
     Shell,
 }
@@ -41,6 +43,7 @@ impl Mode {
             Mode::Capture => "capture",
             Mode::Bench => "bench",
             Mode::Crossings => "crossings",
+            Mode::Events => "events",
             Mode::Shell => "shell",
         }
     }
