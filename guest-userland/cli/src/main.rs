@@ -3,6 +3,7 @@
 mod bench;
 mod capture;
 mod crossings;
+mod fuzz;
 mod irq;
 mod selftest;
 mod selftest_dma;
@@ -67,6 +68,10 @@ enum Command {
     DmaAsync(irq::DmaAsyncArgs),
     /// Synchronous vs asynchronous DMA at fixed request rates: CPU and latency.
     BenchSyncAsync(syncasync::SyncAsyncArgs),
+    /// Random and hostile use of the driver from several processes and threads.
+    FuzzDriver(fuzz::FuzzArgs),
+    /// Hostile DMA cannot touch memory its caller does not own (canary check).
+    CanaryTest(fuzz::CanaryArgs),
 }
 
 #[derive(Subcommand)]
@@ -102,6 +107,8 @@ fn main() -> ExitCode {
         Command::EintrTest => irq::eintr_test(&cli.device),
         Command::DmaAsync(args) => irq::dma_async(&cli.device, args),
         Command::BenchSyncAsync(args) => syncasync::run(&cli.device, args),
+        Command::FuzzDriver(args) => fuzz::run(&cli.device, args),
+        Command::CanaryTest(args) => fuzz::canary_test(&cli.device, args),
     };
     match result {
         Ok(code) => code,
