@@ -31,6 +31,8 @@ pub enum Mode {
     Crossings,
     /// Interrupts, event records, streaming and killed clients.
     Events,
+    /// Hostile clients: canaries, the driver fuzzer, 200 killed tools.
+    Robust,
     /// An interactive shell on the serial console.
     Shell,
 }
@@ -44,6 +46,7 @@ impl Mode {
             Mode::Bench => "bench",
             Mode::Crossings => "crossings",
             Mode::Events => "events",
+            Mode::Robust => "robust",
             Mode::Shell => "shell",
         }
     }
