@@ -91,7 +91,24 @@ enum RegsAction {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line, like every other error of this tool.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "xxcap: {} (see --help)",
+                first.strip_prefix("error: ").unwrap_or(first)
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help and --version.
+            print!("{}", e.render());
+            return ExitCode::SUCCESS;
+        }
+    };
     let result = match cli.command {
         Command::Info => info(&cli.device),
         Command::Regs { action } => regs_cmd(&cli.device, action),
