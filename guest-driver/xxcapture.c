@@ -1326,8 +1326,10 @@ static int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
 	for (;;) {
 		spin_lock_irq(&card->lock);
 		gone = card->gone;
-		if (!req->completed && !gone)
-			any |= xxcap_cmd_drain(card);
+		if (!req->completed && !gone && xxcap_cmd_drain(card)) {
+			any = true;
+			xxcap_reap_kick(card);
+		}
 		done = req->completed;
 		spin_unlock_irq(&card->lock);
 		if (done || gone)
