@@ -55,15 +55,30 @@ impl Ring {
         })
     }
 
-    /// Card-RAM offset of the slot that holds frame `frame_number`.
-    pub fn slot_offset(&self, frame_number: u64) -> u64 {
-        self.ring_offset + (frame_number % u64::from(self.ring_slots)) * u64::from(self.slot_size)
+    /// The "ring" of a streaming capture: no slots, only the frame size
+    /// (`None` for a size the card does not accept).
+    pub fn none(geometry: FrameGeometry) -> Option<Ring> {
+        Some(Ring {
+            ring_offset: 0,
+            ring_slots: 0,
+            slot_size: 0,
+            frame_size: u32::try_from(geometry.frame_size()?).ok()?,
+        })
     }
 
-    /// Slot index of frame `frame_number`.
+    /// Card-RAM offset of the slot that holds frame `frame_number` (the
+    /// ring's start when it has no slots).
+    pub fn slot_offset(&self, frame_number: u64) -> u64 {
+        self.ring_offset
+            + u64::try_from(self.slot_index(frame_number)).unwrap_or(0) * u64::from(self.slot_size)
+    }
+
+    /// Slot index of frame `frame_number` (0 when the ring has no slots).
     pub fn slot_index(&self, frame_number: u64) -> usize {
         // ring_slots <= MAX_RING_SLOTS, so the remainder fits.
-        (frame_number % u64::from(self.ring_slots)) as usize
+        frame_number
+            .checked_rem(u64::from(self.ring_slots))
+            .unwrap_or(0) as usize
     }
 }
 
@@ -78,7 +93,11 @@ pub struct CaptureSession {
     pub fps: u32,
     /// `source::TEST_PATTERN` or `source::FILE`.
     pub source: u32,
+    /// The card-RAM ring (no slots when streaming).
     pub ring: Ring,
+    /// CONTROL.STREAM at capture start: frames go into the buffers queued
+    /// on the stream queue, not into the ring.
+    pub stream: bool,
 }
 
 impl CaptureSession {

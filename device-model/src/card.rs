@@ -10,6 +10,7 @@ use zerocopy::IntoBytes;
 
 use crate::capture::{CaptureSession, FrameGeometry, Ring};
 use crate::dma::{DmaPort, NoDma};
+use crate::interrupts::{InterruptController, IrqConfig};
 use crate::regfile::RegisterFile;
 use crate::taskfile::{self, Outcome};
 
@@ -21,11 +22,15 @@ pub const MIN_CARD_RAM: u64 = 4 << 20;
 pub const MAX_CARD_RAM: u64 = 4 << 30;
 
 /// Every capability bit this ABI defines.
-pub const ALL_CAPS: u32 =
-    caps::TASK_FILE | caps::DMA | caps::CARD_RAM_SHM | caps::EVENTS | caps::CAPTURE;
+pub const ALL_CAPS: u32 = caps::TASK_FILE
+    | caps::DMA
+    | caps::CARD_RAM_SHM
+    | caps::EVENTS
+    | caps::CAPTURE
+    | caps::STREAMING;
 
 /// The capabilities of a capture-capable card (what `xxcapd` serves).
-pub const CAPTURE_CARD_CAPS: u32 = caps::TASK_FILE | caps::DMA | caps::CARD_RAM_SHM | caps::CAPTURE;
+pub const CAPTURE_CARD_CAPS: u32 = ALL_CAPS;
 
 /// Reset values of the frame registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +202,8 @@ impl Card {
         r.store(regs::CAPS, self.capabilities.into());
         r.store(regs::CONTROL, control::ENABLE.into());
         r.store(regs::STATUS, status::READY.into());
-        r.store(regs::INT_MASK, irq::ALL.into());
+        // No event records until a driver asks for them.
+        r.store(regs::INT_MASK, 0);
         r.store(regs::INT_COALESCE_COUNT, 1);
         let d = self.config.defaults;
         r.store(regs::FRAME_FORMAT, d.geometry.format.code().into());
@@ -254,22 +260,37 @@ impl Card {
         self.epoch_ns
     }
 
+    /// A fresh interrupt controller for this card, in its reset state.
+    pub fn interrupt_controller(&self) -> InterruptController {
+        InterruptController::new(self.capabilities & caps::EVENTS != 0)
+    }
+
     /// Executes a task file in place: `buf` holds the header and the command
     /// blocks; on return it holds the result. Never panics, whatever `buf`
     /// holds. A buffer too short for a header is left untouched. There is no
     /// scatter-gather table: DMA commands fault (`DMA_FAULT`).
-    pub fn execute(&mut self, buf: &mut [u8], now_ns: u64) -> Outcome {
-        self.execute_dma(buf, &[], &mut NoDma, now_ns)
+    pub fn execute(
+        &mut self,
+        buf: &mut [u8],
+        irq: &mut InterruptController,
+        now_ns: u64,
+    ) -> Outcome {
+        self.execute_dma(buf, &[], &mut NoDma, irq, now_ns)
     }
 
     /// Executes a task file whose DMA commands use the scatter-gather table
     /// `sg` (the entries that followed the task file in the request) and
-    /// move their data through `port`.
+    /// move their data through `port`. `irq` is the card's interrupt
+    /// controller: the task file reads INT_STATUS, EVENT_COUNT and
+    /// EVENTS_LOST from it and, when it commits, updates INT_STATUS and the
+    /// coalescing registers and raises its TEST records there (released at
+    /// once: the end of a task file delivers its records).
     pub fn execute_dma(
         &mut self,
         buf: &mut [u8],
         sg: &[SgEntry],
         port: &mut dyn DmaPort,
+        irq: &mut InterruptController,
         now_ns: u64,
     ) -> Outcome {
         self.requests = self.requests.wrapping_add(1);
@@ -277,10 +298,18 @@ impl Card {
         // task file can read the counters including itself.
         self.regs
             .store(regs::REQUEST_COUNT, self.requests & 0xffff_ffff);
+        let device_time = now_ns.saturating_sub(self.epoch_ns);
+        self.regs.store(regs::DEVICE_TIME_NS, device_time);
+        self.regs.store(regs::INT_STATUS, irq.status().into());
         self.regs
-            .store(regs::DEVICE_TIME_NS, now_ns.saturating_sub(self.epoch_ns));
+            .store(regs::EVENT_COUNT, irq.generated() & 0xffff_ffff);
+        self.regs.store(regs::EVENTS_LOST, irq.lost() & 0xffff_ffff);
         let limits = self.limits();
-        let mut dma = taskfile::Dma { sg, port };
+        let mut dma = taskfile::Dma {
+            sg,
+            port,
+            latched: 0,
+        };
         let (outcome, effects) = taskfile::execute(&mut self.regs, limits, &mut dma, buf);
         if outcome.error == xxcapture_abi::TfError::Ok {
             self.commands = self.commands.wrapping_add(u64::from(outcome.executed));
@@ -288,6 +317,21 @@ impl Card {
                 self.capture_generation += 1;
                 self.progress_open = true;
             }
+            let narrow = |offset| u32::try_from(self.regs.peek(offset)).unwrap_or(0);
+            irq.set_status(narrow(regs::INT_STATUS));
+            irq.set_config(IrqConfig {
+                mask: narrow(regs::INT_MASK),
+                count: narrow(regs::INT_COALESCE_COUNT),
+                usec: narrow(regs::INT_COALESCE_USEC),
+            });
+            for _ in 0..effects.test_records {
+                irq.record(irq::TEST, 0, device_time);
+            }
+            if effects.test_records > 0 {
+                irq.release_all();
+            }
+        } else {
+            irq.latch(dma.latched);
         }
         self.regs
             .store(regs::COMMAND_COUNT, self.commands & 0xffff_ffff);
@@ -314,14 +358,21 @@ impl Card {
             width: narrow(regs::FRAME_WIDTH),
             height: narrow(regs::FRAME_HEIGHT),
         };
+        // STREAM cannot change while capturing: this is its value at start.
+        let stream = narrow(regs::CONTROL) & control::STREAM != 0;
         // The same plan the CONTROL write stored in RING_SLOTS/RING_SLOT_SIZE.
-        let ring = Ring::plan(geometry, self.config.card_ram_size)?;
+        let ring = if stream {
+            Ring::none(geometry)?
+        } else {
+            Ring::plan(geometry, self.config.card_ram_size)?
+        };
         Some(CaptureSession {
             generation: self.capture_generation,
             geometry,
             fps: narrow(regs::FRAME_RATE),
             source: narrow(regs::FRAME_SOURCE),
             ring,
+            stream,
         })
     }
 
@@ -371,7 +422,7 @@ mod tests {
             long.validate(),
             Err(ConfigError::SerialTooLong(_))
         ));
-        for capabilities in [0, caps::DMA, 1 << 5] {
+        for capabilities in [0, caps::DMA, 1 << 6] {
             let bad = CardConfig {
                 capabilities,
                 ..ok.clone()

@@ -11,6 +11,7 @@
 pub mod capture;
 mod card;
 pub mod dma;
+pub mod interrupts;
 mod regfile;
 mod taskfile;
 pub mod video;
@@ -21,6 +22,7 @@ pub use card::{
     MIN_CARD_RAM,
 };
 pub use dma::{DmaDirection, DmaFault, DmaPort, NoDma};
+pub use interrupts::{InterruptController, IrqConfig};
 pub use regfile::RegisterFile;
 pub use taskfile::Outcome;
 pub use video::{FileKind, FileSource, PixelFormat, TestPattern, VideoError, VideoSource};

@@ -11,7 +11,7 @@
 
 use xxcapture_abi::regs::{self, value_allowed, Access, RegisterDesc, ValueRule, Width};
 use xxcapture_abi::{
-    caps, control, source, status, Command, Op, SgEntry, TaskFileHeader, TfError, CMD_SIZE,
+    caps, control, irq, source, status, Command, Op, SgEntry, TaskFileHeader, TfError, CMD_SIZE,
     MAX_COMMANDS, TF_HEADER_SIZE,
 };
 use zerocopy::FromBytes;
@@ -33,6 +33,9 @@ pub(crate) struct Limits {
 pub(crate) struct Dma<'a> {
     pub sg: &'a [SgEntry],
     pub port: &'a mut dyn DmaPort,
+    /// DMA_DONE / DMA_ERROR of the commands that ran: they latch even when
+    /// the task file fails (the data moved, or the transfer failed).
+    pub latched: u32,
 }
 
 /// Effects of a committed task file beyond its registers.
@@ -40,6 +43,9 @@ pub(crate) struct Dma<'a> {
 pub(crate) struct Effects {
     /// CONTROL.CAPTURE went from 0 to 1 (at least once).
     pub capture_started: bool,
+    /// Writes of 1 to INT_RAISE.TEST while INT_MASK enabled TEST: each one
+    /// event record, in command order.
+    pub test_records: u32,
 }
 
 /// Result of one task file.
@@ -264,9 +270,26 @@ fn run_command(
     effects: &mut Effects,
     cmd: &Command,
 ) -> Result<Option<Output>, TfError> {
-    let (op, desc) = match check_static(cmd, limits)? {
-        Checked::Register(op, desc) => (op, desc),
-        Checked::Dma(command) => return run_dma(regs, dma, command).map(Some),
+    let checked = check_static(cmd, limits);
+    let is_dma = matches!(
+        Op::from_raw(cmd.op.get()),
+        Some(Op::DmaTransferBlock | Op::DmaTransferNonBlock)
+    );
+    let (op, desc) = match checked {
+        Ok(Checked::Register(op, desc)) => (op, desc),
+        Ok(Checked::Dma(command)) => {
+            let result = run_dma(regs, dma, command);
+            latch_dma(regs, dma, result.is_ok());
+            return result.map(Some);
+        }
+        Err(error) => {
+            // A DMA command the engine refused still ends as DMA_ERROR (a
+            // card without a DMA engine has nothing to latch).
+            if is_dma && error != TfError::NotSupported && error != TfError::BadOp {
+                latch_dma(regs, dma, false);
+            }
+            return Err(error);
+        }
     };
     let offset = desc.offset;
     let current = regs.peek(offset);
@@ -290,8 +313,14 @@ fn run_command(
             Ok(None)
         }
         Access::WriteOneToSet => {
+            let raised = bits & touched & desc.writable;
             let pending = regs.peek(regs::INT_STATUS);
-            regs.store(regs::INT_STATUS, pending | (bits & touched & desc.writable));
+            regs.store(regs::INT_STATUS, pending | raised);
+            if raised & u64::from(irq::TEST) != 0
+                && regs.peek(regs::INT_MASK) & u64::from(irq::TEST) != 0
+            {
+                effects.test_records = effects.test_records.saturating_add(1);
+            }
             Ok(None)
         }
         Access::ReadWrite => {
@@ -304,6 +333,15 @@ fn run_command(
             Ok(None)
         }
     }
+}
+
+/// DMA_DONE or DMA_ERROR for one DMA command, in the transaction's
+/// INT_STATUS and (for a task file that fails later) outside it.
+fn latch_dma(regs: &mut RegisterFile, dma: &mut Dma<'_>, ok: bool) {
+    let cause = if ok { irq::DMA_DONE } else { irq::DMA_ERROR };
+    dma.latched |= cause;
+    let pending = regs.peek(regs::INT_STATUS);
+    regs.store(regs::INT_STATUS, pending | u64::from(cause));
 }
 
 fn capturing(regs: &RegisterFile) -> bool {
@@ -366,6 +404,16 @@ fn write_control(
     if wants_capture && limits.capabilities & caps::CAPTURE == 0 {
         return Err(TfError::NotSupported);
     }
+    let stream = bits & control::STREAM != 0;
+    if stream && limits.capabilities & caps::STREAMING == 0 {
+        return Err(TfError::NotSupported);
+    }
+    // STREAM is sampled at capture start: it cannot change under a running
+    // capture (a write that also stops capture may change it).
+    let old_stream = regs.peek(regs::CONTROL) & u64::from(control::STREAM) != 0;
+    if was_capturing && wants_capture && stream != old_stream {
+        return Err(TfError::Busy);
+    }
     if bits & control::DMA_RESET != 0 {
         regs.store(regs::DMA_TRANSFERRED, 0);
         let st = regs.peek(regs::STATUS);
@@ -376,7 +424,13 @@ fn write_control(
     }
     let st = regs.peek(regs::STATUS);
     if wants_capture && !was_capturing {
-        let ring = start_ring(regs, limits)?;
+        let geometry = start_geometry(regs, limits)?;
+        // Streaming capture writes into queued buffers: no ring.
+        let ring = if stream {
+            Ring::none(geometry).ok_or(TfError::BadValue)?
+        } else {
+            Ring::plan(geometry, limits.card_ram_size).ok_or(TfError::BadValue)?
+        };
         regs.store(regs::RING_SLOTS, ring.ring_slots.into());
         regs.store(regs::RING_SLOT_SIZE, ring.slot_size.into());
         regs.store(regs::FRAME_COUNTER, 0);
@@ -392,10 +446,10 @@ fn write_control(
     Ok(())
 }
 
-/// The ring of a capture starting with the current frame registers:
-/// BAD_VALUE when fewer than 2 frames fit in card RAM, or when the file
-/// source is selected and the registers no longer name its geometry.
-fn start_ring(regs: &RegisterFile, limits: Limits) -> Result<Ring, TfError> {
+/// The geometry of a capture starting with the current frame registers:
+/// BAD_VALUE when the file source is selected and the registers no longer
+/// name its geometry. (The ring, when there is one, must hold 2 frames.)
+fn start_geometry(regs: &RegisterFile, limits: Limits) -> Result<FrameGeometry, TfError> {
     let narrow = |offset| u32::try_from(regs.peek(offset)).map_err(|_| TfError::BadValue);
     let geometry = FrameGeometry {
         format: xxcapture_abi::frame::PixelFormat::from_code(narrow(regs::FRAME_FORMAT)?)
@@ -408,12 +462,14 @@ fn start_ring(regs: &RegisterFile, limits: Limits) -> Result<Ring, TfError> {
     {
         return Err(TfError::BadValue);
     }
-    Ring::plan(geometry, limits.card_ram_size).ok_or(TfError::BadValue)
+    Ok(geometry)
 }
 
 #[cfg(test)]
 mod capture_tests;
 #[cfg(test)]
 mod dma_tests;
+#[cfg(test)]
+mod irq_tests;
 #[cfg(test)]
 mod tests;

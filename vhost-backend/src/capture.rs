@@ -17,6 +17,15 @@
 //! RING_RELEASE (frame n waits until n < released + ring_slots): free-running
 //! capture goes as fast as the reader takes frames, instead of burning a host
 //! core on frames nobody reads and starving the guest's vCPU of it.
+//!
+//! Events: each ring frame raises FRAME_DONE, each dropped frame period
+//! OVERFLOW ([`Events::raise`], which also delivers what is due).
+//!
+//! Streaming (CONTROL.STREAM at start, SPEC §11): each frame goes into the
+//! oldest buffer held on the stream queue instead of a ring slot; the
+//! buffer's completion is the notification (FRAME_DONE only latches). With
+//! no buffer a paced frame is dropped (OVERFLOW); free-running capture
+//! sleeps until a buffer arrives (or it is stopped).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,9 +34,32 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use xxcapture_abi::{irq, TfError};
 use xxcapture_model::{CaptureSession, FileSource, TestPattern, VideoSource};
 
 use crate::card_ram::{filling, full, CardRam, SlotUpdate};
+use crate::events::Events;
+use crate::queue::MemorySlot;
+use crate::stream::{write_frame, Outcome, StreamBuffers};
+
+/// Where the capture thread reports: event records, the stream queue's
+/// buffers, and the guest memory they live in.
+#[derive(Clone)]
+pub struct CaptureIo {
+    pub events: Arc<Events>,
+    pub stream: Arc<StreamBuffers>,
+    pub mem: Arc<MemorySlot>,
+}
+
+impl CaptureIo {
+    /// `count` occurrences of `cause` for frame `frame_number` at device
+    /// time `now_ns`, delivered if due.
+    fn raise(&self, cause: u32, frame_number: u64, count: u64, now_ns: u64) {
+        let mem = self.mem.get();
+        self.events
+            .raise_many(cause, frame_number, count, now_ns, mem.as_deref());
+    }
+}
 
 /// Device time: nanoseconds since the card's epoch, on the daemon's clock.
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +149,8 @@ pub type SharedFile = Arc<Mutex<FileSource>>;
 /// A running capture thread. Dropping it stops and joins the thread.
 pub struct CaptureThread {
     generation: u64,
+    stream: bool,
+    io: CaptureIo,
     progress: Arc<Progress>,
     stop: Arc<StopSignal>,
     released: Arc<AtomicU64>,
@@ -138,6 +172,7 @@ impl CaptureThread {
         ram: Arc<CardRam>,
         file: Option<SharedFile>,
         clock: DeviceClock,
+        io: CaptureIo,
     ) -> io::Result<CaptureThread> {
         ram.status().begin(&session, clock.now_ns());
         let progress = Arc::new(Progress::default());
@@ -151,12 +186,15 @@ impl CaptureThread {
             clock,
             progress: Arc::clone(&progress),
             stop: Arc::clone(&stop),
+            io: io.clone(),
         };
         let handle = thread::Builder::new()
             .name(format!("capture-{}", session.generation))
             .spawn(move || worker.run())?;
         Ok(CaptureThread {
             generation: session.generation,
+            stream: session.stream,
+            io,
             progress,
             stop,
             released,
@@ -175,6 +213,11 @@ impl CaptureThread {
         self.generation
     }
 
+    /// Whether the session streams into queued buffers.
+    pub fn is_streaming(&self) -> bool {
+        self.stream
+    }
+
     /// Frames completed and frame periods dropped so far.
     pub fn progress(&self) -> (u64, u64) {
         (
@@ -191,6 +234,8 @@ impl CaptureThread {
 
     fn halt(&mut self) {
         self.stop.stop();
+        // A free-running stream may be waiting for a buffer.
+        self.io.stream.wake();
         if let Some(handle) = self.handle.take() {
             if handle.join().is_err() {
                 warn!("capture thread {} panicked", self.generation);
@@ -213,6 +258,7 @@ struct Worker {
     clock: DeviceClock,
     progress: Arc<Progress>,
     stop: Arc<StopSignal>,
+    io: CaptureIo,
 }
 
 impl Worker {
@@ -252,12 +298,46 @@ impl Worker {
     }
 
     fn frames(&self, source: &mut dyn VideoSource) {
-        let ring = self.session.ring;
-        let frame_size = source.frame_size();
-        let period = match self.session.fps {
+        if self.session.stream {
+            self.stream_frames(source);
+        } else {
+            self.ring_frames(source);
+        }
+    }
+
+    fn period(&self) -> Option<Duration> {
+        match self.session.fps {
             0 => None,
             fps => Some(Duration::from_nanos(1_000_000_000 / u64::from(fps))),
-        };
+        }
+    }
+
+    /// Whole periods that passed since frame period `tick` began: counted
+    /// as dropped (DROPPED_FRAMES, one OVERFLOW each, carrying the number
+    /// the next frame gets). Returns the next tick.
+    fn skip_missed(
+        &self,
+        start: Instant,
+        p: Duration,
+        tick: u32,
+        frame: u64,
+        dropped: &mut u64,
+    ) -> u32 {
+        let late = Instant::now().saturating_duration_since(start + p * tick);
+        let missed = u32::try_from(late.as_nanos() / p.as_nanos()).unwrap_or(u32::MAX);
+        if missed > 0 {
+            *dropped += u64::from(missed);
+            self.progress.dropped.store(*dropped, Ordering::Release);
+            self.io
+                .raise(irq::OVERFLOW, frame, u64::from(missed), self.clock.now_ns());
+        }
+        tick.saturating_add(missed)
+    }
+
+    fn ring_frames(&self, source: &mut dyn VideoSource) {
+        let ring = self.session.ring;
+        let frame_size = source.frame_size();
+        let period = self.period();
         let start = Instant::now();
         // Index of the next frame period in the schedule.
         let mut tick: u32 = 0;
@@ -302,6 +382,7 @@ impl Worker {
                         device_time_ns: now_ns,
                     });
                     self.progress.frames.store(frame, Ordering::Release);
+                    self.io.raise(irq::FRAME_DONE, frame - 1, 1, now_ns);
                 }
                 failed => {
                     errors += 1;
@@ -330,18 +411,116 @@ impl Worker {
                 }
             }
             match period {
+                // Whole periods that passed while rendering are lost.
                 Some(p) => {
-                    tick = tick.saturating_add(1);
-                    // Whole periods that passed while rendering are lost.
-                    let late = Instant::now().saturating_duration_since(start + p * tick);
-                    let missed = u32::try_from(late.as_nanos() / p.as_nanos()).unwrap_or(u32::MAX);
-                    if missed > 0 {
-                        tick = tick.saturating_add(missed);
-                        dropped += u64::from(missed);
-                        self.progress.dropped.store(dropped, Ordering::Release);
-                    }
+                    tick = self.skip_missed(start, p, tick.saturating_add(1), frame, &mut dropped)
                 }
                 // Let the other threads (DMA, the guest's vCPUs) in.
+                None => thread::yield_now(),
+            }
+        }
+    }
+
+    /// Streaming: frame N into the oldest held buffer.
+    fn stream_frames(&self, source: &mut dyn VideoSource) {
+        let frame_size = source.frame_size();
+        let mut staging = vec![0u8; frame_size];
+        let period = self.period();
+        let start = Instant::now();
+        let mut tick: u32 = 0;
+        let (mut frame, mut dropped, mut errors) = (0u64, 0u64, 0u64);
+        let stopped = || self.stop.is_stopped();
+        while !stopped() {
+            match period {
+                Some(p) => {
+                    if self.stop.sleep_until(start + p * tick) {
+                        break;
+                    }
+                }
+                None => {
+                    // Free-running waits for a buffer, asleep.
+                    if !self.io.stream.wait_for_buffer(&stopped) {
+                        break;
+                    }
+                }
+            }
+            let delivered = match self.io.stream.take() {
+                // Flushed between the wait and the take.
+                None if period.is_none() => continue,
+                None => Err(TfError::DmaRange),
+                Some(buffer) if buffer.capacity < frame_size as u64 => {
+                    let now_ns = self.clock.now_ns();
+                    let outcome = Outcome {
+                        error: TfError::DmaRange,
+                        frame_number: frame,
+                        device_time_ns: now_ns,
+                        bytes: 0,
+                    };
+                    let mem = self.io.mem.get();
+                    self.io.stream.complete(buffer, outcome, mem.as_deref());
+                    Err(TfError::DmaRange)
+                }
+                Some(buffer) => {
+                    let written = match source.render(frame, &mut staging) {
+                        Ok(_stamp) => {
+                            let mem = self.io.mem.get();
+                            match mem.as_deref() {
+                                Some(m) => write_frame(m, &buffer.sg, &staging),
+                                None => Err(TfError::DmaFault),
+                            }
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            self.progress.errors.store(errors, Ordering::Release);
+                            if errors == 1 || errors.is_power_of_two() {
+                                warn!("capture: frame {frame}: {e}");
+                            }
+                            Err(TfError::Device)
+                        }
+                    };
+                    let now_ns = self.clock.now_ns();
+                    let outcome = Outcome {
+                        error: written.err().unwrap_or(TfError::Ok),
+                        frame_number: frame,
+                        device_time_ns: now_ns,
+                        bytes: if written.is_ok() {
+                            u32::try_from(frame_size).unwrap_or(u32::MAX)
+                        } else {
+                            0
+                        },
+                    };
+                    let mem = self.io.mem.get();
+                    self.io.stream.complete(buffer, outcome, mem.as_deref());
+                    written
+                }
+            };
+            let now_ns = self.clock.now_ns();
+            match delivered {
+                Ok(()) => {
+                    frame += 1;
+                    self.progress.frames.store(frame, Ordering::Release);
+                    // The buffer's completion is the notification.
+                    self.io.events.latch(irq::FRAME_DONE);
+                }
+                Err(_) => {
+                    // No buffer, too small, or unwritable: the frame is lost.
+                    dropped += 1;
+                    self.progress.dropped.store(dropped, Ordering::Release);
+                    self.io.raise(irq::OVERFLOW, frame, 1, now_ns);
+                }
+            }
+            self.ram.status().slot(&SlotUpdate {
+                slot: usize::MAX,
+                info: Default::default(),
+                frame_counter: frame,
+                dropped,
+                errors,
+                device_time_ns: now_ns,
+            });
+            match period {
+                Some(p) => {
+                    tick = self.skip_missed(start, p, tick.saturating_add(1), frame, &mut dropped)
+                }
                 None => thread::yield_now(),
             }
         }

@@ -554,6 +554,7 @@ mod tests {
                 slot_size: 614_400,
                 frame_size: 614_400,
             },
+            stream: false,
         };
         let w = ram.status();
         w.begin(&session, 5);

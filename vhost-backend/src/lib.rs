@@ -3,10 +3,16 @@
 //! so that their behaviour can be tested without QEMU.
 //!
 //! - [`request`]: one command-queue descriptor chain in, one executed task
-//!   file, ATTACH answer or error status out.
+//!   file, ATTACH / FLUSH_BUFFERS answer or error status out; stream-queue
+//!   chains parsed into held buffers.
 //! - [`card_ram`]: the memfd holding card RAM and the status block, DMA
 //!   copies between it and guest memory, the status block's seqlock writer.
-//! - [`capture`]: the capture thread that renders frames into the ring.
+//! - [`capture`]: the capture thread that renders frames into the ring or
+//!   into queued stream buffers.
+//! - [`events`]: the interrupt controller's records, delivered into the
+//!   event queue's buffers (coalescing timer included).
+//! - [`stream`]: the capture buffers held from the stream queue.
+//! - [`queue`]: what those two need from a virtqueue, and guest memory.
 //! - [`vhu_xxcap`]: the `VhostUserBackend` implementation, the only module
 //!   that knows the vhost-user protocol.
 //! - [`socket`]: creating the listening socket and removing it (and only it)
@@ -15,7 +21,10 @@
 
 pub mod capture;
 pub mod card_ram;
+pub mod events;
 pub mod options;
+pub mod queue;
 pub mod request;
 pub mod socket;
+pub mod stream;
 pub mod vhu_xxcap;

@@ -14,9 +14,11 @@ use thiserror::Error;
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use xxcapd::events::Events;
 use xxcapd::options::{parse_frame_size, parse_pixel_format, parse_size, qemu_args, QEMU_VQ_SIZE};
 use xxcapd::socket::{OwnedSocket, SocketError};
-use xxcapd::vhu_xxcap::{Counters, XxcapBackend};
+use xxcapd::vhu_xxcap::{Counters, XxcapBackend, TIMER_EVENT};
 use xxcapture_abi::frame::PixelFormat;
 use xxcapture_abi::regs::MAX_FRAME_RATE;
 use xxcapture_abi::{queue, CONFIG_SIZE, VIRTIO_ID};
@@ -290,11 +292,18 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     let backend =
         Arc::new(XxcapBackend::new(card, !cli.no_event_idx, source).map_err(DaemonError::CardRam)?);
     let counters = backend.counters();
+    let events = backend.events();
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::default());
     let mut daemon = VhostUserDaemon::new("xxcapd".to_owned(), Arc::clone(&backend), mem)
         .map_err(|e| DaemonError::Daemon(e.to_string()))?;
+    // The coalescing timer wakes the vring worker (see xxcapd::events).
+    for handler in daemon.get_epoll_handlers() {
+        handler
+            .register_listener(backend.timer_fd(), EventSet::IN, u64::from(TIMER_EVENT))
+            .map_err(|e| DaemonError::Daemon(format!("cannot watch the event timer: {e}")))?;
+    }
     let shutdown = Arc::new(Shutdown::default());
-    watch_signals(&shutdown, &socket, &counters)?;
+    watch_signals(&shutdown, &socket, &counters, &events)?;
 
     info!(
         "listening on {} (card RAM {} bytes)",
@@ -311,7 +320,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
             wait(&mut daemon)
         });
     backend.shutdown();
-    finish(&counters, &socket);
+    finish(&counters, &events, &socket);
     result
 }
 
@@ -332,8 +341,9 @@ fn wait(daemon: &mut VhostUserDaemon<Arc<XxcapBackend>>) -> Result<(), DaemonErr
     }
 }
 
-fn finish(counters: &Counters, socket: &OwnedSocket) {
+fn finish(counters: &Counters, events: &Events, socket: &OwnedSocket) {
     info!("exiting: {}", counters.summary());
+    info!("{}", events.summary());
     socket.remove();
 }
 
@@ -382,9 +392,11 @@ fn watch_signals(
     shutdown: &Arc<Shutdown>,
     socket: &Arc<OwnedSocket>,
     counters: &Arc<Counters>,
+    events: &Arc<Events>,
 ) -> Result<(), DaemonError> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
     let (shutdown, socket, counters) = (shutdown.clone(), socket.clone(), counters.clone());
+    let events = events.clone();
     thread::Builder::new()
         .name("signals".to_owned())
         .spawn(move || {
@@ -397,7 +409,7 @@ fn watch_signals(
                 info!("{name} received, shutting down");
                 if !shutdown.request() {
                     debug!("no frontend connected yet");
-                    finish(&counters, &socket);
+                    finish(&counters, &events, &socket);
                     std::process::exit(0);
                 }
             }

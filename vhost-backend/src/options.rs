@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(args[3], "-chardev socket,id=xxcap0,path=/tmp/a,,b.sock");
         assert_eq!(
             args[4],
-            "-device vhost-user-test-device-pci,id=card0,chardev=xxcap0,virtio-id=31,num_vqs=2,vq_size=256,config_size=96"
+            "-device vhost-user-test-device-pci,id=card0,chardev=xxcap0,virtio-id=31,num_vqs=3,vq_size=256,config_size=96"
         );
     }
 }

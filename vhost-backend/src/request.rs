@@ -23,9 +23,16 @@
 //! * a good EXEC_TASK_FILE is executed by the [`Device`]; the executed task
 //!   file goes at the start of the writable area, the `OK` status right after
 //!   it, and the used length is task-file length + [`STATUS_SIZE`];
-//! * a good ATTACH asks the [`Device`] to map card RAM; the status (`OK` or
-//!   `DEVICE_ERROR`) goes at the start of the writable area, used length
-//!   [`STATUS_SIZE`].
+//! * a good ATTACH asks the [`Device`] to map card RAM, a good FLUSH_BUFFERS
+//!   to return the held stream buffers; the status (`OK` or `DEVICE_ERROR`)
+//!   goes at the start of the writable area, used length [`STATUS_SIZE`];
+//! * every status carries the device clock at completion.
+//!
+//! Stream-queue chains ([`process_stream_chain`]) are capture buffers: a
+//! good one is held ([`HeldBuffer`]) until the capture engine fills it; a
+//! malformed one is answered at once with a [`StreamResult`] whose `status`
+//! says why (at the START of the writable part, which holds exactly that
+//! result), or used length 0 when fewer than 32 writable bytes exist.
 
 use std::io::{Read, Write};
 use std::mem::size_of;
@@ -34,12 +41,15 @@ use std::ops::Deref;
 use thiserror::Error;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use xxcapture_abi::{
-    req_type, vq_status, SgEntry, VqRequest, VqStatus, MAX_SG_ENTRIES, MAX_TASK_FILE_SIZE,
-    TF_HEADER_SIZE,
+    req_type, vq_status, SgEntry, StreamResult, VqRequest, VqStatus, MAX_SG_ENTRIES,
+    MAX_TASK_FILE_SIZE, TF_HEADER_SIZE,
 };
 use xxcapture_model::Outcome;
 use zerocopy::{FromBytes, IntoBytes};
+
+use crate::stream::{HeldBuffer, RESULT_SIZE};
 
 /// Size of the request header at the start of the readable part.
 pub const REQUEST_HEADER_SIZE: usize = size_of::<VqRequest>();
@@ -63,6 +73,13 @@ pub trait Device {
     /// Maps card RAM and the status block into shared-memory region 0 if
     /// not mapped since the last reset. `Err` describes why mapping failed.
     fn attach(&mut self) -> Result<(), String>;
+
+    /// Returns every held stream buffer with CANCELLED, and waits for the
+    /// one being filled. `Err` describes why that failed.
+    fn flush_buffers(&mut self) -> Result<(), String>;
+
+    /// DEVICE_TIME_NS now: stamped into every status.
+    fn device_time_ns(&self) -> u64;
 }
 
 /// Why a chain was not executed.
@@ -92,6 +109,14 @@ pub enum ChainError {
     BadEntry(u32),
     #[error("ATTACH with {readable} readable bytes and {sg_count} scatter-gather entries")]
     BadAttach { readable: u64, sg_count: u32 },
+    #[error("FLUSH_BUFFERS with {readable} readable bytes and {sg_count} scatter-gather entries")]
+    BadFlush { readable: u64, sg_count: u32 },
+    #[error("stream buffer with {0} scatter-gather entries (1..={MAX_SG_ENTRIES})")]
+    BadEntryCount(u32),
+    #[error("stream buffer of {readable} readable bytes for {sg_count} scatter-gather entries")]
+    BadStreamLength { readable: u64, sg_count: u32 },
+    #[error("scatter-gather entry {0} lies outside guest memory")]
+    EntryOutOfBounds(u32),
     #[error("{got} device-writable bytes cannot hold the {need}-byte result and status")]
     ResultTooSmall { got: u64, need: u64 },
     #[error("writing the response to guest memory failed")]
@@ -116,6 +141,8 @@ pub enum Disposition {
     /// An ATTACH was answered: `Ok` mapped (or already mapped), `Err` with
     /// why mapping failed (answered `DEVICE_ERROR`).
     Attached(Result<(), String>),
+    /// A FLUSH_BUFFERS was answered (`Err`: `DEVICE_ERROR`).
+    Flushed(Result<(), String>),
     /// The chain was refused with the status of `ChainError::status`.
     Rejected(ChainError),
     /// Nothing could be reported; completed with length 0.
@@ -179,6 +206,7 @@ enum Request {
         sg: Vec<SgEntry>,
     },
     Attach,
+    Flush,
 }
 
 /// Processes one command-queue chain against `device`.
@@ -197,7 +225,7 @@ where
     let request = read_request(mem, chain, &layout).and_then(|req| {
         let result_len = match &req {
             Request::Exec { tf_end, .. } => tf_end - REQUEST_HEADER_SIZE,
-            Request::Attach => 0,
+            Request::Attach | Request::Flush => 0,
         };
         let need = (result_len + STATUS_SIZE) as u64;
         let got = writer.available_bytes() as u64;
@@ -215,9 +243,10 @@ where
         }) => {
             let tf = &mut buf[REQUEST_HEADER_SIZE..tf_end];
             let outcome = device.execute(tf, &sg, mem);
+            let done = status(vq_status::OK, device.device_time_ns());
             let written = writer
                 .write_all(tf)
-                .and_then(|()| writer.write_all(status(vq_status::OK).as_bytes()));
+                .and_then(|()| writer.write_all(done.as_bytes()));
             match written {
                 Ok(()) => Completion {
                     used_len: u32::try_from(tf.len() + STATUS_SIZE).unwrap_or(u32::MAX),
@@ -228,28 +257,46 @@ where
         }
         Ok(Request::Attach) => {
             let result = device.attach();
-            let code = if result.is_ok() {
-                vq_status::OK
-            } else {
-                vq_status::DEVICE_ERROR
-            };
-            match writer.write_all(status(code).as_bytes()) {
-                Ok(()) => Completion {
-                    used_len: STATUS_SIZE as u32,
-                    disposition: Disposition::Attached(result),
-                },
-                Err(_) => Completion::dropped(ChainError::WriteFailed),
-            }
+            answer(device, &mut writer, result, Disposition::Attached)
         }
-        Err(error) => reject(writer, error),
+        Ok(Request::Flush) => {
+            let result = device.flush_buffers();
+            answer(device, &mut writer, result, Disposition::Flushed)
+        }
+        Err(error) => {
+            let now = device.device_time_ns();
+            reject(writer, error, now)
+        }
     }
 }
 
-fn status(code: u32) -> VqStatus {
+/// Writes the status of an ATTACH or FLUSH_BUFFERS at the start of the
+/// writable area.
+fn answer(
+    device: &mut dyn Device,
+    writer: &mut Writer<'_>,
+    result: Result<(), String>,
+    disposition: fn(Result<(), String>) -> Disposition,
+) -> Completion {
+    let code = if result.is_ok() {
+        vq_status::OK
+    } else {
+        vq_status::DEVICE_ERROR
+    };
+    match writer.write_all(status(code, device.device_time_ns()).as_bytes()) {
+        Ok(()) => Completion {
+            used_len: STATUS_SIZE as u32,
+            disposition: disposition(result),
+        },
+        Err(_) => Completion::dropped(ChainError::WriteFailed),
+    }
+}
+
+fn status(code: u32, device_time_ns: u64) -> VqStatus {
     VqStatus {
         status: code.into(),
         reserved: 0.into(),
-        device_time_ns: 0.into(),
+        device_time_ns: device_time_ns.into(),
     }
 }
 
@@ -283,7 +330,10 @@ where
         .map_err(|_| ChainError::ReadFailed)?;
     let (header, _) = VqRequest::read_from_prefix(&buf).map_err(|_| ChainError::ReadFailed)?;
     let (req, flags) = (header.req_type.get(), header.flags.get());
-    let known = matches!(req, req_type::EXEC_TASK_FILE | req_type::ATTACH);
+    let known = matches!(
+        req,
+        req_type::EXEC_TASK_FILE | req_type::ATTACH | req_type::FLUSH_BUFFERS
+    );
     if !known || flags != 0 {
         return Err(ChainError::Unsupported {
             req_type: req,
@@ -302,6 +352,15 @@ where
             });
         }
         return Ok(Request::Attach);
+    }
+    if req == req_type::FLUSH_BUFFERS {
+        if buf.len() != REQUEST_HEADER_SIZE || sg_count != 0 {
+            return Err(ChainError::BadFlush {
+                readable: layout.readable,
+                sg_count,
+            });
+        }
+        return Ok(Request::Flush);
     }
     if sg_count > MAX_SG_ENTRIES {
         return Err(ChainError::TooManyEntries(sg_count));
@@ -327,7 +386,7 @@ where
 }
 
 /// Writes the error status into the last bytes of the writable area.
-fn reject(mut writer: Writer<'_>, error: ChainError) -> Completion {
+fn reject(mut writer: Writer<'_>, error: ChainError, device_time_ns: u64) -> Completion {
     let total = writer.available_bytes();
     let Some(offset) = total.checked_sub(STATUS_SIZE) else {
         return Completion::dropped(error);
@@ -336,7 +395,7 @@ fn reject(mut writer: Writer<'_>, error: ChainError) -> Completion {
         .split_at(offset)
         .map_err(|_| ())
         .and_then(|mut tail| {
-            tail.write_all(status(error.status()).as_bytes())
+            tail.write_all(status(error.status(), device_time_ns).as_bytes())
                 .map_err(|_| ())
         });
     match written {
@@ -346,6 +405,128 @@ fn reject(mut writer: Writer<'_>, error: ChainError) -> Completion {
         },
         Err(()) => Completion::dropped(error),
     }
+}
+
+/// What became of one stream-queue chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamChain {
+    /// A good capture buffer, to be held until a frame fills it.
+    Hold(HeldBuffer),
+    /// Refused: complete it at once with this.
+    Done(Completion),
+}
+
+/// Parses one stream-queue chain (a STREAM_BUFFER request) against the
+/// guest memory `mem`: a held buffer, or the answer to a malformed one.
+pub fn process_stream_chain<M>(chain: &DescriptorChain<M>, device_time_ns: u64) -> StreamChain
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let layout = Layout::scan(chain.clone());
+    if layout.writable < RESULT_SIZE as u64 {
+        return StreamChain::Done(Completion::dropped(ChainError::NoStatusRoom(
+            layout.writable,
+        )));
+    }
+    let mem = chain.memory();
+    let Ok(mut writer) = Writer::new(mem, chain.clone()) else {
+        return StreamChain::Done(Completion::dropped(ChainError::WritableOutOfBounds));
+    };
+    match read_stream_request(mem, chain, &layout) {
+        Ok((tag, sg)) => {
+            let result = chain
+                .clone()
+                .filter(|d| d.is_write_only())
+                .map(|d| (d.addr().0, d.len()))
+                .collect();
+            let capacity = sg.iter().map(|e| u64::from(e.len.get())).sum();
+            StreamChain::Hold(HeldBuffer {
+                head: chain.head_index(),
+                tag,
+                sg,
+                capacity,
+                result,
+            })
+        }
+        Err(error) => {
+            let answer = StreamResult {
+                status: error.status().into(),
+                device_time_ns: device_time_ns.into(),
+                ..StreamResult::default()
+            };
+            let completion = match writer.write_all(answer.as_bytes()) {
+                Ok(()) => Completion {
+                    used_len: RESULT_SIZE as u32,
+                    disposition: Disposition::Rejected(error),
+                },
+                Err(_) => Completion::dropped(ChainError::WriteFailed),
+            };
+            StreamChain::Done(completion)
+        }
+    }
+}
+
+/// Reads and checks a stream request's readable part: the header, then
+/// exactly `sg_count` entries, each non-empty, reserved 0, inside guest
+/// memory. Returns the tag and the entries.
+fn read_stream_request<M>(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<M>,
+    layout: &Layout,
+) -> Result<(u64, Vec<SgEntry>), ChainError>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    if layout.misordered {
+        return Err(ChainError::Misordered);
+    }
+    let most = (REQUEST_HEADER_SIZE + MAX_SG_ENTRIES as usize * SG_ENTRY_SIZE) as u64;
+    if layout.readable > most {
+        return Err(ChainError::TooLong(layout.readable));
+    }
+    if layout.readable < MIN_READABLE as u64 {
+        return Err(ChainError::TooShort(layout.readable));
+    }
+    let mut reader =
+        Reader::new(mem, chain.clone()).map_err(|_| ChainError::ReadableOutOfBounds)?;
+    // Bounded by `most` above.
+    let mut buf = vec![0u8; reader.available_bytes()];
+    reader
+        .read_exact(&mut buf)
+        .map_err(|_| ChainError::ReadFailed)?;
+    let (header, rest) = VqRequest::read_from_prefix(&buf).map_err(|_| ChainError::ReadFailed)?;
+    let (req, flags) = (header.req_type.get(), header.flags.get());
+    if req != req_type::STREAM_BUFFER || flags != 0 {
+        return Err(ChainError::Unsupported {
+            req_type: req,
+            flags,
+        });
+    }
+    if header.reserved.get() != 0 {
+        return Err(ChainError::Reserved(header.reserved.get()));
+    }
+    let sg_count = header.sg_count.get();
+    if sg_count == 0 || sg_count > MAX_SG_ENTRIES {
+        return Err(ChainError::BadEntryCount(sg_count));
+    }
+    // sg_count <= 2^16: the product is small.
+    if rest.len() != sg_count as usize * SG_ENTRY_SIZE {
+        return Err(ChainError::BadStreamLength {
+            readable: layout.readable,
+            sg_count,
+        });
+    }
+    let entries = <[SgEntry]>::ref_from_bytes(rest).map_err(|_| ChainError::ReadFailed)?;
+    for (index, e) in entries.iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        if e.len.get() == 0 || e.reserved.get() != 0 {
+            return Err(ChainError::BadEntry(index));
+        }
+        if !mem.check_range(GuestAddress(e.addr.get()), e.len.get() as usize) {
+            return Err(ChainError::EntryOutOfBounds(index));
+        }
+    }
+    Ok((header.tag.get(), entries.to_vec()))
 }
 
 #[cfg(test)]
@@ -359,9 +540,10 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
     use xxcapture_abi::{
-        regs, Command, Op, TaskFileHeader, TaskFileResult, TfError, CMD_SIZE, MAGIC, MAX_COMMANDS,
+        regs, Command, Op, StreamResult, TaskFileHeader, TaskFileResult, TfError, CMD_SIZE, MAGIC,
+        MAX_COMMANDS,
     };
-    use xxcapture_model::{Card, CardConfig, CAPTURE_CARD_CAPS};
+    use xxcapture_model::{Card, CardConfig, InterruptController, CAPTURE_CARD_CAPS};
 
     use crate::card_ram::{CardRam, GuestDma};
 
@@ -378,9 +560,11 @@ mod tests {
     /// A card with DMA over a small card RAM, and a scripted ATTACH.
     struct TestDevice {
         card: Card,
+        irq: InterruptController,
         ram: CardRam,
         attaches: u32,
         attach_fails: bool,
+        flushes: u32,
     }
 
     impl TestDevice {
@@ -399,7 +583,16 @@ mod tests {
                 ram: &self.ram,
                 mem,
             };
-            self.card.execute_dma(tf, sg, &mut port, 42)
+            self.card.execute_dma(tf, sg, &mut port, &mut self.irq, 42)
+        }
+
+        fn flush_buffers(&mut self) -> Result<(), String> {
+            self.flushes += 1;
+            Ok(())
+        }
+
+        fn device_time_ns(&self) -> u64 {
+            4242
         }
 
         fn attach(&mut self) -> Result<(), String> {
@@ -420,11 +613,14 @@ mod tests {
             capabilities: CAPTURE_CARD_CAPS,
             ..CardConfig::default()
         };
+        let card = Card::new(config).expect("card");
         TestDevice {
-            card: Card::new(config).expect("card"),
+            irq: card.interrupt_controller(),
+            card,
             ram: CardRam::new(CARD_RAM).expect("card RAM"),
             attaches: 0,
             attach_fails: false,
+            flushes: 0,
         }
     }
 
@@ -1041,9 +1237,9 @@ mod tests {
         let req = attach_request(0, 0);
         put(&mem, DATA, &req);
         let out = 0x30_0000;
-        let descs = [desc(DATA, 24, 0), desc(out, 8, W)];
+        let descs = [desc(DATA, 24, 0), desc(out, 16, W)];
         let c = run(&mem, &mut dev, &descs);
-        assert_eq!(c.used_len, 8);
+        assert_eq!(c.used_len, 16);
         assert_eq!(c.disposition, Disposition::Attached(Ok(())));
         assert_eq!(status_at(&mem, out), vq_status::OK);
         dev.attach_fails = true;
@@ -1060,16 +1256,221 @@ mod tests {
         let out = 0x30_0000;
         for (req, flags) in [(attach_request(1, 0), 0u32), (attach_request(0, 16), 0)] {
             put(&mem, DATA, &req);
-            let descs = [desc(DATA, req.len() as u32, 0), desc(out, 8, W)];
-            let e = expect_rejected(&descs, &mem, out, 8);
+            let descs = [desc(DATA, req.len() as u32, 0), desc(out, 16, W)];
+            let e = expect_rejected(&descs, &mem, out, 16);
             assert!(matches!(e, ChainError::BadAttach { .. }), "{e:?} {flags}");
         }
         let mut req = attach_request(0, 0);
         req[4] = 1; // flags
         put(&mem, DATA, &req);
-        let descs = [desc(DATA, 24, 0), desc(out, 8, W)];
-        let e = expect_rejected(&descs, &mem, out, 8);
+        let descs = [desc(DATA, 24, 0), desc(out, 16, W)];
+        let e = expect_rejected(&descs, &mem, out, 16);
         assert_eq!(e.status(), vq_status::UNSUPPORTED);
+    }
+
+    #[test]
+    fn statuses_carry_the_device_clock() {
+        let mem = memory();
+        let req = good_req(&mem);
+        let tf_len = req.len() - REQUEST_HEADER_SIZE;
+        let out = 0x20_0000;
+        let descs = [
+            desc(DATA, req.len() as u32, 0),
+            desc(out, (tf_len + STATUS_SIZE) as u32, W),
+        ];
+        let mut dev = card();
+        run(&mem, &mut dev, &descs);
+        let raw = get(&mem, out + tf_len as u64, STATUS_SIZE);
+        let st = VqStatus::read_from_bytes(&raw).expect("status");
+        assert_eq!(
+            (st.status.get(), st.device_time_ns.get()),
+            (vq_status::OK, 4242)
+        );
+        // Rejections too.
+        let descs = [desc(DATA, 8, 0), desc(out, 64, W)];
+        run(&mem, &mut dev, &descs);
+        let raw = get(&mem, out + 48, STATUS_SIZE);
+        let st = VqStatus::read_from_bytes(&raw).expect("status");
+        assert_eq!(
+            (st.status.get(), st.device_time_ns.get()),
+            (vq_status::BAD_REQUEST, 4242)
+        );
+    }
+
+    // ---- FLUSH_BUFFERS and STREAM_BUFFER ------------------------------
+
+    fn header(req: u32, sg_count: u32) -> VqRequest {
+        VqRequest {
+            req_type: req.into(),
+            sg_count: sg_count.into(),
+            tag: 77.into(),
+            ..VqRequest::default()
+        }
+    }
+
+    #[test]
+    fn flush_buffers_answers_after_the_device_flushed() {
+        let mem = memory();
+        let mut dev = card();
+        put(&mem, DATA, header(req_type::FLUSH_BUFFERS, 0).as_bytes());
+        let out = 0x30_0000;
+        let c = run(&mem, &mut dev, &[desc(DATA, 24, 0), desc(out, 16, W)]);
+        assert_eq!(c.used_len, 16);
+        assert_eq!(c.disposition, Disposition::Flushed(Ok(())));
+        assert_eq!(status_at(&mem, out), vq_status::OK);
+        assert_eq!(dev.flushes, 1);
+        // A payload, or entries: BAD_REQUEST, and no flush.
+        let mut long = header(req_type::FLUSH_BUFFERS, 0).as_bytes().to_vec();
+        long.extend_from_slice(&[0; 16]);
+        put(&mem, DATA, &long);
+        let e = expect_rejected(&[desc(DATA, 40, 0), desc(out, 16, W)], &mem, out, 16);
+        assert!(matches!(e, ChainError::BadFlush { .. }));
+        put(&mem, DATA, header(req_type::FLUSH_BUFFERS, 1).as_bytes());
+        let e = expect_rejected(&[desc(DATA, 24, 0), desc(out, 16, W)], &mem, out, 16);
+        assert!(matches!(e, ChainError::BadFlush { .. }));
+        // STREAM_BUFFER belongs on the stream queue.
+        put(&mem, DATA, header(req_type::STREAM_BUFFER, 0).as_bytes());
+        let e = expect_rejected(&[desc(DATA, 24, 0), desc(out, 16, W)], &mem, out, 16);
+        assert_eq!(e.status(), vq_status::UNSUPPORTED);
+        assert_eq!(dev.flushes, 1);
+    }
+
+    fn stream_req(req: u32, flags: u32, sg_count: u32, entries: &[SgEntry]) -> Vec<u8> {
+        let mut h = header(req, sg_count);
+        h.flags = flags.into();
+        let mut buf = h.as_bytes().to_vec();
+        for e in entries {
+            buf.extend_from_slice(e.as_bytes());
+        }
+        buf
+    }
+
+    fn run_stream(mem: &GuestMemoryMmap, descs: &[RawDescriptor]) -> StreamChain {
+        let vq = MockSplitQueue::new(mem, QUEUE_SIZE);
+        let chain = vq.build_desc_chain(descs).expect("chain");
+        process_stream_chain(&chain, 999)
+    }
+
+    #[test]
+    fn good_stream_buffers_are_held_with_their_entries_and_result_area() {
+        let mem = memory();
+        let entries = [sg(BUF, 0x1000), sg(BUF + 0x3000, 0x800)];
+        let req = stream_req(req_type::STREAM_BUFFER, 0, 2, &entries);
+        put(&mem, DATA, &req);
+        let out = 0x30_0000;
+        // Readable split in two, result split in two.
+        let descs = [
+            desc(DATA, 10, 0),
+            desc(DATA + 10, req.len() as u32 - 10, 0),
+            desc(out, 20, W),
+            desc(out + 0x100, 12, W),
+        ];
+        let StreamChain::Hold(held) = run_stream(&mem, &descs) else {
+            panic!("not held");
+        };
+        assert_eq!(held.sg, entries.to_vec());
+        assert_eq!((held.tag, held.capacity), (77, 0x1800));
+        assert_eq!(held.result, vec![(out, 20), (out + 0x100, 12)]);
+    }
+
+    #[test]
+    fn malformed_stream_buffers_are_answered_at_once() {
+        let mem = memory();
+        let good = [sg(BUF, 0x1000)];
+        let mut zero = good;
+        zero[0].len = 0.into();
+        let mut reserved = good;
+        reserved[0].reserved = 1.into();
+        let mut hdr_reserved = stream_req(req_type::STREAM_BUFFER, 0, 1, &good);
+        hdr_reserved[20] = 1;
+        let cases: Vec<(Vec<u8>, ChainError)> = vec![
+            (
+                stream_req(req_type::EXEC_TASK_FILE, 0, 1, &good),
+                ChainError::Unsupported {
+                    req_type: 1,
+                    flags: 0,
+                },
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 2, 1, &good),
+                ChainError::Unsupported {
+                    req_type: 3,
+                    flags: 2,
+                },
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, 0, &[]),
+                ChainError::BadEntryCount(0),
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, MAX_SG_ENTRIES + 1, &good),
+                ChainError::BadEntryCount(MAX_SG_ENTRIES + 1),
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, 2, &good),
+                ChainError::BadStreamLength {
+                    readable: 40,
+                    sg_count: 2,
+                },
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, 1, &zero),
+                ChainError::BadEntry(0),
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, 1, &reserved),
+                ChainError::BadEntry(0),
+            ),
+            (
+                stream_req(
+                    req_type::STREAM_BUFFER,
+                    0,
+                    1,
+                    &[sg(MEM_SIZE - 0x800, 0x1000)],
+                ),
+                ChainError::EntryOutOfBounds(0),
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, 1, &[sg(u64::MAX - 0x10, 0x100)]),
+                ChainError::EntryOutOfBounds(0),
+            ),
+            (hdr_reserved, ChainError::Reserved(1)),
+            (vec![0u8; 16], ChainError::TooShort(16)),
+        ];
+        let out = 0x30_0000;
+        for (req, expected) in cases {
+            put(&mem, DATA, &req);
+            put(&mem, out, &[0xee; 64]);
+            let descs = [desc(DATA, req.len() as u32, 0), desc(out, 32, W)];
+            let StreamChain::Done(c) = run_stream(&mem, &descs) else {
+                panic!("held: {expected:?}");
+            };
+            assert_eq!(c.used_len, 32);
+            assert_eq!(c.disposition, Disposition::Rejected(expected));
+            let r = StreamResult::read_from_bytes(&get(&mem, out, 32)).expect("result");
+            assert_eq!(r.status.get(), expected.status(), "{expected:?}");
+            assert_eq!(r.device_time_ns.get(), 999);
+            assert_eq!(get(&mem, out + 32, 32), vec![0xee; 32], "past the result");
+        }
+        // Too little room for a result: nothing written, used length 0.
+        let req = stream_req(req_type::STREAM_BUFFER, 0, 1, &good);
+        put(&mem, DATA, &req);
+        put(&mem, out, &[0xee; 64]);
+        let descs = [desc(DATA, req.len() as u32, 0), desc(out, 31, W)];
+        let StreamChain::Done(c) = run_stream(&mem, &descs) else {
+            panic!("held");
+        };
+        assert_eq!(c, Completion::dropped(ChainError::NoStatusRoom(31)));
+        assert_eq!(get(&mem, out, 64), vec![0xee; 64]);
+        // Readable after writable.
+        let descs = [desc(out, 32, W), desc(DATA, req.len() as u32, 0)];
+        assert!(matches!(
+            run_stream(&mem, &descs),
+            StreamChain::Done(Completion {
+                disposition: Disposition::Rejected(ChainError::Misordered),
+                ..
+            })
+        ));
     }
 
     proptest! {

@@ -2,23 +2,30 @@
 //! vhost-user protocol.
 //!
 //! QEMU's `vhost-user-test-device-pci` forwards everything to us: features,
-//! config space, the two virtqueues and the shared-memory region. Queue 0
-//! carries task files and ATTACH requests (see [`crate::request`]); queue 1
-//! will carry events and is left alone for now.
+//! config space, the three virtqueues and the shared-memory region. Queue 0
+//! carries task files, ATTACH and FLUSH_BUFFERS requests (see
+//! [`crate::request`]); queue 1 takes the event records
+//! ([`crate::events`]); queue 2 holds capture buffers ([`crate::stream`]).
+//! A fourth epoll source of the vring worker, the coalescing timer
+//! ([`TIMER_EVENT`]), delivers records whose time limit passed.
 //!
 //! Threads and locks. The frontend thread (vhost-user messages) and the vring
 //! worker (queue events) share the backend; each capture session has its own
-//! thread ([`crate::capture`]). Lock order: `card` -> `capture` -> the card
-//! RAM bus lock. The capture thread takes only the bus lock, so joining it
-//! under the card lock cannot deadlock. SHMEM_MAP goes out from the vring
+//! thread ([`crate::capture`]). Lock order: `card` -> `capture` -> `events`
+//! -> the event vring; `stream` -> the stream vring (never together with
+//! `events`); the card RAM bus lock is a leaf. The capture thread takes only
+//! the bus, events and stream locks, each briefly, never the card lock, so
+//! joining it under the card lock cannot deadlock. The event and stream
+//! vrings are used from the capture thread too (vring locks are per vring). SHMEM_MAP goes out from the vring
 //! worker with the card lock released ([`Batch::attach`]): QEMU answers it
 //! from its main loop, which may itself be waiting for this daemon to answer
 //! a frontend message that needs the card lock (GET_VRING_BASE at reset).
 
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, trace, warn};
 use vhost::vhost_user::message::{
@@ -31,7 +38,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::QueueT;
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -40,15 +47,64 @@ use vmm_sys_util::event::{
 use xxcapture_abi::{caps, queue, regs, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
 use xxcapture_model::{CaptureSession, Card, FileSource, Outcome};
 
-use crate::capture::{CaptureThread, DeviceClock, SharedFile};
+use crate::capture::{CaptureIo, CaptureThread, DeviceClock, SharedFile};
 use crate::card_ram::{CardRam, GuestDma};
-use crate::request::{process_chain, Device, Disposition};
+use crate::events::Events;
+use crate::queue::{DeviceQueue, MemorySlot};
+use crate::request::{process_chain, process_stream_chain, Device, Disposition, StreamChain};
+use crate::stream::StreamBuffers;
 
 /// Guest memory as the vhost-user library hands it to us.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
 
 /// Largest virtqueue the backend accepts (QEMU's `vq_size` must not exceed it).
 pub const MAX_QUEUE_SIZE: usize = 1024;
+
+/// The vring worker's epoll id for the coalescing timer: above the queues
+/// and the library's own exit event (ids `0..=queue::COUNT`).
+pub const TIMER_EVENT: u16 = queue::COUNT + 1;
+
+/// How long FLUSH_BUFFERS waits for the buffer the capture thread is
+/// filling (one frame copy; generous for a loaded host).
+const FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
+/// The vhost-user vring as the event and stream code sees it.
+struct VringQueue(VringRwLock);
+
+impl DeviceQueue for VringQueue {
+    fn pop<'m>(&self, mem: &'m GuestMemoryMmap) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+        self.0.get_mut().get_queue_mut().pop_descriptor_chain(mem)
+    }
+
+    fn add_used(&self, head: u16, len: u32) -> io::Result<()> {
+        self.0
+            .add_used(head, len)
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn notify(&self) -> io::Result<()> {
+        let needed = self
+            .0
+            .needs_notification()
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if needed {
+            self.0.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    fn enable_notification(&self) -> io::Result<bool> {
+        self.0
+            .enable_notification()
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn disable_notification(&self) -> io::Result<()> {
+        self.0
+            .disable_notification()
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+}
 
 /// Virtio features always offered to the driver.
 pub const BASE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
@@ -151,7 +207,17 @@ pub struct XxcapBackend {
     /// `stop_vring` (which takes it to reset the card) waits for requests in
     /// flight to complete, as the vhost-user-backend documentation asks.
     card: Mutex<Card>,
-    mem: Mutex<Option<GuestMemory>>,
+    /// Guest memory, shared with the capture thread.
+    mem: Arc<MemorySlot>,
+    /// The interrupt controller and the event queue.
+    events: Arc<Events>,
+    /// Capture buffers held from the stream queue.
+    stream: Arc<StreamBuffers>,
+    /// The event and stream vrings were handed to `events` / `stream`.
+    queues_bound: AtomicBool,
+    /// The card's epoch on the daemon clock (`Card::epoch_ns`), for threads
+    /// that need device time without the card lock.
+    card_epoch_ns: AtomicU64,
     features: u64,
     event_idx: AtomicBool,
     /// Set while the device is stopped: the first command-queue event after
@@ -185,10 +251,15 @@ impl XxcapBackend {
             BASE_FEATURES
         };
         let ram = Arc::new(CardRam::new(card.config().card_ram_size)?);
+        let events = Arc::new(Events::new(card.interrupt_controller())?);
         Ok(XxcapBackend {
             capabilities: card.capabilities(),
+            card_epoch_ns: AtomicU64::new(card.epoch_ns()),
             card: Mutex::new(card),
-            mem: Mutex::new(None),
+            mem: Arc::new(MemorySlot::default()),
+            events,
+            stream: Arc::new(StreamBuffers::default()),
+            queues_bound: AtomicBool::new(false),
             features,
             event_idx: AtomicBool::new(false),
             rebase_on_start: AtomicBool::new(true),
@@ -211,6 +282,61 @@ impl XxcapBackend {
     /// through `set_backend_req_fd`; tests plug in a fake).
     pub fn set_mapper(&self, mapper: Arc<dyn ShmemMapper>) {
         *self.mapper.lock().unwrap_or_else(PoisonError::into_inner) = Some(mapper);
+    }
+
+    /// The coalescing timer, to register in the vring worker's epoll as
+    /// [`TIMER_EVENT`].
+    pub fn timer_fd(&self) -> RawFd {
+        self.events.timer_fd()
+    }
+
+    /// Event delivery (statistics for the exit log; tests).
+    pub fn events(&self) -> Arc<Events> {
+        Arc::clone(&self.events)
+    }
+
+    /// Device time now: DEVICE_TIME_NS.
+    fn device_now(&self) -> u64 {
+        self.now_ns()
+            .saturating_sub(self.card_epoch_ns.load(Ordering::Acquire))
+    }
+
+    /// Resets the card and its interrupt controller at `now_ns`.
+    fn reset_model(&self, card: &mut Card) {
+        card.reset(self.now_ns());
+        self.card_epoch_ns.store(card.epoch_ns(), Ordering::Release);
+        self.events.reset();
+    }
+
+    fn capture_io(&self) -> CaptureIo {
+        CaptureIo {
+            events: Arc::clone(&self.events),
+            stream: Arc::clone(&self.stream),
+            mem: Arc::clone(&self.mem),
+        }
+    }
+
+    /// Returns the held stream buffers (capture stop, reset).
+    fn cancel_stream_buffers(&self) {
+        let mem = self.mem.get();
+        self.stream.cancel_all(mem.as_deref(), self.device_now());
+    }
+
+    /// Gives the event and stream code their vrings, once: the vrings live
+    /// as long as the daemon, but only `handle_event` sees them.
+    fn bind_queues(&self, vrings: &[VringRwLock]) {
+        if self.queues_bound.load(Ordering::Acquire) {
+            return;
+        }
+        let (Some(event), Some(stream)) = (
+            vrings.get(usize::from(queue::EVENT)),
+            vrings.get(usize::from(queue::STREAM)),
+        ) else {
+            return;
+        };
+        self.events.set_queue(Arc::new(VringQueue(event.clone())));
+        self.stream.set_queue(Arc::new(VringQueue(stream.clone())));
+        self.queues_bound.store(true, Ordering::Release);
     }
 
     /// Stops capture (daemon shutdown). Returns at most one frame later.
@@ -256,15 +382,20 @@ impl XxcapBackend {
     ) {
         if let Some(thread) = slot.take() {
             let generation = thread.generation();
+            let streaming = thread.is_streaming();
             let (frames, dropped) = thread.stop();
             card.set_capture_progress(generation, frames, dropped);
+            if streaming {
+                self.cancel_stream_buffers();
+            }
         }
         if let Some(session) = wanted {
             let clock = DeviceClock {
                 origin: self.epoch,
                 card_epoch_ns: card.epoch_ns(),
             };
-            match CaptureThread::start(session, self.card_ram(), self.file.clone(), clock) {
+            let io = self.capture_io();
+            match CaptureThread::start(session, self.card_ram(), self.file.clone(), clock, io) {
                 Ok(thread) => *slot = Some(thread),
                 Err(e) => error!("cannot start the capture thread: {e}"),
             }
@@ -284,7 +415,10 @@ impl XxcapBackend {
             ram: &self.ram,
             mem,
         };
-        let outcome = card.execute_dma(task_file, sg, &mut port, self.now_ns());
+        let outcome = {
+            let mut events = self.events.lock();
+            card.execute_dma(task_file, sg, &mut port, &mut events.irq, self.now_ns())
+        };
         self.reconcile_capture(card);
         outcome
     }
@@ -346,7 +480,10 @@ impl XxcapBackend {
         if let Some(thread) = self.capture_slot().take() {
             thread.stop();
         }
-        card.reset(self.now_ns());
+        // The queue is being torn down: returned (or not) as vhost-user
+        // still allows; the driver reclaims what it does not get back.
+        self.cancel_stream_buffers();
+        self.reset_model(&mut card);
         self.ram.status().init();
         self.mapped.store(false, Ordering::Release);
         Counters::bump(&self.counters.resets);
@@ -356,12 +493,7 @@ impl XxcapBackend {
     /// Processes the command queue until it is empty, re-checking after
     /// re-enabling notifications when EVENT_IDX is negotiated.
     fn process_command_queue(&self, vring: &VringRwLock) {
-        let Some(atomic) = self
-            .mem
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        else {
+        let Some(atomic) = self.mem.atomic() else {
             warn!("command queue kicked before guest memory was set");
             return;
         };
@@ -372,7 +504,7 @@ impl XxcapBackend {
         if self.rebase_on_start.swap(false, Ordering::AcqRel) {
             // Nothing can change the card while the device is stopped, so
             // this only moves time zero to the start (not counted).
-            batch.card().reset(self.now_ns());
+            self.reset_model(batch.card());
             debug!("device started");
         }
         let event_idx = self.event_idx.load(Ordering::Relaxed);
@@ -429,6 +561,8 @@ impl XxcapBackend {
                     Counters::bump(&self.counters.attach_failures);
                     warn!("request {head}: ATTACH failed: {e}");
                 }
+                Disposition::Flushed(Ok(())) => debug!("request {head}: FLUSH_BUFFERS done"),
+                Disposition::Flushed(Err(e)) => warn!("request {head}: FLUSH_BUFFERS: {e}"),
                 Disposition::Rejected(e) => {
                     if e.status() == xxcapture_abi::vq_status::UNSUPPORTED {
                         Counters::bump(&self.counters.unsupported);
@@ -442,6 +576,9 @@ impl XxcapBackend {
                     debug!("request {head} dropped: {e}");
                 }
             }
+            // Records the request raised go out before its completion, so
+            // the driver has them when the request returns.
+            self.events.deliver(self.device_now(), Some(&mem));
             if let Err(e) = vring.add_used(head, completion.used_len) {
                 error!("command queue: add_used({head}) failed: {e}");
                 break;
@@ -454,6 +591,59 @@ impl XxcapBackend {
                     }
                 }
                 Err(e) => error!("command queue: cannot read the used event: {e}"),
+            }
+        }
+    }
+}
+
+impl XxcapBackend {
+    /// Holds the capture buffers the driver queued; answers malformed ones.
+    fn process_stream_queue(&self, vring: &VringRwLock) {
+        let Some(mem) = self.mem.get() else {
+            warn!("stream queue kicked before guest memory was set");
+            return;
+        };
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let vring = VringQueue(vring.clone());
+        let mut answered = false;
+        loop {
+            if event_idx {
+                if let Err(e) = vring.disable_notification() {
+                    warn!("stream queue: cannot disable notifications: {e}");
+                }
+            }
+            while let Some(chain) = vring.pop(&mem) {
+                let head = chain.head_index();
+                match process_stream_chain(&chain, self.device_now()) {
+                    StreamChain::Hold(buffer) => {
+                        trace!("stream buffer {head}: {} bytes held", buffer.capacity);
+                        self.stream.hold(buffer);
+                    }
+                    StreamChain::Done(completion) => {
+                        Counters::bump(&self.counters.bad_requests);
+                        debug!("stream buffer {head} refused: {:?}", completion.disposition);
+                        if let Err(e) = vring.add_used(head, completion.used_len) {
+                            error!("stream queue: add_used({head}) failed: {e}");
+                        }
+                        answered = true;
+                    }
+                }
+            }
+            if !event_idx {
+                break;
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    warn!("stream queue: cannot enable notifications: {e}");
+                    break;
+                }
+            }
+        }
+        if answered {
+            if let Err(e) = vring.notify() {
+                error!("stream queue: cannot signal the guest: {e}");
             }
         }
     }
@@ -482,6 +672,25 @@ impl Device for Batch<'_> {
     fn attach(&mut self) -> Result<(), String> {
         self.card = None;
         self.backend.attach()
+    }
+
+    fn flush_buffers(&mut self) -> Result<(), String> {
+        let backend = self.backend;
+        let mem = backend.mem.get();
+        if backend
+            .stream
+            .flush(mem.as_deref(), backend.device_now(), FLUSH_LIMIT)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "the buffer being filled did not come back within {FLUSH_LIMIT:?}"
+            ))
+        }
+    }
+
+    fn device_time_ns(&self) -> u64 {
+        self.backend.device_now()
     }
 }
 
@@ -566,7 +775,7 @@ impl VhostUserBackend for XxcapBackend {
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
         debug!("guest memory table updated");
-        *self.mem.lock().unwrap_or_else(PoisonError::into_inner) = Some(mem);
+        self.mem.set(mem);
         Ok(())
     }
 
@@ -618,13 +827,27 @@ impl VhostUserBackend for XxcapBackend {
             warn!("unexpected event set {evset:?} for event {device_event}");
             return Ok(());
         }
+        self.bind_queues(vrings);
         match device_event {
             queue::COMMAND => match vrings.get(usize::from(queue::COMMAND)) {
                 Some(vring) => self.process_command_queue(vring),
                 None => error!("command vring missing"),
             },
-            // Buffers posted for events stay queued until the card has events.
-            queue::EVENT => trace!("event queue kick ignored"),
+            // New event buffers: the backlog may go out now.
+            queue::EVENT => {
+                trace!("event queue kick");
+                let mem = self.mem.get();
+                self.events.deliver(self.device_now(), mem.as_deref());
+            }
+            queue::STREAM => match vrings.get(usize::from(queue::STREAM)) {
+                Some(vring) => self.process_stream_queue(vring),
+                None => error!("stream vring missing"),
+            },
+            TIMER_EVENT => {
+                self.events.timer_fired();
+                let mem = self.mem.get();
+                self.events.deliver(self.device_now(), mem.as_deref());
+            }
             other => warn!("unexpected device event {other}"),
         }
         Ok(())
@@ -650,7 +873,7 @@ mod tests {
     #[test]
     fn offers_the_documented_features() {
         let b = backend();
-        assert_eq!(b.num_queues(), 2);
+        assert_eq!(b.num_queues(), 3);
         assert_eq!(b.max_queue_size(), 1024);
         for bit in [32, 28, 29, 30] {
             assert_ne!(b.features() & (1 << bit), 0, "feature bit {bit}");
@@ -731,7 +954,7 @@ mod tests {
             RawDescriptor::from(SplitDescriptor::new(src, len, 0, 0)),
             RawDescriptor::from(SplitDescriptor::new(
                 out,
-                len - 16 + 8,
+                len - 24 + 16,
                 VRING_DESC_F_WRITE as u16,
                 0,
             )),
@@ -759,7 +982,7 @@ mod tests {
             )),
             RawDescriptor::from(SplitDescriptor::new(
                 out,
-                len - 16 + 8,
+                len - 24 + 16,
                 VRING_DESC_F_WRITE as u16,
                 0,
             )),
@@ -769,7 +992,7 @@ mod tests {
     }
 
     fn result(mem: &GuestMemoryMmap, out: u64) -> (u64, u32) {
-        let mut raw = [0u8; 56];
+        let mut raw = [0u8; 64];
         mem.read_slice(&mut raw, GuestAddress(out)).expect("read");
         let cmd = Command::read_from_bytes(&raw[16..48]).expect("cmd");
         let status = VqStatus::read_from_bytes(&raw[48..]).expect("status");
@@ -793,7 +1016,12 @@ mod tests {
             let b = backend();
             b.update_memory(atomic.clone()).expect("memory");
             b.set_event_idx(event_idx);
-            let vrings = [vring(&atomic, &cmd_q), vring(&atomic, &evt_q)];
+            let str_q = MockSplitQueue::create(&mem, GuestAddress(0xc000), 16);
+            let vrings = [
+                vring(&atomic, &cmd_q),
+                vring(&atomic, &evt_q),
+                vring(&atomic, &str_q),
+            ];
             for v in &vrings {
                 v.set_queue_event_idx(event_idx);
             }
@@ -878,7 +1106,7 @@ mod tests {
     /// A guest with a command queue driven through `handle_event`.
     struct Guest {
         mem: GuestMemoryMmap,
-        vrings: [VringRwLock; 2],
+        vrings: [VringRwLock; 3],
         next: u16,
     }
 
@@ -886,6 +1114,7 @@ mod tests {
         fn new(
             vq: &MockSplitQueue<'_, GuestMemoryMmap>,
             evt: &MockSplitQueue<'_, GuestMemoryMmap>,
+            str_q: &MockSplitQueue<'_, GuestMemoryMmap>,
             mem: &GuestMemoryMmap,
             b: &XxcapBackend,
         ) -> Guest {
@@ -893,7 +1122,11 @@ mod tests {
             b.update_memory(atomic.clone()).expect("memory");
             Guest {
                 mem: mem.clone(),
-                vrings: [vring(&atomic, vq), vring(&atomic, evt)],
+                vrings: [
+                    vring(&atomic, vq),
+                    vring(&atomic, evt),
+                    vring(&atomic, str_q),
+                ],
                 next: 0,
             }
         }
@@ -943,7 +1176,7 @@ mod tests {
                 req_type: req_type::ATTACH.into(),
                 ..VqRequest::default()
             };
-            let raw = self.request(vq, b, req.as_bytes(), 8);
+            let raw = self.request(vq, b, req.as_bytes(), 16);
             VqStatus::read_from_bytes(&raw)
                 .expect("status")
                 .status
@@ -963,7 +1196,7 @@ mod tests {
             let body = tf.to_bytes();
             let mut bytes = req.as_bytes().to_vec();
             bytes.extend_from_slice(&body);
-            let raw = self.request(vq, b, &bytes, (body.len() + 8) as u32);
+            let raw = self.request(vq, b, &bytes, (body.len() + 16) as u32);
             let st = VqStatus::read_from_bytes(&raw[body.len()..]).expect("status");
             assert_eq!(st.status.get(), vq_status::OK);
             TaskFileResult::parse(&raw[..body.len()]).expect("result")
@@ -975,6 +1208,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
         let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let strq = MockSplitQueue::create(&mem, GuestAddress(0xc000), 16);
         let b = capture_backend();
         assert!(b
             .protocol_features()
@@ -982,7 +1216,7 @@ mod tests {
         let config = b.get_shmem_config().expect("shmem config");
         // A PCI BAR: the next power of two above card RAM + status page.
         assert_eq!((config.nregions, config.memory_sizes[0]), (1, 8 << 20));
-        let mut g = Guest::new(&vq, &evt, &mem, &b);
+        let mut g = Guest::new(&vq, &evt, &strq, &mem, &b);
         // No backend channel yet: DEVICE_ERROR.
         assert_eq!(g.attach(&vq, &b), vq_status::DEVICE_ERROR);
         let mapper = Arc::new(FakeMapper::default());
@@ -1032,8 +1266,9 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
         let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let strq = MockSplitQueue::create(&mem, GuestAddress(0xc000), 16);
         let b = capture_backend();
-        let mut g = Guest::new(&vq, &evt, &mem, &b);
+        let mut g = Guest::new(&vq, &evt, &strq, &mem, &b);
         let mut tf = TaskFile::new();
         tf.set_register(regs::FRAME_FORMAT, xxcapture_abi::format::NV12);
         tf.set_register(regs::FRAME_RATE, 0);
@@ -1116,8 +1351,9 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
         let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let strq = MockSplitQueue::create(&mem, GuestAddress(0xc000), 16);
         let b = capture_backend();
-        let mut g = Guest::new(&vq, &evt, &mem, &b);
+        let mut g = Guest::new(&vq, &evt, &strq, &mem, &b);
         let mut tf = TaskFile::new();
         tf.set_register(regs::FRAME_RATE, 50);
         start_capture(&mut tf);
@@ -1145,8 +1381,9 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
         let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let strq = MockSplitQueue::create(&mem, GuestAddress(0xc000), 16);
         let b = capture_backend();
-        let mut g = Guest::new(&vq, &evt, &mem, &b);
+        let mut g = Guest::new(&vq, &evt, &strq, &mem, &b);
         for fps in [0, 1] {
             let mut tf = TaskFile::new();
             tf.set_register(regs::FRAME_RATE, fps);

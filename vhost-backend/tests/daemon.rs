@@ -102,7 +102,7 @@ fn connect(socket: &Path) -> Frontend {
     assert!(proto.contains(want), "protocol features {proto:?}");
     fe.set_protocol_features(want)
         .expect("set_protocol_features");
-    assert_eq!(fe.get_queue_num().expect("get_queue_num"), 2);
+    assert_eq!(fe.get_queue_num().expect("get_queue_num"), 3);
     fe
 }
 
@@ -344,7 +344,7 @@ fn prints_the_qemu_options() {
          -numa node,memdev=mem\n\
          -m 512M\n\
          -chardev socket,id=xxcap0,path=/run/xx,,cap.sock\n\
-         -device vhost-user-test-device-pci,id=card0,chardev=xxcap0,virtio-id=30,num_vqs=2,vq_size=256,config_size=96\n"
+         -device vhost-user-test-device-pci,id=card0,chardev=xxcap0,virtio-id=30,num_vqs=3,vq_size=256,config_size=96\n"
     );
     let help = run(&["--help"]);
     assert!(help.status.success());

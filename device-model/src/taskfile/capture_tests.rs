@@ -25,7 +25,7 @@ fn card_with(file_source: Option<FrameGeometry>) -> Card {
 
 fn run(card: &mut Card, tf: &TaskFile) -> TaskFileResult {
     let mut bytes = tf.to_bytes();
-    card.execute(&mut bytes, 1_000);
+    card.execute(&mut bytes, &mut card.interrupt_controller(), 1_000);
     TaskFileResult::parse(&bytes).expect("result parses")
 }
 

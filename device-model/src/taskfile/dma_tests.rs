@@ -84,7 +84,13 @@ fn dma(dir: u16, first: u64, offset: u64, length: u64) -> Command {
 
 fn run(card: &mut Card, port: &mut FakePort, tf: &TaskFile, table: &[SgEntry]) -> TaskFileResult {
     let mut bytes = tf.to_bytes();
-    card.execute_dma(&mut bytes, table, port, 1_000);
+    card.execute_dma(
+        &mut bytes,
+        table,
+        port,
+        &mut card.interrupt_controller(),
+        1_000,
+    );
     TaskFileResult::parse(&bytes).expect("result parses")
 }
 
@@ -220,7 +226,7 @@ fn plain_execute_faults_dma() {
     let mut tf = TaskFile::new();
     tf.push_raw(dma(1, 0, 0, 16));
     let mut bytes = tf.to_bytes();
-    c.execute(&mut bytes, 0);
+    c.execute(&mut bytes, &mut c.interrupt_controller(), 0);
     let res = TaskFileResult::parse(&bytes).expect("parse");
     assert_eq!(res.error, TfError::DmaFault);
 }

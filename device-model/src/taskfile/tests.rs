@@ -10,7 +10,7 @@ fn card() -> Card {
 
 fn run(card: &mut Card, tf: &TaskFile) -> TaskFileResult {
     let mut bytes = tf.to_bytes();
-    card.execute(&mut bytes, 1_000);
+    card.execute(&mut bytes, &mut card.interrupt_controller(), 1_000);
     TaskFileResult::parse(&bytes).expect("result parses")
 }
 
@@ -182,13 +182,13 @@ fn header_errors() {
 
     let mut short_count = good.clone();
     short_count[4] = 1;
-    c.execute(&mut short_count, 0);
+    c.execute(&mut short_count, &mut c.interrupt_controller(), 0);
     let res = TaskFileResult::parse(&short_count).expect("parse");
     assert_eq!((res.error, res.index), (TfError::BadCount, 0));
 
     let mut zero = good[..16].to_vec();
     zero[4] = 0;
-    c.execute(&mut zero, 0);
+    c.execute(&mut zero, &mut c.interrupt_controller(), 0);
     assert_eq!(
         TaskFileResult::parse(&zero).expect("parse").error,
         TfError::BadCount
@@ -196,7 +196,7 @@ fn header_errors() {
 
     let mut huge = good.clone();
     huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-    c.execute(&mut huge, 0);
+    c.execute(&mut huge, &mut c.interrupt_controller(), 0);
     assert_eq!(
         TaskFileResult::parse(&huge).expect("parse").error,
         TfError::BadCount
@@ -204,14 +204,14 @@ fn header_errors() {
 
     let mut flags = good.clone();
     flags[8] = 1;
-    c.execute(&mut flags, 0);
+    c.execute(&mut flags, &mut c.interrupt_controller(), 0);
     assert_eq!(
         TaskFileResult::parse(&flags).expect("parse").error,
         TfError::Reserved
     );
 
     let mut tiny = vec![1u8, 2, 3];
-    let outcome = c.execute(&mut tiny, 0);
+    let outcome = c.execute(&mut tiny, &mut c.interrupt_controller(), 0);
     assert_eq!(outcome.error, TfError::BadCount);
     assert_eq!(tiny, vec![1, 2, 3]);
 }
@@ -243,7 +243,7 @@ fn device_time_advances_from_reset() {
     let mut tf = TaskFile::new();
     let t = tf.get_address(regs::DEVICE_TIME_NS);
     let mut bytes = tf.to_bytes();
-    c.execute(&mut bytes, 12_000);
+    c.execute(&mut bytes, &mut c.interrupt_controller(), 12_000);
     let res = TaskFileResult::parse(&bytes).expect("parse");
     assert_eq!(res.value(t), Some(7_000));
 }
@@ -277,7 +277,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
         let mut c = card();
         let mut buf = bytes.clone();
-        let outcome = c.execute(&mut buf, 0);
+        let outcome = c.execute(&mut buf, &mut c.interrupt_controller(), 0);
         prop_assert_eq!(buf.len(), bytes.len());
         if outcome.error != TfError::Ok {
             prop_assert_eq!(outcome.executed, 0);
@@ -352,7 +352,7 @@ fn echo_of_unchanged_fields() {
     tf.set_to_register(regs::SCRATCH, 0xabcd, 0xff);
     let bytes_in = tf.to_bytes();
     let mut bytes = bytes_in.clone();
-    c.execute(&mut bytes, 0);
+    c.execute(&mut bytes, &mut c.interrupt_controller(), 0);
     assert_eq!(&bytes[16..], &bytes_in[16..]);
     assert_eq!(tf.commands()[0].as_bytes(), &bytes[16..48]);
 }
