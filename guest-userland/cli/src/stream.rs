@@ -155,7 +155,7 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
             last_report = Instant::now();
             let s = stream.stats();
             progress.set_message(format!(
-                "{delivered} frames, {:.1} fps, dropped {}, corrupt {corrupt}, wake p50 {:.0} us",
+                "{delivered} frames, {:.1} fps, dropped {}, corrupt {corrupt}, delivery p50 {:.0} us",
                 delivered as f64 / started.elapsed().as_secs_f64().max(1e-9),
                 s.dropped,
                 wake.percentile(50.0)
@@ -178,7 +178,7 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
     }
     let pinned_after = card.sysfs_attribute("pinned_pages").unwrap_or_default();
     println!(
-        "stream: {delivered} frames {w}x{h} {} @{} fps into {} buffers in {elapsed:.1} s: {:.1} fps, verified {}, corrupt {corrupt}, dropped {} (card register {dropped_register}), skipped {skipped}, out-of-order {out_of_order}, lost records {}, buffer errors {}, wake latency p50 {:.0} us p99 {:.0} us max {:.0} us, {cpu_ms_per_frame:.2} ms CPU/frame, pinned pages streaming {pinned_while_streaming} after {pinned_after}",
+        "stream: {delivered} frames {w}x{h} {} @{} fps into {} buffers in {elapsed:.1} s: {:.1} fps, verified {}, corrupt {corrupt}, dropped {} (card register {dropped_register}), skipped {skipped}, out-of-order {out_of_order}, lost records {}, buffer errors {}, delivery latency (driver to process) p50 {:.0} us p99 {:.0} us max {:.0} us, {cpu_ms_per_frame:.2} ms CPU/frame, pinned pages streaming {pinned_while_streaming} after {pinned_after}",
         args.format,
         args.rate,
         args.buffers,
