@@ -1418,3 +1418,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod io_tests;
