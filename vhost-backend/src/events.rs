@@ -200,14 +200,12 @@ impl Events {
         &self,
         cause: u32,
         frame_number: u64,
-        count: u64,
+        count: u32,
         now_ns: u64,
         mem: Option<&GuestMemoryMmap>,
     ) {
         let mut st = self.lock();
-        for _ in 0..count {
-            st.irq.raise(cause, frame_number, now_ns);
-        }
+        st.irq.raise_many(cause, frame_number, count, now_ns);
         self.deliver_locked(&mut st, now_ns, mem);
     }
 

@@ -699,23 +699,21 @@ fn keep_streaming(r: &mut Rig<'_>, fps: u32, depth: u16, frames: u64) -> (u64, f
     (next_frame, elapsed, res.value(dropped).expect("dropped"))
 }
 
+/// One test for both, so that the free-running stream (a whole host core)
+/// never competes with the paced one for this 2-core machine.
 #[test]
-fn streaming_1080p_at_30_fps_with_4_buffers_drops_nothing() {
+fn streaming_1080p_paced_30_fps_drops_nothing_and_free_running_goes_as_fast_as_the_guest() {
     let mem = memory();
     let mut r = Rig::new(&mem, backend(1920, 1080));
     let (frames, secs, dropped) = keep_streaming(&mut r, 30, 4, 60);
-    eprintln!("stream 1080p YUYV paced 30 fps: {frames} frames in {secs:.2} s, {dropped} dropped");
+    eprintln!("stream 1080p YUYV paced 30 fps, 4 buffers queued: {frames} frames in {secs:.2} s, {dropped} dropped");
     assert_eq!(dropped, 0);
     assert!(secs < 60.0 / 30.0 + 1.0);
-}
-
-#[test]
-fn free_running_1080p_stream_runs_as_fast_as_the_guest_requeues() {
     let mem = memory();
     let mut r = Rig::new(&mem, backend(1920, 1080));
-    let (frames, secs, dropped) = keep_streaming(&mut r, 0, 4, 60);
+    let (frames, secs, dropped) = keep_streaming(&mut r, 0, 4, 120);
     eprintln!(
-        "stream 1080p YUYV free-running: {frames} frames in {secs:.2} s = {:.1} fps, {dropped} dropped",
+        "stream 1080p YUYV free-running, 4 buffers queued: {frames} frames in {secs:.2} s = {:.1} fps, {dropped} dropped",
         frames as f64 / secs
     );
     assert_eq!(dropped, 0);
