@@ -718,3 +718,29 @@ fn streaming_1080p_paced_30_fps_drops_nothing_and_free_running_goes_as_fast_as_t
     );
     assert_eq!(dropped, 0);
 }
+
+/// The command queue's fuzz finding, on the stream queue: with EVENT_IDX a
+/// broken avail index must end the kick, not spin.
+#[test]
+fn broken_stream_ring_ends_the_kick() {
+    let mem = memory();
+    let r = Rig::new(&mem, backend(320, 240));
+    r.b.set_event_idx(true);
+    for v in &r.vrings {
+        v.set_queue_event_idx(true);
+    }
+    r.strq.avail().idx().store(1000);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (b, vrings) = (&r.b, &r.vrings);
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let handled = b.handle_event(queue::STREAM, EventSet::IN, vrings, 0);
+            let _ = tx.send(handled.is_ok());
+        });
+        let handled = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the kick returned");
+        assert!(handled);
+    });
+    assert_eq!(r.b.stream.held(), 0);
+}
