@@ -3,24 +3,36 @@
  * xxcapture: virtio driver for the emulated "Double X" video-capture card.
  *
  * Each card gets a char device /dev/xxcaptureN. User space sends task
- * files (batches of register commands) with XXCAP_IOC_EXEC; the driver
- * validates them against the register table and passes each one to the
- * card as a single request on the command virtqueue.
+ * files (batches of register commands) with XXCAP_IOC_EXEC (synchronous)
+ * or XXCAP_IOC_SUBMIT (asynchronous); the driver validates them against the
+ * register table and passes each one to the card as a single request on the
+ * command virtqueue. Capture buffers (XXCAP_IOC_QUEUE_BUFFER) go to the
+ * stream virtqueue, one request each. The card reports interrupt causes as
+ * event records on the event virtqueue; read() on a file returns the
+ * records it subscribed to and the completions of its own requests.
  *
  * Request ownership: a request belongs to the thread that submitted it
  * until the device has taken it (virtqueue_add_sgs). From then on the
- * device owns the buffers until the command-queue callback gets them back
+ * device owns the buffers until a queue callback gets them back
  * (virtqueue_get_buf) or remove() takes them back after a reset
- * (virtqueue_detach_unused_buf). A waiter that gives up (signal, timeout)
- * does not free the request: it marks it orphaned under card->lock, and
- * whoever takes it back from the device frees it. All ownership decisions
- * are made under card->lock.
+ * (virtqueue_detach_unused_buf). A synchronous waiter that gives up
+ * (signal, timeout) does not free the request: it marks it orphaned under
+ * card->lock, and whoever takes it back from the device frees it.
+ * Asynchronous requests (SUBMIT, QUEUE_BUFFER) always come back to the
+ * driver: the reap work unpins their pages, then turns them into a
+ * completion record for the file that started them, unless that file was
+ * closed meanwhile (req->client is then NULL and the record is dropped).
+ * All ownership decisions are made under card->lock.
  *
- * DMA: the pages of a DMA command's user buffer are pinned before the
- * request is sent and belong to the request: they are unpinned exactly once,
- * by xxcap_req_free(), whoever frees it (the submitter, the reap work for a
- * returned orphan, or remove()). So the device can never write to a page
- * that has been given back to the system.
+ * DMA: the pages of a DMA command's user buffer (or of a capture buffer)
+ * are pinned before the request is sent and belong to the request: they are
+ * unpinned exactly once, by xxcap_unpin(), before the request is freed, in
+ * process context. So the device can never write to a page that has been
+ * given back to the system.
+ *
+ * Events: each file has a FIFO of records, filled under card->lock (queue
+ * callbacks, reap work) and emptied by one reader at a time (read_mutex)
+ * without the lock, as kfifo allows for one producer and one consumer.
  *
  * Card RAM and the status block live in a virtio shared-memory region (a
  * PCI BAR). User mappings of it are filled on fault, under map_rwsem; all
@@ -41,14 +53,20 @@
 #include <linux/ioport.h>
 #include <linux/jiffies.h>
 #include <linux/kernel.h>
+#include <linux/kfifo.h>
+#include <linux/ktime.h>
 #include <linux/list.h>
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mount.h>
+#include <linux/mutex.h>
 #include <linux/overflow.h>
+#include <linux/poll.h>
 #include <linux/pseudo_fs.h>
 #include <linux/rwsem.h>
 #include <linux/scatterlist.h>
+#include <linux/sched.h>
+#include <linux/sched/signal.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
@@ -63,7 +81,7 @@
 #include "xxcapture_dev.h"
 
 #ifdef __BIG_ENDIAN
-#error "xxcapture passes task files through unchanged: little-endian only"
+#error "xxcapture passes task files and event records through unchanged: little-endian only"
 #endif
 
 #ifndef XXCAPTURE_VIRTIO_ID
@@ -77,12 +95,27 @@
 #define XXCAP_MAX_OUT_SIZE	(XXCAP_MAX_TF_SIZE + sizeof(struct xxcap_vq_status))
 /* One entry per page touched, for any alignment of the buffer */
 #define XXCAP_MAX_SG		(DIV_ROUND_UP(XXCAP_MAX_OUT_SIZE, PAGE_SIZE) + 1)
-/* Requests owned by the device at once, orphans included */
-#define XXCAP_MAX_INFLIGHT	16
+/*
+ * Command-queue requests the device owns at once, orphans included: room
+ * for one open's XXCAP_MAX_SUBMITTED plus synchronous callers, within the
+ * 256 ring slots QEMU is given (one slot per request with indirect
+ * descriptors).
+ */
+#define XXCAP_MAX_INFLIGHT	128
+/* Task files one open may have submitted and not seen complete */
+#define XXCAP_MAX_SUBMITTED	64
+/* Capture buffers the device holds at once: one open's, plus one set of orphans */
+#define XXCAP_MAX_STREAM_INFLIGHT	(2 * XXCAP_MAX_QUEUED_BUFFERS)
+/* Event-queue buffers kept posted: 16 * 64 records */
+#define XXCAP_EVENT_BUFFERS	16
 /* Absolute limit of the bytes one task file may pin, whatever the card RAM */
 #define XXCAP_MAX_DMA_BYTES	SZ_1G
 /* Longest scatter-gather entry */
 #define XXCAP_MAX_SG_LEN	U32_MAX
+/* Causes an open may subscribe to */
+#define XXCAP_IRQ_CAUSES	(XXCAP_IRQ_FRAME_DONE | XXCAP_IRQ_DMA_DONE | \
+				 XXCAP_IRQ_DMA_ERROR | XXCAP_IRQ_OVERFLOW | \
+				 XXCAP_IRQ_TEST)
 
 #define XXCAP_MMAP_PGOFF_RAM	(XXCAP_MMAP_OFFSET_CARD_RAM >> PAGE_SHIFT)
 #define XXCAP_MMAP_PGOFF_STATUS	(XXCAP_MMAP_OFFSET_STATUS >> PAGE_SHIFT)
@@ -92,6 +125,8 @@
 #define XXCAP_FS_MAGIC		0x78786366
 
 #define XXCAP_TIMEOUT_MAX_MS	3600000U
+#define XXCAP_DEPTH_MIN		16U
+#define XXCAP_DEPTH_MAX		65536U
 
 static unsigned int timeout_ms = 5000;
 
@@ -109,6 +144,22 @@ module_param_cb(timeout_ms, &xxcap_timeout_ops, &timeout_ms, 0644);
 MODULE_PARM_DESC(timeout_ms,
 		 "Time limit of one task file in milliseconds (1..3600000, default 5000)");
 
+static unsigned int event_queue_depth = 4096;
+
+static int xxcap_depth_set(const char *val, const struct kernel_param *kp)
+{
+	return param_set_uint_minmax(val, kp, XXCAP_DEPTH_MIN, XXCAP_DEPTH_MAX);
+}
+
+static const struct kernel_param_ops xxcap_depth_ops = {
+	.set = xxcap_depth_set,
+	.get = param_get_uint,
+};
+
+module_param_cb(event_queue_depth, &xxcap_depth_ops, &event_queue_depth, 0644);
+MODULE_PARM_DESC(event_queue_depth,
+		 "Event records queued per open file (16..65536, default 4096; applies to later opens)");
+
 static dev_t xxcap_devt;
 static struct class *xxcap_class;
 static struct vfsmount *xxcap_mnt;
@@ -124,6 +175,7 @@ struct xxcap_card {
 	struct virtio_device *vdev;	/* not to be used once gone */
 	struct virtqueue *cmd_vq;
 	struct virtqueue *evt_vq;
+	struct virtqueue *stream_vq;
 	struct xxcap_identity id;	/* read once at probe, CPU byte order */
 	int minor;
 	unsigned long flags;
@@ -140,20 +192,48 @@ struct xxcap_card {
 
 	spinlock_t lock;		/* protects the fields below */
 	bool gone;			/* removed: no new requests */
-	unsigned int n_inflight;	/* requests the device owns */
+	unsigned int n_inflight;	/* command-queue requests the device owns */
+	unsigned int n_stream;		/* capture buffers the device owns */
+	unsigned int pollers;		/* EXEC_POLL callers: callbacks off */
+	unsigned int n_unrecorded;	/* async requests waiting for the work */
 	unsigned long done_seq;		/* bumped whenever a request comes back */
-	u64 next_tag;
-	struct list_head reap_list;	/* returned orphans, to be freed */
+	struct list_head reap_list;	/* returned orphans and async requests */
+	struct list_head clients;	/* open files, for event routing */
 
 	wait_queue_head_t slot_wq;	/* waiting for room in the queue */
-	struct work_struct reap_work;	/* frees returned orphans */
+	struct work_struct reap_work;	/* retires reap_list */
 
+	atomic64_t next_id;		/* request ids (and wire tags) */
 	atomic64_t requests;
 	atomic64_t commands;
 	atomic64_t rejected;
 	atomic64_t timeouts;
 	atomic64_t pinned_pages;
 	atomic64_t dma_bytes;
+	atomic64_t events;		/* records received from the card */
+	atomic64_t events_dropped;	/* records a full open queue dropped */
+	atomic64_t completions;		/* completion records made */
+};
+
+/* One open file of a card */
+struct xxcap_client {
+	struct xxcap_card *card;
+	bool writer;			/* the controlling open */
+	struct mutex read_mutex;	/* one consumer of fifo at a time */
+	wait_queue_head_t wq;		/* readers, pollers, buffer flushes */
+	struct xxcap_event *ring;	/* storage of fifo */
+	unsigned int depth;		/* records fifo may hold */
+	DECLARE_KFIFO_PTR(fifo, struct xxcap_event);
+
+	/* Under card->lock (fifo: its producer side) */
+	struct list_head node;		/* on card->clients */
+	struct list_head reqs;		/* its async requests the card owns */
+	u32 mask;			/* subscribed XXCAP_IRQ_* causes */
+	u32 lost;			/* records dropped since the last LOST */
+	unsigned int n_submitted;	/* SUBMITs without a record yet */
+	unsigned int n_buffers;		/* capture buffers without a record yet */
+	u64 bufs_queued;		/* capture buffers queued, ever */
+	u64 bufs_done;			/* ... and retired */
 };
 
 /* A DMA command of a request and the user pages it pinned */
@@ -167,14 +247,25 @@ struct xxcap_dma {
 	unsigned long n_pinned;		/* pinned so far */
 };
 
+enum xxcap_req_kind {
+	XXCAP_KIND_SYNC,		/* EXEC, ATTACH, FLUSH: a thread waits */
+	XXCAP_KIND_SUBMIT,		/* SUBMIT: completes as a record */
+	XXCAP_KIND_BUFFER,		/* capture buffer: completes as a record */
+};
+
 /*
  * Device-readable: in (vq_request [+ task file]) then sgt (SG table);
- * device-writable: out ([task-file result +] vq_status).
+ * device-writable: out ([task-file result +] vq_status, or stream result).
  */
 struct xxcap_req {
 	struct list_head node;		/* on card->reap_list */
 	struct completion done;
 	struct xxcap_card *card;
+	enum xxcap_req_kind kind;
+	u64 id;				/* request_id, and the wire tag */
+	u64 refcon;			/* SUBMIT, BUFFER: echoed in the record */
+	struct xxcap_client *client;	/* SUBMIT, BUFFER; NULL once orphaned */
+	struct list_head client_node;	/* on client->reqs, under card->lock */
 	void *in;
 	size_t in_len;
 	struct xxcap_sg_entry *sgt;	/* NULL without DMA commands */
@@ -187,7 +278,8 @@ struct xxcap_req {
 	u32 used_len;
 	int result;			/* 0: returned by the device; or -ENODEV */
 	bool completed;			/* under card->lock */
-	bool orphan;			/* under card->lock */
+	bool orphan;			/* SYNC: the waiter left; under card->lock */
+	bool recorded;			/* SUBMIT, BUFFER: record made */
 	struct scatterlist *sg_in;	/* kvmalloc'd, for in + sgt */
 	struct scatterlist sg_out[XXCAP_MAX_SG];
 };
@@ -350,7 +442,7 @@ static u32 xxcap_validate(const struct xxcap_card *card, const void *tf,
 
 /* ---- Requests ---- */
 
-/* Gives back the pinned pages of @req (FROM_CARD ones dirtied). */
+/* Gives back the pinned pages of @req (those the card wrote dirtied). */
 static void xxcap_unpin(struct xxcap_req *req)
 {
 	unsigned long total = 0;
@@ -386,23 +478,16 @@ static void xxcap_req_free(struct xxcap_req *req)
 	kfree(req);
 }
 
-static void xxcap_free_list(struct list_head *list)
-{
-	struct xxcap_req *req, *tmp;
-
-	list_for_each_entry_safe(req, tmp, list, node) {
-		list_del(&req->node);
-		xxcap_req_free(req);
-	}
-}
-
 /*
  * A request with @in_len readable bytes (vq_request first) and @out_len
  * writable ones, zeroed: no stale byte reaches the device or user space.
+ * It gets a new id, which is also its wire tag.
  */
 static struct xxcap_req *xxcap_req_alloc(struct xxcap_card *card,
+					 enum xxcap_req_kind kind,
 					 size_t in_len, size_t out_len)
 {
+	struct xxcap_vq_request *vreq;
 	struct xxcap_req *req;
 
 	req = kzalloc(sizeof(*req), GFP_KERNEL_ACCOUNT);
@@ -410,7 +495,10 @@ static struct xxcap_req *xxcap_req_alloc(struct xxcap_card *card,
 		return NULL;
 	init_completion(&req->done);
 	INIT_LIST_HEAD(&req->node);
+	INIT_LIST_HEAD(&req->client_node);
 	req->card = card;
+	req->kind = kind;
+	req->id = atomic64_inc_return(&card->next_id);
 	req->in_len = in_len;
 	req->out_len = out_len;
 	req->in = kvzalloc(in_len, GFP_KERNEL_ACCOUNT);
@@ -419,6 +507,8 @@ static struct xxcap_req *xxcap_req_alloc(struct xxcap_card *card,
 		xxcap_req_free(req);
 		return NULL;
 	}
+	vreq = req->in;
+	vreq->tag = cpu_to_le64(req->id);
 	return req;
 }
 
@@ -474,150 +564,6 @@ static int xxcap_req_map(struct xxcap_req *req)
 	n = xxcap_sg_add(req->sg_out, 0, req->out, req->out_len);
 	sg_mark_end(&req->sg_out[n - 1]);
 	return 0;
-}
-
-/* Frees orphaned requests the device has given back. */
-static void xxcap_reap_work(struct work_struct *work)
-{
-	struct xxcap_card *card = container_of(work, struct xxcap_card,
-					       reap_work);
-	LIST_HEAD(list);
-
-	spin_lock_irq(&card->lock);
-	list_splice_init(&card->reap_list, &list);
-	spin_unlock_irq(&card->lock);
-	xxcap_free_list(&list);
-}
-
-/* Command-queue callback (interrupt context). */
-static void xxcap_cmd_done(struct virtqueue *vq)
-{
-	struct xxcap_card *card = vq->vdev->priv;
-	struct xxcap_req *req;
-	unsigned long flags;
-	unsigned int len;
-	bool reap = false, any = false;
-
-	spin_lock_irqsave(&card->lock, flags);
-	do {
-		virtqueue_disable_cb(vq);
-		while ((req = virtqueue_get_buf(vq, &len))) {
-			card->n_inflight--;
-			WRITE_ONCE(card->done_seq, card->done_seq + 1);
-			any = true;
-			req->used_len = len;
-			req->result = 0;
-			req->completed = true;
-			if (req->orphan) {
-				list_add_tail(&req->node, &card->reap_list);
-				reap = true;
-			} else {
-				complete(&req->done);
-			}
-		}
-		if (unlikely(virtqueue_is_broken(vq)))
-			break;
-	} while (!virtqueue_enable_cb(vq));
-	spin_unlock_irqrestore(&card->lock, flags);
-
-	if (reap)
-		schedule_work(&card->reap_work);
-	if (any)
-		wake_up_all(&card->slot_wq);
-}
-
-/* A request came back (or the card went away) since @seq was read. */
-static bool xxcap_slot_news(struct xxcap_card *card, unsigned long seq)
-{
-	return READ_ONCE(card->done_seq) != seq || READ_ONCE(card->gone);
-}
-
-/*
- * Hands @req to the device. Waits (interruptibly, until @deadline) while the
- * queue is full. On success the device owns @req. @count: commands in it.
- */
-static int xxcap_submit(struct xxcap_card *card, struct xxcap_req *req,
-			u32 count, unsigned long deadline)
-{
-	struct scatterlist *sgs[2] = { req->sg_in, req->sg_out };
-	struct xxcap_vq_request *vreq = req->in;
-	unsigned long seq;
-	long left;
-	int ret;
-
-	for (;;) {
-		spin_lock_irq(&card->lock);
-		if (card->gone) {
-			ret = -ENODEV;
-		} else if (card->n_inflight >= XXCAP_MAX_INFLIGHT) {
-			ret = -ENOSPC;
-		} else {
-			vreq->tag = cpu_to_le64(card->next_tag);
-			ret = virtqueue_add_sgs(card->cmd_vq, sgs, 1, 1, req,
-						GFP_ATOMIC);
-		}
-		if (!ret) {
-			card->next_tag++;
-			card->n_inflight++;
-			/* Under the lock: remove() may delete the queue. */
-			virtqueue_kick(card->cmd_vq);
-		} else if (ret == -ENOSPC && !card->n_inflight) {
-			/* Will never fit: the ring is smaller than the request. */
-			ret = -EIO;
-			dev_err_ratelimited(&card->dev,
-					    "request does not fit the command queue\n");
-		}
-		seq = card->done_seq;
-		spin_unlock_irq(&card->lock);
-
-		if (!ret) {
-			atomic64_inc(&card->requests);
-			atomic64_add(count, &card->commands);
-			return 0;
-		}
-		if (ret != -ENOSPC)
-			return ret;
-
-		left = (long)(deadline - jiffies);
-		if (left <= 0)
-			return -ETIMEDOUT;
-		left = wait_event_interruptible_timeout(card->slot_wq,
-							xxcap_slot_news(card, seq),
-							left);
-		if (left < 0)
-			return -ERESTARTSYS;	/* nothing sent yet: restartable */
-		if (left == 0)
-			return -ETIMEDOUT;
-	}
-}
-
-/*
- * Waits for @req. Returns 0 when the request came back (or was failed by
- * remove()) and the caller owns it again; otherwise the request is left to
- * the device as an orphan and the caller must forget it.
- */
-static int xxcap_wait(struct xxcap_card *card, struct xxcap_req *req,
-		      unsigned long deadline)
-{
-	long left = max_t(long, (long)(deadline - jiffies), 1);
-	bool orphaned = false;
-
-	left = wait_for_completion_interruptible_timeout(&req->done, left);
-
-	spin_lock_irq(&card->lock);
-	if (!req->completed) {
-		req->orphan = true;
-		orphaned = true;
-	}
-	spin_unlock_irq(&card->lock);
-
-	if (!orphaned)
-		return 0;
-	/*
-	 * Not restartable: the device may still execute the task file, and a
-	 * restarted ioctl would execute it a second time.
-	 */
-	return left < 0 ? -EINTR : -ETIMEDOUT;
 }
 
 /* ---- DMA ---- */
@@ -682,8 +628,12 @@ static long xxcap_dma_collect(struct xxcap_card *card, struct xxcap_req *req,
 	return pages;
 }
 
-/* Pins the buffers of the DMA commands: all of every one, or -EFAULT. */
-static int xxcap_dma_pin(struct xxcap_card *card, struct xxcap_req *req)
+/*
+ * Pins the buffers of the DMA commands: all of every one, or -EFAULT.
+ * @gup_flags: added to FOLL_WRITE for the buffers the card writes.
+ */
+static int xxcap_dma_pin(struct xxcap_card *card, struct xxcap_req *req,
+			 unsigned int gup_flags)
 {
 	unsigned int i;
 	int ret;
@@ -693,7 +643,7 @@ static int xxcap_dma_pin(struct xxcap_card *card, struct xxcap_req *req)
 
 		/* n_pages fits an int: bounded by XXCAP_MAX_DMA_BYTES. */
 		ret = pin_user_pages_fast(d->user_value, d->n_pages,
-					  d->to_user ? FOLL_WRITE : 0,
+					  gup_flags | (d->to_user ? FOLL_WRITE : 0),
 					  req->pages + d->first_page);
 		if (ret > 0) {
 			/* Owned by the request from here: see xxcap_unpin(). */
@@ -723,7 +673,8 @@ static int xxcap_sg_emit(struct xxcap_req *req, unsigned int max,
 /*
  * Describes the pinned buffers to the card: one run of SG entries per DMA
  * command, in command order, physically contiguous pieces merged. The wire
- * copy of each DMA command gets the index of its first entry as its value.
+ * copy of each DMA command (in @cmds, unless NULL) gets the index of its
+ * first entry as its value.
  */
 static int xxcap_dma_build_sg(struct xxcap_req *req, struct xxcap_cmd *cmds,
 			      unsigned long pages)
@@ -767,7 +718,8 @@ static int xxcap_dma_build_sg(struct xxcap_req *req, struct xxcap_cmd *cmds,
 		ret = xxcap_sg_emit(req, max, addr, len);
 		if (ret)
 			return ret;
-		cmds[d->index].value = first;
+		if (cmds)
+			cmds[d->index].value = first;
 	}
 	return 0;
 }
@@ -786,10 +738,41 @@ static int xxcap_dma_prepare(struct xxcap_card *card, struct xxcap_req *req,
 				    GFP_KERNEL_ACCOUNT);
 	if (!req->pages)
 		return -ENOMEM;
-	ret = xxcap_dma_pin(card, req);
+	ret = xxcap_dma_pin(card, req, 0);
 	if (ret)
 		return ret;
 	return xxcap_dma_build_sg(req, cmds, pages);
+}
+
+/*
+ * Pins the capture buffer [@addr, @addr + @len) of @req for the card to
+ * write and builds its SG table. Long-term: the card may hold it for as
+ * long as capture is stopped.
+ */
+static int xxcap_buffer_prepare(struct xxcap_card *card, struct xxcap_req *req,
+				u64 addr, u64 len)
+{
+	struct xxcap_dma *d;
+	int ret;
+
+	req->dma = kzalloc(sizeof(*req->dma), GFP_KERNEL_ACCOUNT);
+	if (!req->dma)
+		return -ENOMEM;
+	req->n_dma = 1;
+	d = &req->dma[0];
+	d->to_user = true;
+	d->user_value = addr;
+	d->length = len;
+	/* At most XXCAP_MAX_BUFFER_SIZE / PAGE_SIZE + 1 */
+	d->n_pages = DIV_ROUND_UP(offset_in_page(addr) + len, PAGE_SIZE);
+	req->pages = kvmalloc_array(d->n_pages, sizeof(*req->pages),
+				    GFP_KERNEL_ACCOUNT);
+	if (!req->pages)
+		return -ENOMEM;
+	ret = xxcap_dma_pin(card, req, FOLL_LONGTERM);
+	if (ret)
+		return ret;
+	return xxcap_dma_build_sg(req, NULL, d->n_pages);
 }
 
 /*
@@ -814,73 +797,697 @@ static void xxcap_dma_finish(struct xxcap_card *card, struct xxcap_req *req)
 	atomic64_add(moved, &card->dma_bytes);
 }
 
+/* ---- Event records and completions ---- */
+
+/* Whether read() has a record for @client. */
+static bool xxcap_client_readable(struct xxcap_client *client)
+{
+	return !kfifo_is_empty(&client->fifo) || READ_ONCE(client->lost);
+}
+
+/*
+ * Queues @ev for @client, or drops it when the client's queue is full.
+ * The first record queued after drops is a LOST record counting them, so
+ * that it stands where they would have been. Under card->lock.
+ */
+static void xxcap_client_push(struct xxcap_card *card,
+			      struct xxcap_client *client,
+			      const struct xxcap_event *ev)
+{
+	unsigned int need = client->lost ? 2 : 1;
+
+	lockdep_assert_held(&card->lock);
+	if (kfifo_len(&client->fifo) + need > client->depth) {
+		if (client->lost < U32_MAX)
+			WRITE_ONCE(client->lost, client->lost + 1);
+		atomic64_inc(&card->events_dropped);
+	} else {
+		if (client->lost) {
+			struct xxcap_event lost = {
+				.cause = XXCAP_EVENT_LOST,
+				.guest_time_ns = ev->guest_time_ns,
+				.count = client->lost,
+			};
+
+			kfifo_put(&client->fifo, lost);
+			WRITE_ONCE(client->lost, 0);
+		}
+		kfifo_put(&client->fifo, *ev);
+	}
+	/* Also for a drop: a buffer flush may wait on its counters. */
+	wake_up(&client->wq);
+}
+
+/* The completion record of @req, which the card gave back (or reset took). */
+static void xxcap_req_event(struct xxcap_card *card, struct xxcap_req *req,
+			    struct xxcap_event *ev)
+{
+	memset(ev, 0, sizeof(*ev));
+	ev->flags = XXCAP_EVENT_FLAG_COMPLETION;
+	ev->request_id = req->id;
+	ev->refcon = req->refcon;
+	ev->guest_time_ns = ktime_get_ns();
+
+	if (req->kind == XXCAP_KIND_BUFFER) {
+		const struct xxcap_stream_result *res = req->out;
+
+		ev->cause = XXCAP_IRQ_FRAME_DONE;
+		if (req->result) {
+			/* Taken back at reset, which cancels held buffers */
+			ev->status = XXCAP_TF_CANCELLED;
+		} else if (req->used_len != sizeof(*res) ||
+			   le32_to_cpu(res->status) != XXCAP_VQ_OK) {
+			dev_err_ratelimited(&card->dev,
+					    "capture buffer refused: %u bytes, status %u\n",
+					    req->used_len, le32_to_cpu(res->status));
+			ev->status = XXCAP_TF_DEVICE;
+		} else {
+			ev->status = le32_to_cpu(res->error);
+			ev->frame_number = le64_to_cpu(res->frame_number);
+			ev->device_time_ns = le64_to_cpu(res->device_time_ns);
+			ev->count = le32_to_cpu(res->bytes);
+		}
+		return;
+	}
+
+	/* A submitted task file: its header and the transport status */
+	if (req->result) {
+		ev->status = XXCAP_TF_DEVICE;
+	} else {
+		const struct xxcap_tf_header *hdr = req->out;
+		const struct xxcap_vq_status *vst =
+			req->out + req->out_len - sizeof(*vst);
+		u32 status = le32_to_cpu(vst->status);
+
+		if (req->used_len == req->out_len && status == XXCAP_VQ_OK) {
+			xxcap_dma_finish(card, req);
+			ev->status = hdr->error;
+			ev->count = hdr->count;
+			ev->device_time_ns = le64_to_cpu(vst->device_time_ns);
+		} else {
+			dev_err_ratelimited(&card->dev,
+					    "submitted request refused: %u bytes, status %u\n",
+					    req->used_len, status);
+			ev->status = XXCAP_TF_DEVICE;
+		}
+	}
+	ev->cause = ev->status == XXCAP_TF_OK ? XXCAP_IRQ_DMA_DONE :
+						XXCAP_IRQ_DMA_ERROR;
+}
+
+/*
+ * Turns the async request @req, back from the card, into a completion
+ * record for the file that started it, unless that was closed. Under
+ * card->lock.
+ */
+static void xxcap_req_record(struct xxcap_card *card, struct xxcap_req *req)
+{
+	struct xxcap_client *client = req->client;
+	struct xxcap_event ev;
+
+	lockdep_assert_held(&card->lock);
+	req->recorded = true;
+	xxcap_req_event(card, req, &ev);
+	if (!client)
+		return;		/* its file was closed: nobody reads it */
+
+	list_del_init(&req->client_node);
+	req->client = NULL;
+	if (req->kind == XXCAP_KIND_SUBMIT) {
+		client->n_submitted--;
+	} else {
+		client->n_buffers--;
+		WRITE_ONCE(client->bufs_done, client->bufs_done + 1);
+	}
+	atomic64_inc(&card->completions);
+	xxcap_client_push(card, client, &ev);
+}
+
+/*
+ * Retires requests the card gave back: unpins their pages, makes the
+ * completion records still owed (in the order the card returned them) and
+ * frees them. Process context.
+ */
+static void xxcap_retire(struct xxcap_card *card, struct list_head *list)
+{
+	struct xxcap_req *req, *tmp;
+
+	list_for_each_entry_safe(req, tmp, list, node) {
+		list_del(&req->node);
+		/* Unpinned first: whoever reads the record finds them free. */
+		xxcap_unpin(req);
+		if (req->kind != XXCAP_KIND_SYNC && !req->recorded) {
+			spin_lock_irq(&card->lock);
+			xxcap_req_record(card, req);
+			card->n_unrecorded--;
+			spin_unlock_irq(&card->lock);
+		}
+		xxcap_req_free(req);
+	}
+}
+
+static void xxcap_reap_work(struct work_struct *work)
+{
+	struct xxcap_card *card = container_of(work, struct xxcap_card,
+					       reap_work);
+	LIST_HEAD(list);
+
+	spin_lock_irq(&card->lock);
+	list_splice_init(&card->reap_list, &list);
+	spin_unlock_irq(&card->lock);
+	xxcap_retire(card, &list);
+}
+
+/*
+ * @req came back from the card with @len bytes written (@result 0), or was
+ * taken back after a reset (@result -ENODEV). Wakes its waiter, or puts it
+ * on @reap for xxcap_retire(). Under card->lock.
+ */
+static void xxcap_req_returned(struct xxcap_card *card, struct xxcap_req *req,
+			       u32 len, int result, struct list_head *reap)
+{
+	req->used_len = len;
+	req->result = result;
+	req->completed = true;
+	if (req->kind == XXCAP_KIND_SYNC) {
+		if (!req->orphan) {
+			complete(&req->done);
+			return;
+		}
+	} else if (!req->n_dma && !card->n_unrecorded) {
+		/* Nothing to unpin, nothing before it: record it now. */
+		xxcap_req_record(card, req);
+	} else {
+		card->n_unrecorded++;
+	}
+	list_add_tail(&req->node, reap);
+}
+
+/* Takes back what the card returned on the command queue. Under card->lock. */
+static bool xxcap_cmd_drain(struct xxcap_card *card)
+{
+	struct xxcap_req *req;
+	unsigned int len;
+	bool any = false;
+
+	while ((req = virtqueue_get_buf(card->cmd_vq, &len))) {
+		card->n_inflight--;
+		xxcap_req_returned(card, req, len, 0, &card->reap_list);
+		any = true;
+	}
+	if (any)
+		WRITE_ONCE(card->done_seq, card->done_seq + 1);
+	return any;
+}
+
+/*
+ * Starts the reap work if it has something to do. Under card->lock, so that
+ * it is never queued after remove() has cancelled it for good.
+ */
+static void xxcap_reap_kick(struct xxcap_card *card)
+{
+	lockdep_assert_held(&card->lock);
+	if (!card->gone && !list_empty(&card->reap_list))
+		queue_work(system_highpri_wq, &card->reap_work);
+}
+
+/* Command-queue callback (interrupt context). */
+static void xxcap_cmd_done(struct virtqueue *vq)
+{
+	struct xxcap_card *card = vq->vdev->priv;
+	unsigned long flags;
+	bool any = false;
+
+	spin_lock_irqsave(&card->lock, flags);
+	do {
+		virtqueue_disable_cb(vq);
+		any |= xxcap_cmd_drain(card);
+		if (unlikely(virtqueue_is_broken(vq)))
+			break;
+		/* While an EXEC_POLL caller spins, it drains: callbacks stay off. */
+	} while (!card->pollers && !virtqueue_enable_cb(vq));
+	xxcap_reap_kick(card);
+	spin_unlock_irqrestore(&card->lock, flags);
+
+	if (any)
+		wake_up_all(&card->slot_wq);
+}
+
+/* Stream-queue callback (interrupt context): capture buffers came back. */
+static void xxcap_stream_done(struct virtqueue *vq)
+{
+	struct xxcap_card *card = vq->vdev->priv;
+	struct xxcap_req *req;
+	unsigned long flags;
+	unsigned int len;
+
+	spin_lock_irqsave(&card->lock, flags);
+	do {
+		virtqueue_disable_cb(vq);
+		while ((req = virtqueue_get_buf(vq, &len))) {
+			card->n_stream--;
+			xxcap_req_returned(card, req, len, 0, &card->reap_list);
+		}
+		if (unlikely(virtqueue_is_broken(vq)))
+			break;
+	} while (!virtqueue_enable_cb(vq));
+	xxcap_reap_kick(card);
+	spin_unlock_irqrestore(&card->lock, flags);
+}
+
+/*
+ * Hands the records of one event buffer (@len bytes written) to every open
+ * that subscribed to their cause; LOST records go to every open that
+ * subscribed to anything. Under card->lock.
+ */
+static void xxcap_evt_deliver(struct xxcap_card *card, const void *buf,
+			      unsigned int len)
+{
+	struct xxcap_client *client;
+	struct xxcap_event ev;
+	unsigned int off;
+	u64 now;
+
+	if (len % XXCAP_EVENT_SIZE || len > XXCAP_EVENT_BUFFER_SIZE) {
+		dev_warn_ratelimited(&card->dev,
+				     "event buffer of %u bytes dropped\n", len);
+		return;
+	}
+	now = ktime_get_ns();
+	for (off = 0; off < len; off += XXCAP_EVENT_SIZE) {
+		memcpy(&ev, buf + off, sizeof(ev));
+		ev.guest_time_ns = now;
+		atomic64_inc(&card->events);
+		list_for_each_entry(client, &card->clients, node) {
+			u32 want = ev.cause == XXCAP_EVENT_LOST ?
+				   client->mask : client->mask & ev.cause;
+
+			if (want)
+				xxcap_client_push(card, client, &ev);
+		}
+	}
+}
+
+/* Event-queue callback (interrupt context): delivers, then reposts. */
+static void xxcap_evt_done(struct virtqueue *vq)
+{
+	struct xxcap_card *card = vq->vdev->priv;
+	struct scatterlist sg;
+	unsigned long flags;
+	unsigned int len;
+	bool kick = false;
+	void *buf;
+
+	spin_lock_irqsave(&card->lock, flags);
+	do {
+		virtqueue_disable_cb(vq);
+		while ((buf = virtqueue_get_buf(vq, &len))) {
+			xxcap_evt_deliver(card, buf, len);
+			sg_init_one(&sg, buf, XXCAP_EVENT_BUFFER_SIZE);
+			if (virtqueue_add_inbuf(vq, &sg, 1, buf, GFP_ATOMIC)) {
+				/* Not expected: its own slot was just freed. */
+				dev_warn_ratelimited(&card->dev,
+						     "cannot repost an event buffer\n");
+				kfree(buf);
+				continue;
+			}
+			kick = true;
+		}
+		if (unlikely(virtqueue_is_broken(vq)))
+			break;
+	} while (!virtqueue_enable_cb(vq));
+	if (kick)
+		virtqueue_kick(vq);
+	spin_unlock_irqrestore(&card->lock, flags);
+}
+
+/* Posts the buffers the card writes event records into. */
+static void xxcap_evt_fill(struct xxcap_card *card)
+{
+	void *bufs[XXCAP_EVENT_BUFFERS];
+	struct scatterlist sg;
+	unsigned int i, n;
+
+	for (n = 0; n < XXCAP_EVENT_BUFFERS; n++) {
+		/* Zeroed: a short write by the card leaks nothing. */
+		bufs[n] = kzalloc(XXCAP_EVENT_BUFFER_SIZE, GFP_KERNEL);
+		if (!bufs[n])
+			break;
+	}
+
+	spin_lock_irq(&card->lock);
+	for (i = 0; i < n; i++) {
+		sg_init_one(&sg, bufs[i], XXCAP_EVENT_BUFFER_SIZE);
+		if (virtqueue_add_inbuf(card->evt_vq, &sg, 1, bufs[i],
+					GFP_ATOMIC))
+			break;
+	}
+	if (i)
+		virtqueue_kick(card->evt_vq);
+	spin_unlock_irq(&card->lock);
+
+	if (i < XXCAP_EVENT_BUFFERS)
+		dev_warn(&card->dev, "%u of %u event buffers posted\n", i,
+			 XXCAP_EVENT_BUFFERS);
+	for (; i < n; i++)
+		kfree(bufs[i]);
+}
+
+/* ---- Submission and waiting ---- */
+
+/* A request came back (or the card went away) since @seq was read. */
+static bool xxcap_slot_news(struct xxcap_card *card, unsigned long seq)
+{
+	return READ_ONCE(card->done_seq) != seq || READ_ONCE(card->gone);
+}
+
+/* How xxcap_submit() waits for room in the command queue */
+enum {
+	XXCAP_SUBMIT_NONBLOCK = BIT(0),	/* -EAGAIN instead of waiting */
+	XXCAP_SUBMIT_UNINTR = BIT(1),	/* signals do not end the wait */
+};
+
+/* @req was just given to the card: its client tracks it. Under card->lock. */
+static void xxcap_req_sent(struct xxcap_req *req)
+{
+	if (req->client)
+		list_add_tail(&req->client_node, &req->client->reqs);
+}
+
+/*
+ * Hands @req to the device's command queue. Waits (until @deadline; @how)
+ * while the queue is full. On success the device owns @req. @count:
+ * commands in it.
+ */
+static int xxcap_submit(struct xxcap_card *card, struct xxcap_req *req,
+			u32 count, unsigned long deadline, unsigned int how)
+{
+	struct scatterlist *sgs[2] = { req->sg_in, req->sg_out };
+	unsigned long seq;
+	long left;
+	int ret;
+
+	for (;;) {
+		spin_lock_irq(&card->lock);
+		if (card->gone) {
+			ret = -ENODEV;
+		} else if (card->n_inflight >= XXCAP_MAX_INFLIGHT) {
+			ret = -ENOSPC;
+		} else {
+			ret = virtqueue_add_sgs(card->cmd_vq, sgs, 1, 1, req,
+						GFP_ATOMIC);
+		}
+		if (!ret) {
+			card->n_inflight++;
+			xxcap_req_sent(req);
+			/* Under the lock: remove() may delete the queue. */
+			virtqueue_kick(card->cmd_vq);
+		} else if (ret == -ENOSPC && !card->n_inflight) {
+			/* Will never fit: the ring is smaller than the request. */
+			ret = -EIO;
+			dev_err_ratelimited(&card->dev,
+					    "request does not fit the command queue\n");
+		}
+		seq = card->done_seq;
+		spin_unlock_irq(&card->lock);
+
+		if (!ret) {
+			atomic64_inc(&card->requests);
+			atomic64_add(count, &card->commands);
+			return 0;
+		}
+		if (ret != -ENOSPC)
+			return ret;
+		if (how & XXCAP_SUBMIT_NONBLOCK)
+			return -EAGAIN;
+
+		left = (long)(deadline - jiffies);
+		if (left <= 0)
+			return -ETIMEDOUT;
+		if (how & XXCAP_SUBMIT_UNINTR)
+			left = wait_event_timeout(card->slot_wq,
+						  xxcap_slot_news(card, seq),
+						  left);
+		else
+			left = wait_event_interruptible_timeout(card->slot_wq,
+								xxcap_slot_news(card, seq),
+								left);
+		if (left < 0)
+			return -ERESTARTSYS;	/* nothing sent yet: restartable */
+		if (left == 0)
+			return -ETIMEDOUT;
+	}
+}
+
+/* Hands the capture buffer @req to the device's stream queue. */
+static int xxcap_queue_stream(struct xxcap_card *card, struct xxcap_req *req)
+{
+	struct scatterlist *sgs[2] = { req->sg_in, req->sg_out };
+	int ret;
+
+	spin_lock_irq(&card->lock);
+	if (card->gone)
+		ret = -ENODEV;
+	else if (card->n_stream >= XXCAP_MAX_STREAM_INFLIGHT)
+		ret = -ENOSPC;
+	else
+		ret = virtqueue_add_sgs(card->stream_vq, sgs, 1, 1, req,
+					GFP_ATOMIC);
+	if (!ret) {
+		card->n_stream++;
+		req->client->bufs_queued++;
+		xxcap_req_sent(req);
+		virtqueue_kick(card->stream_vq);
+	}
+	spin_unlock_irq(&card->lock);
+	return ret;
+}
+
+/*
+ * The waiter of @req gives up with @err: unless the request came back
+ * meanwhile (then 0), it is left to the device as an orphan and the caller
+ * must forget it.
+ */
+static int xxcap_orphan(struct xxcap_card *card, struct xxcap_req *req,
+			int err)
+{
+	bool orphaned = false;
+
+	spin_lock_irq(&card->lock);
+	if (!req->completed) {
+		req->orphan = true;
+		orphaned = true;
+	}
+	spin_unlock_irq(&card->lock);
+	return orphaned ? err : 0;
+}
+
+/*
+ * Waits for @req (interruptibly if @intr). Returns 0 when the request came
+ * back (or was failed by remove()) and the caller owns it again; otherwise
+ * the request is left to the device as an orphan and the caller must forget
+ * it.
+ */
+static int xxcap_wait(struct xxcap_card *card, struct xxcap_req *req,
+		      unsigned long deadline, bool intr)
+{
+	long left = max_t(long, (long)(deadline - jiffies), 1);
+
+	if (intr)
+		left = wait_for_completion_interruptible_timeout(&req->done,
+								 left);
+	else
+		left = wait_for_completion_timeout(&req->done, left);
+	if (left > 0)
+		return 0;
+	/*
+	 * Not restartable: the device may still execute the task file, and a
+	 * restarted ioctl would execute it a second time.
+	 */
+	return xxcap_orphan(card, req, left < 0 ? -EINTR : -ETIMEDOUT);
+}
+
+/*
+ * As xxcap_wait(), but polls the command queue with its callbacks off
+ * instead of sleeping until the interrupt: the difference between the two
+ * is what the interrupt costs.
+ */
+static int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
+			     unsigned long deadline)
+{
+	bool any = false, done, gone;
+	int ret = 0;
+
+	spin_lock_irq(&card->lock);
+	if (!card->pollers++ && !card->gone)
+		virtqueue_disable_cb(card->cmd_vq);
+	spin_unlock_irq(&card->lock);
+
+	for (;;) {
+		spin_lock_irq(&card->lock);
+		gone = card->gone;
+		if (!req->completed && !gone && xxcap_cmd_drain(card)) {
+			any = true;
+			xxcap_reap_kick(card);
+		}
+		done = req->completed;
+		spin_unlock_irq(&card->lock);
+		if (done || gone)
+			break;
+		if (signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
+		if (time_after_eq(jiffies, deadline)) {
+			ret = -ETIMEDOUT;
+			break;
+		}
+		cond_resched();
+		cpu_relax();
+	}
+
+	spin_lock_irq(&card->lock);
+	if (!--card->pollers && !card->gone) {
+		/* Last poller: callbacks back on, with nothing left behind. */
+		while (!virtqueue_enable_cb(card->cmd_vq)) {
+			virtqueue_disable_cb(card->cmd_vq);
+			any |= xxcap_cmd_drain(card);
+			if (unlikely(virtqueue_is_broken(card->cmd_vq)))
+				break;
+		}
+	}
+	xxcap_reap_kick(card);
+	spin_unlock_irq(&card->lock);
+	if (any)
+		wake_up_all(&card->slot_wq);
+
+	if (ret)
+		return xxcap_orphan(card, req, ret);
+	/* Back; or the card is going away and its reset will hand req back. */
+	return xxcap_wait(card, req, deadline, true);
+}
+
+/*
+ * Transport status of an ATTACH or FLUSH_BUFFERS reply: the status word
+ * with (§9) or without the device time.
+ */
+static int xxcap_short_status(struct xxcap_card *card, struct xxcap_req *req,
+			      const char *what)
+{
+	const struct xxcap_vq_status *vst = req->out;
+	u32 status;
+
+	if (req->result)
+		return req->result;
+	status = le32_to_cpu(vst->status);
+	if (req->used_len < offsetof(struct xxcap_vq_status, device_time_ns) ||
+	    req->used_len > sizeof(*vst) || status != XXCAP_VQ_OK) {
+		dev_dbg(&card->dev, "%s: %u bytes, status %u\n", what,
+			req->used_len, status);
+		return -EIO;
+	}
+	return 0;
+}
+
 /* ---- Task files ---- */
+
+/*
+ * Reads the task file of @size bytes at @utf into a new request of @kind,
+ * validates it and, if it passes, pins its DMA buffers and maps the
+ * request. A task file refused by validation still gets its request, with
+ * *@err and the failing index in its header, and nothing pinned.
+ */
+static int xxcap_tf_build(struct xxcap_card *card, enum xxcap_req_kind kind,
+			  void __user *utf, u32 size, struct xxcap_req **reqp,
+			  u32 *err)
+{
+	struct xxcap_vq_request *vreq;
+	struct xxcap_tf_header *hdr;
+	struct xxcap_req *req;
+	u32 index;
+	int ret;
+
+	req = xxcap_req_alloc(card, kind, sizeof(*vreq) + size,
+			      size + sizeof(struct xxcap_vq_status));
+	if (!req)
+		return -ENOMEM;
+	vreq = req->in;
+	hdr = req->in + sizeof(*vreq);
+	if (copy_from_user(hdr, utf, size)) {
+		ret = -EFAULT;
+		goto err_free;
+	}
+
+	*err = xxcap_validate(card, hdr, size, &index);
+	if (*err != XXCAP_TF_OK) {
+		atomic64_inc(&card->rejected);
+		hdr->error = *err;
+		hdr->count = index;
+		*reqp = req;
+		return 0;
+	}
+
+	if (card->dma) {
+		ret = xxcap_dma_prepare(card, req, (void *)hdr + XXCAP_HDR_SIZE,
+					hdr->count);
+		if (ret)
+			goto err_free;
+	}
+
+	/* flags, reserved: zero (kvzalloc); tag: the request id */
+	vreq->req_type = cpu_to_le32(XXCAP_REQ_EXEC_TASK_FILE);
+	vreq->sg_count = cpu_to_le32(req->n_sgt);
+	ret = xxcap_req_map(req);
+	if (ret)
+		goto err_free;
+	*reqp = req;
+	return 0;
+
+err_free:
+	xxcap_req_free(req);
+	return ret;
+}
 
 static int xxcap_exec(struct xxcap_card *card, void __user *argp)
 {
+	const struct xxcap_vq_status *vst;
+	struct xxcap_tf_header *hdr;
 	struct xxcap_exec arg;
 	struct xxcap_req *req;
-	struct xxcap_tf_header *hdr;
-	struct xxcap_cmd *cmds;
-	struct xxcap_vq_request *vreq;
-	const struct xxcap_vq_status *vst;
 	void __user *utf;
 	unsigned long deadline;
-	u32 err, index, status, count;
+	u32 err, status;
 	int ret;
 
 	if (copy_from_user(&arg, argp, sizeof(arg)))
 		return -EFAULT;
-	if (arg.flags)
+	if (arg.flags & ~XXCAP_EXEC_POLL)
 		return -EINVAL;
 	if (arg.size < XXCAP_HDR_SIZE || arg.size > XXCAP_MAX_TF_SIZE)
 		return -EINVAL;
 	utf = u64_to_user_ptr(arg.task_file);
 
-	req = xxcap_req_alloc(card, sizeof(*vreq) + arg.size,
-			      arg.size + sizeof(*vst));
-	if (!req)
-		return -ENOMEM;
-	vreq = req->in;
-	hdr = req->in + sizeof(*vreq);
-	cmds = req->in + sizeof(*vreq) + XXCAP_HDR_SIZE;
-	if (copy_from_user(hdr, utf, arg.size)) {
-		ret = -EFAULT;
-		goto out_free;
-	}
-
-	err = xxcap_validate(card, hdr, arg.size, &index);
+	ret = xxcap_tf_build(card, XXCAP_KIND_SYNC, utf, arg.size, &req, &err);
+	if (ret)
+		return ret;
+	hdr = req->in + sizeof(struct xxcap_vq_request);
 	if (err != XXCAP_TF_OK) {
-		atomic64_inc(&card->rejected);
-		hdr->error = err;
-		hdr->count = index;
 		ret = copy_to_user(utf, hdr, XXCAP_HDR_SIZE) ? -EFAULT : 0;
 		goto out_free;
 	}
-	count = hdr->count;
-
-	if (card->dma) {
-		ret = xxcap_dma_prepare(card, req, cmds, count);
-		if (ret)
-			goto out_free;
-	}
-
-	/* flags, reserved: zero (kvzalloc); tag: set when submitted */
-	vreq->req_type = cpu_to_le32(XXCAP_REQ_EXEC_TASK_FILE);
-	vreq->sg_count = cpu_to_le32(req->n_sgt);
-	ret = xxcap_req_map(req);
-	if (ret)
-		goto out_free;
 
 	deadline = jiffies + msecs_to_jiffies(READ_ONCE(timeout_ms));
-	ret = xxcap_submit(card, req, count, deadline);
+	ret = xxcap_submit(card, req, hdr->count, deadline, 0);
 	if (ret) {
 		if (ret == -ETIMEDOUT)
 			atomic64_inc(&card->timeouts);
 		goto out_free;
 	}
 
-	ret = xxcap_wait(card, req, deadline);
+	if (arg.flags & XXCAP_EXEC_POLL)
+		ret = xxcap_wait_polled(card, req, deadline);
+	else
+		ret = xxcap_wait(card, req, deadline, true);
 	if (ret) {
 		if (ret == -ETIMEDOUT)
 			atomic64_inc(&card->timeouts);
@@ -915,6 +1522,269 @@ out_free:
 	return ret;
 }
 
+/*
+ * Takes one of @client's @limit slots counted by *@n (n_submitted or
+ * n_buffers); the completion record gives it back.
+ */
+static int xxcap_reserve(struct xxcap_card *card, unsigned int *n,
+			 unsigned int limit)
+{
+	int ret = 0;
+
+	spin_lock_irq(&card->lock);
+	if (*n >= limit)
+		ret = -ENOSPC;
+	else
+		(*n)++;
+	spin_unlock_irq(&card->lock);
+	return ret;
+}
+
+static void xxcap_unreserve(struct xxcap_card *card, unsigned int *n)
+{
+	spin_lock_irq(&card->lock);
+	(*n)--;
+	spin_unlock_irq(&card->lock);
+}
+
+/*
+ * SUBMIT: starts a task file and returns; its completion is a record. A
+ * task file refused by validation completes at once.
+ */
+static int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
+			   void __user *argp)
+{
+	struct xxcap_submit __user *uarg = argp;
+	struct xxcap_card *card = client->card;
+	struct xxcap_tf_header *hdr;
+	struct xxcap_submit arg;
+	struct xxcap_req *req;
+	unsigned long deadline;
+	u32 err;
+	int ret;
+
+	if (copy_from_user(&arg, argp, sizeof(arg)))
+		return -EFAULT;
+	if (arg.flags)
+		return -EINVAL;
+	if (arg.size < XXCAP_HDR_SIZE || arg.size > XXCAP_MAX_TF_SIZE)
+		return -EINVAL;
+
+	ret = xxcap_reserve(card, &client->n_submitted, XXCAP_MAX_SUBMITTED);
+	if (ret)
+		return ret;
+	ret = xxcap_tf_build(card, XXCAP_KIND_SUBMIT,
+			     u64_to_user_ptr(arg.task_file), arg.size, &req,
+			     &err);
+	if (ret)
+		goto out_unreserve;
+	req->refcon = arg.refcon;
+	if (put_user(req->id, &uarg->request_id)) {
+		ret = -EFAULT;
+		goto out_free;
+	}
+
+	hdr = req->in + sizeof(struct xxcap_vq_request);
+	if (err != XXCAP_TF_OK) {
+		struct xxcap_event ev = {
+			.cause = XXCAP_IRQ_DMA_ERROR,
+			.status = hdr->error,
+			.request_id = req->id,
+			.refcon = req->refcon,
+			.guest_time_ns = ktime_get_ns(),
+			.count = hdr->count,
+			.flags = XXCAP_EVENT_FLAG_COMPLETION,
+		};
+
+		spin_lock_irq(&card->lock);
+		client->n_submitted--;
+		atomic64_inc(&card->completions);
+		xxcap_client_push(card, client, &ev);
+		spin_unlock_irq(&card->lock);
+		xxcap_req_free(req);
+		return 0;
+	}
+
+	req->client = client;
+	deadline = jiffies + msecs_to_jiffies(READ_ONCE(timeout_ms));
+	ret = xxcap_submit(card, req, hdr->count, deadline,
+			   file->f_flags & O_NONBLOCK ?
+			   XXCAP_SUBMIT_NONBLOCK : 0);
+	if (!ret)
+		return 0;	/* the card owns req; its record frees the slot */
+	if (ret == -ETIMEDOUT)
+		atomic64_inc(&card->timeouts);
+
+out_free:
+	xxcap_req_free(req);
+out_unreserve:
+	xxcap_unreserve(card, &client->n_submitted);
+	return ret;
+}
+
+/* Capture buffers need the stream queue and guest-physical SG entries. */
+static bool xxcap_can_stream(const struct xxcap_card *card)
+{
+	return (card->id.capabilities & XXCAP_CAP_STREAMING) && card->dma;
+}
+
+/* QUEUE_BUFFER: pins a capture buffer and gives it to the card. */
+static int xxcap_queue_buffer(struct xxcap_client *client, void __user *argp)
+{
+	struct xxcap_queue_buffer __user *uarg = argp;
+	struct xxcap_card *card = client->card;
+	struct xxcap_queue_buffer arg;
+	struct xxcap_vq_request *vreq;
+	struct xxcap_req *req;
+	u64 end;
+	int ret;
+
+	if (copy_from_user(&arg, argp, sizeof(arg)))
+		return -EFAULT;
+	if (arg.flags || arg.reserved || !arg.length ||
+	    arg.length > XXCAP_MAX_BUFFER_SIZE)
+		return -EINVAL;
+	if (!xxcap_can_stream(card))
+		return -EOPNOTSUPP;
+	/* The buffer must not wrap around the address space. */
+	if (check_add_overflow(arg.addr, arg.length, &end))
+		return -EFAULT;
+
+	ret = xxcap_reserve(card, &client->n_buffers,
+			    XXCAP_MAX_QUEUED_BUFFERS);
+	if (ret)
+		return ret;
+	req = xxcap_req_alloc(card, XXCAP_KIND_BUFFER, sizeof(*vreq),
+			      sizeof(struct xxcap_stream_result));
+	if (!req) {
+		ret = -ENOMEM;
+		goto out_unreserve;
+	}
+	req->refcon = arg.refcon;
+	ret = xxcap_buffer_prepare(card, req, arg.addr, arg.length);
+	if (ret)
+		goto out_free;
+	vreq = req->in;
+	vreq->req_type = cpu_to_le32(XXCAP_REQ_STREAM_BUFFER);
+	vreq->sg_count = cpu_to_le32(req->n_sgt);
+	ret = xxcap_req_map(req);
+	if (ret)
+		goto out_free;
+	if (put_user(req->id, &uarg->request_id)) {
+		ret = -EFAULT;
+		goto out_free;
+	}
+
+	req->client = client;
+	ret = xxcap_queue_stream(card, req);
+	if (!ret)
+		return 0;	/* the card owns req; its record frees the slot */
+
+out_free:
+	xxcap_req_free(req);
+out_unreserve:
+	xxcap_unreserve(card, &client->n_buffers);
+	return ret;
+}
+
+/* Every capture buffer @client queued up to @target was retired (or gone). */
+static bool xxcap_flushed(struct xxcap_client *client, u64 target)
+{
+	return READ_ONCE(client->bufs_done) >= target ||
+	       READ_ONCE(client->card->gone);
+}
+
+/*
+ * Has the card return every capture buffer it holds (as CANCELLED), then
+ * waits until those of @client are retired. @intr: signals end the waits
+ * (the ioctl), or not (release of a dying process).
+ */
+static int xxcap_flush(struct xxcap_client *client, bool intr)
+{
+	struct xxcap_card *card = client->card;
+	struct xxcap_vq_request *vreq;
+	struct xxcap_req *req;
+	unsigned long deadline;
+	u64 target;
+	long left;
+	int ret;
+
+	if (!xxcap_can_stream(card))
+		return -EOPNOTSUPP;
+
+	spin_lock_irq(&card->lock);
+	target = client->bufs_queued;
+	spin_unlock_irq(&card->lock);
+
+	req = xxcap_req_alloc(card, XXCAP_KIND_SYNC, sizeof(*vreq),
+			      sizeof(struct xxcap_vq_status));
+	if (!req)
+		return -ENOMEM;
+	vreq = req->in;
+	vreq->req_type = cpu_to_le32(XXCAP_REQ_FLUSH_BUFFERS);
+	ret = xxcap_req_map(req);
+	if (ret)
+		goto out_free;
+
+	deadline = jiffies + msecs_to_jiffies(READ_ONCE(timeout_ms));
+	ret = xxcap_submit(card, req, 0, deadline,
+			   intr ? 0 : XXCAP_SUBMIT_UNINTR);
+	if (ret)
+		goto out_free;
+	ret = xxcap_wait(card, req, deadline, intr);
+	if (ret)
+		return ret;	/* orphaned: freed when the card gives it back */
+	ret = xxcap_short_status(card, req, "FLUSH_BUFFERS");
+	if (ret) {
+		if (ret == -EIO)
+			dev_err_ratelimited(&card->dev,
+					    "FLUSH_BUFFERS refused\n");
+		goto out_free;
+	}
+	xxcap_req_free(req);
+
+	/*
+	 * The card returned the buffers before it answered: they are on
+	 * their way through the reap work.
+	 */
+	left = max_t(long, (long)(deadline - jiffies), 1);
+	if (intr)
+		left = wait_event_interruptible_timeout(client->wq,
+							xxcap_flushed(client, target),
+							left);
+	else
+		left = wait_event_timeout(client->wq,
+					  xxcap_flushed(client, target), left);
+	if (left < 0)
+		return -EINTR;
+	if (READ_ONCE(client->bufs_done) >= target)
+		return 0;
+	return left ? -ENODEV : -ETIMEDOUT;
+
+out_free:
+	xxcap_req_free(req);
+	return ret;
+}
+
+/* SUBSCRIBE: which device causes this open receives; returns the old mask. */
+static int xxcap_subscribe(struct xxcap_client *client, void __user *argp)
+{
+	struct xxcap_card *card = client->card;
+	struct xxcap_subscribe arg;
+
+	if (copy_from_user(&arg, argp, sizeof(arg)))
+		return -EFAULT;
+	if (arg.flags || (arg.mask & ~XXCAP_IRQ_CAUSES))
+		return -EINVAL;
+	if (arg.mask && !(card->id.capabilities & XXCAP_CAP_EVENTS))
+		return -EOPNOTSUPP;
+
+	spin_lock_irq(&card->lock);
+	swap(arg.mask, client->mask);
+	spin_unlock_irq(&card->lock);
+	return copy_to_user(argp, &arg, sizeof(arg)) ? -EFAULT : 0;
+}
+
 /* ---- Card RAM and status block ---- */
 
 /*
@@ -924,13 +1794,12 @@ out_free:
 static int xxcap_send_attach(struct xxcap_card *card)
 {
 	struct xxcap_vq_request *vreq;
-	const struct xxcap_vq_status *vst;
 	struct xxcap_req *req;
 	unsigned long deadline;
-	u32 status;
 	int ret;
 
-	req = xxcap_req_alloc(card, sizeof(*vreq), sizeof(*vst));
+	req = xxcap_req_alloc(card, XXCAP_KIND_SYNC, sizeof(*vreq),
+			      sizeof(struct xxcap_vq_status));
 	if (!req)
 		return -ENOMEM;
 	vreq = req->in;
@@ -940,23 +1809,13 @@ static int xxcap_send_attach(struct xxcap_card *card)
 		goto out_free;
 
 	deadline = jiffies + msecs_to_jiffies(READ_ONCE(timeout_ms));
-	ret = xxcap_submit(card, req, 0, deadline);
+	ret = xxcap_submit(card, req, 0, deadline, 0);
 	if (ret)
 		goto out_free;
-	ret = xxcap_wait(card, req, deadline);
+	ret = xxcap_wait(card, req, deadline, true);
 	if (ret)
 		return ret;	/* orphaned: freed when the card gives it back */
-
-	ret = req->result;
-	if (ret)
-		goto out_free;
-	vst = req->out;
-	status = le32_to_cpu(vst->status);
-	if (req->used_len != sizeof(*vst) || status != XXCAP_VQ_OK) {
-		dev_dbg(&card->dev, "ATTACH: %u bytes, status %u\n",
-			req->used_len, status);
-		ret = -EIO;
-	}
+	ret = xxcap_short_status(card, req, "ATTACH");
 out_free:
 	xxcap_req_free(req);
 	return ret;
@@ -1108,7 +1967,8 @@ static const struct vm_operations_struct xxcap_vm_ops = {
  */
 static int xxcap_mmap(struct file *file, struct vm_area_struct *vma)
 {
-	struct xxcap_card *card = file->private_data;
+	struct xxcap_client *client = file->private_data;
+	struct xxcap_card *card = client->card;
 	unsigned long len = vma->vm_end - vma->vm_start;
 	bool writable;
 	bool mapped;
@@ -1157,52 +2017,218 @@ static int xxcap_open(struct inode *inode, struct file *file)
 {
 	struct xxcap_card *card = container_of(inode->i_cdev,
 					       struct xxcap_card, cdev);
+	unsigned int depth = READ_ONCE(event_queue_depth);
+	unsigned int slots = roundup_pow_of_two(depth);
+	bool writer = file->f_mode & FMODE_WRITE;
+	struct xxcap_client *client;
+	int ret;
 
 	if (READ_ONCE(card->gone))
 		return -ENODEV;
-	if ((file->f_mode & FMODE_WRITE) &&
-	    test_and_set_bit(XXCAP_FLAG_WRITER, &card->flags))
+	if (writer && test_and_set_bit(XXCAP_FLAG_WRITER, &card->flags))
 		return -EBUSY;
 
+	ret = -ENOMEM;
+	client = kzalloc(sizeof(*client), GFP_KERNEL_ACCOUNT);
+	if (!client)
+		goto err_writer;
+	client->ring = kvmalloc_array(slots, sizeof(*client->ring),
+				      GFP_KERNEL_ACCOUNT);
+	if (!client->ring)
+		goto err_client;
+	ret = kfifo_init(&client->fifo, client->ring,
+			 slots * sizeof(*client->ring));
+	if (ret)
+		goto err_ring;
+	client->depth = depth;
+	client->card = card;
+	client->writer = writer;
+	mutex_init(&client->read_mutex);
+	init_waitqueue_head(&client->wq);
+	INIT_LIST_HEAD(&client->reqs);
+
+	spin_lock_irq(&card->lock);
+	if (card->gone) {
+		spin_unlock_irq(&card->lock);
+		ret = -ENODEV;
+		goto err_ring;
+	}
+	list_add_tail(&client->node, &card->clients);
+	spin_unlock_irq(&card->lock);
+
 	get_device(&card->dev);
-	file->private_data = card;
+	file->private_data = client;
 	/* One address_space per card, whatever node it was opened through. */
 	file->f_mapping = card->inode->i_mapping;
 	return stream_open(inode, file);
+
+err_ring:
+	kvfree(client->ring);
+err_client:
+	kfree(client);
+err_writer:
+	if (writer)
+		clear_bit(XXCAP_FLAG_WRITER, &card->flags);
+	return ret;
 }
 
+/*
+ * Last close (also of a killed process): the card returns this open's
+ * capture buffers before the next controlling open may queue its own (or a
+ * late flush would cancel those); the wait is bounded by timeout_ms. Its
+ * submitted task files finish in the background, without records.
+ */
 static int xxcap_release(struct inode *inode, struct file *file)
 {
-	struct xxcap_card *card = file->private_data;
+	struct xxcap_client *client = file->private_data;
+	struct xxcap_card *card = client->card;
+	struct xxcap_req *req, *tmp;
+	bool flush;
+	int ret;
 
-	if (file->f_mode & FMODE_WRITE)
+	spin_lock_irq(&card->lock);
+	flush = client->n_buffers && !card->gone;
+	spin_unlock_irq(&card->lock);
+	if (flush) {
+		ret = xxcap_flush(client, false);
+		if (ret)
+			dev_warn_ratelimited(&card->dev,
+					     "buffers not returned at close: %d\n",
+					     ret);
+	}
+
+	spin_lock_irq(&card->lock);
+	list_del(&client->node);
+	list_for_each_entry_safe(req, tmp, &client->reqs, client_node) {
+		list_del_init(&req->client_node);
+		req->client = NULL;
+	}
+	spin_unlock_irq(&card->lock);
+
+	kvfree(client->ring);
+	if (client->writer)
 		clear_bit(XXCAP_FLAG_WRITER, &card->flags);
+	kfree(client);
 	put_device(&card->dev);
 	return 0;
 }
 
+/*
+ * Whole records, at least one: blocks until one is queued. A LOST record
+ * still owed once the queue is empty follows the last record.
+ */
+static ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
+			  loff_t *ppos)
+{
+	struct xxcap_client *client = file->private_data;
+	struct xxcap_card *card = client->card;
+	struct xxcap_event lost = { .cause = XXCAP_EVENT_LOST };
+	unsigned int copied = 0;
+	ssize_t ret;
+
+	if (count < sizeof(struct xxcap_event))
+		return -EINVAL;
+	/* More than the queue can hold is never needed. */
+	count = min_t(size_t, count,
+		      (size_t)(client->depth + 1) * sizeof(struct xxcap_event));
+	count = rounddown(count, sizeof(struct xxcap_event));
+
+	if (mutex_lock_interruptible(&client->read_mutex))
+		return -ERESTARTSYS;
+	while (!xxcap_client_readable(client)) {
+		if (READ_ONCE(card->gone)) {
+			ret = -ENODEV;
+			goto out;
+		}
+		if (file->f_flags & O_NONBLOCK) {
+			ret = -EAGAIN;
+			goto out;
+		}
+		/* Nothing taken yet: a signal loses nothing. */
+		ret = wait_event_interruptible(client->wq,
+					       xxcap_client_readable(client) ||
+					       READ_ONCE(card->gone));
+		if (ret)
+			goto out;
+	}
+
+	/* Lock-free: the producers only add, under card->lock. */
+	ret = kfifo_to_user(&client->fifo, buf, count, &copied);
+	if (!ret && count - copied >= sizeof(lost)) {
+		spin_lock_irq(&card->lock);
+		if (kfifo_is_empty(&client->fifo)) {
+			lost.count = client->lost;
+			WRITE_ONCE(client->lost, 0);
+		}
+		spin_unlock_irq(&card->lock);
+		if (lost.count) {
+			lost.guest_time_ns = ktime_get_ns();
+			if (copy_to_user(buf + copied, &lost, sizeof(lost)))
+				ret = -EFAULT;
+			else
+				copied += sizeof(lost);
+		}
+	}
+	if (copied)
+		ret = copied;
+out:
+	mutex_unlock(&client->read_mutex);
+	return ret;
+}
+
+static __poll_t xxcap_poll(struct file *file, poll_table *wait)
+{
+	struct xxcap_client *client = file->private_data;
+	__poll_t mask = 0;
+
+	poll_wait(file, &client->wq, wait);
+	if (xxcap_client_readable(client))
+		mask |= EPOLLIN | EPOLLRDNORM;
+	if (READ_ONCE(client->card->gone))
+		mask |= EPOLLHUP | EPOLLERR;
+	return mask;
+}
+
 static long xxcap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
-	struct xxcap_card *card = file->private_data;
+	struct xxcap_client *client = file->private_data;
+	struct xxcap_card *card = client->card;
 	void __user *argp = (void __user *)arg;
 
+	if (READ_ONCE(card->gone))
+		return -ENODEV;
+
+	/* Observers: anything that changes nothing on the card */
 	switch (cmd) {
 	case XXCAP_IOC_NOP:
-		return READ_ONCE(card->gone) ? -ENODEV : 0;
+		return 0;
 	case XXCAP_IOC_GET_INFO:
-		if (READ_ONCE(card->gone))
-			return -ENODEV;
 		if (copy_to_user(argp, &card->id, sizeof(card->id)))
 			return -EFAULT;
 		return 0;
+	case XXCAP_IOC_SUBSCRIBE:
+		return xxcap_subscribe(client, argp);
 	case XXCAP_IOC_EXEC:
-		if (READ_ONCE(card->gone))
-			return -ENODEV;
-		if (!(file->f_mode & FMODE_WRITE))
-			return -EBADF;
-		return xxcap_exec(card, argp);
+	case XXCAP_IOC_SUBMIT:
+	case XXCAP_IOC_QUEUE_BUFFER:
+	case XXCAP_IOC_FLUSH_BUFFERS:
+		break;
 	default:
 		return -ENOTTY;
+	}
+
+	/* The controlling open only */
+	if (!(file->f_mode & FMODE_WRITE))
+		return -EBADF;
+	switch (cmd) {
+	case XXCAP_IOC_EXEC:
+		return xxcap_exec(card, argp);
+	case XXCAP_IOC_SUBMIT:
+		return xxcap_submit_tf(client, file, argp);
+	case XXCAP_IOC_QUEUE_BUFFER:
+		return xxcap_queue_buffer(client, argp);
+	default:
+		return xxcap_flush(client, true);
 	}
 }
 
@@ -1210,6 +2236,8 @@ static const struct file_operations xxcap_fops = {
 	.owner = THIS_MODULE,
 	.open = xxcap_open,
 	.release = xxcap_release,
+	.read = xxcap_read,
+	.poll = xxcap_poll,
 	.unlocked_ioctl = xxcap_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
 	.mmap = xxcap_mmap,
@@ -1271,6 +2299,9 @@ XXCAP_COUNTER_ATTR(rejected);
 XXCAP_COUNTER_ATTR(timeouts);
 XXCAP_COUNTER_ATTR(pinned_pages);
 XXCAP_COUNTER_ATTR(dma_bytes);
+XXCAP_COUNTER_ATTR(events);
+XXCAP_COUNTER_ATTR(events_dropped);
+XXCAP_COUNTER_ATTR(completions);
 
 static ssize_t card_ram_mapped_show(struct device *dev,
 				    struct device_attribute *attr, char *buf)
@@ -1294,6 +2325,9 @@ static struct attribute *xxcap_attrs[] = {
 	&dev_attr_timeouts.attr,
 	&dev_attr_pinned_pages.attr,
 	&dev_attr_dma_bytes.attr,
+	&dev_attr_events.attr,
+	&dev_attr_events_dropped.attr,
+	&dev_attr_completions.attr,
 	&dev_attr_card_ram_mapped.attr,
 	NULL,
 };
@@ -1321,6 +2355,8 @@ static int xxcap_read_identity(struct xxcap_card *card)
 	BUILD_BUG_ON(XXCAP_CONFIG_SIZE % sizeof(u32));
 	BUILD_BUG_ON(sizeof(struct xxcap_tf_header) != XXCAP_TF_HEADER_SIZE);
 	BUILD_BUG_ON(sizeof(struct xxcap_cmd) != XXCAP_CMD_SIZE);
+	BUILD_BUG_ON(sizeof(struct xxcap_event) != XXCAP_EVENT_SIZE);
+	BUILD_BUG_ON(XXCAP_EVENT_BUFFER_SIZE % XXCAP_EVENT_SIZE);
 
 	/*
 	 * Every config access is a round trip to the backend: read whole
@@ -1364,53 +2400,74 @@ static int xxcap_read_identity(struct xxcap_card *card)
 
 /*
  * Resets the device and takes every request back: waiters get -ENODEV,
- * orphans are freed (and their pages unpinned). Then deletes the queues.
+ * async requests become records (DMA_ERROR with status DEVICE, or
+ * FRAME_DONE with status CANCELLED) for the files still open, and every
+ * page is unpinned. Then deletes the queues.
  */
 static void xxcap_shutdown(struct xxcap_card *card)
 {
 	struct virtio_device *vdev = card->vdev;
 	struct xxcap_req *req;
 	LIST_HEAD(free_list);
+	void *buf;
 
 	/* After the reset the device touches no buffer and no callback runs. */
 	virtio_reset_device(vdev);
 
 	spin_lock_irq(&card->lock);
+	WRITE_ONCE(card->gone, true);
 	while ((req = virtqueue_detach_unused_buf(card->cmd_vq))) {
 		card->n_inflight--;
-		req->completed = true;
-		req->result = -ENODEV;
-		if (req->orphan)
-			list_add_tail(&req->node, &free_list);
-		else
-			complete(&req->done);
+		xxcap_req_returned(card, req, 0, -ENODEV, &free_list);
 	}
-	WARN_ON(card->n_inflight);
+	while ((req = virtqueue_detach_unused_buf(card->stream_vq))) {
+		card->n_stream--;
+		xxcap_req_returned(card, req, 0, -ENODEV, &free_list);
+	}
+	while ((buf = virtqueue_detach_unused_buf(card->evt_vq)))
+		kfree(buf);
+	WARN_ON(card->n_inflight || card->n_stream);
 	WRITE_ONCE(card->done_seq, card->done_seq + 1);
 	spin_unlock_irq(&card->lock);
 
 	vdev->config->del_vqs(vdev);
 
-	/* The callback can no longer queue work: finish the reaping here. */
+	/* The callbacks can no longer queue work: finish the reaping here. */
 	cancel_work_sync(&card->reap_work);
 	spin_lock_irq(&card->lock);
+	/* Returned before the reset: retired first, records in order */
 	list_splice_init(&card->reap_list, &free_list);
 	card->cmd_vq = NULL;
 	card->evt_vq = NULL;
+	card->stream_vq = NULL;
 	card->vdev = NULL;
 	spin_unlock_irq(&card->lock);
-	xxcap_free_list(&free_list);
+	xxcap_retire(card, &free_list);
+	WARN_ON(card->n_unrecorded);
+}
+
+/* Wakes every reader and poller of the card's files. */
+static void xxcap_wake_clients(struct xxcap_card *card)
+{
+	struct xxcap_client *client;
+
+	spin_lock_irq(&card->lock);
+	list_for_each_entry(client, &card->clients, node)
+		wake_up_all(&client->wq);
+	spin_unlock_irq(&card->lock);
 }
 
 static int xxcap_probe(struct virtio_device *vdev)
 {
 	vq_callback_t *callbacks[XXCAP_VQ_COUNT] = {
 		[XXCAP_VQ_COMMAND] = xxcap_cmd_done,
-		[XXCAP_VQ_EVENT] = NULL,	/* events: not yet used */
+		[XXCAP_VQ_EVENT] = xxcap_evt_done,
+		[XXCAP_VQ_STREAM] = xxcap_stream_done,
 	};
 	static const char * const names[XXCAP_VQ_COUNT] = {
 		[XXCAP_VQ_COMMAND] = "command",
 		[XXCAP_VQ_EVENT] = "event",
+		[XXCAP_VQ_STREAM] = "stream",
 	};
 	struct virtqueue *vqs[XXCAP_VQ_COUNT];
 	struct xxcap_card *card;
@@ -1423,14 +2480,19 @@ static int xxcap_probe(struct virtio_device *vdev)
 	spin_lock_init(&card->lock);
 	init_rwsem(&card->map_rwsem);
 	INIT_LIST_HEAD(&card->reap_list);
+	INIT_LIST_HEAD(&card->clients);
 	init_waitqueue_head(&card->slot_wq);
 	INIT_WORK(&card->reap_work, xxcap_reap_work);
+	atomic64_set(&card->next_id, 0);
 	atomic64_set(&card->requests, 0);
 	atomic64_set(&card->commands, 0);
 	atomic64_set(&card->rejected, 0);
 	atomic64_set(&card->timeouts, 0);
 	atomic64_set(&card->pinned_pages, 0);
 	atomic64_set(&card->dma_bytes, 0);
+	atomic64_set(&card->events, 0);
+	atomic64_set(&card->events_dropped, 0);
+	atomic64_set(&card->completions, 0);
 
 	/* From here on the last put_device() frees the card. */
 	device_initialize(&card->dev);
@@ -1480,9 +2542,13 @@ static int xxcap_probe(struct virtio_device *vdev)
 	}
 	card->cmd_vq = vqs[XXCAP_VQ_COMMAND];
 	card->evt_vq = vqs[XXCAP_VQ_EVENT];
+	card->stream_vq = vqs[XXCAP_VQ_STREAM];
 
 	/* Ready before user space can reach the card. */
 	virtio_device_ready(vdev);
+
+	/* Records of causes the card may report from now on */
+	xxcap_evt_fill(card);
 
 	/* The card can only map its RAM once it has started. */
 	xxcap_attach(card);
@@ -1525,6 +2591,7 @@ static void xxcap_remove(struct virtio_device *vdev)
 	WRITE_ONCE(card->gone, true);
 	spin_unlock_irq(&card->lock);
 	wake_up_all(&card->slot_wq);
+	xxcap_wake_clients(card);
 
 	/* Before the BAR goes: user accesses fault with SIGBUS from now on. */
 	xxcap_zap_mappings(card);
@@ -1532,6 +2599,8 @@ static void xxcap_remove(struct virtio_device *vdev)
 	cdev_device_del(&card->cdev, &card->dev);
 
 	xxcap_shutdown(card);
+	/* Readers take the records of their reclaimed requests, then -ENODEV. */
+	xxcap_wake_clients(card);
 	xxcap_detach(card);
 
 	vdev->priv = NULL;

@@ -228,6 +228,9 @@ pub fn build_all() -> Result<Artifacts> {
             // For the capture tests' output disk.
             .arg("--kmod")
             .arg("virtio_blk")
+            // edu's interrupts to user space, the latency anchor.
+            .arg("--kmod")
+            .arg("uio_pci_generic")
             .stdout(std::process::Stdio::null()),
     )?;
     Artifacts::locate()

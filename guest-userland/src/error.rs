@@ -52,8 +52,14 @@ pub enum Error {
     },
     #[error("this card does not support {0} (see `xxcap info` capabilities)")]
     Unsupported(&'static str),
-    #[error("no frame within {0:?}")]
+    #[error("nothing arrived within {0:?}")]
     Timeout(std::time::Duration),
+    #[error("request {0} is not outstanding on this queue")]
+    UnknownRequest(u64),
+    #[error("no capture buffer is queued: requeue frames to keep the stream going")]
+    NoBuffers,
+    #[error("the card did not hand back {0} capture buffers (leaked, not freed)")]
+    BuffersNotReturned(usize),
 }
 
 impl Error {

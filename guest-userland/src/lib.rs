@@ -9,10 +9,14 @@
 mod capture;
 mod card;
 mod error;
+mod events;
+mod stream;
 mod sys;
 
 pub use capture::{Capture, CaptureMode, CaptureStats, CardRam, Frame, StatusView};
 pub use card::{Access, Card, FrameFormat, Info, PixelFormat};
 pub use error::{Error, Result};
+pub use events::{monotonic_ns, AsyncDma, Cause, Causes, Completion, Direction, Event, Events};
+pub use stream::{Stream, StreamFrame, StreamStats};
 pub use xxcapture_abi as abi;
 pub use xxcapture_abi::{RegisterDesc, TaskFile, TaskFileResult, TfError};

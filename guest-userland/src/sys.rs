@@ -1,11 +1,20 @@
 //! The driver's ioctls. Numbers come from nix's `_IOC` encoding and a test
 //! checks them against the ABI crate, which generates the C header.
 
-use xxcapture_abi::{ioctl, Exec, Identity};
+use xxcapture_abi::{ioctl, Exec, Identity, QueueBuffer, Submit, Subscribe};
 
 nix::ioctl_none!(xxcap_nop, ioctl::TYPE, ioctl::NOP_NR);
 nix::ioctl_read!(xxcap_get_info, ioctl::TYPE, ioctl::GET_INFO_NR, Identity);
 nix::ioctl_readwrite!(xxcap_exec, ioctl::TYPE, ioctl::EXEC_NR, Exec);
+nix::ioctl_readwrite!(xxcap_submit, ioctl::TYPE, ioctl::SUBMIT_NR, Submit);
+nix::ioctl_readwrite!(
+    xxcap_queue_buffer,
+    ioctl::TYPE,
+    ioctl::QUEUE_BUFFER_NR,
+    QueueBuffer
+);
+nix::ioctl_readwrite!(xxcap_subscribe, ioctl::TYPE, ioctl::SUBSCRIBE_NR, Subscribe);
+nix::ioctl_none!(xxcap_flush_buffers, ioctl::TYPE, ioctl::FLUSH_BUFFERS_NR);
 
 #[cfg(test)]
 mod tests {
@@ -29,6 +38,23 @@ mod tests {
             nix::request_code_readwrite!(ioctl::TYPE, ioctl::EXEC_NR, core::mem::size_of::<Exec>())
                 as u32,
             ioctl::EXEC
+        );
+        let rw = |nr, size| nix::request_code_readwrite!(ioctl::TYPE, nr, size) as u32;
+        assert_eq!(
+            rw(ioctl::SUBMIT_NR, core::mem::size_of::<Submit>()),
+            ioctl::SUBMIT
+        );
+        assert_eq!(
+            rw(ioctl::QUEUE_BUFFER_NR, core::mem::size_of::<QueueBuffer>()),
+            ioctl::QUEUE_BUFFER
+        );
+        assert_eq!(
+            rw(ioctl::SUBSCRIBE_NR, core::mem::size_of::<Subscribe>()),
+            ioctl::SUBSCRIBE
+        );
+        assert_eq!(
+            nix::request_code_none!(ioctl::TYPE, ioctl::FLUSH_BUFFERS_NR) as u32,
+            ioctl::FLUSH_BUFFERS
         );
     }
 }

@@ -49,12 +49,12 @@ pub struct CaptureArgs {
     frame_timeout: u64,
 }
 
-fn parse_format(s: &str) -> Result<PixelFormat, String> {
+pub(crate) fn parse_format(s: &str) -> Result<PixelFormat, String> {
     PixelFormat::from_name(s)
         .ok_or_else(|| format!("unknown pixel format {s:?} (yuyv, nv12, rgb24)"))
 }
 
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
+pub(crate) fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("size {s:?} is not WIDTHxHEIGHT"))?;
@@ -67,7 +67,7 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
 }
 
 /// Packed YUYV or semi-planar NV12 to the planar Y, U, V that Y4M stores.
-fn to_planes(fmt: PixelFormat, w: usize, h: usize, data: &[u8]) -> Option<[Vec<u8>; 3]> {
+pub(crate) fn to_planes(fmt: PixelFormat, w: usize, h: usize, data: &[u8]) -> Option<[Vec<u8>; 3]> {
     match fmt {
         PixelFormat::Yuyv => {
             let mut y = Vec::with_capacity(w * h);

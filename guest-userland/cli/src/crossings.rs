@@ -28,7 +28,7 @@ fn report(method: &str, ops: u64, commands_per_op: u64, seconds: f64) {
 }
 
 /// The sysfs directory of the first PCI device with this vendor:device.
-fn find_pci(vendor: u32, device: u32) -> Option<PathBuf> {
+pub(crate) fn find_pci(vendor: u32, device: u32) -> Option<PathBuf> {
     let read_hex = |p: PathBuf| {
         std::fs::read_to_string(p)
             .ok()

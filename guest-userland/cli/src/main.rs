@@ -3,8 +3,13 @@
 mod bench;
 mod capture;
 mod crossings;
+mod fuzz;
+mod irq;
 mod selftest;
 mod selftest_dma;
+mod stats;
+mod stream;
+mod syncasync;
 
 use std::process::ExitCode;
 
@@ -47,6 +52,26 @@ enum Command {
     Batch(bench::BatchArgs),
     /// Read the mapped status block N times (no system call per read).
     StatusRead(bench::StatusReadArgs),
+    /// Stream frames into this process's own buffers, with live statistics.
+    /// Exits non-zero if any frame was dropped, corrupt or out of order, or
+    /// a page stayed pinned.
+    Stream(stream::StreamArgs),
+    /// Raise TEST interrupts singly and in bursts; check each record arrives
+    /// exactly once, in order, and the counts agree on every side.
+    IrqTest(irq::IrqTestArgs),
+    /// Latency from raising an interrupt to a user thread waking, by stage,
+    /// and the sustained record rate (optionally next to edu through uio).
+    BenchIrq(irq::BenchIrqArgs),
+    /// Check that signals interrupt blocking waits with EINTR and leak nothing.
+    EintrTest,
+    /// Keep asynchronous DMA in flight for a while.
+    DmaAsync(irq::DmaAsyncArgs),
+    /// Synchronous vs asynchronous DMA at fixed request rates: CPU and latency.
+    BenchSyncAsync(syncasync::SyncAsyncArgs),
+    /// Random and hostile use of the driver from several processes and threads.
+    FuzzDriver(fuzz::FuzzArgs),
+    /// Hostile DMA cannot touch memory its caller does not own (canary check).
+    CanaryTest(fuzz::CanaryArgs),
 }
 
 #[derive(Subcommand)]
@@ -66,7 +91,24 @@ enum RegsAction {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line, like every other error of this tool.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "xxcap: {} (see --help)",
+                first.strip_prefix("error: ").unwrap_or(first)
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help and --version.
+            print!("{}", e.render());
+            return ExitCode::SUCCESS;
+        }
+    };
     let result = match cli.command {
         Command::Info => info(&cli.device),
         Command::Regs { action } => regs_cmd(&cli.device, action),
@@ -76,6 +118,14 @@ fn main() -> ExitCode {
         Command::Batch(args) => bench::batch(&cli.device, args),
         Command::BenchCrossings(args) => crossings::run(&cli.device, args),
         Command::StatusRead(args) => bench::status_read(&cli.device, args),
+        Command::Stream(args) => stream::run(&cli.device, args),
+        Command::IrqTest(args) => irq::irq_test(&cli.device, args),
+        Command::BenchIrq(args) => irq::bench_irq(&cli.device, args),
+        Command::EintrTest => irq::eintr_test(&cli.device),
+        Command::DmaAsync(args) => irq::dma_async(&cli.device, args),
+        Command::BenchSyncAsync(args) => syncasync::run(&cli.device, args),
+        Command::FuzzDriver(args) => fuzz::run(&cli.device, args),
+        Command::CanaryTest(args) => fuzz::canary_test(&cli.device, args),
     };
     match result {
         Ok(code) => code,
@@ -93,6 +143,7 @@ fn caps_names(bits: u32) -> String {
         (caps::CARD_RAM_SHM, "card-ram-shm"),
         (caps::EVENTS, "events"),
         (caps::CAPTURE, "capture"),
+        (caps::STREAMING, "streaming"),
     ]
     .iter()
     .filter(|(bit, _)| bits & bit != 0)

@@ -424,7 +424,8 @@ fn ioctl_contract(card: &Card) -> Check {
     let mut bytes = tf.to_bytes();
     let len = bytes.len();
     expect_errno(
-        card.execute_raw_with(&mut bytes, len, 1),
+        // Bit 0 is XXCAP_EXEC_POLL since ABI 2.0: an undefined bit.
+        card.execute_raw_with(&mut bytes, len, 1 << 31),
         Errno::EINVAL,
         "EXEC flags",
     )?;

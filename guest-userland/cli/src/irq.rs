@@ -1,0 +1,555 @@
+//! Interrupts as seen from a user thread: `xxcap irq-test` (exactly-once
+//! delivery), `xxcap bench-irq` (raise-to-wake latency and sustained rate,
+//! next to QEMU's edu device through uio_pci_generic), `xxcap eintr-test`
+//! and `xxcap dma-async` (a load of asynchronous DMA, for kill tests).
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use memmap2::MmapOptions;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
+use xxcapture::abi::{dma_dir, irq, regs};
+use xxcapture::{
+    monotonic_ns, Access, AsyncDma, Card, Cause, Causes, Direction, Error, Event, TaskFile,
+};
+
+use crate::stats::Percentiles;
+
+#[derive(clap::Args)]
+pub struct IrqTestArgs {
+    /// TEST interrupts raised one task file each.
+    #[arg(long, default_value_t = 5000)]
+    singles: u32,
+    /// Bursts: task files of --burst-size raises each.
+    #[arg(long, default_value_t = 20)]
+    bursts: u32,
+    #[arg(long, default_value_t = 250)]
+    burst_size: u32,
+}
+
+#[derive(clap::Args)]
+pub struct BenchIrqArgs {
+    /// TEST interrupts timed one by one.
+    #[arg(long, default_value_t = 10_000)]
+    events: u32,
+    /// Seconds of back-to-back bursts for the sustained rate.
+    #[arg(long, default_value_t = 3.0)]
+    sustained_seconds: f64,
+    /// Also time QEMU's edu device through uio_pci_generic (needs the edu
+    /// device and the uio modules in the guest).
+    #[arg(long)]
+    edu: bool,
+}
+
+#[derive(clap::Args)]
+pub struct DmaAsyncArgs {
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Transfers kept in flight.
+    #[arg(long, default_value_t = 8)]
+    inflight: usize,
+    /// Bytes per transfer.
+    #[arg(long, default_value_t = 1 << 20)]
+    size: usize,
+}
+
+fn raise_task_file(count: u32) -> TaskFile {
+    let mut tf = TaskFile::new();
+    for _ in 0..count {
+        tf.set_register(regs::INT_RAISE, irq::TEST);
+    }
+    tf
+}
+
+fn sysfs_u64(card: &Card, name: &str) -> Option<u64> {
+    card.sysfs_attribute(name).ok()?.parse().ok()
+}
+
+/// Opens the card for TEST records only, each delivered at once.
+fn open_for_test_events(device: &str) -> Result<Card, Error> {
+    let card = Card::open(device, Access::Control)?;
+    card.subscribe(Causes::TEST)?;
+    card.enable_interrupts(Causes::TEST, 1, 0)?;
+    Ok(card)
+}
+
+/// Collects `n` TEST records (skipping completions), checking sequence.
+struct SequenceCheck {
+    next: Option<u64>,
+    received: u64,
+    gaps: u64,
+    out_of_order: u64,
+    lost: u64,
+    other: u64,
+}
+
+impl SequenceCheck {
+    fn new() -> Self {
+        SequenceCheck {
+            next: None,
+            received: 0,
+            gaps: 0,
+            out_of_order: 0,
+            lost: 0,
+            other: 0,
+        }
+    }
+
+    fn take(&mut self, ev: &Event) {
+        match ev.cause {
+            Cause::Test => {
+                self.received += 1;
+                match self.next {
+                    Some(n) if ev.sequence < n => self.out_of_order += 1,
+                    Some(n) if ev.sequence > n => self.gaps += ev.sequence - n,
+                    _ => {}
+                }
+                self.next = Some(ev.sequence + 1);
+            }
+            Cause::Lost => self.lost += u64::from(ev.count),
+            _ => self.other += 1,
+        }
+    }
+
+    fn collect(&mut self, card: &Card, want: u64, buf: &mut Vec<Event>) -> Result<(), Error> {
+        let goal = self.received + want;
+        while self.received < goal {
+            buf.clear();
+            if card.wait_events(buf, 256, Some(Duration::from_secs(2)))? == 0 {
+                return Err(Error::Timeout(Duration::from_secs(2)));
+            }
+            for ev in buf.iter() {
+                self.take(ev);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn irq_test(device: &str, args: IrqTestArgs) -> Result<ExitCode, Error> {
+    let card = open_for_test_events(device)?;
+    let count_before = card.read_register(regs::EVENT_COUNT)?;
+    let lost_before = card.read_register(regs::EVENTS_LOST)?;
+    let driver_before = sysfs_u64(&card, "events");
+    let mut check = SequenceCheck::new();
+    let mut buf = Vec::new();
+    let single = raise_task_file(1);
+    for _ in 0..args.singles {
+        card.run(&single)?;
+        check.collect(&card, 1, &mut buf)?;
+    }
+    let burst = raise_task_file(args.burst_size);
+    for _ in 0..args.bursts {
+        card.run(&burst)?;
+        check.collect(&card, u64::from(args.burst_size), &mut buf)?;
+    }
+    // Nothing more may arrive: a duplicate would show up here.
+    buf.clear();
+    let extra = card.wait_events(&mut buf, 256, Some(Duration::from_millis(300)))?;
+    let raised = u64::from(args.singles) + u64::from(args.bursts) * u64::from(args.burst_size);
+    let count_delta = card
+        .read_register(regs::EVENT_COUNT)?
+        .wrapping_sub(count_before);
+    let lost_delta = card
+        .read_register(regs::EVENTS_LOST)?
+        .wrapping_sub(lost_before);
+    let driver_delta = match (driver_before, sysfs_u64(&card, "events")) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    println!(
+        "irq-test: raised {raised} ({} singly, {} bursts of {}), received {}, extra {extra}, gaps {}, out of order {}, lost {}, other records {}; device EVENT_COUNT +{count_delta} EVENTS_LOST +{lost_delta}; driver events +{}",
+        args.singles,
+        args.bursts,
+        args.burst_size,
+        check.received,
+        check.gaps,
+        check.out_of_order,
+        check.lost,
+        check.other,
+        driver_delta.map_or("n/a".to_string(), |d| d.to_string()),
+    );
+    let ok = check.received == raised
+        && extra == 0
+        && check.gaps == 0
+        && check.out_of_order == 0
+        && check.lost == 0
+        && u64::from(count_delta) == raised
+        && lost_delta == 0
+        && driver_delta.is_none_or(|d| d == raised);
+    card.enable_interrupts(Causes::empty(), 1, 0)?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn report(method: &str, lat: &mut Percentiles) {
+    println!(
+        "irq: method={method} events={} p50_us={:.1} p99_us={:.1} max_us={:.1} mean_us={:.1}",
+        lat.len(),
+        lat.percentile(50.0),
+        lat.percentile(99.0),
+        lat.max(),
+        lat.mean()
+    );
+}
+
+pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
+    let card = open_for_test_events(device)?;
+    let single = raise_task_file(1);
+    let mut total = Percentiles::default();
+    let mut submit = Percentiles::default();
+    let mut to_driver = Percentiles::default();
+    let mut wake = Percentiles::default();
+    let mut buf = Vec::new();
+    let mut outstanding_completions = 0u64;
+    for _ in 0..args.events {
+        let t0 = monotonic_ns();
+        // SAFETY: the task file has no DMA command, so no buffer to keep.
+        unsafe { card.submit(&single, 0)? };
+        let t_submitted = monotonic_ns();
+        outstanding_completions += 1;
+        let test = loop {
+            buf.clear();
+            if card.wait_events(&mut buf, 64, Some(Duration::from_secs(2)))? == 0 {
+                return Err(Error::Timeout(Duration::from_secs(2)));
+            }
+            let now = monotonic_ns();
+            let mut found = None;
+            for ev in &buf {
+                match ev.cause {
+                    Cause::Test => found = Some((*ev, now)),
+                    Cause::DmaDone | Cause::DmaError if ev.completion => {
+                        outstanding_completions -= 1
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(hit) = found {
+                break hit;
+            }
+        };
+        let (ev, t1) = test;
+        total.push((t1 - t0) as f64 / 1e3);
+        submit.push((t_submitted - t0) as f64 / 1e3);
+        to_driver.push(ev.guest_time_ns.saturating_sub(t_submitted) as f64 / 1e3);
+        wake.push(t1.saturating_sub(ev.guest_time_ns) as f64 / 1e3);
+        // Take the submit's completion before the next round so that it
+        // does not share a wake-up with the next TEST record.
+        while outstanding_completions > 0 {
+            buf.clear();
+            if card.wait_events(&mut buf, 64, Some(Duration::from_secs(2)))? == 0 {
+                return Err(Error::Timeout(Duration::from_secs(2)));
+            }
+            outstanding_completions -= buf
+                .iter()
+                .filter(|e| e.completion && matches!(e.cause, Cause::DmaDone | Cause::DmaError))
+                .count() as u64;
+        }
+    }
+    report("xxcapture-raise-to-wake", &mut total);
+    report("stage-submit-syscall", &mut submit);
+    report("stage-submit-to-driver-irq", &mut to_driver);
+    report("stage-driver-to-user-wake", &mut wake);
+
+    // Sustained: bursts of 1024 raises, two task files in flight (within
+    // the driver's default per-open queue of 4096 records).
+    const BURST: u32 = 1024;
+    let burst = raise_task_file(BURST);
+    let mut check = SequenceCheck::new();
+    let started = Instant::now();
+    let limit = Duration::from_secs_f64(args.sustained_seconds.max(0.1));
+    let mut in_flight = 0u32;
+    let mut raised = 0u64;
+    while started.elapsed() < limit || in_flight > 0 {
+        while in_flight < 2 && started.elapsed() < limit {
+            // SAFETY: no DMA command in the task file.
+            unsafe { card.submit(&burst, 0)? };
+            in_flight += 1;
+            raised += u64::from(BURST);
+        }
+        buf.clear();
+        if card.wait_events(&mut buf, 256, Some(Duration::from_secs(2)))? == 0 {
+            return Err(Error::Timeout(Duration::from_secs(2)));
+        }
+        for ev in &buf {
+            if ev.completion {
+                in_flight = in_flight.saturating_sub(1);
+            } else {
+                check.take(ev);
+            }
+        }
+    }
+    // Records of the last burst may still be on their way.
+    while check.received + check.lost < raised {
+        buf.clear();
+        if card.wait_events(&mut buf, 256, Some(Duration::from_secs(2)))? == 0 {
+            break;
+        }
+        for ev in buf.iter().filter(|e| !e.completion) {
+            check.take(ev);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "irq: method=xxcapture-sustained raised={raised} received={} lost={} gaps={} events_per_s={:.0}",
+        check.received,
+        check.lost,
+        check.gaps,
+        check.received as f64 / secs.max(1e-9)
+    );
+    card.enable_interrupts(Causes::empty(), 1, 0)?;
+
+    if args.edu {
+        match edu_round_trips(args.events.min(10_000)) {
+            Ok(mut lat) => report("edu-uio-raise-to-wake", &mut lat),
+            Err(why) => println!("irq: method=edu-uio-raise-to-wake unavailable: {why}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// edu (PCI 1234:11e8) interrupt round trips to user space through
+/// uio_pci_generic: raise by a BAR write, wake from a blocking read of
+/// /dev/uioN, as the kernel's UIO HOWTO does it.
+fn edu_round_trips(n: u32) -> Result<Percentiles, String> {
+    const EDU_INTR_STATUS: usize = 0x24;
+    const EDU_INTR_RAISE: usize = 0x60;
+    const EDU_INTR_ACK: usize = 0x64;
+    let dev = crate::crossings::find_pci(0x1234, 0x11e8).ok_or("no edu device")?;
+    let driver = Path::new("/sys/bus/pci/drivers/uio_pci_generic");
+    if !driver.exists() {
+        return Err("uio_pci_generic is not loaded".into());
+    }
+    let uio_dir = dev.join("uio");
+    if !uio_dir.exists() {
+        let _ = std::fs::write(driver.join("new_id"), "1234 11e8");
+    }
+    let uio = std::fs::read_dir(&uio_dir)
+        .map_err(|e| format!("{}: {e}", uio_dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| PathBuf::from("/dev").join(e.file_name()))
+        .next()
+        .ok_or("edu has no uio node")?;
+    let mut uio_file = std::fs::File::open(&uio).map_err(|e| format!("{}: {e}", uio.display()))?;
+    let bar = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_SYNC)
+        .open(dev.join("resource0"))
+        .map_err(|e| format!("edu resource0: {e}"))?;
+    // SAFETY: edu's BAR0 mapped from sysfs; accessed only with aligned
+    // volatile 32-bit loads and stores below 0x100.
+    let mut map = unsafe { MmapOptions::new().len(4096).map_mut(&bar) }
+        .map_err(|e| format!("mmap edu BAR0: {e}"))?;
+    let base = map.as_mut_ptr();
+    let write = |off: usize, v: u32| {
+        // SAFETY: `off` is a 4-aligned register offset inside the mapping.
+        unsafe { std::ptr::write_volatile(base.add(off) as *mut u32, v) }
+    };
+    let read = |off: usize| {
+        // SAFETY: as above.
+        unsafe { std::ptr::read_volatile(base.add(off) as *const u32) }
+    };
+    let mut config = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev.join("config"))
+        .map_err(|e| format!("edu config: {e}"))?;
+    // uio_pci_generic masks INTx in its handler; unmask by clearing
+    // PCI_COMMAND bit 10 (bit 2 of byte 5) before every round.
+    let mut unmask = || -> Result<(), String> {
+        let mut byte = [0u8; 1];
+        config
+            .seek(SeekFrom::Start(5))
+            .and_then(|_| config.read_exact(&mut byte))
+            .map_err(|e| format!("read PCI_COMMAND: {e}"))?;
+        byte[0] &= !0x04;
+        config
+            .seek(SeekFrom::Start(5))
+            .and_then(|_| config.write_all(&byte))
+            .map_err(|e| format!("write PCI_COMMAND: {e}"))
+    };
+    let mut lat = Percentiles::default();
+    let mut count = [0u8; 4];
+    for _ in 0..n {
+        write(EDU_INTR_ACK, read(EDU_INTR_STATUS));
+        unmask()?;
+        let t0 = monotonic_ns();
+        write(EDU_INTR_RAISE, 1);
+        uio_file
+            .read_exact(&mut count)
+            .map_err(|e| format!("read {}: {e}", uio.display()))?;
+        lat.push((monotonic_ns() - t0) as f64 / 1e3);
+    }
+    write(EDU_INTR_ACK, read(EDU_INTR_STATUS));
+    Ok(lat)
+}
+
+extern "C" fn on_alarm(_: nix::libc::c_int) {}
+
+pub fn eintr_test(device: &str) -> Result<ExitCode, Error> {
+    let card = Card::open(device, Access::Control)?;
+    // A handler without SA_RESTART: interrupted calls fail with EINTR.
+    let action = SigAction::new(
+        SigHandler::Handler(on_alarm),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing, which is async-signal-safe.
+    unsafe { nix::sys::signal::sigaction(Signal::SIGALRM, &action) }.map_err(|source| {
+        Error::Ioctl {
+            call: "sigaction",
+            source,
+        }
+    })?;
+    card.subscribe(Causes::empty())?;
+    let mut ok = true;
+
+    // 1. A blocking read with nothing to come.
+    nix::unistd::alarm::set(1);
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = card.read_events(&mut buf, 1);
+    let waited = started.elapsed();
+    let read_eintr = matches!(
+        read,
+        Err(Error::Ioctl {
+            source: nix::errno::Errno::EINTR,
+            ..
+        })
+    );
+    println!(
+        "eintr: blocking read returned {} after {:.0} ms",
+        match &read {
+            Ok(n) => format!("{n} records"),
+            Err(e) => e.to_string(),
+        },
+        waited.as_secs_f64() * 1e3
+    );
+    ok &= read_eintr;
+
+    // 2. Blocking DMA interrupted by a fast interval timer.
+    let size = (16usize << 20).min(card.info().card_ram_size as usize);
+    let mut buffer = vec![0u8; size];
+    let timer_every = Duration::from_micros(1500);
+    let mut timer = nix::sys::timer::Timer::new(
+        nix::time::ClockId::CLOCK_MONOTONIC,
+        nix::sys::signal::SigEvent::new(nix::sys::signal::SigevNotify::SigevSignal {
+            signal: Signal::SIGALRM,
+            si_value: 0,
+        }),
+    )
+    .map_err(|source| Error::Ioctl {
+        call: "timer_create",
+        source,
+    })?;
+    timer
+        .set(
+            nix::sys::timer::Expiration::Interval(timer_every.into()),
+            nix::sys::timer::TimerSetTimeFlags::empty(),
+        )
+        .map_err(|source| Error::Ioctl {
+            call: "timer_settime",
+            source,
+        })?;
+    let (mut attempts, mut interrupted, mut completed, mut other) = (0u32, 0u32, 0u32, 0u32);
+    while attempts < 200 && interrupted < 20 {
+        attempts += 1;
+        let mut tf = TaskFile::new();
+        tf.dma(
+            true,
+            dma_dir::FROM_CARD,
+            buffer.as_mut_ptr() as u64,
+            0,
+            size as u64,
+        );
+        match card.execute(&tf) {
+            Ok(_) => completed += 1,
+            Err(Error::Ioctl {
+                source: nix::errno::Errno::EINTR,
+                ..
+            }) => interrupted += 1,
+            Err(e) => {
+                other += 1;
+                println!("eintr: DMA failed otherwise: {e}");
+            }
+        }
+    }
+    drop(timer);
+    // Interrupted requests finish in the background; their pins go then.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut pinned = sysfs_u64(&card, "pinned_pages");
+    while pinned != Some(0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        pinned = sysfs_u64(&card, "pinned_pages");
+    }
+    let answers = card.read_register(regs::ID).is_ok();
+    println!(
+        "eintr: {attempts} blocking DMAs of {} MiB under a {} us timer: {completed} completed, {interrupted} EINTR, {other} other errors; pinned pages afterwards {}; card answers {answers}",
+        size >> 20,
+        timer_every.as_micros(),
+        pinned.map_or("n/a".into(), |p| p.to_string()),
+    );
+    ok &= interrupted > 0 && other == 0 && pinned == Some(0) && answers;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Keeps asynchronous DMA in flight for a while: the victim of kill tests,
+/// and a check that data survives the round trip.
+pub fn dma_async(device: &str, args: DmaAsyncArgs) -> Result<ExitCode, Error> {
+    let card = Card::open(device, Access::Control)?;
+    let size = args
+        .size
+        .clamp(4096, card.info().card_ram_size as usize / 2);
+    let slots = (card.info().card_ram_size as usize / size).max(1) as u64;
+    let mut queue = AsyncDma::new(&card);
+    let started = Instant::now();
+    let limit = Duration::from_secs_f64(args.seconds.max(0.0));
+    let (mut done, mut failed, mut bytes) = (0u64, 0u64, 0u64);
+    let mut next = 0u64;
+    while started.elapsed() < limit {
+        while queue.outstanding() < args.inflight.max(1) {
+            let dir = if next.is_multiple_of(2) {
+                Direction::ToCard
+            } else {
+                Direction::FromCard
+            };
+            let offset = (next % slots) * size as u64;
+            let fill = (next & 0xff) as u8;
+            queue.dma(dir, vec![fill; size], offset, next)?;
+            next += 1;
+        }
+        for c in queue.poll(Some(Duration::from_millis(200)))? {
+            match c.error {
+                None => {
+                    done += 1;
+                    bytes += c.buffer.len() as u64;
+                }
+                Some(_) => failed += 1,
+            }
+        }
+    }
+    drop(queue);
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "dma-async: {done} transfers of {size} bytes ({failed} failed), {:.0} transfers/s, {:.1} MB/s",
+        done as f64 / secs.max(1e-9),
+        bytes as f64 / secs.max(1e-9) / 1e6
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

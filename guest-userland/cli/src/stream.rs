@@ -1,0 +1,210 @@
+//! `xxcap stream`: streaming capture into this process's own buffers, with
+//! live statistics; every frame can be verified and written to Y4M.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use xxcapture::abi::frame::{verify, PixelFormat};
+use xxcapture::{Access, Card, Error, FrameFormat};
+
+use crate::capture::{parse_format, parse_size, to_planes};
+use crate::stats::Percentiles;
+
+#[derive(clap::Args)]
+pub struct StreamArgs {
+    /// Seconds to stream (ends earlier with --frames).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Stop after this many frames.
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Pixel format: yuyv, nv12 or rgb24.
+    #[arg(long, default_value = "yuyv", value_parser = parse_format)]
+    format: PixelFormat,
+    /// Frame size, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1920x1080", value_parser = parse_size)]
+    size: (u32, u32),
+    /// Frames per second; 0 runs the card as fast as buffers come back.
+    #[arg(long, default_value_t = 30)]
+    rate: u32,
+    /// Buffers lent to the card (1 to 32).
+    #[arg(long, default_value_t = 8)]
+    buffers: usize,
+    /// Capture from the file given to xxcapd --source-file.
+    #[arg(long)]
+    file_source: bool,
+    /// Check every frame's stamp and checksum.
+    #[arg(long)]
+    verify: bool,
+    /// Write the frames to a Y4M file.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// No progress line (for logs).
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
+    let (w, h) = args.size;
+    if args.output.is_some() && args.format == PixelFormat::Rgb24 {
+        return Err(Error::BadFormat(
+            "Y4M holds YUV only: stream yuyv or nv12 for -o".into(),
+        ));
+    }
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        return Err(Error::BadFormat(format!(
+            "--seconds {} is not a positive duration",
+            args.seconds
+        )));
+    }
+    let card = Card::open(device, Access::Control)?;
+    let format = FrameFormat {
+        pixel_format: args.format,
+        width: w,
+        height: h,
+        fps: args.rate,
+    };
+    let mut sink = match &args.output {
+        Some(path) => Some(BufWriter::new(File::create(path).map_err(|source| {
+            Error::Open {
+                path: path.clone(),
+                source,
+            }
+        })?)),
+        None => None,
+    };
+    let colorspace = if args.format == PixelFormat::Yuyv {
+        y4m::Colorspace::C422
+    } else {
+        y4m::Colorspace::C420jpeg
+    };
+    let mut y4m = sink
+        .as_mut()
+        .map(|out| {
+            y4m::encode(
+                w as usize,
+                h as usize,
+                y4m::Ratio::new(args.rate.max(1) as usize, 1),
+            )
+            .with_colorspace(colorspace)
+            .write_header(out)
+        })
+        .transpose()
+        .map_err(|e| Error::BadFormat(format!("Y4M header: {e:?}")))?;
+
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+
+    let mut stream = card.start_stream(format, args.file_source, args.buffers)?;
+    let started = Instant::now();
+    let cpu_started = crate::bench::cpu_time();
+    let limit = Duration::from_secs_f64(args.seconds);
+    let mut wake = Percentiles::default();
+    let mut corrupt = 0u64;
+    let mut out_of_order = 0u64;
+    let mut expected_next: Option<u64> = None;
+    let mut skipped = 0u64;
+    let mut first_error: Option<String> = None;
+    let mut delivered = 0u64;
+    let mut last_report = Instant::now();
+    while started.elapsed() < limit && args.frames.is_none_or(|n| delivered < n) {
+        let frame = stream.next_frame(Duration::from_secs(5))?;
+        delivered += 1;
+        wake.push(frame.wake_latency_ns() as f64 / 1e3);
+        match expected_next {
+            Some(n) if frame.number < n => out_of_order += 1,
+            Some(n) => skipped += frame.number - n,
+            None => {}
+        }
+        expected_next = Some(frame.number + 1);
+        if args.verify {
+            match verify(frame.data(), args.format, w, h) {
+                Ok(stamp) if stamp.frame_number == frame.number => {}
+                Ok(stamp) => {
+                    corrupt += 1;
+                    first_error.get_or_insert(format!(
+                        "frame {} carries stamp {}",
+                        frame.number, stamp.frame_number
+                    ));
+                }
+                Err(e) => {
+                    corrupt += 1;
+                    first_error.get_or_insert(format!("frame {}: {e}", frame.number));
+                }
+            }
+        }
+        if let Some(enc) = y4m.as_mut() {
+            if let Some(planes) = to_planes(args.format, w as usize, h as usize, frame.data()) {
+                enc.write_frame(&y4m::Frame::new([&planes[0], &planes[1], &planes[2]], None))
+                    .map_err(|e| Error::BadFormat(format!("Y4M frame: {e:?}")))?;
+            }
+        }
+        stream.requeue(frame)?;
+        if last_report.elapsed() >= Duration::from_millis(500) {
+            last_report = Instant::now();
+            let s = stream.stats();
+            progress.set_message(format!(
+                "{delivered} frames, {:.1} fps, dropped {}, corrupt {corrupt}, delivery p50 {:.0} us",
+                delivered as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                s.dropped,
+                wake.percentile(50.0)
+            ));
+            progress.tick();
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_ms_per_frame = match (cpu_started, crate::bench::cpu_time()) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e3 / delivered.max(1) as f64,
+        _ => f64::NAN,
+    };
+    let dropped_register = card.read_register(xxcapture::abi::regs::DROPPED_FRAMES)?;
+    let pinned_while_streaming = card.sysfs_attribute("pinned_pages").unwrap_or_default();
+    let stats = stream.stop()?;
+    progress.finish_and_clear();
+    if let Some(out) = sink.as_mut() {
+        out.flush()
+            .map_err(|e| Error::BadFormat(format!("Y4M write: {e}")))?;
+    }
+    let pinned_after = card.sysfs_attribute("pinned_pages").unwrap_or_default();
+    println!(
+        "stream: {delivered} frames {w}x{h} {} @{} fps into {} buffers in {elapsed:.1} s: {:.1} fps, verified {}, corrupt {corrupt}, dropped {} (card register {dropped_register}), skipped {skipped}, out-of-order {out_of_order}, lost records {}, buffer errors {}, delivery latency (driver to process) p50 {:.0} us p99 {:.0} us max {:.0} us, {cpu_ms_per_frame:.2} ms CPU/frame, pinned pages streaming {pinned_while_streaming} after {pinned_after}",
+        args.format,
+        args.rate,
+        args.buffers,
+        delivered as f64 / elapsed.max(1e-9),
+        if args.verify { delivered - corrupt } else { 0 },
+        stats.dropped,
+        stats.lost_records,
+        stats.buffer_errors,
+        wake.percentile(50.0),
+        wake.percentile(99.0),
+        wake.max(),
+    );
+    if let Some(e) = first_error {
+        println!("stream: first bad frame: {e}");
+    }
+    let clean = corrupt == 0
+        && stats.dropped == 0
+        && dropped_register == 0
+        && skipped == 0
+        && out_of_order == 0
+        && stats.lost_records == 0
+        && stats.buffer_errors == 0
+        && pinned_after == "0";
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
