@@ -169,7 +169,7 @@ impl InterruptController {
         self.next_sequence += 1;
         self.generated += 1;
         if self.held_records >= DEVICE_BACKLOG {
-            self.lose(sequence, now_ns);
+            self.lose(sequence, 1, now_ns);
         } else {
             let event = Event {
                 cause: cause.into(),
@@ -188,16 +188,41 @@ impl InterruptController {
         true
     }
 
-    /// Record `sequence` found the backlog full: it joins the LOST record
-    /// at the tail if that one ends right before it, else starts a new one.
-    fn lose(&mut self, sequence: u64, now_ns: u64) {
-        self.lost += 1;
+    /// `count` occurrences of `cause` at once (frame periods a capture
+    /// missed): as many [`Self::raise`] calls, in time bounded by the
+    /// backlog rather than by `count`. Returns the records generated.
+    pub fn raise_many(&mut self, cause: u32, frame_number: u64, count: u32, now_ns: u64) -> u32 {
+        self.latch(cause);
+        if cause & self.config.mask == 0 || !self.records_enabled || cause & RECORD_CAUSES == 0 {
+            return 0;
+        }
+        let mut left = count;
+        while left > 0 && self.held_records < DEVICE_BACKLOG {
+            self.record(cause, frame_number, now_ns);
+            left -= 1;
+        }
+        if left > 0 {
+            let sequence = self.next_sequence;
+            self.next_sequence += u64::from(left);
+            self.generated += u64::from(left);
+            self.lose(sequence, left, now_ns);
+        }
+        count
+    }
+
+    /// Records `sequence..sequence + count` found the backlog full: they
+    /// join the LOST record at the tail if that one ends right before them,
+    /// else start a new one.
+    fn lose(&mut self, sequence: u64, count: u32, now_ns: u64) {
+        self.lost += u64::from(count);
         if let Some(tail) = self.held.back_mut().filter(|h| h.is_lost()) {
             let first = tail.event.sequence.get();
-            let count = tail.event.count.get();
-            if first + u64::from(count) == sequence && count < u32::MAX {
-                tail.event.count = (count + 1).into();
-                return;
+            let have = tail.event.count.get();
+            if first + u64::from(have) == sequence {
+                if let Some(sum) = have.checked_add(count) {
+                    tail.event.count = sum.into();
+                    return;
+                }
             }
         }
         // A full backlog is all due already (the count threshold is at
@@ -206,7 +231,7 @@ impl InterruptController {
             cause: LOST.into(),
             sequence: sequence.into(),
             device_time_ns: now_ns.into(),
-            count: 1.into(),
+            count: count.into(),
             ..Event::default()
         };
         // LOST records do not count against the backlog: at most one
@@ -426,6 +451,7 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Raise(u32),
+        RaiseMany(u32),
         Take(usize),
         Advance(u64),
         ReleaseAll,
@@ -436,6 +462,7 @@ mod tests {
         prop_oneof![
             8 => prop_oneof![Just(irq::FRAME_DONE), Just(irq::OVERFLOW), Just(irq::TEST),
                              Just(irq::DMA_DONE)].prop_map(Op::Raise),
+            1 => prop_oneof![0u32..5, Just(5000), Just(u32::MAX)].prop_map(Op::RaiseMany),
             3 => prop_oneof![0usize..3, Just(64), Just(5000)].prop_map(Op::Take),
             2 => (0u64..200_000).prop_map(Op::Advance),
             1 => Just(Op::ReleaseAll),
@@ -475,6 +502,7 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Raise(cause) => { c.raise(cause, 0, now); }
+                    Op::RaiseMany(n) => { c.raise_many(irq::OVERFLOW, 0, n, now); }
                     Op::Take(max) => {
                         let got = c.take_due(now, max);
                         prop_assert!(got.len() <= max);

@@ -54,7 +54,7 @@ pub struct CaptureIo {
 impl CaptureIo {
     /// `count` occurrences of `cause` for frame `frame_number` at device
     /// time `now_ns`, delivered if due.
-    fn raise(&self, cause: u32, frame_number: u64, count: u64, now_ns: u64) {
+    fn raise(&self, cause: u32, frame_number: u64, count: u32, now_ns: u64) {
         let mem = self.mem.get();
         self.events
             .raise_many(cause, frame_number, count, now_ns, mem.as_deref());
@@ -329,7 +329,7 @@ impl Worker {
             *dropped += u64::from(missed);
             self.progress.dropped.store(*dropped, Ordering::Release);
             self.io
-                .raise(irq::OVERFLOW, frame, u64::from(missed), self.clock.now_ns());
+                .raise(irq::OVERFLOW, frame, missed, self.clock.now_ns());
         }
         tick.saturating_add(missed)
     }

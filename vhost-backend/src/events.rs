@@ -200,14 +200,12 @@ impl Events {
         &self,
         cause: u32,
         frame_number: u64,
-        count: u64,
+        count: u32,
         now_ns: u64,
         mem: Option<&GuestMemoryMmap>,
     ) {
         let mut st = self.lock();
-        for _ in 0..count {
-            st.irq.raise(cause, frame_number, now_ns);
-        }
+        st.irq.raise_many(cause, frame_number, count, now_ns);
         self.deliver_locked(&mut st, now_ns, mem);
     }
 
@@ -233,10 +231,19 @@ impl Events {
                 if st.irq.due(now_ns) == 0 {
                     break;
                 }
-                let Some(chain) = queue.pop(mem).or_else(|| Self::recheck(&*queue, mem)) else {
+                let popped = match queue.pop(mem) {
+                    Ok(None) => Self::recheck(&*queue, mem),
+                    other => other,
+                };
+                let chain = match popped {
+                    Ok(Some(chain)) => chain,
                     // Out of buffers: the driver's next post kicks us
                     // (notifications were re-enabled by `recheck`).
-                    break;
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!("event queue unusable: {e}");
+                        break;
+                    }
                 };
                 let head = chain.head_index();
                 let capacity = match buffer_capacity(&chain) {
@@ -304,13 +311,13 @@ impl Events {
     fn recheck<'m>(
         queue: &dyn DeviceQueue,
         mem: &'m GuestMemoryMmap,
-    ) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    ) -> io::Result<Option<DescriptorChain<&'m GuestMemoryMmap>>> {
         match queue.enable_notification() {
             Ok(true) => queue.pop(mem),
-            Ok(false) => None,
+            Ok(false) => Ok(None),
             Err(e) => {
                 warn!("event queue: cannot enable notifications: {e}");
-                None
+                Ok(None)
             }
         }
     }

@@ -16,8 +16,13 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, Gues
 
 /// A device-side virtqueue.
 pub trait DeviceQueue: Send + Sync {
-    /// The next chain the driver made available, if any.
-    fn pop<'m>(&self, mem: &'m GuestMemoryMmap) -> Option<DescriptorChain<&'m GuestMemoryMmap>>;
+    /// The next chain the driver made available, if any; `Err` when the
+    /// ring cannot be used (an avail index more than a queue ahead, a queue
+    /// not set up): the caller must stop, not retry.
+    fn pop<'m>(
+        &self,
+        mem: &'m GuestMemoryMmap,
+    ) -> io::Result<Option<DescriptorChain<&'m GuestMemoryMmap>>>;
     /// Returns chain `head` to the driver with `len` bytes written.
     fn add_used(&self, head: u16, len: u32) -> io::Result<()>;
     /// Sends a used-buffer notification if the driver wants one (EVENT_IDX
@@ -110,9 +115,10 @@ pub(crate) mod mock {
         fn pop<'m>(
             &self,
             mem: &'m GuestMemoryMmap,
-        ) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+        ) -> io::Result<Option<DescriptorChain<&'m GuestMemoryMmap>>> {
             let mut q = self.queue.lock().expect("queue");
-            q.iter(mem).ok()?.next()
+            let mut chains = q.iter(mem).map_err(|e| io::Error::other(e.to_string()))?;
+            Ok(chains.next())
         }
 
         fn add_used(&self, head: u16, len: u32) -> io::Result<()> {

@@ -38,7 +38,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -72,8 +72,16 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 struct VringQueue(VringRwLock);
 
 impl DeviceQueue for VringQueue {
-    fn pop<'m>(&self, mem: &'m GuestMemoryMmap) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
-        self.0.get_mut().get_queue_mut().pop_descriptor_chain(mem)
+    fn pop<'m>(
+        &self,
+        mem: &'m GuestMemoryMmap,
+    ) -> io::Result<Option<DescriptorChain<&'m GuestMemoryMmap>>> {
+        let mut vring = self.0.get_mut();
+        let mut chains = vring
+            .get_queue_mut()
+            .iter(mem)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(chains.next())
     }
 
     fn add_used(&self, head: u16, len: u32) -> io::Result<()> {
@@ -606,13 +614,25 @@ impl XxcapBackend {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let vring = VringQueue(vring.clone());
         let mut answered = false;
+        let mut broken = false;
         loop {
             if event_idx {
                 if let Err(e) = vring.disable_notification() {
                     warn!("stream queue: cannot disable notifications: {e}");
                 }
             }
-            while let Some(chain) = vring.pop(&mem) {
+            loop {
+                let chain = match vring.pop(&mem) {
+                    Ok(Some(chain)) => chain,
+                    Ok(None) => break,
+                    Err(e) => {
+                        // A broken ring would report "more chains" forever:
+                        // leave it until the driver resets the device.
+                        error!("stream queue unusable: {e}");
+                        broken = true;
+                        break;
+                    }
+                };
                 let head = chain.head_index();
                 match process_stream_chain(&chain, self.device_now()) {
                     StreamChain::Hold(buffer) => {
@@ -629,7 +649,7 @@ impl XxcapBackend {
                     }
                 }
             }
-            if !event_idx {
+            if !event_idx || broken {
                 break;
             }
             match vring.enable_notification() {
@@ -1418,3 +1438,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod io_tests;
