@@ -1308,20 +1308,46 @@ static int xxcap_wait(struct xxcap_card *card, struct xxcap_req *req,
 }
 
 /*
+ * An EXEC_POLL caller is about to submit: command-queue callbacks off
+ * before the kick, or a quick card would still interrupt.
+ */
+static void xxcap_poll_begin(struct xxcap_card *card)
+{
+	spin_lock_irq(&card->lock);
+	if (!card->pollers++ && !card->gone)
+		virtqueue_disable_cb(card->cmd_vq);
+	spin_unlock_irq(&card->lock);
+}
+
+/* The last poller turns the callbacks back on, leaving nothing behind. */
+static void xxcap_poll_end(struct xxcap_card *card, bool any)
+{
+	spin_lock_irq(&card->lock);
+	if (!--card->pollers && !card->gone) {
+		while (!virtqueue_enable_cb(card->cmd_vq)) {
+			virtqueue_disable_cb(card->cmd_vq);
+			any |= xxcap_cmd_drain(card);
+			if (unlikely(virtqueue_is_broken(card->cmd_vq)))
+				break;
+		}
+	}
+	xxcap_reap_kick(card);
+	spin_unlock_irq(&card->lock);
+	if (any)
+		wake_up_all(&card->slot_wq);
+}
+
+/*
  * As xxcap_wait(), but polls the command queue with its callbacks off
- * instead of sleeping until the interrupt: the difference between the two
- * is what the interrupt costs.
+ * (since xxcap_poll_begin(); ends with xxcap_poll_end()) instead of
+ * sleeping until the interrupt: the difference between the two is what the
+ * interrupt costs.
  */
 static int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
 			     unsigned long deadline)
 {
 	bool any = false, done, gone;
 	int ret = 0;
-
-	spin_lock_irq(&card->lock);
-	if (!card->pollers++ && !card->gone)
-		virtqueue_disable_cb(card->cmd_vq);
-	spin_unlock_irq(&card->lock);
 
 	for (;;) {
 		spin_lock_irq(&card->lock);
@@ -1346,20 +1372,7 @@ static int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
 		cpu_relax();
 	}
 
-	spin_lock_irq(&card->lock);
-	if (!--card->pollers && !card->gone) {
-		/* Last poller: callbacks back on, with nothing left behind. */
-		while (!virtqueue_enable_cb(card->cmd_vq)) {
-			virtqueue_disable_cb(card->cmd_vq);
-			any |= xxcap_cmd_drain(card);
-			if (unlikely(virtqueue_is_broken(card->cmd_vq)))
-				break;
-		}
-	}
-	xxcap_reap_kick(card);
-	spin_unlock_irq(&card->lock);
-	if (any)
-		wake_up_all(&card->slot_wq);
+	xxcap_poll_end(card, any);
 
 	if (ret)
 		return xxcap_orphan(card, req, ret);
@@ -1477,15 +1490,19 @@ static int xxcap_exec(struct xxcap_card *card, void __user *argp)
 	}
 
 	deadline = jiffies + msecs_to_jiffies(READ_ONCE(timeout_ms));
+	if (arg.flags & XXCAP_EXEC_POLL)
+		xxcap_poll_begin(card);
 	ret = xxcap_submit(card, req, hdr->count, deadline, 0);
 	if (ret) {
+		if (arg.flags & XXCAP_EXEC_POLL)
+			xxcap_poll_end(card, false);
 		if (ret == -ETIMEDOUT)
 			atomic64_inc(&card->timeouts);
 		goto out_free;
 	}
 
 	if (arg.flags & XXCAP_EXEC_POLL)
-		ret = xxcap_wait_polled(card, req, deadline);
+		ret = xxcap_wait_polled(card, req, deadline);	/* ends polling */
 	else
 		ret = xxcap_wait(card, req, deadline, true);
 	if (ret) {
