@@ -211,7 +211,9 @@ impl Card {
             CaptureMode::Dma => None,
         };
         let mut tf = TaskFile::new();
-        tf.set_to_register(regs::CONTROL, 0, control::CAPTURE);
+        // Ring capture: also clears STREAM, which a killed streaming client
+        // may have left set.
+        tf.set_to_register(regs::CONTROL, 0, control::CAPTURE | control::STREAM);
         tf.set_register(regs::FRAME_FORMAT, format.pixel_format.code());
         tf.set_register(regs::FRAME_WIDTH, format.width);
         tf.set_register(regs::FRAME_HEIGHT, format.height);

@@ -397,18 +397,31 @@ impl Worker {
                     // SAFETY: inside the mapping.
                     std::hint::black_box(unsafe { std::ptr::read_volatile(base) });
                 }
-                // Partial munmap of a live mapping, then the rest.
+                // Partial munmap of a live mapping, then the pieces left
+                // (never the hole again: another thread may map there).
                 if pages > 2 {
                     // SAFETY: the second page lies inside the mapping.
                     let _ = unsafe {
                         munmap(
-                            std::ptr::NonNull::new_unchecked(base.add(4096) as *mut _),
+                            std::ptr::NonNull::new_unchecked(base.add(4096).cast()),
                             4096,
                         )
                     };
+                    // SAFETY: the first page and everything after the hole
+                    // are still ours.
+                    let _ = unsafe { munmap(ptr, 4096) };
+                    let rest = len.next_multiple_of(4096) - 8192;
+                    // SAFETY: as above.
+                    let _ = unsafe {
+                        munmap(
+                            std::ptr::NonNull::new_unchecked(base.add(8192).cast()),
+                            rest,
+                        )
+                    };
+                } else {
+                    // SAFETY: the whole mapping, untouched so far.
+                    let _ = unsafe { munmap(ptr, len) };
                 }
-                // SAFETY: the whole original range; unmapping holes is fine.
-                let _ = unsafe { munmap(ptr, len) };
             }
             Err(e) => self.count("mmap", Err(e)),
         }
