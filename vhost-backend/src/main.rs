@@ -44,6 +44,8 @@ xxcapd first:
 The guest sees PCI device 1af4:{:04x}.
 
 Logging: -v (debug), -vv (trace); RUST_LOG overrides both.
+SIGTERM/SIGINT: requests already taken off the command queue are completed
+(and the guest notified) before the connection closes; no more are taken.
 Exit status: 0 after SIGTERM/SIGINT or when QEMU disconnects, 1 on runtime
 errors, 2 on usage or configuration errors.",
         queue::COUNT,
@@ -294,7 +296,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
     let mut daemon = VhostUserDaemon::new("xxcapd".to_owned(), Arc::clone(&backend), mem)
         .map_err(|e| DaemonError::Daemon(e.to_string()))?;
     let shutdown = Arc::new(Shutdown::default());
-    watch_signals(&shutdown, &socket, &counters)?;
+    watch_signals(&shutdown, &socket, &counters, &backend)?;
 
     info!(
         "listening on {} (card RAM {} bytes)",
@@ -382,9 +384,15 @@ fn watch_signals(
     shutdown: &Arc<Shutdown>,
     socket: &Arc<OwnedSocket>,
     counters: &Arc<Counters>,
+    backend: &Arc<XxcapBackend>,
 ) -> Result<(), DaemonError> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
-    let (shutdown, socket, counters) = (shutdown.clone(), socket.clone(), counters.clone());
+    let (shutdown, socket, counters, backend) = (
+        shutdown.clone(),
+        socket.clone(),
+        counters.clone(),
+        backend.clone(),
+    );
     thread::Builder::new()
         .name("signals".to_owned())
         .spawn(move || {
@@ -395,6 +403,10 @@ fn watch_signals(
                     "SIGINT"
                 };
                 info!("{name} received, shutting down");
+                // Complete what was taken while QEMU still relays the
+                // notifications; then close the connection.
+                backend.quiesce();
+                info!("requests in flight completed: {}", counters.summary());
                 if !shutdown.request() {
                     debug!("no frontend connected yet");
                     finish(&counters, &socket);
