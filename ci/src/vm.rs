@@ -264,7 +264,8 @@ impl Vm {
             started,
             log_dir: opts.log_dir.clone(),
         };
-        if let (Some(card), Some(first)) = (card_spec, vm.xxcapd.take()) {
+        // card_spec is Some exactly when supervising: hand it the backend.
+        if let Some((card, first)) = card_spec.and_then(|c| Some((c, vm.xxcapd.take()?))) {
             let mut options = SupervisorOptions::new(opts.log_dir.join("supervisor.log"));
             options.echo = opts.echo_supervisor;
             let _ = std::fs::remove_file(&options.log);

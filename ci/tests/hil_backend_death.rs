@@ -15,6 +15,8 @@ const SIGKILLS: usize = 10;
 /// Reads the console as it arrives.
 struct Console {
     next: usize,
+    /// The guest giving up on a new card fails the test at once.
+    card_must_return: bool,
 }
 
 impl Console {
@@ -43,7 +45,7 @@ impl Console {
                 }
                 // The guest gives up on its own: no point waiting.
                 assert!(
-                    !line.contains("XXCAP-DEATH no card"),
+                    !(self.card_must_return && line.contains("XXCAP-DEATH no card")),
                     "{line}\nsupervisor: {:?}\nconsole tail:\n{}",
                     vm.supervisor_failure(),
                     tail(&lines, 40)
@@ -94,8 +96,14 @@ struct Cycle {
     verified: Duration,
 }
 
+/// One VM at a time (the tests of this file run on parallel threads).
+static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn backend_death_replaces_the_card_without_rebooting() {
+    let _vm = ONE_VM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let artifacts = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
     let log_dir = repo_root().join("target/hil-logs/backend-death");
     let opts = VmOptions {
@@ -110,7 +118,10 @@ fn backend_death_replaces_the_card_without_rebooting() {
     let started = vm.started();
     let mut cycles = Vec::new();
     {
-        let mut console = Console { next: 0 };
+        let mut console = Console {
+            next: 0,
+            card_must_return: true,
+        };
         let (_, begin) = console.expect(&vm, "guest start", Duration::from_secs(120), |l| {
             l.starts_with("XXCAP-DEATH begin")
         });
@@ -301,4 +312,94 @@ fn backend_death_replaces_the_card_without_rebooting() {
         percentile(&usable, 50.0),
         percentile(&usable, 100.0),
     );
+}
+
+/// Without the supervisor nobody replaces the card: the guest cannot know
+/// the backend is gone, so its request waits for the driver's timeout
+/// (module parameter timeout_ms, 5 s) and fails; nothing hangs, the guest
+/// touches no config space (which would abort QEMU), and QEMU lives on.
+#[test]
+fn unsupervised_backend_death_times_out_instead_of_hanging() {
+    let _vm = ONE_VM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let artifacts = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
+    let opts = VmOptions {
+        mode: Mode::BackendDeath,
+        log_dir: repo_root().join("target/hil-logs/backend-death-unsupervised"),
+        kernel_args: vec!["xxcap.kills=1".into(), "xxcap.card_wait=2".into()],
+        supervise: false,
+        ..VmOptions::default()
+    };
+    let mut vm = Vm::start(&artifacts, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let started = vm.started();
+    let mut console = Console {
+        next: 0,
+        card_must_return: false,
+    };
+    console.expect(&vm, "guest start", Duration::from_secs(120), |l| {
+        l.starts_with("XXCAP-DEATH begin")
+    });
+    console.expect(&vm, "a verified capture", Duration::from_secs(60), |l| {
+        l.starts_with("XXCAP-DEATH round") && l.contains(" ok ")
+    });
+    console.skip_to_end(&vm);
+    console.expect(&vm, "a capture starting", Duration::from_secs(30), |l| {
+        l.starts_with("XXCAP-DEATH round") && l.contains(" start ")
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let killed = Instant::now().duration_since(started);
+    vm.signal_backend(Signal::SIGKILL)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (failed_at, fail) = loop {
+        let (at, line) = console.expect(&vm, "the failing capture", Duration::from_secs(15), |l| {
+            l.starts_with("XXCAP-DEATH round") && (l.contains(" fail ") || l.contains(" ok "))
+        });
+        if line.contains(" fail ") {
+            break (at, line);
+        }
+    };
+    let kind = field(&fail, "kind=").unwrap_or("?").to_string();
+    let waited = failed_at.saturating_sub(killed);
+    let (_, gave_up) = console.expect(&vm, "the guest giving up", Duration::from_secs(30), |l| {
+        l.starts_with("XXCAP-DEATH no card")
+    });
+    let (_, timeouts) = console.expect(
+        &vm,
+        "the driver's timeout count",
+        Duration::from_secs(30),
+        |l| l.starts_with("XXCAP-DEATH driver timeouts="),
+    );
+    assert!(vm.qemu_running(), "QEMU died with its backend");
+    console.expect(&vm, "the guest's end", Duration::from_secs(60), |l| {
+        l.starts_with("XXCAP-DEATH end")
+    });
+    let qemu = vm
+        .wait_guest(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines = vm.console();
+    let steps = parse_steps(&lines);
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("guest step {name} never ran"))
+            .clone()
+    };
+    let pins = step("pins");
+    eprintln!(
+        "unsupervised: capture failed {kind} {:.2} s after SIGKILL; {gave_up}; {timeouts}; pins: {} (rc {}); QEMU exit {qemu}",
+        waited.as_secs_f64(),
+        pins.output.join(" / "),
+        pins.rc
+    );
+    // An errno from the driver's request timeout, or the library's own
+    // frame timeout when no request was in flight: both about 5 s.
+    assert!(["ETIMEDOUT", "NOFRAME"].contains(&kind.as_str()), "{fail}");
+    assert!(
+        waited < Duration::from_secs(7),
+        "the capture took {waited:?} to fail"
+    );
+    assert_eq!(step("kernel-log").rc, 0, "{:?}", step("kernel-log").output);
+    assert!(qemu.success(), "QEMU exited with {qemu}");
 }
