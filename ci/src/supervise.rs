@@ -576,6 +576,11 @@ impl Worker {
         let _ = writeln!(self.log, "{line}");
     }
 
+    /// Log only: the normal end of a VM is not news on the terminal.
+    fn note(&mut self, text: &str) {
+        let _ = writeln!(self.log, "xxvm supervisor: {text}");
+    }
+
     fn run(&mut self) {
         loop {
             let Some(pid) = self.shared.lock().child.as_ref().map(Child::id) else {
@@ -628,7 +633,7 @@ impl Worker {
                     self.shared.changed.notify_all();
                 }
                 Err(Ended::QemuGone) => {
-                    self.say(&format!(
+                    self.note(&format!(
                         "xxcapd generation {generation} exited ({status}) as QEMU went away: nothing to replace"
                     ));
                     self.finish(Some(status), None);
