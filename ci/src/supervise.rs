@@ -219,12 +219,21 @@ impl BackendLauncher {
     /// Starts generation `generation` and waits for its socket.
     pub fn spawn(&self, generation: u32, timeout: Duration) -> Result<Child, SuperviseError> {
         let socket = self.socket(generation);
-        let mut log = if generation == 0 {
-            File::create(&self.log)
-        } else {
-            OpenOptions::new().append(true).create(true).open(&self.log)
-        }
-        .map_err(|e| SuperviseError::Spawn(format!("{}: {e}", self.log.display())))?;
+        // A fresh log per VM; every generation appends to it.
+        let fresh = generation == 0;
+        let mut log = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.log)
+            .and_then(|f| {
+                if fresh {
+                    f.set_len(0).map(|()| f)
+                } else {
+                    Ok(f)
+                }
+            })
+            .map_err(|e| SuperviseError::Spawn(format!("{}: {e}", self.log.display())))?;
         let _ = writeln!(
             log,
             "=== xxcapd generation {generation} on {}",
