@@ -4,9 +4,12 @@
 
 pub mod bench;
 pub mod build;
+pub mod qmp;
+pub mod supervise;
 pub mod vm;
 
 pub use build::{build_all, Artifacts, Provisioned};
+pub use supervise::Recovery;
 pub use vm::{parse_steps, Accel, Mode, Step, Vm, VmOptions};
 
 #[derive(Debug, thiserror::Error)]

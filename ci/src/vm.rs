@@ -14,6 +14,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::build::{repo_root, Artifacts};
+use crate::qmp::Qmp;
+use crate::supervise::{
+    BackendLauncher, CardSpec, Recovery, SuperviseError, Supervisor, SupervisorOptions,
+};
 use crate::{Error, Result};
 
 /// What the guest's /init does (`xxcap.mode=` on the kernel command line).
@@ -35,6 +39,9 @@ pub enum Mode {
     Robust,
     /// An interactive shell on the serial console.
     Shell,
+    /// Capture in a loop across backend deaths (`xxcap.kills=N` of them):
+    /// the host kills `xxcapd`, the supervisor replaces the card.
+    BackendDeath,
 }
 
 impl Mode {
@@ -48,6 +55,7 @@ impl Mode {
             Mode::Events => "events",
             Mode::Robust => "robust",
             Mode::Shell => "shell",
+            Mode::BackendDeath => "backend-death",
         }
     }
 }
@@ -73,6 +81,13 @@ pub struct VmOptions {
     pub output_disk: Option<PathBuf>,
     /// More QEMU arguments (extra devices, `-plugin`).
     pub extra_qemu_args: Vec<String>,
+    /// More kernel command-line words (`xxcap.*=` settings for /init).
+    pub kernel_args: Vec<String>,
+    /// Replace the card over QMP whenever `xxcapd` dies (see `supervise`).
+    pub supervise: bool,
+    /// Echo the supervisor's steps to stderr (always logged to
+    /// `supervisor.log` in `log_dir`).
+    pub echo_supervisor: bool,
 }
 
 impl Default for VmOptions {
@@ -87,6 +102,9 @@ impl Default for VmOptions {
             log_dir: repo_root().join("target/hil-logs"),
             output_disk: None,
             extra_qemu_args: Vec::new(),
+            kernel_args: Vec::new(),
+            supervise: true,
+            echo_supervisor: true,
         }
     }
 }
@@ -106,13 +124,18 @@ pub fn card_qemu_args(socket: &Path, virtio_id: u32, guest_memory_mib: u32) -> V
 
 /// A running VM.
 pub struct Vm {
-    _workdir: tempfile::TempDir,
     xxcapd: Option<Child>,
+    /// Owns the backend instead of `xxcapd` when supervising.
+    supervisor: Option<Supervisor>,
+    recoveries: Vec<Recovery>,
+    supervisor_failure: Option<String>,
     qemu: Option<Child>,
     console: Arc<Mutex<Vec<(Duration, String)>>>,
     reader: Option<JoinHandle<()>>,
     started: Instant,
     log_dir: PathBuf,
+    /// Last: sockets and the QMP socket live here until everything is down.
+    _workdir: tempfile::TempDir,
 }
 
 fn wait_deadline(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
@@ -131,14 +154,9 @@ fn wait_deadline(child: &mut Child, timeout: Duration) -> Result<Option<ExitStat
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 impl Vm {
-    /// Starts `xxcapd`, waits for its socket, then boots QEMU.
+    /// Starts `xxcapd`, waits for its socket, then boots QEMU (and the
+    /// backend supervisor when `opts.supervise`).
     pub fn start(artifacts: &Artifacts, opts: &VmOptions) -> Result<Vm> {
         let workdir = tempfile::Builder::new()
             .prefix("xxvm-")
@@ -146,41 +164,26 @@ impl Vm {
             .map_err(|e| Error::Step(format!("temp dir: {e}")))?;
         std::fs::create_dir_all(&opts.log_dir)
             .map_err(|e| Error::Step(format!("create {}: {e}", opts.log_dir.display())))?;
-        let socket = workdir.path().join("xxcap.sock");
-        let backend_log = opts.log_dir.join("xxcapd.log");
-        let log_file = File::create(&backend_log)
-            .map_err(|e| Error::Step(format!("create {}: {e}", backend_log.display())))?;
-
-        let mut xxcapd = Command::new(&artifacts.xxcapd)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--card-ram-size")
-            .arg(&opts.card_ram)
-            .arg("-v")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .map_err(|e| Error::Step(format!("start {}: {e}", artifacts.xxcapd.display())))?;
-
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            if let Ok(Some(status)) = xxcapd.try_wait() {
-                return Err(Error::Step(format!(
-                    "xxcapd exited ({status}) before listening:\n{}",
-                    tail(&backend_log, 20)
-                )));
+        let launcher = BackendLauncher {
+            xxcapd: artifacts.xxcapd.clone(),
+            args: vec!["--card-ram-size".into(), opts.card_ram.clone(), "-v".into()],
+            dir: workdir.path().to_path_buf(),
+            log: opts.log_dir.join("xxcapd.log"),
+        };
+        let socket = launcher.socket(0);
+        let card_args = card_qemu_args(&socket, opts.virtio_id, opts.guest_memory_mib);
+        // Refuse before anything starts if the card cannot be re-created.
+        let card_spec = match opts.supervise {
+            true => {
+                Some(CardSpec::from_qemu_args(&card_args).map_err(|e| Error::Step(e.to_string()))?)
             }
-            if Instant::now() > deadline {
-                let _ = xxcapd.kill();
-                let _ = xxcapd.wait();
-                return Err(Error::Step(
-                    "xxcapd did not create its socket within 10 s".into(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            false => None,
+        };
+        let mut xxcapd = launcher
+            .spawn(0, Duration::from_secs(10))
+            .map_err(|e| Error::Step(e.to_string()))?;
 
+        let qmp_socket = workdir.path().join("qmp.sock");
         let p = &artifacts.provisioned;
         let mut qemu = Command::new(&p.qemu);
         match opts.accel {
@@ -191,16 +194,9 @@ impl Vm {
             Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
         };
         qemu.args(["-smp", "1", "-nodefaults", "-no-reboot", "-display", "none"])
-            .args(card_qemu_args(
-                &socket,
-                opts.virtio_id,
-                opts.guest_memory_mib,
-            ))
+            .args(&card_args)
             .arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                workdir.path().join("qmp.sock").display()
-            ))
+            .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
             .args(&opts.extra_qemu_args)
             .arg("-kernel")
             .arg(&p.kernel)
@@ -216,8 +212,12 @@ impl Vm {
             .arg(&artifacts.initramfs)
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet loglevel=4 xxcap.mode={}",
-                opts.mode.as_str()
+                "console=ttyS0 panic=-1 quiet loglevel=4 xxcap.mode={}{}",
+                opts.mode.as_str(),
+                opts.kernel_args
+                    .iter()
+                    .map(|a| format!(" {a}"))
+                    .collect::<String>()
             ));
         let interactive = opts.mode == Mode::Shell;
         if interactive {
@@ -261,15 +261,30 @@ impl Vm {
                 }
             })
         });
-        Ok(Vm {
+        let mut vm = Vm {
             _workdir: workdir,
             xxcapd: Some(xxcapd),
+            supervisor: None,
+            recoveries: Vec::new(),
+            supervisor_failure: None,
             qemu: Some(qemu),
             console,
             reader,
             started,
             log_dir: opts.log_dir.clone(),
-        })
+        };
+        // card_spec is Some exactly when supervising: hand it the backend.
+        if let Some((card, first)) = card_spec.and_then(|c| Some((c, vm.xxcapd.take()?))) {
+            let mut options = SupervisorOptions::new(opts.log_dir.join("supervisor.log"));
+            options.echo = opts.echo_supervisor;
+            let _ = std::fs::remove_file(&options.log);
+            let supervisor = Qmp::connect(&qmp_socket, Duration::from_secs(10))
+                .map_err(SuperviseError::from)
+                .and_then(|qmp| Supervisor::start(qmp, first, launcher, card, options))
+                .map_err(|e| Error::Step(format!("backend supervisor: {e}")))?;
+            vm.supervisor = Some(supervisor);
+        }
+        Ok(vm)
     }
 
     pub fn started(&self) -> Instant {
@@ -304,8 +319,17 @@ impl Vm {
     }
 
     /// Waits for `xxcapd` to exit on its own (it does when QEMU disconnects);
-    /// sends SIGTERM after `grace`, SIGKILL after twice that.
+    /// sends SIGTERM after `grace`, SIGKILL after twice that. Supervised:
+    /// ends supervision and returns how the last backend ended.
     pub fn wait_backend(&mut self, grace: Duration) -> Result<ExitStatus> {
+        if let Some(mut supervisor) = self.supervisor.take() {
+            let status = supervisor
+                .stop(grace)
+                .map_err(|e| Error::Step(format!("xxcapd: {e}")));
+            self.supervisor_failure = supervisor.failure();
+            self.recoveries = supervisor.recoveries();
+            return status;
+        }
         let Some(child) = self.xxcapd.as_mut() else {
             return Err(Error::Step("xxcapd already reaped".into()));
         };
@@ -328,6 +352,57 @@ impl Vm {
         };
         self.xxcapd = None;
         Ok(status)
+    }
+
+    /// Sends `signal` to the running `xxcapd`; returns its pid.
+    pub fn signal_backend(&mut self, signal: Signal) -> Result<u32> {
+        if let Some(supervisor) = self.supervisor.as_ref() {
+            return supervisor
+                .signal_backend(signal)
+                .map_err(|e| Error::Step(e.to_string()));
+        }
+        let child = self
+            .xxcapd
+            .as_mut()
+            .ok_or_else(|| Error::Step("xxcapd not running".into()))?;
+        if child.try_wait().ok().flatten().is_some() {
+            return Err(Error::Step("xxcapd has exited".into()));
+        }
+        let pid = child.id();
+        let raw = i32::try_from(pid).map_err(|_| Error::Step(format!("pid {pid}")))?;
+        kill(Pid::from_raw(raw), signal).map_err(|e| Error::Step(format!("kill xxcapd: {e}")))?;
+        Ok(pid)
+    }
+
+    /// The card replacements so far (supervised VMs).
+    pub fn recoveries(&self) -> Vec<Recovery> {
+        match &self.supervisor {
+            Some(s) => s.recoveries(),
+            None => self.recoveries.clone(),
+        }
+    }
+
+    /// Waits until `count` replacements are done; returns all of them.
+    pub fn wait_recoveries(&self, count: usize, timeout: Duration) -> Vec<Recovery> {
+        match &self.supervisor {
+            Some(s) => s.wait_recoveries(count, timeout),
+            None => self.recoveries.clone(),
+        }
+    }
+
+    /// Why the supervisor gave up, if it did.
+    pub fn supervisor_failure(&self) -> Option<String> {
+        match &self.supervisor {
+            Some(s) => s.failure(),
+            None => self.supervisor_failure.clone(),
+        }
+    }
+
+    /// QEMU still running?
+    pub fn qemu_running(&mut self) -> bool {
+        self.qemu
+            .as_mut()
+            .is_some_and(|q| matches!(q.try_wait(), Ok(None)))
     }
 
     pub fn console(&self) -> Vec<String> {
@@ -354,6 +429,13 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        if let Some(q) = self.qemu.as_mut() {
+            let _ = q.kill();
+            let _ = q.wait();
+        }
+        if let Some(mut supervisor) = self.supervisor.take() {
+            supervisor.kill();
+        }
         for child in [self.qemu.as_mut(), self.xxcapd.as_mut()]
             .into_iter()
             .flatten()

@@ -46,6 +46,8 @@ xxcapd first:
 The guest sees PCI device 1af4:{:04x}.
 
 Logging: -v (debug), -vv (trace); RUST_LOG overrides both.
+SIGTERM/SIGINT: requests already taken off the command queue are completed
+(and the guest notified) before the connection closes; no more are taken.
 Exit status: 0 after SIGTERM/SIGINT or when QEMU disconnects, 1 on runtime
 errors, 2 on usage or configuration errors.",
         queue::COUNT,
@@ -303,7 +305,7 @@ fn run(cli: Cli) -> Result<(), DaemonError> {
             .map_err(|e| DaemonError::Daemon(format!("cannot watch the event timer: {e}")))?;
     }
     let shutdown = Arc::new(Shutdown::default());
-    watch_signals(&shutdown, &socket, &counters, &events)?;
+    watch_signals(&shutdown, &socket, &counters, &events, &backend)?;
 
     info!(
         "listening on {} (card RAM {} bytes)",
@@ -393,10 +395,11 @@ fn watch_signals(
     socket: &Arc<OwnedSocket>,
     counters: &Arc<Counters>,
     events: &Arc<Events>,
+    backend: &Arc<XxcapBackend>,
 ) -> Result<(), DaemonError> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
     let (shutdown, socket, counters) = (shutdown.clone(), socket.clone(), counters.clone());
-    let events = events.clone();
+    let (events, backend) = (events.clone(), backend.clone());
     thread::Builder::new()
         .name("signals".to_owned())
         .spawn(move || {
@@ -407,6 +410,10 @@ fn watch_signals(
                     "SIGINT"
                 };
                 info!("{name} received, shutting down");
+                // Complete what was taken while QEMU still relays the
+                // notifications; then close the connection.
+                backend.quiesce();
+                info!("requests in flight completed: {}", counters.summary());
                 if !shutdown.request() {
                     debug!("no frontend connected yet");
                     finish(&counters, &events, &socket);

@@ -245,6 +245,12 @@ pub struct XxcapBackend {
     mapped: AtomicBool,
     /// The running capture session's thread.
     capture: Mutex<Option<CaptureThread>>,
+    /// Set by [`XxcapBackend::quiesce`]: take no more requests.
+    quiescing: AtomicBool,
+    /// Held for a whole command-queue batch, ATTACH included (unlike the
+    /// card lock), so that `quiesce` can wait for the batch in flight.
+    /// Lock order: `batch` -> `card`.
+    batch: Mutex<()>,
 }
 
 impl XxcapBackend {
@@ -278,7 +284,21 @@ impl XxcapBackend {
             mapper: Mutex::new(None),
             mapped: AtomicBool::new(false),
             capture: Mutex::new(None),
+            quiescing: AtomicBool::new(false),
+            batch: Mutex::new(()),
         })
+    }
+
+    /// Stops taking requests off the command queue and waits until every
+    /// request already taken has been completed (written, marked used, the
+    /// guest notified). Called on SIGTERM before the connection to QEMU is
+    /// closed, so that no request the card executed loses its completion:
+    /// QEMU stops relaying the device's notifications once the backend has
+    /// gone. Requests still on the queue stay there, never executed; the
+    /// driver fails them when the card is removed.
+    pub fn quiesce(&self) {
+        self.quiescing.store(true, Ordering::Release);
+        drop(self.batch.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// Card RAM and the status block.
@@ -505,6 +525,11 @@ impl XxcapBackend {
             warn!("command queue kicked before guest memory was set");
             return;
         };
+        let _batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.quiescing.load(Ordering::Acquire) {
+            debug!("command queue kicked while quiescing: left alone");
+            return;
+        }
         let mut batch = Batch {
             backend: self,
             card: Some(self.card()),
@@ -546,6 +571,10 @@ impl XxcapBackend {
     ) {
         let mem = atomic.memory();
         loop {
+            if self.quiescing.load(Ordering::Acquire) {
+                debug!("quiescing: no more requests taken");
+                break;
+            }
             // Hold the vring lock only to pop: the frontend thread needs it too.
             let chain = vring
                 .get_mut()
@@ -1394,6 +1423,135 @@ mod tests {
         );
         assert!(frames >= 5);
         assert_eq!(sb.fps.get(), 50);
+    }
+
+    /// Holds ATTACH inside SHMEM_MAP until released: a request in flight.
+    #[derive(Default)]
+    struct BlockingMapper {
+        entered: AtomicBool,
+        released: Mutex<bool>,
+        wake: std::sync::Condvar,
+    }
+
+    impl ShmemMapper for BlockingMapper {
+        fn map(&self, _ram: &CardRam) -> io::Result<()> {
+            self.entered.store(true, Ordering::Release);
+            let mut released = self.released.lock().expect("lock");
+            while !*released {
+                released = self.wake.wait(released).expect("wait");
+            }
+            Ok(())
+        }
+
+        fn unmap(&self, _ram: &CardRam) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl BlockingMapper {
+        fn release(&self) {
+            *self.released.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            self.wake.notify_all();
+        }
+    }
+
+    /// Releases the mapper however the test ends, so a failing assertion
+    /// cannot leave the worker blocked and the test hanging.
+    struct Release<'a>(&'a BlockingMapper);
+
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.release();
+        }
+    }
+
+    /// SIGTERM's first step: the request being executed is completed (used
+    /// and notified) before `quiesce` returns, and nothing more is taken.
+    #[test]
+    fn quiesce_completes_the_request_in_flight_and_takes_no_more() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let b = capture_backend();
+        let mapper = Arc::new(BlockingMapper::default());
+        b.set_mapper(mapper.clone());
+        let guest = Guest::new(&vq, &evt, &mem, &b);
+
+        // Two requests on the queue, one kick: ATTACH (which will block in
+        // SHMEM_MAP), then a task file.
+        let attach = VqRequest {
+            req_type: req_type::ATTACH.into(),
+            ..VqRequest::default()
+        };
+        mem.write_slice(attach.as_bytes(), GuestAddress(0x10_0000))
+            .expect("write");
+        let len = put_request(&mem, 0x10_1000) as u32;
+        let status_len = std::mem::size_of::<VqStatus>() as u32;
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(
+                0x10_0000,
+                attach.as_bytes().len() as u32,
+                VRING_DESC_F_NEXT as u16,
+                1,
+            )),
+            RawDescriptor::from(SplitDescriptor::new(
+                0x20_0000,
+                status_len,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            )),
+            RawDescriptor::from(SplitDescriptor::new(
+                0x10_1000,
+                len,
+                VRING_DESC_F_NEXT as u16,
+                3,
+            )),
+            RawDescriptor::from(SplitDescriptor::new(
+                0x20_1000,
+                len - 24 + status_len,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            )),
+        ];
+        vq.add_desc_chains(&descs, 0).expect("chains");
+
+        let quiesced = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let _release = Release(&mapper);
+            let worker = s.spawn(|| b.handle_event(0, EventSet::IN, &guest.vrings, 0));
+            let started = Instant::now();
+            while !mapper.entered.load(Ordering::Acquire) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "ATTACH never ran"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let quiescer = s.spawn(|| {
+                b.quiesce();
+                quiesced.store(true, Ordering::Release);
+            });
+            // quiesce waits for the request in flight.
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!quiesced.load(Ordering::Acquire));
+            assert_eq!(used_idx(&mem, &vq), 0);
+            mapper.release();
+            quiescer.join().expect("quiescer");
+            // By then the ATTACH is completed, and the task file not taken.
+            assert_eq!(used_idx(&mem, &vq), 1);
+            assert_eq!(guest.vrings[0].queue_next_avail(), 1);
+            worker.join().expect("worker").expect("handled");
+        });
+        let mut st = [0u8; 4];
+        mem.read_slice(&mut st, GuestAddress(0x20_0000))
+            .expect("read");
+        assert_eq!(u32::from_le_bytes(st), vq_status::OK);
+        // Later kicks take nothing either.
+        b.handle_event(0, EventSet::IN, &guest.vrings, 0)
+            .expect("handled");
+        assert_eq!(guest.vrings[0].queue_next_avail(), 1);
+        assert_eq!(used_idx(&mem, &vq), 1);
+        assert_eq!(b.counters.requests.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -36,6 +36,10 @@ struct VmArgs {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 512)]
     memory: u32,
+    /// Do not replace the card when xxcapd dies (by default the launcher
+    /// unplugs the dead card over QMP, restarts xxcapd and plugs a new one).
+    #[arg(long)]
+    no_supervise: bool,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +65,7 @@ fn options(args: &VmArgs, mode: Mode) -> VmOptions {
         },
         card_ram: args.card_ram.clone(),
         guest_memory_mib: args.memory,
+        supervise: !args.no_supervise,
         echo: true,
         ..VmOptions::default()
     }
@@ -81,6 +86,16 @@ fn boot(args: &VmArgs, mode: Mode) -> Result<ExitCode, xxcapture_hil::Error> {
     let qemu = vm.wait_guest(Duration::from_secs(args.timeout))?;
     let backend = vm.wait_backend(Duration::from_secs(5))?;
     let elapsed = vm.started().elapsed();
+    let replaced = vm.recoveries().len();
+    if replaced > 0 {
+        eprintln!(
+            "xxvm: the card was replaced {replaced} time(s) (target/hil-logs/supervisor.log)"
+        );
+    }
+    if let Some(why) = vm.supervisor_failure() {
+        eprintln!("xxvm: FAILED: the supervisor gave up: {why}");
+        return Ok(ExitCode::FAILURE);
+    }
     if mode == Mode::Shell {
         eprintln!("xxvm: VM and xxcapd stopped (QEMU {qemu}, xxcapd {backend})");
         return Ok(ExitCode::SUCCESS);
