@@ -8,10 +8,13 @@
 //! backend copies into FRAME_COUNTER / DROPPED_FRAMES before each request.
 //!
 //! Pacing: frame period `1 s / fps` on the monotonic clock, frame k of the
-//! schedule due at `start + k * period`. A frame is rendered when it is due;
-//! when rendering leaves the thread behind by whole periods, those periods
-//! are skipped and counted as dropped (frame numbers stay consecutive: the
-//! frame after a drop gets the next number, its timestamp shows the gap).
+//! schedule due at `start + k * period`. A frame is rendered when it is due.
+//! A thread that falls behind by less than [`STALL_ABSORBED`] catches up by
+//! rendering the late frames back to back: that lateness is the host
+//! descheduling the emulator, which a real card (whose clock never stops)
+//! absorbs in its on-board FIFO. Behind by more, the periods missed are
+//! skipped and counted as dropped (frame numbers stay consecutive: the frame
+//! after a drop gets the next number, its timestamp shows the gap).
 //! `fps == 0` runs free: frames back to back, nothing is ever dropped, and
 //! the card never overwrites a frame the reader has not released through
 //! RING_RELEASE (frame n waits until n < released + ring_slots): free-running
@@ -28,6 +31,10 @@
 //! sleeps until a buffer arrives (or it is stopped).
 
 use std::io;
+
+/// Lateness of the capture thread that is made up by rendering late frames
+/// back to back instead of dropping them (see the module documentation).
+pub const STALL_ABSORBED: Duration = Duration::from_millis(250);
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -312,9 +319,10 @@ impl Worker {
         }
     }
 
-    /// Whole periods that passed since frame period `tick` began: counted
-    /// as dropped (DROPPED_FRAMES, one OVERFLOW each, carrying the number
-    /// the next frame gets). Returns the next tick.
+    /// Whole periods that passed since frame period `tick` began, once the
+    /// thread is more than [`STALL_ABSORBED`] late: counted as dropped
+    /// (DROPPED_FRAMES, one OVERFLOW each, carrying the number the next
+    /// frame gets). Returns the next tick.
     fn skip_missed(
         &self,
         start: Instant,
@@ -324,6 +332,9 @@ impl Worker {
         dropped: &mut u64,
     ) -> u32 {
         let late = Instant::now().saturating_duration_since(start + p * tick);
+        if late < STALL_ABSORBED {
+            return tick;
+        }
         let missed = u32::try_from(late.as_nanos() / p.as_nanos()).unwrap_or(u32::MAX);
         if missed > 0 {
             *dropped += u64::from(missed);

@@ -1472,10 +1472,11 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
         let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let strq = MockSplitQueue::create(&mem, GuestAddress(0xc000), 16);
         let b = capture_backend();
         let mapper = Arc::new(BlockingMapper::default());
         b.set_mapper(mapper.clone());
-        let guest = Guest::new(&vq, &evt, &mem, &b);
+        let guest = Guest::new(&vq, &evt, &strq, &mem, &b);
 
         // Two requests on the queue, one kick: ATTACH (which will block in
         // SHMEM_MAP), then a task file.
