@@ -11,6 +11,9 @@
 pub mod capture;
 mod card;
 pub mod dma;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod regfile;
 mod taskfile;
 pub mod video;

@@ -15,6 +15,9 @@
 
 pub mod capture;
 pub mod card_ram;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod options;
 pub mod request;
 pub mod socket;

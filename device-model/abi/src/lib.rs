@@ -680,7 +680,11 @@ pub mod ioctl {
     /// Returns this open's queued capture buffers, cancelled.
     pub const FLUSH_BUFFERS_NR: u8 = 0x06;
 
-    pub const SUBMIT: u32 = ioc(DIR_READ | DIR_WRITE, SUBMIT_NR, core::mem::size_of::<Submit>());
+    pub const SUBMIT: u32 = ioc(
+        DIR_READ | DIR_WRITE,
+        SUBMIT_NR,
+        core::mem::size_of::<Submit>(),
+    );
     pub const QUEUE_BUFFER: u32 = ioc(
         DIR_READ | DIR_WRITE,
         QUEUE_BUFFER_NR,
