@@ -74,6 +74,69 @@ pub fn task_file(data: &[u8]) {
     }
 }
 
+/// Seed inputs for [`task_file`]: valid task files of every kind (and a
+/// few refused ones), as a driver would send them.
+pub fn task_file_seeds() -> Vec<Vec<u8>> {
+    use xxcapture_abi::{dma_dir, format, TaskFile};
+    let mut seeds = Vec::new();
+    let mut every = TaskFile::new();
+    for desc in REGISTERS {
+        match desc.width {
+            Width::W32 => every.get_register(desc.offset),
+            Width::W64 => every.get_address(desc.offset),
+        };
+    }
+    seeds.push(every);
+    let mut scratch = TaskFile::new();
+    scratch.set_register(regs::SCRATCH, 0xdead_beef);
+    scratch.set_to_register(regs::SCRATCH, 0xff, 0xf0);
+    scratch.clear_register(regs::INT_COALESCE_COUNT);
+    scratch.set_address(regs::SCRATCH64, u64::MAX);
+    scratch.get_register(regs::SCRATCH);
+    seeds.push(scratch);
+    let mut irq_tf = TaskFile::new();
+    irq_tf.set_register(regs::INT_MASK, irq::ALL);
+    irq_tf.set_register(regs::INT_RAISE, irq::TEST);
+    irq_tf.get_register(regs::INT_STATUS);
+    irq_tf.set_register(regs::INT_ACK, irq::TEST);
+    irq_tf.set_register(regs::INT_COALESCE_USEC, 1000);
+    seeds.push(irq_tf);
+    let mut start = TaskFile::new();
+    start.set_register(regs::FRAME_FORMAT, format::YUYV);
+    start.set_register(regs::FRAME_WIDTH, 1920);
+    start.set_register(regs::FRAME_HEIGHT, 1080);
+    start.set_register(regs::FRAME_RATE, 60);
+    start.set_to_register(regs::CONTROL, control::CAPTURE, control::CAPTURE);
+    start.get_register(regs::RING_SLOTS);
+    start.set_register(regs::RING_RELEASE, 3);
+    seeds.push(start);
+    let mut file = TaskFile::new();
+    file.set_register(regs::FRAME_SOURCE, source::FILE);
+    file.set_register(regs::CONTROL, control::ENABLE | control::CAPTURE);
+    file.set_register(regs::FRAME_WIDTH, 640);
+    file.set_register(regs::CONTROL, control::ENABLE);
+    seeds.push(file);
+    let mut dma = TaskFile::new();
+    dma.dma(true, dma_dir::TO_CARD, 0, 0, 0x1800);
+    dma.dma(false, dma_dir::FROM_CARD, 3, 0x10_0000, 0x10_0000);
+    dma.dma(true, dma_dir::FROM_CARD, 2, 64 << 20, 1);
+    dma.set_register(regs::CONTROL, control::ENABLE | control::DMA_RESET);
+    dma.get_address(regs::DMA_CARD_ADDR);
+    seeds.push(dma);
+    let mut fault = TaskFile::new();
+    fault.dma(true, dma_dir::TO_CARD, 4, 0, 0x1000);
+    seeds.push(fault);
+    let mut refused = TaskFile::new();
+    refused.set_register(regs::SCRATCH, 1);
+    refused.push_raw(Command::raw(9, regs::SCRATCH, 0, 0, 0));
+    seeds.push(refused);
+    let mut bytes: Vec<Vec<u8>> = seeds.iter().map(TaskFile::to_bytes).collect();
+    let mut bad_header = TaskFile::new().to_bytes();
+    bad_header[8] = 1;
+    bytes.push(bad_header);
+    bytes
+}
+
 /// A card configuration, then a sequence of task files (built from a
 /// grammar of mostly-valid commands, or raw), resets, capture progress
 /// reports and clock jumps.
@@ -892,6 +955,25 @@ mod tests {
     #[test]
     fn card_sequence_corpus_replays() {
         replay("card_sequence", card_sequence);
+    }
+
+    #[test]
+    fn seeds_pass() {
+        for seed in task_file_seeds() {
+            task_file(&seed);
+        }
+    }
+
+    /// Writes the seeds into the corpus: `cargo test -p xxcapture-model
+    /// --lib write_seed_corpus -- --ignored` (see fuzz/README.md).
+    #[test]
+    #[ignore = "writes into fuzz/corpus"]
+    fn write_seed_corpus() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/task_file");
+        std::fs::create_dir_all(&dir).expect("corpus dir");
+        for (i, seed) in task_file_seeds().iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i:02}")), seed).expect("seed");
+        }
     }
 
     #[test]
