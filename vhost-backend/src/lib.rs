@@ -22,6 +22,9 @@
 pub mod capture;
 pub mod card_ram;
 pub mod events;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod options;
 pub mod queue;
 pub mod request;

@@ -38,7 +38,7 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -547,8 +547,11 @@ impl XxcapBackend {
                     warn!("command queue: cannot disable notifications: {e}");
                 }
             }
-            self.drain_command_queue(vring, &atomic, &mut batch);
-            if !event_idx {
+            let drained = self.drain_command_queue(vring, &atomic, &mut batch);
+            // A broken avail ring would make enable_notification report
+            // "more chains" forever: give up on this kick instead of
+            // spinning with the card locked (found by fuzzing).
+            if !event_idx || drained == Drained::RingBroken {
                 break;
             }
             match vring.enable_notification() {
@@ -568,20 +571,26 @@ impl XxcapBackend {
         vring: &VringRwLock,
         atomic: &GuestMemory,
         batch: &mut Batch<'_>,
-    ) {
+    ) -> Drained {
         let mem = atomic.memory();
         loop {
             if self.quiescing.load(Ordering::Acquire) {
                 debug!("quiescing: no more requests taken");
-                break;
+                return Drained::Empty;
             }
             // Hold the vring lock only to pop: the frontend thread needs it too.
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(mem.clone());
+            let chain = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
+                Ok(mut chains) => chains.next(),
+                Err(e) => {
+                    // An avail index more than a queue ahead, or a queue
+                    // not set up: the driver broke the ring. Its requests
+                    // stay unanswered until it resets the device.
+                    error!("command queue unusable: {e}");
+                    return Drained::RingBroken;
+                }
+            };
             let Some(chain) = chain else {
-                break;
+                return Drained::Empty;
             };
             let head = chain.head_index();
             let completion = process_chain(batch, &chain);
@@ -618,7 +627,7 @@ impl XxcapBackend {
             self.events.deliver(self.device_now(), Some(&mem));
             if let Err(e) = vring.add_used(head, completion.used_len) {
                 error!("command queue: add_used({head}) failed: {e}");
-                break;
+                return Drained::RingBroken;
             }
             match vring.needs_notification() {
                 Ok(false) => {}
@@ -696,6 +705,15 @@ impl XxcapBackend {
             }
         }
     }
+}
+
+/// How draining the command queue ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drained {
+    /// No chain is available.
+    Empty,
+    /// The driver's ring cannot be used (bad avail index or descriptor).
+    RingBroken,
 }
 
 /// The card as one command-queue batch sees it: locked for the batch, except
@@ -1595,6 +1613,38 @@ mod tests {
             b.ram.read_status().expect("status").status.get(),
             status::READY
         );
+    }
+
+    /// Found by fuzzing (fuzz/regressions/backend/): with EVENT_IDX, an
+    /// avail index more than a queue ahead made `enable_notification`
+    /// report new chains forever, and the kick spun with the card locked.
+    #[test]
+    fn broken_avail_index_ends_the_kick_instead_of_spinning() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).expect("mem");
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        let cmd_q = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let b = Arc::new(backend());
+        b.update_memory(atomic.clone()).expect("memory");
+        b.set_event_idx(true);
+        cmd_q.avail().idx().store(1000);
+        let vrings = vec![vring(&atomic, &cmd_q)];
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || {
+                let handled = b.handle_event(0, EventSet::IN, &vrings, 0);
+                let _ = tx.send(handled.is_ok());
+            })
+        };
+        let handled = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the kick returned");
+        assert!(handled);
+        worker.join().expect("worker");
+        assert_eq!(b.counters.requests.load(Ordering::Relaxed), 0);
+        assert_eq!(used_idx(&mem, &cmd_q), 0);
+        // The card is not left locked: the frontend can still reset it.
+        b.stop_vring(0).expect("stop");
     }
 }
 
