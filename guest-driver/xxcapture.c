@@ -301,8 +301,35 @@ static int xxcap_reg_cmp(const void *key, const void *elt)
 	return offset > desc->offset;
 }
 
+/*
+ * Every command of a task file looks its register up, so a lookup is worth
+ * a table: slot offset / 4 holds the register's index in xxcap_regs[] plus
+ * one (0: none). Built at module load; offsets beyond it use bsearch.
+ */
+#define XXCAP_REG_SLOTS 256
+static u8 xxcap_reg_slot[XXCAP_REG_SLOTS];
+
+static void xxcap_index_regs(void)
+{
+	unsigned int i, slot;
+
+	BUILD_BUG_ON(ARRAY_SIZE(xxcap_regs) >= U8_MAX);
+	for (i = 0; i < ARRAY_SIZE(xxcap_regs); i++) {
+		slot = xxcap_regs[i].offset / 4;
+		if (!(xxcap_regs[i].offset & 3) && slot < XXCAP_REG_SLOTS)
+			xxcap_reg_slot[slot] = i + 1;
+	}
+}
+
 static const struct xxcap_reg_desc *xxcap_find_reg(u16 offset)
 {
+	unsigned int slot = offset / 4;
+
+	if (slot < XXCAP_REG_SLOTS) {
+		if ((offset & 3) || !xxcap_reg_slot[slot])
+			return NULL;
+		return &xxcap_regs[xxcap_reg_slot[slot] - 1];
+	}
 	return bsearch(&offset, xxcap_regs, ARRAY_SIZE(xxcap_regs),
 		       sizeof(xxcap_regs[0]), xxcap_reg_cmp);
 }
@@ -2660,6 +2687,7 @@ static int __init xxcap_init(void)
 {
 	int ret;
 
+	xxcap_index_regs();
 	xxcap_mnt = kern_mount(&xxcap_fs_type);
 	if (IS_ERR(xxcap_mnt))
 		return PTR_ERR(xxcap_mnt);

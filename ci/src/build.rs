@@ -146,6 +146,50 @@ fn run(what: &str, cmd: &mut Command) -> Result<()> {
     }
 }
 
+/// Kernel modules of the benchmark VM beyond the test VM's: the kernel's
+/// vivid virtual capture driver (its dependencies come along), loaded at
+/// boot, for the comparison with what users would pick instead.
+pub const BENCH_KMODS: &[&str] = &["vivid", "uio_pci_generic"];
+
+/// Packs the guest's initramfs at `out`: busybox, /init, the guest tools,
+/// the module, virtio (and virtio_blk for the capture tests' output disk),
+/// plus `extra_kmods` from the provisioned kernel.
+fn pack_initramfs(out: &Path, extra_kmods: &[&str]) -> Result<()> {
+    let root = repo_root();
+    let release = target_dir().join(GUEST_TARGET).join("release");
+    let mut cmd = Command::new(root.join("images/mkinitramfs"));
+    cmd.arg("--out")
+        .arg(out)
+        .arg("--init")
+        .arg(root.join("ci/guest/init"))
+        .arg("--add")
+        .arg(format!("{}:/bin/xxcap", release.join("xxcap").display()))
+        .arg("--add")
+        .arg(format!(
+            "{}:/bin/edu-probe",
+            release.join("edu-probe").display()
+        ))
+        .arg("--add")
+        .arg(format!(
+            "{}:/lib/xxcapture/xxcapture.ko",
+            build_dir().join("xxcapture.ko").display()
+        ))
+        .args(["--kmod", "virtio_blk"])
+        .stdout(std::process::Stdio::null());
+    for kmod in extra_kmods {
+        cmd.args(["--kmod", kmod]);
+    }
+    run(&format!("packing {}", out.display()), &mut cmd)
+}
+
+/// The benchmark VM's initramfs (the test one plus [`BENCH_KMODS`]), next
+/// to the test one; call after [`build_all`].
+pub fn bench_initramfs() -> Result<PathBuf> {
+    let out = build_dir().join("initramfs-bench.cpio.gz");
+    pack_initramfs(&out, BENCH_KMODS)?;
+    Ok(out)
+}
+
 /// Provisions, builds and packs everything; returns where it all is.
 pub fn build_all() -> Result<Artifacts> {
     let root = repo_root();
@@ -203,35 +247,6 @@ pub fn build_all() -> Result<Artifacts> {
             "xxcapture-crossings",
         ]),
     )?;
-    let xxcap = target_dir().join(GUEST_TARGET).join("release/xxcap");
-    let module = build_dir().join("xxcapture.ko");
-    let initramfs = build_dir().join("initramfs.cpio.gz");
-    run(
-        "packing the initramfs",
-        Command::new(root.join("images/mkinitramfs"))
-            .arg("--out")
-            .arg(&initramfs)
-            .arg("--init")
-            .arg(root.join("ci/guest/init"))
-            .arg("--add")
-            .arg(format!("{}:/bin/xxcap", xxcap.display()))
-            .arg("--add")
-            .arg(format!(
-                "{}:/bin/edu-probe",
-                target_dir()
-                    .join(GUEST_TARGET)
-                    .join("release/edu-probe")
-                    .display()
-            ))
-            .arg("--add")
-            .arg(format!("{}:/lib/xxcapture/xxcapture.ko", module.display()))
-            // For the capture tests' output disk.
-            .arg("--kmod")
-            .arg("virtio_blk")
-            // edu's interrupts to user space, the latency anchor.
-            .arg("--kmod")
-            .arg("uio_pci_generic")
-            .stdout(std::process::Stdio::null()),
-    )?;
+    pack_initramfs(&build_dir().join("initramfs.cpio.gz"), &[])?;
     Artifacts::locate()
 }

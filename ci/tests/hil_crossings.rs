@@ -1,6 +1,8 @@
 //! Crossing budgets, counted by the tracer plugin in a booted VM: a task
-//! file costs one doorbell whatever its length, and following the card
-//! through the mapped status block costs no access to the card at all.
+//! file costs one doorbell whatever its length, following the card
+//! through the mapped status block costs no access to the card at all, and
+//! a register read through device config space (what `xxcap
+//! bench-config-space` times) is exactly one config-space access.
 
 use std::time::Duration;
 
@@ -104,4 +106,21 @@ fn task_files_cost_one_doorbell_and_status_reads_cost_none() {
         status_phase, 0,
         "reading the mapped status block must not touch the card"
     );
+
+    // Phase 10..11: `xxcap bench-config-space --iterations 100` on the
+    // unbound card, so its per-read cost is the cost of one access.
+    let config_reads = delta(&json, 10, 11, "device", "reads");
+    let other: u64 = ["common", "isr", "notify"]
+        .iter()
+        .map(|k| delta(&json, 10, 11, k, "reads") + delta(&json, 10, 11, k, "writes"))
+        .sum::<u64>()
+        + delta(&json, 10, 11, "device", "writes");
+    eprintln!(
+        "crossings: 100 config-space register reads: {config_reads} device-config reads, {other} other card accesses"
+    );
+    assert_eq!(
+        config_reads, 100,
+        "one config-space register read must be exactly one device-config access"
+    );
+    assert_eq!(other, 0, "config-space reads must touch nothing else");
 }

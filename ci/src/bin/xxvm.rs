@@ -51,8 +51,9 @@ enum Cmd {
     /// Boot into an interactive shell on the serial console (leave with
     /// `poweroff -f`, or Ctrl-A X).
     Shell(VmArgs),
-    /// Measure DMA throughput and capture rates in the guest, next to a
-    /// host memcpy; writes target/bench/capture.md.
+    /// Measure every way to reach the card, DMA, capture and the kernel's
+    /// vivid driver in one VM run, next to host memcpy and the card's
+    /// executor; writes target/bench/{bench.md,bench.json,crossings.png}.
     Bench(VmArgs),
 }
 
@@ -120,31 +121,44 @@ fn boot(args: &VmArgs, mode: Mode) -> Result<ExitCode, xxcapture_hil::Error> {
 }
 
 fn bench(args: &VmArgs) -> Result<ExitCode, xxcapture_hil::Error> {
-    let artifacts = build_all()?;
-    eprintln!("xxvm: measuring host memcpy (64 MiB)...");
+    let step_err = |e: std::io::Error| xxcapture_hil::Error::Step(e.to_string());
+    let mut artifacts = build_all()?;
+    artifacts.initramfs = xxcapture_hil::build::bench_initramfs()?;
+    eprintln!("xxvm: measuring host memcpy (64 MiB) and the card's executor...");
     let memcpy = xxcapture_hil::bench::host_memcpy_gbps(64 << 20);
+    let executor = xxcapture_hil::bench::host_executor();
     let mut opts = options(args, Mode::Bench);
     opts.echo = false;
     // QEMU's in-process edu device, for the per-register comparison.
     opts.extra_qemu_args = vec!["-device".into(), "edu".into()];
     eprintln!("xxvm: booting the benchmark VM (a few minutes under TCG)...");
+    let load_before = xxcapture_hil::bench::host_loadavg();
     let mut vm = Vm::start(&artifacts, &opts)?;
     vm.wait_guest(Duration::from_secs(args.timeout.max(900)))?;
     vm.wait_backend(Duration::from_secs(5))?;
     let steps = parse_steps(&vm.console());
-    let report = xxcapture_hil::bench::report(&steps, memcpy);
-    println!("{report}");
+    let clock = xxcapture_hil::bench::clock_checks(&vm.console_timed());
+    let mut report = xxcapture_hil::bench::BenchReport::new(&steps, memcpy, executor, clock);
+    report.host_load = format!(
+        "{load_before} before, {} after",
+        xxcapture_hil::bench::host_loadavg()
+    );
+    let markdown = report.markdown();
+    println!("{markdown}");
     let dir = xxcapture_hil::build::repo_root().join("target/bench");
-    std::fs::create_dir_all(&dir).map_err(|e| xxcapture_hil::Error::Step(e.to_string()))?;
-    std::fs::write(dir.join("capture.md"), &report)
-        .map_err(|e| xxcapture_hil::Error::Step(e.to_string()))?;
-    let failed: Vec<&str> = steps
-        .iter()
-        .filter(|s| s.rc != 0)
-        .map(|s| s.name.as_str())
-        .collect();
-    if !failed.is_empty() {
-        eprintln!("xxvm: bench steps failed: {failed:?} (console in target/hil-logs/)");
+    std::fs::create_dir_all(&dir).map_err(step_err)?;
+    std::fs::write(dir.join("bench.md"), &markdown).map_err(step_err)?;
+    std::fs::write(dir.join("bench.json"), report.json()?).map_err(step_err)?;
+    report.plot(&dir.join("crossings.png"))?;
+    eprintln!(
+        "xxvm: wrote {0}/bench.md, {0}/bench.json and {0}/crossings.png",
+        dir.display()
+    );
+    if steps.is_empty() || !report.failed_steps.is_empty() {
+        eprintln!(
+            "xxvm: bench steps failed: {:?} (console in target/hil-logs/)",
+            report.failed_steps
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

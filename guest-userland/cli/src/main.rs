@@ -10,6 +10,7 @@ mod selftest_dma;
 mod stats;
 mod stream;
 mod syncasync;
+mod vivid;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,11 @@ enum Command {
     BenchDma(bench::BenchDmaArgs),
     /// Cost per operation of each way to reach the card.
     BenchCrossings(crossings::CrossingsArgs),
+    /// Cost of one register read through device config space, from user
+    /// space: unbinds the card from virtio-pci, maps its BAR, binds it again.
+    BenchConfigSpace(crossings::ConfigSpaceArgs),
+    /// Frames per second and CPU per frame of the kernel's vivid driver.
+    BenchVivid(vivid::VividArgs),
     /// Execute one task file of N register writes.
     Batch(bench::BatchArgs),
     /// Read the mapped status block N times (no system call per read).
@@ -117,6 +123,8 @@ fn main() -> ExitCode {
         Command::BenchDma(args) => bench::run(&cli.device, args),
         Command::Batch(args) => bench::batch(&cli.device, args),
         Command::BenchCrossings(args) => crossings::run(&cli.device, args),
+        Command::BenchConfigSpace(args) => crossings::config_space(args),
+        Command::BenchVivid(args) => vivid::run(args),
         Command::StatusRead(args) => bench::status_read(&cli.device, args),
         Command::Stream(args) => stream::run(&cli.device, args),
         Command::IrqTest(args) => irq::irq_test(&cli.device, args),
