@@ -649,7 +649,8 @@ impl Check<'_> {
             TfError::BadValue => is_dma || desc.is_some(),
             TfError::NotSupported => {
                 (is_dma && caps & caps::DMA == 0)
-                    || (cmd.reg.get() == regs::CONTROL && caps & caps::CAPTURE == 0)
+                    || (cmd.reg.get() == regs::CONTROL
+                        && (caps & caps::CAPTURE == 0 || caps & caps::STREAMING == 0))
             }
             TfError::DmaRange | TfError::DmaFault => is_dma && caps & caps::DMA != 0,
             // CONTROL: changing STREAM while capture stays on (SPEC §5).
