@@ -291,6 +291,8 @@ pub struct BenchReport {
     pub vivid: Vec<VividRow>,
     pub vivid_comparison: Vec<VividComparison>,
     pub clock: Vec<ClockCheck>,
+    /// Interrupt latency and synchronous vs asynchronous I/O.
+    pub interrupts: crate::bench_events::InterruptReport,
     pub failed_steps: Vec<String>,
 }
 
@@ -697,6 +699,7 @@ impl BenchReport {
             vivid,
             vivid_comparison,
             clock,
+            interrupts: crate::bench_events::InterruptReport::parse(steps),
             failed_steps: steps
                 .iter()
                 .filter(|s| s.rc != 0)
@@ -1061,6 +1064,8 @@ impl BenchReport {
                 guest / host.max(1e-9)
             );
         }
+        out.push('\n');
+        out.push_str(&self.interrupts.markdown());
         if !self.failed_steps.is_empty() {
             let _ = writeln!(
                 out,

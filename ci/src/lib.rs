@@ -3,6 +3,7 @@
 //! reads what the guest reports on its serial console.
 
 pub mod bench;
+pub mod bench_events;
 pub mod build;
 pub mod qmp;
 pub mod supervise;

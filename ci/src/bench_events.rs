@@ -1,0 +1,224 @@
+//! The interrupt part of the bench report: raise-to-wake latency of the
+//! card's TEST interrupt next to QEMU's edu device (through uio), by
+//! stage, the sustained record rate, and the seed's synchronous versus
+//! asynchronous I/O as a table, all from the guest's `xxcap bench-irq` and
+//! `xxcap bench-sync-async` lines.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::vm::Step;
+
+/// One `irq:` line.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct IrqLatency {
+    pub method: String,
+    pub events: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    pub mean_us: f64,
+}
+
+/// One `syncasync:` row.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SyncAsyncRow {
+    pub model: String,
+    /// Requests per second asked for; `None`: as fast as possible.
+    pub target_per_s: Option<u32>,
+    pub achieved_per_s: f64,
+    pub cpu_us_per_request: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct InterruptReport {
+    pub latency: Vec<IrqLatency>,
+    pub unavailable: Vec<String>,
+    pub sustained_events_per_s: Option<f64>,
+    pub sustained_lost: Option<u64>,
+    pub sync_async: Vec<SyncAsyncRow>,
+    /// The lowest rate at which the asynchronous model wins, as the guest
+    /// judged it ("max" or a number), if any.
+    pub crossover: Option<String>,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+fn num(line: &str, key: &str) -> Option<f64> {
+    field(line, key).and_then(|v| v.parse().ok())
+}
+
+impl InterruptReport {
+    pub fn parse(steps: &[Step]) -> Self {
+        let mut r = InterruptReport::default();
+        for line in steps.iter().flat_map(|s| s.output.iter()) {
+            if let Some(rest) = line.strip_prefix("irq: ") {
+                let Some(method) = field(rest, "method") else {
+                    continue;
+                };
+                if rest.contains("unavailable") {
+                    r.unavailable.push(rest.to_string());
+                } else if method == "xxcapture-sustained" {
+                    r.sustained_events_per_s = num(rest, "events_per_s");
+                    r.sustained_lost = num(rest, "lost").map(|v| v as u64);
+                } else if let (Some(events), Some(p50), Some(p99), Some(max), Some(mean)) = (
+                    num(rest, "events"),
+                    num(rest, "p50_us"),
+                    num(rest, "p99_us"),
+                    num(rest, "max_us"),
+                    num(rest, "mean_us"),
+                ) {
+                    r.latency.push(IrqLatency {
+                        method: method.to_string(),
+                        events: events as u64,
+                        p50_us: p50,
+                        p99_us: p99,
+                        max_us: max,
+                        mean_us: mean,
+                    });
+                }
+            } else if let Some(rest) = line.strip_prefix("syncasync: ") {
+                if let Some(c) = field(rest, "crossover") {
+                    r.crossover = (c != "none").then(|| c.to_string());
+                    continue;
+                }
+                let (Some(model), Some(target)) = (field(rest, "model"), field(rest, "target"))
+                else {
+                    continue;
+                };
+                if let (Some(achieved), Some(cpu), Some(p50), Some(p99)) = (
+                    num(rest, "achieved_per_s"),
+                    num(rest, "cpu_us_per_req"),
+                    num(rest, "p50_us"),
+                    num(rest, "p99_us"),
+                ) {
+                    r.sync_async.push(SyncAsyncRow {
+                        model: model.to_string(),
+                        target_per_s: target.parse().ok(),
+                        achieved_per_s: achieved,
+                        cpu_us_per_request: cpu,
+                        p50_us: p50,
+                        p99_us: p99,
+                    });
+                }
+            }
+        }
+        r
+    }
+
+    fn find(&self, method: &str) -> Option<&IrqLatency> {
+        self.latency.iter().find(|l| l.method == method)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "## Interrupts to a user thread (TCG, 1 vCPU: the waiting thread is on the vCPU that takes the interrupt)\n"
+        );
+        if self.latency.is_empty() {
+            let _ = writeln!(out, "Not measured in this run.\n");
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "| path | events | p50 µs | p99 µs | max µs | mean µs |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for l in &self.latency {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                l.method, l.events, l.p50_us, l.p99_us, l.max_us, l.mean_us
+            );
+        }
+        for u in &self.unavailable {
+            let _ = writeln!(out, "\n{u}");
+        }
+        if let (Some(ours), Some(edu)) = (
+            self.find("xxcapture-raise-to-wake"),
+            self.find("edu-uio-raise-to-wake"),
+        ) {
+            let _ = writeln!(
+                out,
+                "\nRaise-to-wake, ours ÷ edu's: p50 {:.2}x, p99 {:.2}x (target: within 2x).",
+                ours.p50_us / edu.p50_us,
+                ours.p99_us / edu.p99_us
+            );
+        }
+        if let Some(rate) = self.sustained_events_per_s {
+            let _ = writeln!(
+                out,
+                "\nSustained: {rate:.0} event records per second to one reader (bursts of 1024 TEST raises, 2 task files in flight), {} lost.",
+                self.sustained_lost.unwrap_or(0)
+            );
+        }
+        if !self.sync_async.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n### Synchronous vs asynchronous DMA (4 KiB from card RAM)\n"
+            );
+            let _ = writeln!(
+                out,
+                "| target /s | model | achieved /s | guest CPU µs per request | completion p50 µs | p99 µs |"
+            );
+            let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|");
+            for row in &self.sync_async {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                    row.target_per_s
+                        .map_or("max".to_string(), |t| t.to_string()),
+                    row.model,
+                    row.achieved_per_s,
+                    row.cpu_us_per_request,
+                    row.p50_us,
+                    row.p99_us
+                );
+            }
+            let _ = writeln!(
+                out,
+                "\nCrossover (lowest rate at which asynchronous delivers >5% more, or the same for >5% less CPU): {}.",
+                self.crossover.as_deref().unwrap_or("none")
+            );
+        }
+        out.push('\n');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_guest_lines() {
+        let step = Step {
+            name: "bench-irq".into(),
+            rc: 0,
+            output: vec![
+                "irq: method=xxcapture-raise-to-wake events=100 p50_us=80.0 p99_us=200.0 max_us=900.0 mean_us=95.0".into(),
+                "irq: method=xxcapture-sustained raised=2048 received=2048 lost=0 gaps=0 events_per_s=50000".into(),
+                "irq: method=edu-uio-raise-to-wake events=100 p50_us=40.0 p99_us=100.0 max_us=300.0 mean_us=45.0".into(),
+                "syncasync: model=sync target=100 achieved_per_s=100 cpu_us_per_req=200.0 p50_us=150.0 p99_us=300.0".into(),
+                "syncasync: model=async target=max achieved_per_s=9000 cpu_us_per_req=100.0 p50_us=700.0 p99_us=3000.0".into(),
+                "syncasync: crossover=max".into(),
+            ],
+        };
+        let r = InterruptReport::parse(&[step]);
+        assert_eq!(r.latency.len(), 2);
+        assert_eq!(r.sustained_events_per_s, Some(50000.0));
+        assert_eq!(r.sync_async.len(), 2);
+        assert_eq!(r.sync_async[1].target_per_s, None);
+        assert_eq!(r.crossover.as_deref(), Some("max"));
+        let md = r.markdown();
+        assert!(md.contains("p50 2.00x, p99 2.00x"), "{md}");
+        assert!(md.contains("| max | async | 9000 |"), "{md}");
+    }
+}
