@@ -202,6 +202,7 @@ mod tests {
         let step = Step {
             name: "bench-irq".into(),
             rc: 0,
+            uptime: 0.0,
             output: vec![
                 "irq: method=xxcapture-raise-to-wake events=100 p50_us=80.0 p99_us=200.0 max_us=900.0 mean_us=95.0".into(),
                 "irq: method=xxcapture-sustained raised=2048 received=2048 lost=0 gaps=0 events_per_s=50000".into(),
