@@ -295,10 +295,19 @@ impl XxcapBackend {
     /// closed, so that no request the card executed loses its completion:
     /// QEMU stops relaying the device's notifications once the backend has
     /// gone. Requests still on the queue stay there, never executed; the
-    /// driver fails them when the card is removed.
+    /// driver fails them when the card is removed. Capture buffers the card
+    /// holds go back CANCELLED the same way (the one being filled first
+    /// completes).
     pub fn quiesce(&self) {
         self.quiescing.store(true, Ordering::Release);
         drop(self.batch.lock().unwrap_or_else(PoisonError::into_inner));
+        let mem = self.mem.get();
+        if !self
+            .stream
+            .flush(mem.as_deref(), self.device_now(), FLUSH_LIMIT)
+        {
+            warn!("quiesce: the stream buffer being filled did not come back in {FLUSH_LIMIT:?}");
+        }
     }
 
     /// Card RAM and the status block.
