@@ -142,7 +142,8 @@ impl InterruptReport {
             let _ = writeln!(out, "\n{u}");
         }
         if let (Some(ours), Some(edu)) = (
-            self.find("xxcapture-raise-to-wake"),
+            self.find("xxcapture-raise-to-wake-read")
+                .or_else(|| self.find("xxcapture-raise-to-wake")),
             self.find("edu-uio-raise-to-wake"),
         ) {
             let _ = writeln!(

@@ -43,6 +43,10 @@ pub struct BenchIrqArgs {
     /// device and the uio modules in the guest).
     #[arg(long)]
     edu: bool,
+    /// Wait with one blocking read() (as uio's users do) instead of poll()
+    /// and read().
+    #[arg(long)]
+    blocking_read: bool,
 }
 
 #[derive(clap::Args)]
@@ -209,7 +213,26 @@ pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
     let mut wake = Percentiles::default();
     let mut buf = Vec::new();
     let mut outstanding_completions = 0u64;
-    for _ in 0..args.events {
+    if args.blocking_read {
+        // A lost record must end the run, not hang it: SIGALRM without
+        // SA_RESTART turns a stuck read into EINTR.
+        let action = SigAction::new(
+            SigHandler::Handler(on_alarm),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing, which is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(Signal::SIGALRM, &action) }.map_err(|source| {
+            Error::Ioctl {
+                call: "sigaction",
+                source,
+            }
+        })?;
+    }
+    for i in 0..args.events {
+        if args.blocking_read && i % 1000 == 0 {
+            nix::unistd::alarm::set(30);
+        }
         let t0 = monotonic_ns();
         // SAFETY: the task file has no DMA command, so no buffer to keep.
         unsafe { card.submit(&single, 0)? };
@@ -217,7 +240,10 @@ pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
         outstanding_completions += 1;
         let test = loop {
             buf.clear();
-            if card.wait_events(&mut buf, 64, Some(Duration::from_secs(2)))? == 0 {
+            if args.blocking_read {
+                // One syscall per wake-up; the alarm armed above bounds it.
+                card.read_events(&mut buf, 64)?;
+            } else if card.wait_events(&mut buf, 64, Some(Duration::from_secs(2)))? == 0 {
                 return Err(Error::Timeout(Duration::from_secs(2)));
             }
             let now = monotonic_ns();
@@ -253,7 +279,17 @@ pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
                 .count() as u64;
         }
     }
-    report("xxcapture-raise-to-wake", &mut total);
+    if args.blocking_read {
+        nix::unistd::alarm::cancel();
+    }
+    report(
+        if args.blocking_read {
+            "xxcapture-raise-to-wake-read"
+        } else {
+            "xxcapture-raise-to-wake"
+        },
+        &mut total,
+    );
     report("stage-submit-syscall", &mut submit);
     report("stage-submit-to-driver-irq", &mut to_driver);
     report("stage-driver-to-user-wake", &mut wake);
