@@ -185,7 +185,7 @@ impl InterruptReport {
             }
             let _ = writeln!(
                 out,
-                "\nCrossover (lowest rate at which asynchronous delivers >5% more, or the same for >5% less CPU): {}.",
+                "\nCrossover (lowest rate the blocking model cannot sustain, below 95% of it, while the asynchronous one does): {}. Guest CPU per request counts /proc/stat busy time in 10 ms ticks: at low rates it is mostly noise.",
                 self.crossover.as_deref().unwrap_or("none")
             );
         }
