@@ -107,6 +107,27 @@ fn task_files_cost_one_doorbell_and_status_reads_cost_none() {
         "reading the mapped status block must not touch the card"
     );
 
+    // Phase 8..13: 60 frames streamed into 8 lent buffers: 68 buffers
+    // queued and 4 task files, so at most 72 doorbells (fewer when the
+    // card suppresses notifications), and never device config space.
+    let stream_doorbells = delta(&json, 8, 13, "notify", "writes");
+    let stream_config = delta(&json, 8, 13, "device", "reads");
+    eprintln!(
+        "crossings: streaming 60 frames (68 buffers queued, 4 task files): {stream_doorbells} doorbells, {stream_config} config reads"
+    );
+    assert!(
+        stream_doorbells <= 68 + 4,
+        "streaming cost {stream_doorbells} doorbells, more than one per queued buffer and task file"
+    );
+    assert!(
+        stream_doorbells > 0,
+        "the tracer saw no doorbell for 68 queued buffers: is it counting?"
+    );
+    assert_eq!(
+        stream_config, 0,
+        "streaming must not read device config space"
+    );
+
     // Phase 10..11: `xxcap bench-config-space --iterations 100` on the
     // unbound card, so its per-read cost is the cost of one access.
     let config_reads = delta(&json, 10, 11, "device", "reads");
