@@ -128,6 +128,19 @@ fn task_files_cost_one_doorbell_and_status_reads_cost_none() {
         "streaming must not read device config space"
     );
 
+    // Phase 14..15: 100 TEST interrupts, each raised by its own task file
+    // (plus a few for setup and the counters): a record delivered to user
+    // space costs the driver no doorbell of its own.
+    let irq_doorbells = delta(&json, 14, 15, "notify", "writes");
+    let irq_isr = delta(&json, 14, 15, "isr", "reads");
+    eprintln!(
+        "crossings: 100 TEST interrupts raised singly: {irq_doorbells} doorbells, {irq_isr} ISR reads"
+    );
+    assert!(
+        irq_doorbells <= 110,
+        "100 raises cost {irq_doorbells} doorbells: event records must not cost doorbells of their own"
+    );
+
     // Phase 10..11: `xxcap bench-config-space --iterations 100` on the
     // unbound card, so its per-read cost is the cost of one access.
     let config_reads = delta(&json, 10, 11, "device", "reads");
