@@ -194,18 +194,15 @@ impl Card {
     /// Returns EINTR as an error when a signal interrupts the wait.
     pub fn read_events(&self, out: &mut Vec<Event>, max: usize) -> Result<usize> {
         let n = max.clamp(1, READ_BATCH);
-        let mut raw = vec![0u8; n * event::SIZE];
-        let got = nix::unistd::read(&self.file, &mut raw).map_err(|source| Error::Ioctl {
-            call: "read",
-            source,
+        // On the stack: this runs once per wake-up of every event reader.
+        let mut raw = [0u8; READ_BATCH * event::SIZE];
+        let got = nix::unistd::read(&self.file, &mut raw[..n * event::SIZE]).map_err(|source| {
+            Error::Ioctl {
+                call: "read",
+                source,
+            }
         })?;
-        if got % event::SIZE != 0 {
-            return Err(Error::Protocol);
-        }
-        let records = parse_records(&raw[..got])?;
-        let count = records.len();
-        out.extend(records);
-        Ok(count)
+        parse_records_into(&raw[..got], out)
     }
 
     /// Blocking iterator over records, fetched in batches.
@@ -491,20 +488,27 @@ impl Drop for AsyncDma<'_> {
     }
 }
 
-pub(crate) fn parse_records(bytes: &[u8]) -> Result<Vec<Event>> {
-    bytes
-        .chunks_exact(event::SIZE)
-        .map(|chunk| {
-            RawEvent::read_from_bytes(chunk)
-                .map_err(|_| Error::Protocol)
-                .and_then(|raw| Event::from_raw(&raw))
-        })
-        .collect()
+/// Appends the whole records in `bytes` to `out`; returns how many.
+fn parse_records_into(bytes: &[u8], out: &mut Vec<Event>) -> Result<usize> {
+    if !bytes.len().is_multiple_of(event::SIZE) {
+        return Err(Error::Protocol);
+    }
+    out.reserve(bytes.len() / event::SIZE);
+    for chunk in bytes.chunks_exact(event::SIZE) {
+        let raw = RawEvent::read_from_bytes(chunk).map_err(|_| Error::Protocol)?;
+        out.push(Event::from_raw(&raw)?);
+    }
+    Ok(bytes.len() / event::SIZE)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_records(bytes: &[u8]) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        parse_records_into(bytes, &mut out).map(|_| out)
+    }
 
     #[test]
     fn records_parse_with_their_flags() {

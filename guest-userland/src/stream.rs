@@ -224,7 +224,9 @@ impl Stream<'_> {
         self.batch.clear();
         let got = self.card.wait_events(&mut self.batch, 256, timeout);
         let now = monotonic_ns();
-        for ev in std::mem::take(&mut self.batch) {
+        // Taken and put back, so the batch's allocation is reused.
+        let batch = std::mem::take(&mut self.batch);
+        for &ev in &batch {
             match ev.cause {
                 Cause::Overflow if !ev.completion => self.stats.dropped += 1,
                 Cause::Lost => self.stats.lost_records += u64::from(ev.count),
@@ -262,6 +264,7 @@ impl Stream<'_> {
                 _ => {}
             }
         }
+        self.batch = batch;
         got.map(drop)
     }
 
