@@ -953,44 +953,41 @@ fn invariants(card: &Card) {
     assert_eq!(card.config_space()[..], *id.as_bytes());
 }
 
+/// Runs `run` over every input committed for fuzz target `target`
+/// (`fuzz/corpus/<target>` and `fuzz/regressions/<target>`): the tests of
+/// this crate and of xxcapd replay them so a fixed crash stays fixed.
+pub fn replay_corpus(target: &str, run: fn(&[u8])) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut files = Vec::new();
+    for dir in ["corpus", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+            continue;
+        };
+        files.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    files.sort();
+    assert!(!files.is_empty(), "no corpus for {target}");
+    for path in files {
+        let Ok(data) = std::fs::read(&path) else {
+            panic!("cannot read {}", path.display());
+        };
+        run(&data);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
-
-    fn corpus(target: &str) -> Vec<PathBuf> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let mut files = Vec::new();
-        for dir in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
-                continue;
-            };
-            files.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
-        }
-        files.sort();
-        files
-    }
-
-    fn replay(target: &str, run: fn(&[u8])) {
-        let files = corpus(target);
-        assert!(!files.is_empty(), "no corpus for {target}");
-        for path in files {
-            let Ok(data) = std::fs::read(&path) else {
-                panic!("cannot read {}", path.display());
-            };
-            run(&data);
-        }
-    }
 
     /// The committed corpus (and every crash found) still passes.
     #[test]
     fn task_file_corpus_replays() {
-        replay("task_file", task_file);
+        replay_corpus("task_file", task_file);
     }
 
     #[test]
     fn card_sequence_corpus_replays() {
-        replay("card_sequence", card_sequence);
+        replay_corpus("card_sequence", card_sequence);
     }
 
     #[test]
@@ -1005,7 +1002,7 @@ mod tests {
     #[test]
     #[ignore = "writes into fuzz/corpus"]
     fn write_seed_corpus() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/task_file");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/task_file");
         std::fs::create_dir_all(&dir).expect("corpus dir");
         for (i, seed) in task_file_seeds().iter().enumerate() {
             std::fs::write(dir.join(format!("seed-{i:02}")), seed).expect("seed");

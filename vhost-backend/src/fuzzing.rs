@@ -1131,41 +1131,16 @@ impl GuestQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
-
-    fn corpus(target: &str) -> Vec<PathBuf> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let mut files = Vec::new();
-        for dir in ["corpus", "regressions"] {
-            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
-                continue;
-            };
-            files.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
-        }
-        files.sort();
-        files
-    }
-
-    fn replay(target: &str, run: fn(&[u8])) {
-        let files = corpus(target);
-        assert!(!files.is_empty(), "no corpus for {target}");
-        for path in files {
-            let Ok(data) = std::fs::read(&path) else {
-                panic!("cannot read {}", path.display());
-            };
-            run(&data);
-        }
-    }
 
     /// The committed corpus (and every crash found) still passes.
     #[test]
     fn chain_corpus_replays() {
-        replay("chain", chain);
+        xxcapture_model::fuzzing::replay_corpus("chain", chain);
     }
 
     #[test]
     fn backend_corpus_replays() {
-        replay("backend", backend);
+        xxcapture_model::fuzzing::replay_corpus("backend", backend);
     }
 
     #[test]
