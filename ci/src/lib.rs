@@ -11,7 +11,7 @@ pub mod vm;
 
 pub use build::{build_all, Artifacts, Provisioned};
 pub use supervise::Recovery;
-pub use vm::{parse_steps, Accel, Mode, Step, Vm, VmOptions};
+pub use vm::{parse_steps, Accel, FinishedRun, Mode, Step, Vm, VmOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -498,6 +498,83 @@ pub fn parse_steps(lines: &[String]) -> Vec<Step> {
     steps
 }
 
+/// A VM run of one guest mode, booted, run to the end and shut down: what
+/// the HIL tests look at.
+pub struct FinishedRun {
+    pub steps: Vec<Step>,
+    pub console: Vec<String>,
+    pub qemu: ExitStatus,
+    pub backend: ExitStatus,
+    pub backend_log: String,
+}
+
+impl FinishedRun {
+    /// Boots with `opts` (logs under `target/hil-logs/<log_name>`), waits up
+    /// to `timeout` for the guest and collects everything. For tests: any
+    /// failure to run panics with its reason.
+    pub fn boot(
+        artifacts: &Artifacts,
+        mut opts: VmOptions,
+        log_name: &str,
+        timeout: Duration,
+    ) -> Self {
+        opts.log_dir = repo_root().join("target/hil-logs").join(log_name);
+        if let Err(e) = std::fs::create_dir_all(&opts.log_dir) {
+            panic!("{}: {e}", opts.log_dir.display());
+        }
+        let mut vm = Vm::start(artifacts, &opts).unwrap_or_else(|e| panic!("{e}"));
+        let qemu = vm.wait_guest(timeout).unwrap_or_else(|e| panic!("{e}"));
+        let backend = vm
+            .wait_backend(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let console = vm.console();
+        FinishedRun {
+            steps: parse_steps(&console),
+            console,
+            qemu,
+            backend,
+            backend_log: vm.backend_log(),
+        }
+    }
+
+    /// The guest step `name`; panics with the console if it never ran.
+    pub fn step(&self, name: &str) -> &Step {
+        self.steps
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "guest step {name} never ran; console:\n{}",
+                    self.console.join("\n")
+                )
+            })
+    }
+
+    /// Panics unless each named step ran and exited 0.
+    pub fn assert_steps_passed(&self, names: &[&str]) {
+        for name in names {
+            let s = self.step(name);
+            assert_eq!(
+                s.rc,
+                0,
+                "guest step {name} failed:\n{}",
+                s.output.join("\n")
+            );
+        }
+    }
+
+    /// Panics unless QEMU and xxcapd both exited cleanly.
+    pub fn assert_clean_exit(&self) {
+        assert!(self.qemu.success(), "QEMU exited with {}", self.qemu);
+        assert!(
+            self.backend.success(),
+            "xxcapd exited with {}:\n{}",
+            self.backend,
+            self.backend_log
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,16 +7,7 @@ use std::time::Duration;
 
 use xxcapture_abi::frame::{verify, PixelFormat};
 use xxcapture_hil::build::repo_root;
-use xxcapture_hil::{parse_steps, Artifacts, Mode, Step, Vm, VmOptions};
-
-fn step<'a>(steps: &'a [Step], name: &str, console: &[String]) -> &'a Step {
-    steps.iter().find(|s| s.name == name).unwrap_or_else(|| {
-        panic!(
-            "guest step {name} never ran; console:\n{}",
-            console.join("\n")
-        )
-    })
-}
+use xxcapture_hil::{Artifacts, FinishedRun, Mode, Step, VmOptions};
 
 /// Parses "capture: N frames ... corrupt C, missed M, card dropped D, F fps".
 fn capture_summary(step: &Step) -> (u64, u64, u64, u64, f64) {
@@ -59,21 +50,11 @@ fn capture_end_to_end_in_vm() {
     std::fs::write(&disk, vec![0u8; 16 << 20]).expect("output disk");
     let opts = VmOptions {
         mode: Mode::Capture,
-        log_dir: log_dir.clone(),
         output_disk: Some(disk.clone()),
         ..VmOptions::default()
     };
-    let mut vm = Vm::start(&artifacts, &opts).unwrap_or_else(|e| panic!("{e}"));
-    let qemu = vm
-        .wait_guest(Duration::from_secs(900))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let backend = vm
-        .wait_backend(Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let console = vm.console();
-    let steps = parse_steps(&console);
-
-    for name in [
+    let run = FinishedRun::boot(&artifacts, opts, "capture", Duration::from_secs(900));
+    run.assert_steps_passed(&[
         "load-driver",
         "capture-dma-1080p",
         "capture-mmap-1080p",
@@ -82,21 +63,13 @@ fn capture_end_to_end_in_vm() {
         "export-files",
         "selftest-after-capture",
         "kernel-log",
-    ] {
-        let s = step(&steps, name, &console);
-        assert_eq!(
-            s.rc,
-            0,
-            "guest step {name} failed:\n{}",
-            s.output.join("\n")
-        );
-    }
+    ]);
     for name in [
         "capture-dma-1080p",
         "capture-mmap-1080p",
         "capture-realtime-30fps",
     ] {
-        let (frames, corrupt, missed, dropped, fps) = capture_summary(step(&steps, name, &console));
+        let (frames, corrupt, missed, dropped, fps) = capture_summary(run.step(name));
         eprintln!("{name}: {frames} frames verified, {corrupt} corrupt, {missed} missed by the reader, {dropped} dropped by the card, {fps:.1} fps");
         assert!(frames >= 60, "{name}: only {frames} frames");
         assert_eq!(corrupt, 0, "{name}: corrupt frames");
@@ -162,10 +135,5 @@ fn capture_end_to_end_in_vm() {
     let last = px(315, 120);
     assert!(last != white, "the picture has no bars");
 
-    assert!(qemu.success(), "QEMU exited with {qemu}");
-    assert!(
-        backend.success(),
-        "xxcapd exited with {backend}:\n{}",
-        vm.backend_log()
-    );
+    run.assert_clean_exit();
 }

@@ -5,17 +5,7 @@
 
 use std::time::Duration;
 
-use xxcapture_hil::build::repo_root;
-use xxcapture_hil::{parse_steps, Artifacts, Mode, Step, Vm, VmOptions};
-
-fn step<'a>(steps: &'a [Step], name: &str, console: &[String]) -> &'a Step {
-    steps.iter().find(|s| s.name == name).unwrap_or_else(|| {
-        panic!(
-            "guest step {name} never ran; console:\n{}",
-            console.join("\n")
-        )
-    })
-}
+use xxcapture_hil::{Artifacts, FinishedRun, Mode, Step, VmOptions};
 
 /// The line of a step's output that starts with `prefix`.
 fn line<'a>(step: &'a Step, prefix: &str) -> &'a str {
@@ -43,24 +33,12 @@ fn number_after(line: &str, key: &str) -> f64 {
 #[test]
 fn events_streaming_and_killed_clients_in_vm() {
     let artifacts = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
-    let log_dir = repo_root().join("target/hil-logs/events");
-    std::fs::create_dir_all(&log_dir).expect("log dir");
     let opts = VmOptions {
         mode: Mode::Events,
-        log_dir,
         ..VmOptions::default()
     };
-    let mut vm = Vm::start(&artifacts, &opts).unwrap_or_else(|e| panic!("{e}"));
-    let qemu = vm
-        .wait_guest(Duration::from_secs(1200))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let backend = vm
-        .wait_backend(Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let console = vm.console();
-    let steps = parse_steps(&console);
-
-    for name in [
+    let run = FinishedRun::boot(&artifacts, opts, "events", Duration::from_secs(1200));
+    run.assert_steps_passed(&[
         "load-driver",
         "irq-test",
         "eintr-test",
@@ -71,17 +49,9 @@ fn events_streaming_and_killed_clients_in_vm() {
         "pinned-after-kills",
         "stream-after-kills",
         "kernel-log",
-    ] {
-        let s = step(&steps, name, &console);
-        assert_eq!(
-            s.rc,
-            0,
-            "guest step {name} failed:\n{}",
-            s.output.join("\n")
-        );
-    }
+    ]);
 
-    let irq = line(step(&steps, "irq-test", &console), "irq-test:");
+    let irq = line(run.step("irq-test"), "irq-test:");
     eprintln!("{irq}");
     assert_eq!(number_after(irq, "raised"), 10_000.0);
     assert_eq!(number_after(irq, "received"), 10_000.0);
@@ -91,10 +61,10 @@ fn events_streaming_and_killed_clients_in_vm() {
     assert_eq!(number_after(irq, "EVENT_COUNT"), 10_000.0);
     assert_eq!(number_after(irq, "driver events"), 10_000.0);
 
-    let eintr = step(&steps, "eintr-test", &console);
+    let eintr = run.step("eintr-test");
     eprintln!("{}", eintr.output.join("\n"));
 
-    let stream = line(step(&steps, "stream-1080p30-60s", &console), "stream:");
+    let stream = line(run.step("stream-1080p30-60s"), "stream:");
     eprintln!("{stream}");
     let frames = number_after(stream, "stream:");
     // 60 s at 30 fps; the first frame waits for the card's first period.
@@ -103,16 +73,11 @@ fn events_streaming_and_killed_clients_in_vm() {
     assert_eq!(number_after(stream, "corrupt"), 0.0);
     assert_eq!(number_after(stream, "dropped"), 0.0);
 
-    let after = line(step(&steps, "stream-after-kills", &console), "stream:");
+    let after = line(run.step("stream-after-kills"), "stream:");
     eprintln!("{after}");
     assert_eq!(number_after(after, "verified"), 60.0);
-    let pinned = step(&steps, "pinned-after-kills", &console);
+    let pinned = run.step("pinned-after-kills");
     eprintln!("{}", pinned.output.join("\n"));
 
-    assert!(qemu.success(), "QEMU exited with {qemu}");
-    assert!(
-        backend.success(),
-        "xxcapd exited with {backend}:\n{}",
-        vm.backend_log()
-    );
+    run.assert_clean_exit();
 }

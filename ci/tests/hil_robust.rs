@@ -5,38 +5,17 @@
 
 use std::time::Duration;
 
-use xxcapture_hil::build::repo_root;
-use xxcapture_hil::{parse_steps, Artifacts, Mode, Step, Vm, VmOptions};
-
-fn step<'a>(steps: &'a [Step], name: &str, console: &[String]) -> &'a Step {
-    steps.iter().find(|s| s.name == name).unwrap_or_else(|| {
-        panic!(
-            "guest step {name} never ran; console:\n{}",
-            console.join("\n")
-        )
-    })
-}
+use xxcapture_hil::{Artifacts, FinishedRun, Mode, VmOptions};
 
 #[test]
 fn hostile_clients_leave_nothing_behind_in_vm() {
     let artifacts = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
-    let log_dir = repo_root().join("target/hil-logs/robust");
-    std::fs::create_dir_all(&log_dir).expect("log dir");
     let opts = VmOptions {
         mode: Mode::Robust,
-        log_dir,
         ..VmOptions::default()
     };
-    let mut vm = Vm::start(&artifacts, &opts).unwrap_or_else(|e| panic!("{e}"));
-    let qemu = vm
-        .wait_guest(Duration::from_secs(1200))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let backend = vm
-        .wait_backend(Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let console = vm.console();
-    let steps = parse_steps(&console);
-    for name in [
+    let run = FinishedRun::boot(&artifacts, opts, "robust", Duration::from_secs(1200));
+    let names = [
         "load-driver",
         "canary-test",
         "fuzz-driver",
@@ -48,17 +27,12 @@ fn hostile_clients_leave_nothing_behind_in_vm() {
         "pinned-after-kills",
         "capture-300-verified",
         "kernel-log",
-    ] {
-        let s = step(&steps, name, &console);
-        eprintln!("{name}: {}", s.output.join(" | "));
-        assert_eq!(
-            s.rc,
-            0,
-            "guest step {name} failed:\n{}",
-            s.output.join("\n")
-        );
+    ];
+    for name in names {
+        eprintln!("{name}: {}", run.step(name).output.join(" | "));
     }
-    let fuzz = step(&steps, "fuzz-driver", &console);
+    run.assert_steps_passed(&names);
+    let fuzz = run.step("fuzz-driver");
     let ops: u64 = fuzz
         .output
         .iter()
@@ -67,7 +41,7 @@ fn hostile_clients_leave_nothing_behind_in_vm() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(ops > 1000, "the driver fuzzer ran only {ops} operations");
-    let capture = step(&steps, "capture-300-verified", &console);
+    let capture = run.step("capture-300-verified");
     assert!(
         capture
             .output
@@ -76,10 +50,5 @@ fn hostile_clients_leave_nothing_behind_in_vm() {
         "no clean 300-frame capture:\n{}",
         capture.output.join("\n")
     );
-    assert!(qemu.success(), "QEMU exited with {qemu}");
-    assert!(
-        backend.success(),
-        "xxcapd exited with {backend}:\n{}",
-        vm.backend_log()
-    );
+    run.assert_clean_exit();
 }
