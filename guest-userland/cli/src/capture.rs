@@ -2,8 +2,8 @@
 //! snapshot, verified against their stamps on request.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -66,8 +66,65 @@ pub(crate) fn parse_size(s: &str) -> Result<(u32, u32), String> {
     Ok((w, h))
 }
 
+/// A Y4M file being written, frame by frame (yuyv as 4:2:2, nv12 as
+/// 4:2:0). Unbuffered: frames are whole planes, and every write error
+/// surfaces at the frame that hit it.
+pub(crate) struct Y4mOut {
+    encoder: y4m::Encoder<File>,
+    format: PixelFormat,
+    width: usize,
+    height: usize,
+}
+
+impl Y4mOut {
+    pub(crate) fn create(
+        path: &Path,
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        fps: u32,
+    ) -> Result<Self, Error> {
+        if format == PixelFormat::Rgb24 {
+            return Err(Error::BadFormat(
+                "Y4M holds YUV only: use yuyv or nv12".into(),
+            ));
+        }
+        let file = File::create(path).map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let colorspace = if format == PixelFormat::Yuyv {
+            y4m::Colorspace::C422
+        } else {
+            y4m::Colorspace::C420jpeg
+        };
+        let encoder = y4m::encode(
+            width as usize,
+            height as usize,
+            y4m::Ratio::new(fps.max(1) as usize, 1),
+        )
+        .with_colorspace(colorspace)
+        .write_header(file)
+        .map_err(|e| Error::BadFormat(format!("Y4M header: {e:?}")))?;
+        Ok(Y4mOut {
+            encoder,
+            format,
+            width: width as usize,
+            height: height as usize,
+        })
+    }
+
+    pub(crate) fn write(&mut self, frame: &[u8]) -> Result<(), Error> {
+        let planes = to_planes(self.format, self.width, self.height, frame)
+            .ok_or_else(|| Error::BadFormat("Y4M holds YUV only".into()))?;
+        self.encoder
+            .write_frame(&y4m::Frame::new([&planes[0], &planes[1], &planes[2]], None))
+            .map_err(|e| Error::BadFormat(format!("Y4M frame: {e:?}")))
+    }
+}
+
 /// Packed YUYV or semi-planar NV12 to the planar Y, U, V that Y4M stores.
-pub(crate) fn to_planes(fmt: PixelFormat, w: usize, h: usize, data: &[u8]) -> Option<[Vec<u8>; 3]> {
+fn to_planes(fmt: PixelFormat, w: usize, h: usize, data: &[u8]) -> Option<[Vec<u8>; 3]> {
     match fmt {
         PixelFormat::Yuyv => {
             let mut y = Vec::with_capacity(w * h);
@@ -166,30 +223,11 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
         height: h,
         fps: args.rate,
     };
-    let mut sink = match &args.output {
-        Some(path) => Some(BufWriter::new(File::create(path).map_err(|source| {
-            Error::Open {
-                path: path.clone(),
-                source,
-            }
-        })?)),
-        None => None,
-    };
-    let colorspace = if args.format == PixelFormat::Yuyv {
-        y4m::Colorspace::C422
-    } else {
-        y4m::Colorspace::C420jpeg
-    };
-    let rate = y4m::Ratio::new(args.rate.max(1) as usize, 1);
-    let mut y4m = sink
-        .as_mut()
-        .map(|out| {
-            y4m::encode(w as usize, h as usize, rate)
-                .with_colorspace(colorspace)
-                .write_header(out)
-        })
-        .transpose()
-        .map_err(|e| Error::BadFormat(format!("Y4M header: {e:?}")))?;
+    let mut y4m = args
+        .output
+        .as_deref()
+        .map(|path| Y4mOut::create(path, args.format, w, h, args.rate))
+        .transpose()?;
 
     let progress = ProgressBar::new(args.frames);
     progress.set_style(
@@ -221,11 +259,8 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
                 }
             }
         }
-        if let Some(enc) = y4m.as_mut() {
-            if let Some(planes) = to_planes(args.format, w as usize, h as usize, &frame.data) {
-                enc.write_frame(&y4m::Frame::new([&planes[0], &planes[1], &planes[2]], None))
-                    .map_err(|e| Error::BadFormat(format!("Y4M frame: {e:?}")))?;
-            }
+        if let Some(out) = y4m.as_mut() {
+            out.write(&frame.data)?;
         }
         if args.png.is_some() && index == args.png_frame {
             let rgb = to_rgb(args.format, w as usize, h as usize, &frame.data);
@@ -242,10 +277,6 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
     };
     let stats = capture.stop()?;
     progress.finish_and_clear();
-    if let Some(out) = sink.as_mut() {
-        out.flush()
-            .map_err(|e| Error::BadFormat(format!("Y4M write: {e}")))?;
-    }
     println!(
         "capture: {} frames {}x{} {} @{} fps by {}: verified {}, corrupt {}, missed {}, card dropped {}, {:.1} fps, {:.1} MB/s, {:.2} ms CPU/frame",
         stats.delivered,

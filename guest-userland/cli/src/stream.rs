@@ -1,8 +1,6 @@
 //! `xxcap stream`: streaming capture into this process's own buffers, with
 //! live statistics; every frame can be verified and written to Y4M.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use xxcapture::abi::frame::{verify, PixelFormat};
 use xxcapture::{Access, Card, Error, FrameFormat};
 
-use crate::capture::{parse_format, parse_size, to_planes};
+use crate::capture::{parse_format, parse_size, Y4mOut};
 use crate::stats::Percentiles;
 
 #[derive(clap::Args)]
@@ -68,33 +66,11 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
         height: h,
         fps: args.rate,
     };
-    let mut sink = match &args.output {
-        Some(path) => Some(BufWriter::new(File::create(path).map_err(|source| {
-            Error::Open {
-                path: path.clone(),
-                source,
-            }
-        })?)),
-        None => None,
-    };
-    let colorspace = if args.format == PixelFormat::Yuyv {
-        y4m::Colorspace::C422
-    } else {
-        y4m::Colorspace::C420jpeg
-    };
-    let mut y4m = sink
-        .as_mut()
-        .map(|out| {
-            y4m::encode(
-                w as usize,
-                h as usize,
-                y4m::Ratio::new(args.rate.max(1) as usize, 1),
-            )
-            .with_colorspace(colorspace)
-            .write_header(out)
-        })
-        .transpose()
-        .map_err(|e| Error::BadFormat(format!("Y4M header: {e:?}")))?;
+    let mut y4m = args
+        .output
+        .as_deref()
+        .map(|path| Y4mOut::create(path, args.format, w, h, args.rate))
+        .transpose()?;
 
     let progress = if args.quiet {
         ProgressBar::hidden()
@@ -144,11 +120,8 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
                 }
             }
         }
-        if let Some(enc) = y4m.as_mut() {
-            if let Some(planes) = to_planes(args.format, w as usize, h as usize, frame.data()) {
-                enc.write_frame(&y4m::Frame::new([&planes[0], &planes[1], &planes[2]], None))
-                    .map_err(|e| Error::BadFormat(format!("Y4M frame: {e:?}")))?;
-            }
+        if let Some(out) = y4m.as_mut() {
+            out.write(frame.data())?;
         }
         stream.requeue(frame)?;
         if last_report.elapsed() >= Duration::from_millis(500) {
@@ -172,10 +145,6 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
     let pinned_while_streaming = card.sysfs_attribute("pinned_pages").unwrap_or_default();
     let stats = stream.stop()?;
     progress.finish_and_clear();
-    if let Some(out) = sink.as_mut() {
-        out.flush()
-            .map_err(|e| Error::BadFormat(format!("Y4M write: {e}")))?;
-    }
     let pinned_after = card.sysfs_attribute("pinned_pages").unwrap_or_default();
     println!(
         "stream: {delivered} frames {w}x{h} {} @{} fps into {} buffers in {elapsed:.1} s: {:.1} fps, verified {}, corrupt {corrupt}, dropped {} (card register {dropped_register}), skipped {skipped}, out-of-order {out_of_order}, lost records {}, buffer errors {}, delivery latency (driver to process) p50 {:.0} us p99 {:.0} us max {:.0} us, {cpu_ms_per_frame:.2} ms CPU/frame, pinned pages streaming {pinned_while_streaming} after {pinned_after}",
