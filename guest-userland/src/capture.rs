@@ -1,6 +1,6 @@
 //! Card RAM, the status block, DMA and the capture ring, from user space.
 //!
-//! The seed's device interface: `write_blocks`/`read_blocks` (DMA through
+//! The Double X card's device interface: `write_blocks`/`read_blocks` (DMA through
 //! task files), `map_card_ram` (the card's RAM in this process), and a frame
 //! iterator over the capture ring that follows the status block without a
 //! system call and fetches each frame by DMA or from the mapped RAM.
@@ -119,7 +119,7 @@ impl Card {
         &self.file
     }
 
-    /// Maps card RAM (the seed's `IOConnectMapMemory`).
+    /// Maps card RAM (the Double X design's `IOConnectMapMemory`).
     pub fn map_card_ram(&self) -> Result<CardRam> {
         let len = usize::try_from(self.info().card_ram_size).map_err(|_| Error::Protocol)?;
         // SAFETY: the mapping is shared with the card, which may change it
@@ -161,7 +161,7 @@ impl Card {
 
     fn dma(&self, direction: u16, card_offset: u64, addr: u64, len: usize) -> Result<u64> {
         self.require(caps::DMA, "DMA")?;
-        // The seed's XXCaptureWriteBlocks: reset the DMA engine, transfer,
+        // As the Double X design's XXCaptureWriteBlocks does: reset the DMA engine, transfer,
         // read back what moved, in one crossing.
         let mut tf = TaskFile::new();
         tf.set_to_register(regs::CONTROL, u32::MAX, control::DMA_RESET);

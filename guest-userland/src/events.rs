@@ -1,11 +1,11 @@
-//! Interrupts as event records: the seed's "asynchronous notification".
+//! Interrupts as event records: the Double X design's "asynchronous notification".
 //!
 //! User space never takes an interrupt. The driver turns each one into a
 //! 64-byte record and queues it for the open that wants it; a thread of the
 //! application waits in `poll`/`read` and takes many records per crossing.
 //! Completions of the application's own requests (submitted task files,
 //! queued capture buffers) arrive the same way, carrying its reference value
-//! (the seed's refcon).
+//! (the Double X design's refcon).
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
@@ -305,7 +305,7 @@ struct Pending {
     callback: Option<Callback>,
 }
 
-/// Asynchronous DMA with owned buffers: the seed's `DMATransferNonBlock` with
+/// Asynchronous DMA with owned buffers: the Double X `DMATransferNonBlock` with
 /// an `IOAsyncCallback` and refcon. Each transfer takes its buffer by value
 /// and gives it back in its [`Completion`], so no buffer can be freed or
 /// touched while the card may still write it. Completions come either to a

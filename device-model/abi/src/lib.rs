@@ -164,7 +164,7 @@ pub const CMD_SIZE: usize = core::mem::size_of::<Command>();
 /// Largest valid task file in bytes.
 pub const MAX_TASK_FILE_SIZE: usize = TF_HEADER_SIZE + MAX_COMMANDS as usize * CMD_SIZE;
 
-/// Task-file op codes; the numbering is the seed's (Listing 4-15).
+/// Task-file op codes, numbered as in the Double X card's design.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
 pub enum Op {

@@ -1,5 +1,5 @@
 //! Building task files and reading their results, in the spirit of the
-//! seed's `cmdSetToRegister` macros: each call appends one command block.
+//! Double X design's `cmdSetToRegister` macros: each call appends one command block.
 
 use zerocopy::{FromBytes, IntoBytes};
 
