@@ -1,0 +1,323 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * xxcapture: what the files of xxcapture.ko share. The structures of a card,
+ * of an open file and of a request, the driver's limits, and the rules
+ * every file follows; then the functions one file offers the others,
+ * grouped by the file that defines them.
+ *
+ * Each card gets a char device /dev/xxcaptureN. User space sends task
+ * files (batches of register commands) with XXCAP_IOC_EXEC (synchronous)
+ * or XXCAP_IOC_SUBMIT (asynchronous); the driver validates them against the
+ * register table and passes each one to the card as a single request on the
+ * command virtqueue. Capture buffers (XXCAP_IOC_QUEUE_BUFFER) go to the
+ * stream virtqueue, one request each. The card reports interrupt causes as
+ * event records on the event virtqueue; read() on a file returns the
+ * records it subscribed to and the completions of its own requests.
+ *
+ * Request ownership: a request belongs to the thread that submitted it
+ * until the device has taken it (virtqueue_add_sgs). From then on the
+ * device owns the buffers until a queue callback gets them back
+ * (virtqueue_get_buf) or remove() takes them back after a reset
+ * (virtqueue_detach_unused_buf). A synchronous waiter that gives up
+ * (signal, timeout) does not free the request: it marks it orphaned under
+ * card->lock, and whoever takes it back from the device frees it.
+ * Asynchronous requests (SUBMIT, QUEUE_BUFFER) always come back to the
+ * driver: the reap work unpins their pages, then turns them into a
+ * completion record for the file that started them, unless that file was
+ * closed meanwhile (req->client is then NULL and the record is dropped).
+ * All ownership decisions are made under card->lock.
+ *
+ * DMA: the pages of a DMA command's user buffer (or of a capture buffer)
+ * are pinned before the request is sent and belong to the request: they are
+ * unpinned exactly once, by xxcap_unpin(), before the request is freed, in
+ * process context. So the device can never write to a page that has been
+ * given back to the system.
+ *
+ * Events: each file has a FIFO of records, filled under card->lock (queue
+ * callbacks, reap work) and emptied by one reader at a time (read_mutex)
+ * without the lock, as kfifo allows for one producer and one consumer.
+ *
+ * Card RAM and the status block live in a virtio shared-memory region (a
+ * PCI BAR). User mappings of it are filled on fault, under map_rwsem; all
+ * files of a card share one address_space (an anonymous inode of the card),
+ * so remove() can zap every mapping after making later faults fail with
+ * SIGBUS.
+ */
+#ifndef _XXCAP_DRV_H
+#define _XXCAP_DRV_H
+
+#include <linux/atomic.h>
+#include <linux/cdev.h>
+#include <linux/completion.h>
+#include <linux/device.h>
+#include <linux/fs.h>
+#include <linux/kfifo.h>
+#include <linux/list.h>
+#include <linux/mm_types.h>
+#include <linux/mutex.h>
+#include <linux/poll.h>
+#include <linux/rwsem.h>
+#include <linux/scatterlist.h>
+#include <linux/sizes.h>
+#include <linux/spinlock.h>
+#include <linux/types.h>
+#include <linux/virtio.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+/*
+ * The register table in it is used by xxcap_validate.c only; the other
+ * files need the request framing.
+ */
+__diag_push();
+__diag_ignore_all("-Wunused-const-variable", "register table of xxcap_validate.c");
+#include "xxcapture_dev.h"
+__diag_pop();
+
+#ifdef __BIG_ENDIAN
+#error "xxcapture passes task files and event records through unchanged: little-endian only"
+#endif
+
+#define XXCAP_HDR_SIZE		XXCAP_TF_HEADER_SIZE
+#define XXCAP_MAX_TF_SIZE	XXCAP_MAX_TASK_FILE_SIZE
+/* Largest result buffer of a request: task-file result + transport status */
+#define XXCAP_MAX_OUT_SIZE	(XXCAP_MAX_TF_SIZE + sizeof(struct xxcap_vq_status))
+/* One entry per page touched, for any alignment of the buffer */
+#define XXCAP_MAX_SG		(DIV_ROUND_UP(XXCAP_MAX_OUT_SIZE, PAGE_SIZE) + 1)
+/*
+ * Command-queue requests the device owns at once, orphans included: room
+ * for one open's XXCAP_MAX_SUBMITTED plus synchronous callers, within the
+ * 256 ring slots QEMU is given (one slot per request with indirect
+ * descriptors).
+ */
+#define XXCAP_MAX_INFLIGHT	128
+/* Task files one open may have submitted and not seen complete */
+#define XXCAP_MAX_SUBMITTED	64
+/* Capture buffers the device holds at once: one open's, plus one set of orphans */
+#define XXCAP_MAX_STREAM_INFLIGHT	(2 * XXCAP_MAX_QUEUED_BUFFERS)
+/* Event-queue buffers kept posted: 16 * 64 records */
+#define XXCAP_EVENT_BUFFERS	16
+/* Absolute limit of the bytes one task file may pin, whatever the card RAM */
+#define XXCAP_MAX_DMA_BYTES	SZ_1G
+/* Longest scatter-gather entry */
+#define XXCAP_MAX_SG_LEN	U32_MAX
+/* Causes an open may subscribe to */
+#define XXCAP_IRQ_CAUSES	(XXCAP_IRQ_FRAME_DONE | XXCAP_IRQ_DMA_DONE | \
+				 XXCAP_IRQ_DMA_ERROR | XXCAP_IRQ_OVERFLOW | \
+				 XXCAP_IRQ_TEST)
+
+#define XXCAP_MMAP_PGOFF_RAM	(XXCAP_MMAP_OFFSET_CARD_RAM >> PAGE_SHIFT)
+#define XXCAP_MMAP_PGOFF_STATUS	(XXCAP_MMAP_OFFSET_STATUS >> PAGE_SHIFT)
+#define XXCAP_STATUS_MAP_SIZE	PAGE_ALIGN(XXCAP_STATUS_BLOCK_SIZE)
+
+enum {
+	XXCAP_FLAG_WRITER,	/* a controlling (writable) open exists */
+};
+
+struct xxcap_card {
+	struct device dev;		/* class device; its release frees us */
+	struct cdev cdev;
+	struct virtio_device *vdev;	/* not to be used once gone */
+	struct virtqueue *cmd_vq;
+	struct virtqueue *evt_vq;
+	struct virtqueue *stream_vq;
+	struct xxcap_identity id;	/* read once at probe, CPU byte order */
+	int minor;
+	unsigned long flags;
+	bool dma;			/* DMA commands are passed to the card */
+	struct inode *inode;		/* its i_mapping holds every user mapping */
+
+	/* Card RAM + status block (virtio shared memory), set at probe */
+	phys_addr_t shm_phys;
+	u64 shm_len;
+	void *shm_virt;			/* kernel mapping: reserves the memtype */
+	bool shm_wc;			/* write-combining, not write-back */
+	struct rw_semaphore map_rwsem;	/* protects shm_mapped */
+	bool shm_mapped;		/* user mappings may be filled */
+
+	spinlock_t lock;		/* protects the fields below */
+	bool gone;			/* removed: no new requests */
+	unsigned int n_inflight;	/* command-queue requests the device owns */
+	unsigned int n_stream;		/* capture buffers the device owns */
+	unsigned int pollers;		/* EXEC_POLL callers: callbacks off */
+	unsigned int n_unrecorded;	/* async requests waiting for the work */
+	unsigned long done_seq;		/* bumped whenever a request comes back */
+	struct list_head reap_list;	/* returned orphans and async requests */
+	struct list_head clients;	/* open files, for event routing */
+
+	wait_queue_head_t slot_wq;	/* waiting for room in the queue */
+	struct work_struct reap_work;	/* retires reap_list */
+
+	atomic64_t next_id;		/* request ids (and wire tags) */
+	atomic64_t requests;
+	atomic64_t commands;
+	atomic64_t rejected;
+	atomic64_t timeouts;
+	atomic64_t pinned_pages;
+	atomic64_t dma_bytes;
+	atomic64_t events;		/* records received from the card */
+	atomic64_t events_dropped;	/* records a full open queue dropped */
+	atomic64_t completions;		/* completion records made */
+};
+
+/* One open file of a card */
+struct xxcap_client {
+	struct xxcap_card *card;
+	bool writer;			/* the controlling open */
+	struct mutex read_mutex;	/* one consumer of fifo at a time */
+	wait_queue_head_t wq;		/* readers, pollers, buffer flushes */
+	struct xxcap_event *ring;	/* storage of fifo */
+	unsigned int depth;		/* records fifo may hold */
+	DECLARE_KFIFO_PTR(fifo, struct xxcap_event);
+
+	/* Under card->lock (fifo: its producer side) */
+	struct list_head node;		/* on card->clients */
+	struct list_head reqs;		/* its async requests the card owns */
+	u32 mask;			/* subscribed XXCAP_IRQ_* causes */
+	u32 lost;			/* records dropped since the last LOST */
+	unsigned int n_submitted;	/* SUBMITs without a record yet */
+	unsigned int n_buffers;		/* capture buffers without a record yet */
+	u64 bufs_queued;		/* capture buffers queued, ever */
+	u64 bufs_done;			/* ... and retired */
+};
+
+/* A DMA command of a request and the user pages it pinned */
+struct xxcap_dma {
+	u32 index;			/* of the command in the task file */
+	bool to_user;			/* FROM_CARD: the card writes the pages */
+	u64 user_value;			/* buffer address, restored in the result */
+	u64 length;
+	unsigned long first_page;	/* in xxcap_req.pages */
+	unsigned long n_pages;		/* pages the buffer spans */
+	unsigned long n_pinned;		/* pinned so far */
+};
+
+enum xxcap_req_kind {
+	XXCAP_KIND_SYNC,		/* EXEC, ATTACH, FLUSH: a thread waits */
+	XXCAP_KIND_SUBMIT,		/* SUBMIT: completes as a record */
+	XXCAP_KIND_BUFFER,		/* capture buffer: completes as a record */
+};
+
+/*
+ * Device-readable: in (vq_request [+ task file]) then sgt (SG table);
+ * device-writable: out ([task-file result +] vq_status, or stream result).
+ */
+struct xxcap_req {
+	struct list_head node;		/* on card->reap_list */
+	struct completion done;
+	struct xxcap_card *card;
+	enum xxcap_req_kind kind;
+	u64 id;				/* request_id, and the wire tag */
+	u64 refcon;			/* SUBMIT, BUFFER: echoed in the record */
+	struct xxcap_client *client;	/* SUBMIT, BUFFER; NULL once orphaned */
+	struct list_head client_node;	/* on client->reqs, under card->lock */
+	void *in;
+	size_t in_len;
+	struct xxcap_sg_entry *sgt;	/* NULL without DMA commands */
+	unsigned int n_sgt;
+	void *out;
+	size_t out_len;
+	struct xxcap_dma *dma;		/* DMA commands, in command order */
+	unsigned int n_dma;
+	struct page **pages;		/* their pinned pages */
+	u32 used_len;
+	int result;			/* 0: returned by the device; or -ENODEV */
+	bool completed;			/* under card->lock */
+	bool orphan;			/* SYNC: the waiter left; under card->lock */
+	bool recorded;			/* SUBMIT, BUFFER: record made */
+	struct scatterlist *sg_in;	/* kvmalloc'd, for in + sgt */
+	struct scatterlist sg_out[XXCAP_MAX_SG];
+};
+
+static inline struct xxcap_card *to_xxcap_card(struct device *dev)
+{
+	return container_of(dev, struct xxcap_card, dev);
+}
+
+/* How xxcap_submit() waits for room in the command queue */
+enum {
+	XXCAP_SUBMIT_NONBLOCK = BIT(0),	/* -EAGAIN instead of waiting */
+	XXCAP_SUBMIT_UNINTR = BIT(1),	/* signals do not end the wait */
+};
+
+/* xxcap_validate.c */
+void xxcap_index_regs(void);
+u32 xxcap_validate(const struct xxcap_card *card, const void *tf,
+		   size_t size, u32 *index);
+
+/* xxcap_vq.c */
+void xxcap_req_free(struct xxcap_req *req);
+struct xxcap_req *xxcap_req_alloc(struct xxcap_card *card,
+				  enum xxcap_req_kind kind,
+				  size_t in_len, size_t out_len);
+int xxcap_req_map(struct xxcap_req *req);
+void xxcap_req_returned(struct xxcap_card *card, struct xxcap_req *req,
+			u32 len, int result, struct list_head *reap);
+void xxcap_reap_kick(struct xxcap_card *card);
+void xxcap_cmd_done(struct virtqueue *vq);
+void xxcap_req_sent(struct xxcap_req *req);
+int xxcap_submit(struct xxcap_card *card, struct xxcap_req *req,
+		 u32 count, unsigned long deadline, unsigned int how);
+int xxcap_wait(struct xxcap_card *card, struct xxcap_req *req,
+	       unsigned long deadline, bool intr);
+void xxcap_poll_begin(struct xxcap_card *card);
+void xxcap_poll_end(struct xxcap_card *card, bool any);
+int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
+		      unsigned long deadline);
+int xxcap_short_status(struct xxcap_card *card, struct xxcap_req *req,
+		       const char *what);
+int xxcap_reserve(struct xxcap_card *card, unsigned int *n,
+		  unsigned int limit);
+void xxcap_unreserve(struct xxcap_card *card, unsigned int *n);
+void xxcap_shutdown(struct xxcap_card *card);
+
+/* xxcap_dma.c */
+void xxcap_unpin(struct xxcap_req *req);
+int xxcap_dma_prepare(struct xxcap_card *card, struct xxcap_req *req,
+		      struct xxcap_cmd *cmds, u32 count);
+int xxcap_buffer_prepare(struct xxcap_card *card, struct xxcap_req *req,
+			 u64 addr, u64 len);
+void xxcap_dma_finish(struct xxcap_card *card, struct xxcap_req *req);
+
+/* xxcap_events.c */
+void xxcap_client_push(struct xxcap_card *card,
+		       struct xxcap_client *client,
+		       const struct xxcap_event *ev);
+void xxcap_req_record(struct xxcap_card *card, struct xxcap_req *req);
+void xxcap_retire(struct xxcap_card *card, struct list_head *list);
+void xxcap_reap_work(struct work_struct *work);
+void xxcap_evt_done(struct virtqueue *vq);
+void xxcap_evt_fill(struct xxcap_card *card);
+ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
+		   loff_t *ppos);
+__poll_t xxcap_poll(struct file *file, poll_table *wait);
+int xxcap_subscribe(struct xxcap_client *client, void __user *argp);
+
+/* xxcap_stream.c */
+void xxcap_stream_done(struct virtqueue *vq);
+int xxcap_queue_buffer(struct xxcap_client *client, void __user *argp);
+int xxcap_flush(struct xxcap_client *client, bool intr);
+
+/* xxcap_taskfile.c */
+int xxcap_exec(struct xxcap_card *card, void __user *argp);
+int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
+		    void __user *argp);
+
+/* xxcap_shm.c */
+void xxcap_attach(struct xxcap_card *card);
+void xxcap_zap_mappings(struct xxcap_card *card);
+void xxcap_detach(struct xxcap_card *card);
+int xxcap_mmap(struct file *file, struct vm_area_struct *vma);
+
+/* xxcap_fops.c */
+extern const struct file_operations xxcap_fops;
+
+/* xxcap_sysfs.c */
+extern const struct attribute_group *xxcap_groups[];
+size_t xxcap_str_len(const u8 *s, size_t max);
+
+/* xxcap_main.c: module parameters */
+extern unsigned int xxcap_timeout_ms;
+extern unsigned int xxcap_event_queue_depth;
+
+#endif /* _XXCAP_DRV_H */

@@ -1,0 +1,204 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * xxcapture: capture-buffer streaming. QUEUE_BUFFER hands a pinned buffer
+ * to the stream queue; the card fills it with a frame and gives it back;
+ * FLUSH_BUFFERS (and the last close) has it return every buffer it holds.
+ */
+
+#include <linux/jiffies.h>
+#include <linux/overflow.h>
+#include <linux/sched.h>
+#include <linux/uaccess.h>
+#include <linux/virtio.h>
+
+#include "xxcap_drv.h"
+
+/* Stream-queue callback (interrupt context): capture buffers came back. */
+void xxcap_stream_done(struct virtqueue *vq)
+{
+	struct xxcap_card *card = vq->vdev->priv;
+	struct xxcap_req *req;
+	unsigned long flags;
+	unsigned int len;
+
+	spin_lock_irqsave(&card->lock, flags);
+	do {
+		virtqueue_disable_cb(vq);
+		while ((req = virtqueue_get_buf(vq, &len))) {
+			card->n_stream--;
+			xxcap_req_returned(card, req, len, 0, &card->reap_list);
+		}
+		if (unlikely(virtqueue_is_broken(vq)))
+			break;
+	} while (!virtqueue_enable_cb(vq));
+	xxcap_reap_kick(card);
+	spin_unlock_irqrestore(&card->lock, flags);
+}
+
+/* Hands the capture buffer @req to the device's stream queue. */
+static int xxcap_queue_stream(struct xxcap_card *card, struct xxcap_req *req)
+{
+	struct scatterlist *sgs[2] = { req->sg_in, req->sg_out };
+	int ret;
+
+	spin_lock_irq(&card->lock);
+	if (card->gone)
+		ret = -ENODEV;
+	else if (card->n_stream >= XXCAP_MAX_STREAM_INFLIGHT)
+		ret = -ENOSPC;
+	else
+		ret = virtqueue_add_sgs(card->stream_vq, sgs, 1, 1, req,
+					GFP_ATOMIC);
+	if (!ret) {
+		card->n_stream++;
+		req->client->bufs_queued++;
+		xxcap_req_sent(req);
+		virtqueue_kick(card->stream_vq);
+	}
+	spin_unlock_irq(&card->lock);
+	return ret;
+}
+
+/* Capture buffers need the stream queue and guest-physical SG entries. */
+static bool xxcap_can_stream(const struct xxcap_card *card)
+{
+	return (card->id.capabilities & XXCAP_CAP_STREAMING) && card->dma;
+}
+
+/* QUEUE_BUFFER: pins a capture buffer and gives it to the card. */
+int xxcap_queue_buffer(struct xxcap_client *client, void __user *argp)
+{
+	struct xxcap_queue_buffer __user *uarg = argp;
+	struct xxcap_card *card = client->card;
+	struct xxcap_queue_buffer arg;
+	struct xxcap_vq_request *vreq;
+	struct xxcap_req *req;
+	u64 end;
+	int ret;
+
+	if (copy_from_user(&arg, argp, sizeof(arg)))
+		return -EFAULT;
+	if (arg.flags || arg.reserved || !arg.length ||
+	    arg.length > XXCAP_MAX_BUFFER_SIZE)
+		return -EINVAL;
+	if (!xxcap_can_stream(card))
+		return -EOPNOTSUPP;
+	/* The buffer must not wrap around the address space. */
+	if (check_add_overflow(arg.addr, arg.length, &end))
+		return -EFAULT;
+
+	ret = xxcap_reserve(card, &client->n_buffers,
+			    XXCAP_MAX_QUEUED_BUFFERS);
+	if (ret)
+		return ret;
+	req = xxcap_req_alloc(card, XXCAP_KIND_BUFFER, sizeof(*vreq),
+			      sizeof(struct xxcap_stream_result));
+	if (!req) {
+		ret = -ENOMEM;
+		goto out_unreserve;
+	}
+	req->refcon = arg.refcon;
+	ret = xxcap_buffer_prepare(card, req, arg.addr, arg.length);
+	if (ret)
+		goto out_free;
+	vreq = req->in;
+	vreq->req_type = cpu_to_le32(XXCAP_REQ_STREAM_BUFFER);
+	vreq->sg_count = cpu_to_le32(req->n_sgt);
+	ret = xxcap_req_map(req);
+	if (ret)
+		goto out_free;
+	if (put_user(req->id, &uarg->request_id)) {
+		ret = -EFAULT;
+		goto out_free;
+	}
+
+	req->client = client;
+	ret = xxcap_queue_stream(card, req);
+	if (!ret)
+		return 0;	/* the card owns req; its record frees the slot */
+
+out_free:
+	xxcap_req_free(req);
+out_unreserve:
+	xxcap_unreserve(card, &client->n_buffers);
+	return ret;
+}
+
+/* Every capture buffer @client queued up to @target was retired (or gone). */
+static bool xxcap_flushed(struct xxcap_client *client, u64 target)
+{
+	return READ_ONCE(client->bufs_done) >= target ||
+	       READ_ONCE(client->card->gone);
+}
+
+/*
+ * Has the card return every capture buffer it holds (as CANCELLED), then
+ * waits until those of @client are retired. @intr: signals end the waits
+ * (the ioctl), or not (release of a dying process).
+ */
+int xxcap_flush(struct xxcap_client *client, bool intr)
+{
+	struct xxcap_card *card = client->card;
+	struct xxcap_vq_request *vreq;
+	struct xxcap_req *req;
+	unsigned long deadline;
+	u64 target;
+	long left;
+	int ret;
+
+	if (!xxcap_can_stream(card))
+		return -EOPNOTSUPP;
+
+	spin_lock_irq(&card->lock);
+	target = client->bufs_queued;
+	spin_unlock_irq(&card->lock);
+
+	req = xxcap_req_alloc(card, XXCAP_KIND_SYNC, sizeof(*vreq),
+			      sizeof(struct xxcap_vq_status));
+	if (!req)
+		return -ENOMEM;
+	vreq = req->in;
+	vreq->req_type = cpu_to_le32(XXCAP_REQ_FLUSH_BUFFERS);
+	ret = xxcap_req_map(req);
+	if (ret)
+		goto out_free;
+
+	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
+	ret = xxcap_submit(card, req, 0, deadline,
+			   intr ? 0 : XXCAP_SUBMIT_UNINTR);
+	if (ret)
+		goto out_free;
+	ret = xxcap_wait(card, req, deadline, intr);
+	if (ret)
+		return ret;	/* orphaned: freed when the card gives it back */
+	ret = xxcap_short_status(card, req, "FLUSH_BUFFERS");
+	if (ret) {
+		if (ret == -EIO)
+			dev_err_ratelimited(&card->dev,
+					    "FLUSH_BUFFERS refused\n");
+		goto out_free;
+	}
+	xxcap_req_free(req);
+
+	/*
+	 * The card returned the buffers before it answered: they are on
+	 * their way through the reap work.
+	 */
+	left = max_t(long, (long)(deadline - jiffies), 1);
+	if (intr)
+		left = wait_event_interruptible_timeout(client->wq,
+							xxcap_flushed(client, target),
+							left);
+	else
+		left = wait_event_timeout(client->wq,
+					  xxcap_flushed(client, target), left);
+	if (left < 0)
+		return -EINTR;
+	if (READ_ONCE(client->bufs_done) >= target)
+		return 0;
+	return left ? -ENODEV : -ETIMEDOUT;
+
+out_free:
+	xxcap_req_free(req);
+	return ret;
+}
