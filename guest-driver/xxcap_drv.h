@@ -65,14 +65,8 @@
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
-/*
- * The register table in it is used by xxcap_validate.c only; the other
- * files need the request framing.
- */
-__diag_push();
-__diag_ignore_all("-Wunused-const-variable", "register table of xxcap_validate.c");
+/* Device ABI (generated): request framing, and the register table */
 #include "xxcapture_dev.h"
-__diag_pop();
 
 #ifdef __BIG_ENDIAN
 #error "xxcapture passes task files and event records through unchanged: little-endian only"

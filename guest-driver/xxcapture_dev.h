@@ -110,11 +110,11 @@ struct xxcap_reg_desc {
 	unsigned int n_one_of;
 };
 
-static const u32 xxcap_frame_format_values[] = { 1, 2, 3 };
-static const u32 xxcap_frame_source_values[] = { 0, 1 };
+static const u32 xxcap_frame_format_values[] __maybe_unused = { 1, 2, 3 };
+static const u32 xxcap_frame_source_values[] __maybe_unused = { 0, 1 };
 
-/* Sorted by offset */
-static const struct xxcap_reg_desc xxcap_regs[] = {
+/* Sorted by offset; used by the validation code only */
+static const struct xxcap_reg_desc xxcap_regs[] __maybe_unused = {
 	{ "ID", XXCAP_REG_ID, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "VERSION", XXCAP_REG_VERSION, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },
 	{ "CAPS", XXCAP_REG_CAPS, 32, XXCAP_ACCESS_RO, 0x0ULL, XXCAP_RULE_ANY, 0, 0, NULL, 0 },

@@ -331,13 +331,13 @@ pub fn device_header() -> String {
             let list: Vec<String> = values.iter().map(|v| v.to_string()).collect();
             let _ = writeln!(
                 out,
-                "static const u32 xxcap_{}_values[] = {{ {} }};",
+                "static const u32 xxcap_{}_values[] __maybe_unused = {{ {} }};",
                 reg.name.to_ascii_lowercase(),
                 list.join(", ")
             );
         }
     }
-    out.push_str("\n/* Sorted by offset */\nstatic const struct xxcap_reg_desc xxcap_regs[] = {\n");
+    out.push_str("\n/* Sorted by offset; used by the validation code only */\nstatic const struct xxcap_reg_desc xxcap_regs[] __maybe_unused = {\n");
     for reg in REGISTERS {
         let width = match reg.width {
             Width::W32 => 32,
