@@ -3,15 +3,15 @@
 //! so that their behaviour can be tested without QEMU.
 //!
 //! - [`request`]: one command-queue descriptor chain in, one executed task
-//!   file, ATTACH / FLUSH_BUFFERS answer or error status out; stream-queue
-//!   chains parsed into held buffers.
+//!   file, ATTACH / FLUSH_BUFFERS answer or error status out.
 //! - [`card_ram`]: the memfd holding card RAM and the status block, DMA
 //!   copies between it and guest memory, the status block's seqlock writer.
 //! - [`capture`]: the capture thread that renders frames into the ring or
 //!   into queued stream buffers.
 //! - [`events`]: the interrupt controller's records, delivered into the
 //!   event queue's buffers (coalescing timer included).
-//! - [`stream`]: the capture buffers held from the stream queue.
+//! - [`stream`]: stream-queue chains parsed into capture buffers, and the
+//!   buffers held until a frame fills them.
 //! - [`queue`]: what those two need from a virtqueue, and guest memory.
 //! - [`vhu_xxcap`]: the `VhostUserBackend` implementation, the only module
 //!   that knows the vhost-user protocol.

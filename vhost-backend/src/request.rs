@@ -28,11 +28,8 @@
 //!   goes at the start of the writable area, used length [`STATUS_SIZE`];
 //! * every status carries the device clock at completion.
 //!
-//! Stream-queue chains ([`process_stream_chain`]) are capture buffers: a
-//! good one is held ([`HeldBuffer`]) until the capture engine fills it; a
-//! malformed one is answered at once with a [`StreamResult`] whose `status`
-//! says why (at the START of the writable part, which holds exactly that
-//! result), or used length 0 when fewer than 32 writable bytes exist.
+//! Stream-queue chains share the chain rules and are parsed with the stream
+//! code ([`crate::stream::process_stream_chain`]).
 
 use std::io::{Read, Write};
 use std::mem::size_of;
@@ -41,15 +38,12 @@ use std::ops::Deref;
 use thiserror::Error;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend};
 use xxcapture_abi::{
-    req_type, vq_status, SgEntry, StreamResult, VqRequest, VqStatus, MAX_SG_ENTRIES,
-    MAX_TASK_FILE_SIZE, TF_HEADER_SIZE,
+    req_type, vq_status, SgEntry, VqRequest, VqStatus, MAX_SG_ENTRIES, MAX_TASK_FILE_SIZE,
+    TF_HEADER_SIZE,
 };
 use xxcapture_model::Outcome;
 use zerocopy::{FromBytes, IntoBytes};
-
-use crate::stream::{HeldBuffer, RESULT_SIZE};
 
 /// Size of the request header at the start of the readable part.
 pub const REQUEST_HEADER_SIZE: usize = size_of::<VqRequest>();
@@ -158,7 +152,8 @@ pub struct Completion {
 }
 
 impl Completion {
-    fn dropped(error: ChainError) -> Self {
+    /// Nothing written: used length 0.
+    pub(crate) fn dropped(error: ChainError) -> Self {
         Completion {
             used_len: 0,
             disposition: Disposition::Dropped(error),
@@ -168,16 +163,19 @@ impl Completion {
 
 /// Byte totals of a chain, found by walking its descriptors once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Layout {
-    readable: u64,
-    writable: u64,
-    misordered: bool,
+pub(crate) struct Layout {
+    /// Device-readable bytes.
+    pub(crate) readable: u64,
+    /// Device-writable bytes.
+    pub(crate) writable: u64,
+    /// A readable descriptor follows a writable one.
+    pub(crate) misordered: bool,
 }
 
 impl Layout {
     /// Walks the chain. The walk is bounded by the queue (or indirect table)
     /// size and virtio-queue ends it at 4 GiB, so the sums cannot overflow.
-    fn scan<M>(chain: DescriptorChain<M>) -> Self
+    pub(crate) fn scan<M>(chain: DescriptorChain<M>) -> Self
     where
         M: Deref<Target = GuestMemoryMmap>,
     {
@@ -405,128 +403,6 @@ fn reject(mut writer: Writer<'_>, error: ChainError, device_time_ns: u64) -> Com
         },
         Err(()) => Completion::dropped(error),
     }
-}
-
-/// What became of one stream-queue chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StreamChain {
-    /// A good capture buffer, to be held until a frame fills it.
-    Hold(HeldBuffer),
-    /// Refused: complete it at once with this.
-    Done(Completion),
-}
-
-/// Parses one stream-queue chain (a STREAM_BUFFER request) against the
-/// guest memory `mem`: a held buffer, or the answer to a malformed one.
-pub fn process_stream_chain<M>(chain: &DescriptorChain<M>, device_time_ns: u64) -> StreamChain
-where
-    M: Deref<Target = GuestMemoryMmap> + Clone,
-{
-    let layout = Layout::scan(chain.clone());
-    if layout.writable < RESULT_SIZE as u64 {
-        return StreamChain::Done(Completion::dropped(ChainError::NoStatusRoom(
-            layout.writable,
-        )));
-    }
-    let mem = chain.memory();
-    let Ok(mut writer) = Writer::new(mem, chain.clone()) else {
-        return StreamChain::Done(Completion::dropped(ChainError::WritableOutOfBounds));
-    };
-    match read_stream_request(mem, chain, &layout) {
-        Ok((tag, sg)) => {
-            let result = chain
-                .clone()
-                .filter(|d| d.is_write_only())
-                .map(|d| (d.addr().0, d.len()))
-                .collect();
-            let capacity = sg.iter().map(|e| u64::from(e.len.get())).sum();
-            StreamChain::Hold(HeldBuffer {
-                head: chain.head_index(),
-                tag,
-                sg,
-                capacity,
-                result,
-            })
-        }
-        Err(error) => {
-            let answer = StreamResult {
-                status: error.status().into(),
-                device_time_ns: device_time_ns.into(),
-                ..StreamResult::default()
-            };
-            let completion = match writer.write_all(answer.as_bytes()) {
-                Ok(()) => Completion {
-                    used_len: RESULT_SIZE as u32,
-                    disposition: Disposition::Rejected(error),
-                },
-                Err(_) => Completion::dropped(ChainError::WriteFailed),
-            };
-            StreamChain::Done(completion)
-        }
-    }
-}
-
-/// Reads and checks a stream request's readable part: the header, then
-/// exactly `sg_count` entries, each non-empty, reserved 0, inside guest
-/// memory. Returns the tag and the entries.
-fn read_stream_request<M>(
-    mem: &GuestMemoryMmap,
-    chain: &DescriptorChain<M>,
-    layout: &Layout,
-) -> Result<(u64, Vec<SgEntry>), ChainError>
-where
-    M: Deref<Target = GuestMemoryMmap> + Clone,
-{
-    if layout.misordered {
-        return Err(ChainError::Misordered);
-    }
-    let most = (REQUEST_HEADER_SIZE + MAX_SG_ENTRIES as usize * SG_ENTRY_SIZE) as u64;
-    if layout.readable > most {
-        return Err(ChainError::TooLong(layout.readable));
-    }
-    if layout.readable < MIN_READABLE as u64 {
-        return Err(ChainError::TooShort(layout.readable));
-    }
-    let mut reader =
-        Reader::new(mem, chain.clone()).map_err(|_| ChainError::ReadableOutOfBounds)?;
-    // Bounded by `most` above.
-    let mut buf = vec![0u8; reader.available_bytes()];
-    reader
-        .read_exact(&mut buf)
-        .map_err(|_| ChainError::ReadFailed)?;
-    let (header, rest) = VqRequest::read_from_prefix(&buf).map_err(|_| ChainError::ReadFailed)?;
-    let (req, flags) = (header.req_type.get(), header.flags.get());
-    if req != req_type::STREAM_BUFFER || flags != 0 {
-        return Err(ChainError::Unsupported {
-            req_type: req,
-            flags,
-        });
-    }
-    if header.reserved.get() != 0 {
-        return Err(ChainError::Reserved(header.reserved.get()));
-    }
-    let sg_count = header.sg_count.get();
-    if sg_count == 0 || sg_count > MAX_SG_ENTRIES {
-        return Err(ChainError::BadEntryCount(sg_count));
-    }
-    // sg_count <= 2^16: the product is small.
-    if rest.len() != sg_count as usize * SG_ENTRY_SIZE {
-        return Err(ChainError::BadStreamLength {
-            readable: layout.readable,
-            sg_count,
-        });
-    }
-    let entries = <[SgEntry]>::ref_from_bytes(rest).map_err(|_| ChainError::ReadFailed)?;
-    for (index, e) in entries.iter().enumerate() {
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        if e.len.get() == 0 || e.reserved.get() != 0 {
-            return Err(ChainError::BadEntry(index));
-        }
-        if !mem.check_range(GuestAddress(e.addr.get()), e.len.get() as usize) {
-            return Err(ChainError::EntryOutOfBounds(index));
-        }
-    }
-    Ok((header.tag.get(), entries.to_vec()))
 }
 
 #[cfg(test)]

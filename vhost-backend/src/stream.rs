@@ -2,7 +2,14 @@
 //! queue (queue 2, SPEC §11), held in FIFO order until a frame fills them or
 //! they are cancelled.
 //!
-//! The vring worker parses and holds buffers ([`StreamBuffers::hold`]); the
+//! The vring worker parses each stream-queue chain ([`process_stream_chain`]:
+//! the same chain rules as the command queue's, see [`crate::request`]): a
+//! good one is held ([`HeldBuffer`]) until the capture engine fills it; a
+//! malformed one is answered at once with a [`StreamResult`] whose `status`
+//! says why (at the START of the writable part, which holds exactly that
+//! result), or used length 0 when fewer than 32 writable bytes exist.
+//!
+//! The vring worker holds the good buffers ([`StreamBuffers::hold`]); the
 //! capture thread takes the oldest ([`StreamBuffers::take`]), writes its
 //! frame into the buffer's scatter-gather entries ([`write_frame`]) and
 //! completes it ([`StreamBuffers::complete`]). Capture stop, FLUSH_BUFFERS
@@ -16,15 +23,23 @@
 //! lock.
 
 use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::ops::Deref;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use xxcapture_abi::{vq_status, SgEntry, StreamResult, TfError};
-use zerocopy::IntoBytes;
+use xxcapture_abi::{
+    req_type, vq_status, SgEntry, StreamResult, TfError, VqRequest, MAX_SG_ENTRIES,
+};
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::queue::DeviceQueue;
+use crate::request::{
+    ChainError, Completion, Disposition, Layout, MIN_READABLE, REQUEST_HEADER_SIZE, SG_ENTRY_SIZE,
+};
 
 /// Bytes of the result the device writes into a stream request.
 pub const RESULT_SIZE: usize = size_of::<StreamResult>();
@@ -326,6 +341,128 @@ impl StreamBuffers {
         }
         true
     }
+}
+
+/// What became of one stream-queue chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamChain {
+    /// A good capture buffer, to be held until a frame fills it.
+    Hold(HeldBuffer),
+    /// Refused: complete it at once with this.
+    Done(Completion),
+}
+
+/// Parses one stream-queue chain (a STREAM_BUFFER request) against the
+/// guest memory `mem`: a held buffer, or the answer to a malformed one.
+pub fn process_stream_chain<M>(chain: &DescriptorChain<M>, device_time_ns: u64) -> StreamChain
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let layout = Layout::scan(chain.clone());
+    if layout.writable < RESULT_SIZE as u64 {
+        return StreamChain::Done(Completion::dropped(ChainError::NoStatusRoom(
+            layout.writable,
+        )));
+    }
+    let mem = chain.memory();
+    let Ok(mut writer) = Writer::new(mem, chain.clone()) else {
+        return StreamChain::Done(Completion::dropped(ChainError::WritableOutOfBounds));
+    };
+    match read_stream_request(mem, chain, &layout) {
+        Ok((tag, sg)) => {
+            let result = chain
+                .clone()
+                .filter(|d| d.is_write_only())
+                .map(|d| (d.addr().0, d.len()))
+                .collect();
+            let capacity = sg.iter().map(|e| u64::from(e.len.get())).sum();
+            StreamChain::Hold(HeldBuffer {
+                head: chain.head_index(),
+                tag,
+                sg,
+                capacity,
+                result,
+            })
+        }
+        Err(error) => {
+            let answer = StreamResult {
+                status: error.status().into(),
+                device_time_ns: device_time_ns.into(),
+                ..StreamResult::default()
+            };
+            let completion = match writer.write_all(answer.as_bytes()) {
+                Ok(()) => Completion {
+                    used_len: RESULT_SIZE as u32,
+                    disposition: Disposition::Rejected(error),
+                },
+                Err(_) => Completion::dropped(ChainError::WriteFailed),
+            };
+            StreamChain::Done(completion)
+        }
+    }
+}
+
+/// Reads and checks a stream request's readable part: the header, then
+/// exactly `sg_count` entries, each non-empty, reserved 0, inside guest
+/// memory. Returns the tag and the entries.
+fn read_stream_request<M>(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<M>,
+    layout: &Layout,
+) -> Result<(u64, Vec<SgEntry>), ChainError>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    if layout.misordered {
+        return Err(ChainError::Misordered);
+    }
+    let most = (REQUEST_HEADER_SIZE + MAX_SG_ENTRIES as usize * SG_ENTRY_SIZE) as u64;
+    if layout.readable > most {
+        return Err(ChainError::TooLong(layout.readable));
+    }
+    if layout.readable < MIN_READABLE as u64 {
+        return Err(ChainError::TooShort(layout.readable));
+    }
+    let mut reader =
+        Reader::new(mem, chain.clone()).map_err(|_| ChainError::ReadableOutOfBounds)?;
+    // Bounded by `most` above.
+    let mut buf = vec![0u8; reader.available_bytes()];
+    reader
+        .read_exact(&mut buf)
+        .map_err(|_| ChainError::ReadFailed)?;
+    let (header, rest) = VqRequest::read_from_prefix(&buf).map_err(|_| ChainError::ReadFailed)?;
+    let (req, flags) = (header.req_type.get(), header.flags.get());
+    if req != req_type::STREAM_BUFFER || flags != 0 {
+        return Err(ChainError::Unsupported {
+            req_type: req,
+            flags,
+        });
+    }
+    if header.reserved.get() != 0 {
+        return Err(ChainError::Reserved(header.reserved.get()));
+    }
+    let sg_count = header.sg_count.get();
+    if sg_count == 0 || sg_count > MAX_SG_ENTRIES {
+        return Err(ChainError::BadEntryCount(sg_count));
+    }
+    // sg_count <= 2^16: the product is small.
+    if rest.len() != sg_count as usize * SG_ENTRY_SIZE {
+        return Err(ChainError::BadStreamLength {
+            readable: layout.readable,
+            sg_count,
+        });
+    }
+    let entries = <[SgEntry]>::ref_from_bytes(rest).map_err(|_| ChainError::ReadFailed)?;
+    for (index, e) in entries.iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        if e.len.get() == 0 || e.reserved.get() != 0 {
+            return Err(ChainError::BadEntry(index));
+        }
+        if !mem.check_range(GuestAddress(e.addr.get()), e.len.get() as usize) {
+            return Err(ChainError::EntryOutOfBounds(index));
+        }
+    }
+    Ok((header.tag.get(), entries.to_vec()))
 }
 
 #[cfg(test)]

@@ -51,8 +51,8 @@ use crate::capture::{CaptureIo, CaptureThread, DeviceClock, SharedFile};
 use crate::card_ram::{CardRam, GuestDma};
 use crate::events::Events;
 use crate::queue::{DeviceQueue, MemorySlot};
-use crate::request::{process_chain, process_stream_chain, Device, Disposition, StreamChain};
-use crate::stream::StreamBuffers;
+use crate::request::{process_chain, Device, Disposition};
+use crate::stream::{process_stream_chain, StreamBuffers, StreamChain};
 
 /// Guest memory as the vhost-user library hands it to us.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;

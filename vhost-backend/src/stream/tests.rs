@@ -158,3 +158,193 @@ fn waiting_for_a_buffer_wakes_on_hold_and_on_stop() {
     s.wake();
     assert!(!waiter.join().expect("waiter"));
 }
+
+/// Stream-queue chains as the vring worker parses them.
+mod chains {
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use xxcapture_abi::{req_type, SgEntry, StreamResult, VqRequest, MAX_SG_ENTRIES};
+    use zerocopy::{FromBytes, IntoBytes};
+
+    use crate::request::{ChainError, Completion, Disposition};
+    use crate::stream::{process_stream_chain, StreamChain};
+
+    const MEM_SIZE: u64 = 8 << 20;
+    const QUEUE_SIZE: u16 = 256;
+    /// Data buffers live above the queue structures.
+    const DATA: u64 = 0x10_0000;
+    const BUF: u64 = 0x40_0000;
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).expect("memory")
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    /// Writes `bytes` at `addr`.
+    fn put(mem: &GuestMemoryMmap, addr: u64, bytes: &[u8]) {
+        mem.write_slice(bytes, GuestAddress(addr)).expect("write");
+    }
+
+    fn get(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        mem.read_slice(&mut out, GuestAddress(addr)).expect("read");
+        out
+    }
+
+    fn sg(addr: u64, len: u32) -> SgEntry {
+        SgEntry::new(addr, len)
+    }
+
+    fn header(req: u32, sg_count: u32) -> VqRequest {
+        VqRequest {
+            req_type: req.into(),
+            sg_count: sg_count.into(),
+            tag: 77.into(),
+            ..VqRequest::default()
+        }
+    }
+
+    fn stream_req(req: u32, flags: u32, sg_count: u32, entries: &[SgEntry]) -> Vec<u8> {
+        let mut h = header(req, sg_count);
+        h.flags = flags.into();
+        let mut buf = h.as_bytes().to_vec();
+        for e in entries {
+            buf.extend_from_slice(e.as_bytes());
+        }
+        buf
+    }
+
+    fn run_stream(mem: &GuestMemoryMmap, descs: &[RawDescriptor]) -> StreamChain {
+        let vq = MockSplitQueue::new(mem, QUEUE_SIZE);
+        let chain = vq.build_desc_chain(descs).expect("chain");
+        process_stream_chain(&chain, 999)
+    }
+
+    #[test]
+    fn good_stream_buffers_are_held_with_their_entries_and_result_area() {
+        let mem = memory();
+        let entries = [sg(BUF, 0x1000), sg(BUF + 0x3000, 0x800)];
+        let req = stream_req(req_type::STREAM_BUFFER, 0, 2, &entries);
+        put(&mem, DATA, &req);
+        let out = 0x30_0000;
+        // Readable split in two, result split in two.
+        let descs = [
+            desc(DATA, 10, 0),
+            desc(DATA + 10, req.len() as u32 - 10, 0),
+            desc(out, 20, W),
+            desc(out + 0x100, 12, W),
+        ];
+        let StreamChain::Hold(held) = run_stream(&mem, &descs) else {
+            panic!("not held");
+        };
+        assert_eq!(held.sg, entries.to_vec());
+        assert_eq!((held.tag, held.capacity), (77, 0x1800));
+        assert_eq!(held.result, vec![(out, 20), (out + 0x100, 12)]);
+    }
+
+    #[test]
+    fn malformed_stream_buffers_are_answered_at_once() {
+        let mem = memory();
+        let good = [sg(BUF, 0x1000)];
+        let mut zero = good;
+        zero[0].len = 0.into();
+        let mut reserved = good;
+        reserved[0].reserved = 1.into();
+        let mut hdr_reserved = stream_req(req_type::STREAM_BUFFER, 0, 1, &good);
+        hdr_reserved[20] = 1;
+        let cases: Vec<(Vec<u8>, ChainError)> = vec![
+            (
+                stream_req(req_type::EXEC_TASK_FILE, 0, 1, &good),
+                ChainError::Unsupported {
+                    req_type: 1,
+                    flags: 0,
+                },
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 2, 1, &good),
+                ChainError::Unsupported {
+                    req_type: 3,
+                    flags: 2,
+                },
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, 0, &[]),
+                ChainError::BadEntryCount(0),
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, MAX_SG_ENTRIES + 1, &good),
+                ChainError::BadEntryCount(MAX_SG_ENTRIES + 1),
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, 2, &good),
+                ChainError::BadStreamLength {
+                    readable: 40,
+                    sg_count: 2,
+                },
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, 1, &zero),
+                ChainError::BadEntry(0),
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, 1, &reserved),
+                ChainError::BadEntry(0),
+            ),
+            (
+                stream_req(
+                    req_type::STREAM_BUFFER,
+                    0,
+                    1,
+                    &[sg(MEM_SIZE - 0x800, 0x1000)],
+                ),
+                ChainError::EntryOutOfBounds(0),
+            ),
+            (
+                stream_req(req_type::STREAM_BUFFER, 0, 1, &[sg(u64::MAX - 0x10, 0x100)]),
+                ChainError::EntryOutOfBounds(0),
+            ),
+            (hdr_reserved, ChainError::Reserved(1)),
+            (vec![0u8; 16], ChainError::TooShort(16)),
+        ];
+        let out = 0x30_0000;
+        for (req, expected) in cases {
+            put(&mem, DATA, &req);
+            put(&mem, out, &[0xee; 64]);
+            let descs = [desc(DATA, req.len() as u32, 0), desc(out, 32, W)];
+            let StreamChain::Done(c) = run_stream(&mem, &descs) else {
+                panic!("held: {expected:?}");
+            };
+            assert_eq!(c.used_len, 32);
+            assert_eq!(c.disposition, Disposition::Rejected(expected));
+            let r = StreamResult::read_from_bytes(&get(&mem, out, 32)).expect("result");
+            assert_eq!(r.status.get(), expected.status(), "{expected:?}");
+            assert_eq!(r.device_time_ns.get(), 999);
+            assert_eq!(get(&mem, out + 32, 32), vec![0xee; 32], "past the result");
+        }
+        // Too little room for a result: nothing written, used length 0.
+        let req = stream_req(req_type::STREAM_BUFFER, 0, 1, &good);
+        put(&mem, DATA, &req);
+        put(&mem, out, &[0xee; 64]);
+        let descs = [desc(DATA, req.len() as u32, 0), desc(out, 31, W)];
+        let StreamChain::Done(c) = run_stream(&mem, &descs) else {
+            panic!("held");
+        };
+        assert_eq!(c, Completion::dropped(ChainError::NoStatusRoom(31)));
+        assert_eq!(get(&mem, out, 64), vec![0xee; 64]);
+        // Readable after writable.
+        let descs = [desc(out, 32, W), desc(DATA, req.len() as u32, 0)];
+        assert!(matches!(
+            run_stream(&mem, &descs),
+            StreamChain::Done(Completion {
+                disposition: Disposition::Rejected(ChainError::Misordered),
+                ..
+            })
+        ));
+    }
+}
