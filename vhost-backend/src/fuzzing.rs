@@ -53,11 +53,12 @@ use xxcapture_model::{Card, CardConfig, Outcome, MIN_CARD_RAM};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::card_ram::{CardRam, GuestDma};
+use crate::device::ShmemMapper;
 use crate::request::{
     process_chain, Completion, Device, Disposition, MAX_READABLE, REQUEST_HEADER_SIZE,
     SG_ENTRY_SIZE, STATUS_SIZE,
 };
-use crate::vhu_xxcap::{ShmemMapper, XxcapBackend};
+use crate::vhu_xxcap::XxcapBackend;
 
 /// Guest memory: region A holds the queues (from 0) and most buffers,
 /// region B lies past a hole.
@@ -916,7 +917,7 @@ fn backend_inner(u: &mut Unstructured<'_>) -> Result<()> {
     assert_eq!(identity.len(), CONFIG_SIZE);
     let mapper = Arc::new(FakeMapper::default());
     if u.arbitrary()? {
-        b.set_mapper(mapper.clone());
+        b.device().set_mapper(mapper.clone());
     }
     if b.update_memory(atomic.clone()).is_err() {
         panic!("update_memory failed");
@@ -939,7 +940,7 @@ fn backend_inner(u: &mut Unstructured<'_>) -> Result<()> {
             )
         })
         .collect();
-    let counters = b.counters();
+    let counters = b.device().counters();
     let mut guest = GuestQueue {
         next_desc: 0,
         avail_idx: 0,
@@ -1018,7 +1019,7 @@ fn backend_inner(u: &mut Unstructured<'_>) -> Result<()> {
     let bad = counters.bad_requests.load(Ordering::Relaxed);
     let all = counters.requests.load(Ordering::Relaxed);
     assert!(bad <= all);
-    b.shutdown();
+    b.device().shutdown();
     Ok(())
 }
 

@@ -1,4 +1,12 @@
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use vhost_user_backend::VringT;
+use vm_memory::GuestMemoryMmap;
+
 use super::*;
+use crate::card_ram::CardRam;
+use crate::device::ShmemMapper;
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -49,7 +57,10 @@ fn config_writes_are_counted_and_ignored() {
     b.set_config(0, &[0xff; 96]).expect("accepted");
     b.set_config(200, &[]).expect("accepted");
     assert_eq!(b.get_config(0, 96), before);
-    assert_eq!(b.counters.config_writes.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        b.device().counters().config_writes.load(Ordering::Relaxed),
+        2
+    );
 }
 
 /// A vring set up as QEMU would, over a mock queue at `base`.
@@ -180,24 +191,23 @@ fn kick_executes_requests_and_stop_resets_the_card() {
 
         // Stopping the command queue resets the card.
         b.stop_vring(1).expect("stop");
-        assert_eq!(b.card().request_count(), 2);
+        assert_eq!(b.device().card().request_count(), 2);
         b.stop_vring(0).expect("stop");
-        assert_eq!(b.card().request_count(), 0);
-        assert!(b.rebase_on_start.load(Ordering::Relaxed));
+        assert_eq!(b.device().card().request_count(), 0);
+        assert!(b.device().rebase_pending());
         let out2 = post_more(&mem, &cmd_q, 2);
         b.handle_event(0, EventSet::IN, &vrings, 0)
             .expect("handled");
-        assert!(!b.rebase_on_start.load(Ordering::Relaxed));
+        assert!(!b.device().rebase_pending());
         assert_eq!(result(&mem, out2), (1, 0));
-        assert_eq!(b.counters.requests.load(Ordering::Relaxed), 3);
-        assert_eq!(b.counters.resets.load(Ordering::Relaxed), 1);
+        assert_eq!(b.device().counters().requests.load(Ordering::Relaxed), 3);
+        assert_eq!(b.device().counters().resets.load(Ordering::Relaxed), 1);
     }
 }
 
 // ---- ATTACH, DMA and capture through the queue ----------------------
 
 use std::sync::atomic::AtomicU32;
-use std::time::Duration;
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT;
 use xxcapture_abi::frame::{verify, PixelFormat};
 use xxcapture_abi::{control, slot_state, status, vq_status, TaskFile, TaskFileResult, TfError};
@@ -354,7 +364,7 @@ fn attach_maps_once_per_reset_and_reports_failures() {
     // No backend channel yet: DEVICE_ERROR.
     assert_eq!(g.attach(&vq, &b), vq_status::DEVICE_ERROR);
     let mapper = Arc::new(FakeMapper::default());
-    b.set_mapper(mapper.clone());
+    b.device().set_mapper(mapper.clone());
     assert_eq!(g.attach(&vq, &b), vq_status::OK);
     assert_eq!(g.attach(&vq, &b), vq_status::OK);
     assert_eq!(mapper.maps.load(Ordering::Relaxed), 1, "mapped once");
@@ -367,8 +377,14 @@ fn attach_maps_once_per_reset_and_reports_failures() {
     mapper.refuse.store(true, Ordering::Relaxed);
     assert_eq!(g.attach(&vq, &b), vq_status::DEVICE_ERROR);
     assert_eq!(mapper.unmaps.load(Ordering::Relaxed), 1);
-    assert_eq!(b.counters.attaches.load(Ordering::Relaxed), 3);
-    assert_eq!(b.counters.attach_failures.load(Ordering::Relaxed), 2);
+    assert_eq!(b.device().counters().attaches.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        b.device()
+            .counters()
+            .attach_failures
+            .load(Ordering::Relaxed),
+        2
+    );
     // A card without CARD_RAM_SHM offers no shared memory.
     let plain = backend();
     assert!(plain.get_shmem_config().is_err());
@@ -386,7 +402,11 @@ fn stop_capture(tf: &mut TaskFile) {
 fn wait_frames(b: &XxcapBackend, frames: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let sb = b.ram.read_status().expect("consistent status");
+        let sb = b
+            .device()
+            .card_ram()
+            .read_status()
+            .expect("consistent status");
         if sb.frame_counter.get() >= frames {
             return;
         }
@@ -417,7 +437,11 @@ fn capture_fills_the_ring_with_verifiable_frames() {
     // until frames are released.
     wait_frames(&b, ring_slots);
     std::thread::sleep(Duration::from_millis(100));
-    let sb = b.ram.read_status().expect("consistent status");
+    let sb = b
+        .device()
+        .card_ram()
+        .read_status()
+        .expect("consistent status");
     assert_eq!(
         sb.frame_counter.get(),
         ring_slots,
@@ -440,7 +464,7 @@ fn capture_fills_the_ring_with_verifiable_frames() {
     let mut tf = TaskFile::new();
     stop_capture(&mut tf);
     assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
-    let sb = b.ram.read_status().expect("status");
+    let sb = b.device().card_ram().read_status().expect("status");
     assert_eq!(sb.status.get(), status::READY);
     assert_eq!(u64::from(sb.ring_slots.get()), ring_slots);
     assert_eq!(sb.slot_size.get(), 113 * 4096);
@@ -469,7 +493,8 @@ fn capture_fills_the_ring_with_verifiable_frames() {
             "slot {index} holds stale frame {n} of {frames}"
         );
         let bytes = b
-            .ram
+            .device()
+            .card_ram()
             .read(u64::from(sb.slot_size.get()) * index as u64, 460_800)
             .expect("slot");
         let stamp = verify(&bytes, PixelFormat::Nv12, 640, 480).expect("verified frame");
@@ -499,7 +524,7 @@ fn paced_capture_keeps_to_the_frame_rate() {
     stop_capture(&mut tf);
     g.exec(&vq, &b, &tf);
     let elapsed = started.elapsed().as_secs_f64();
-    let sb = b.ram.read_status().expect("status");
+    let sb = b.device().card_ram().read_status().expect("status");
     let (frames, dropped) = (sb.frame_counter.get(), sb.dropped.get());
     // Never ahead of the schedule (frame 0 is due at once).
     assert!(
@@ -560,7 +585,7 @@ fn quiesce_completes_the_request_in_flight_and_takes_no_more() {
     let strq = MockSplitQueue::create(&mem, GuestAddress(0xc000), 16);
     let b = capture_backend();
     let mapper = Arc::new(BlockingMapper::default());
-    b.set_mapper(mapper.clone());
+    b.device().set_mapper(mapper.clone());
     let guest = Guest::new(&vq, &evt, &strq, &mem, &b);
 
     // Two requests on the queue, one kick: ATTACH (which will block in
@@ -614,7 +639,7 @@ fn quiesce_completes_the_request_in_flight_and_takes_no_more() {
             std::thread::sleep(Duration::from_millis(1));
         }
         let quiescer = s.spawn(|| {
-            b.quiesce();
+            b.device().quiesce();
             quiesced.store(true, Ordering::Release);
         });
         // quiesce waits for the request in flight.
@@ -637,7 +662,7 @@ fn quiesce_completes_the_request_in_flight_and_takes_no_more() {
         .expect("handled");
     assert_eq!(guest.vrings[0].queue_next_avail(), 1);
     assert_eq!(used_idx(&mem, &vq), 1);
-    assert_eq!(b.counters.requests.load(Ordering::Relaxed), 1);
+    assert_eq!(b.device().counters().requests.load(Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -659,13 +684,13 @@ fn reset_and_shutdown_stop_capture_without_hanging() {
         let t = Instant::now();
         b.stop_vring(0).expect("stop");
         assert!(t.elapsed() < Duration::from_secs(5));
-        assert!(b.capture_slot().is_none());
-        let sb = b.ram.read_status().expect("status");
+        assert!(b.device().capture_slot().is_none());
+        let sb = b.device().card_ram().read_status().expect("status");
         assert_eq!(
             (sb.status.get(), sb.frame_counter.get()),
             (status::READY, 0)
         );
-        assert!(b.card().capture_session().is_none());
+        assert!(b.device().card().capture_session().is_none());
     }
     // Daemon shutdown while capturing.
     let mut tf = TaskFile::new();
@@ -673,11 +698,16 @@ fn reset_and_shutdown_stop_capture_without_hanging() {
     assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
     wait_frames(&b, 1);
     let t = Instant::now();
-    b.shutdown();
+    b.device().shutdown();
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert!(b.capture_slot().is_none());
+    assert!(b.device().capture_slot().is_none());
     assert_eq!(
-        b.ram.read_status().expect("status").status.get(),
+        b.device()
+            .card_ram()
+            .read_status()
+            .expect("status")
+            .status
+            .get(),
         status::READY
     );
 }
@@ -708,7 +738,7 @@ fn broken_avail_index_ends_the_kick_instead_of_spinning() {
         .expect("the kick returned");
     assert!(handled);
     worker.join().expect("worker");
-    assert_eq!(b.counters.requests.load(Ordering::Relaxed), 0);
+    assert_eq!(b.device().counters().requests.load(Ordering::Relaxed), 0);
     assert_eq!(used_idx(&mem, &cmd_q), 0);
     // The card is not left locked: the frontend can still reset it.
     b.stop_vring(0).expect("stop");
