@@ -30,9 +30,6 @@ pub mod card_ram;
 pub mod daemon;
 pub mod device;
 pub mod events;
-#[cfg(any(test, feature = "fuzzing"))]
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod options;
 pub mod queue;
 pub mod request;
