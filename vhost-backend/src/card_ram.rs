@@ -255,7 +255,9 @@ impl CardRam {
 
 /// [`DmaPort`] over card RAM and the guest memory of one request.
 pub struct GuestDma<'a> {
+    /// The card side of every transfer.
     pub ram: &'a CardRam,
+    /// The guest side: the memory the scatter-gather entries point into.
     pub mem: &'a GuestMemoryMmap,
 }
 

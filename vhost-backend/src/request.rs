@@ -148,6 +148,7 @@ pub enum Disposition {
 pub struct Completion {
     /// Bytes written into the chain's device-writable part.
     pub used_len: u32,
+    /// What became of the request.
     pub disposition: Disposition,
 }
 
