@@ -11,9 +11,6 @@
 pub mod capture;
 mod card;
 pub mod dma;
-#[cfg(any(test, feature = "fuzzing"))]
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod interrupts;
 mod regfile;
 mod taskfile;

@@ -1,4 +1,4 @@
-//! Fuzz target `backend`: see `xxcapd::fuzzing::backend` for the input and the checks.
+//! Fuzz target `backend`: see `xxcapture_fuzz_common::backend::backend` for the input and the checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| xxcapd::fuzzing::backend(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xxcapture_fuzz_common::backend::backend(data));

@@ -1,4 +1,4 @@
-//! Fuzz target `chain`: see `xxcapd::fuzzing::chain` for the input and the checks.
+//! Fuzz target `chain`: see `xxcapture_fuzz_common::backend::chain` for the input and the checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| xxcapd::fuzzing::chain(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| xxcapture_fuzz_common::backend::chain(data));

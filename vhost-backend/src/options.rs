@@ -1,14 +1,151 @@
-//! Command-line values: sizes with suffixes, and the QEMU options that go
-//! with a socket.
+//! The command line of `xxcapd`: its options and help text ([`Cli`]),
+//! usage errors, the values they take (sizes with suffixes, frame sizes,
+//! pixel formats) and the QEMU options that go with a socket.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
+use clap::{ArgAction, Parser};
 use thiserror::Error;
 use xxcapture_abi::frame::PixelFormat;
-use xxcapture_abi::{queue, regs, CONFIG_SIZE};
+use xxcapture_abi::regs::MAX_FRAME_RATE;
+use xxcapture_abi::{queue, regs, CONFIG_SIZE, VIRTIO_ID};
+use xxcapture_model::{CardConfig, FrameDefaults};
 
 /// The `vq_size` xxcapd asks QEMU for (the backend accepts up to 1024).
 pub const QEMU_VQ_SIZE: u32 = 256;
+
+/// Exit status for usage and configuration errors (clap uses 2 as well).
+pub const EXIT_USAGE: u8 = 2;
+
+fn after_help() -> String {
+    format!(
+        "\
+QEMU (10.2 or later) needs guest RAM shared with xxcapd and the generic
+vhost-user device pointed at the socket; QEMU connects as a client, so start
+xxcapd first:
+
+  -object memory-backend-memfd,id=mem,size=<RAM>,share=on
+  -numa node,memdev=mem -m <RAM>
+  -chardev socket,id=xxcap0,path=<PATH>
+  -device vhost-user-test-device-pci,id=card0,chardev=xxcap0,virtio-id={VIRTIO_ID},num_vqs={},vq_size={QEMU_VQ_SIZE},config_size={CONFIG_SIZE}
+
+`xxcapd --socket PATH --print-qemu-args` prints these lines for PATH.
+The guest sees PCI device 1af4:{:04x}.
+
+Logging: -v (debug), -vv (trace); RUST_LOG overrides both.
+SIGTERM/SIGINT: requests already taken off the command queue are completed
+(and the guest notified) before the connection closes; no more are taken.
+Exit status: 0 after SIGTERM/SIGINT or when QEMU disconnects, 1 on runtime
+errors, 2 on usage or configuration errors.",
+        queue::COUNT,
+        0x1040 + VIRTIO_ID,
+    )
+}
+
+/// Emulated Double X PCI video-capture card: a vhost-user backend for QEMU.
+#[derive(Debug, Parser)]
+#[command(name = "xxcapd", version, about, after_help = after_help())]
+pub struct Cli {
+    /// Unix socket to listen on (created; a stale socket is replaced).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+
+    /// Card RAM size (K, M or G suffix), a multiple of 4K from 4M to 4G.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_card_ram)]
+    pub card_ram_size: u64,
+
+    /// Serial number reported in config space (at most 15 bytes).
+    #[arg(long, default_value_t = CardConfig::default().serial)]
+    pub serial: String,
+
+    /// Hardware revision reported in config space.
+    #[arg(long, default_value_t = CardConfig::default().revision)]
+    pub revision: u32,
+
+    /// Virtio device id for the printed QEMU options (a name in QEMU's table).
+    #[arg(long, value_name = "N", default_value_t = VIRTIO_ID)]
+    pub virtio_id: u32,
+
+    /// Guest RAM size used in the printed QEMU options.
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size_arg)]
+    pub guest_ram_size: u64,
+
+    /// Do not offer VIRTIO_RING_F_EVENT_IDX (notify on every completion).
+    #[arg(long)]
+    pub no_event_idx: bool,
+
+    /// Reset value of FRAME_FORMAT: yuyv, nv12 or rgb24.
+    #[arg(long, value_name = "FORMAT", default_value = "yuyv", value_parser = parse_pixel_format)]
+    pub format: PixelFormat,
+
+    /// Reset value of FRAME_WIDTH x FRAME_HEIGHT (even, 320..=3840 x 240..=2160).
+    #[arg(long, value_name = "WxH", default_value = "640x480", value_parser = parse_frame_size)]
+    pub size: (u32, u32),
+
+    /// Reset value of FRAME_RATE in frames per second (0: free-running).
+    #[arg(long, value_name = "N", default_value_t = FrameDefaults::default().fps,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_FRAME_RATE)))]
+    pub fps: u32,
+
+    /// Video file played when the guest selects FRAME_SOURCE = 1.
+    #[arg(long, value_name = "PATH", requires = "source_format")]
+    pub source_file: Option<PathBuf>,
+
+    /// Kind of --source-file: raw (needs --source-size and
+    /// --source-pixel-format) or y4m.
+    #[arg(long, value_name = "KIND", value_parser = ["raw", "y4m"], requires = "source_file")]
+    pub source_format: Option<String>,
+
+    /// Frame size of a raw --source-file.
+    #[arg(long, value_name = "WxH", value_parser = parse_frame_size)]
+    pub source_size: Option<(u32, u32)>,
+
+    /// Pixel format of a raw --source-file: yuyv, nv12 or rgb24.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_pixel_format)]
+    pub source_pixel_format: Option<PixelFormat>,
+
+    /// Print the QEMU options for this socket and exit.
+    #[arg(long)]
+    pub print_qemu_args: bool,
+
+    /// More logging (repeatable).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+fn parse_card_ram(text: &str) -> Result<u64, String> {
+    let size = parse_size_arg(text)?;
+    let probe = CardConfig {
+        card_ram_size: size,
+        ..CardConfig::default()
+    };
+    probe.validate().map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
+/// Prints help and version as clap does; squeezes errors onto one line.
+pub fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        print!("{}", e.render());
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let line = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    eprintln!("xxcapd: {line} (see --help)");
+    ExitCode::from(EXIT_USAGE)
+}
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum SizeError {
@@ -110,58 +247,4 @@ pub fn qemu_args(socket: &Path, virtio_id: u32, guest_ram: u64) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_with_suffixes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("64m"), Ok(64 << 20));
-        assert_eq!(parse_size("4G"), Ok(4 << 30));
-        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
-        assert_eq!(parse_size(" 1g "), Ok(1 << 30));
-        assert!(matches!(parse_size(""), Err(SizeError::Empty(_))));
-        assert!(matches!(parse_size("M"), Err(SizeError::Malformed(_))));
-        assert!(matches!(parse_size("12X"), Err(SizeError::Malformed(_))));
-        assert!(matches!(parse_size("-1M"), Err(SizeError::Malformed(_))));
-        assert!(matches!(parse_size("1.5G"), Err(SizeError::Malformed(_))));
-        assert!(matches!(
-            parse_size("99999999999999999999"),
-            Err(SizeError::Overflow(_))
-        ));
-        assert!(matches!(
-            parse_size("17179869184G"),
-            Err(SizeError::Overflow(_))
-        ));
-    }
-
-    #[test]
-    fn frame_sizes_and_formats_parse() {
-        assert_eq!(parse_frame_size("1920x1080"), Ok((1920, 1080)));
-        assert_eq!(parse_frame_size("640X480"), Ok((640, 480)));
-        assert!(parse_frame_size("641x480").is_err());
-        assert!(parse_frame_size("1920").is_err());
-        assert!(parse_frame_size("x").is_err());
-        assert!(parse_frame_size("7680x4320").is_err());
-        assert_eq!(parse_pixel_format("nv12"), Ok(PixelFormat::Nv12));
-        assert!(parse_pixel_format("mjpeg").is_err());
-    }
-
-    #[test]
-    fn qemu_sizes_use_the_largest_unit() {
-        assert_eq!(qemu_size(1 << 30), "1G");
-        assert_eq!(qemu_size(1536 << 20), "1536M");
-        assert_eq!(qemu_size(12345), "12345");
-    }
-
-    #[test]
-    fn qemu_args_escape_commas_and_match_the_abi() {
-        let args = qemu_args(Path::new("/tmp/a,b.sock"), 31, 1 << 30);
-        assert_eq!(args[3], "-chardev socket,id=xxcap0,path=/tmp/a,,b.sock");
-        assert_eq!(
-            args[4],
-            "-device vhost-user-test-device-pci,id=card0,chardev=xxcap0,virtio-id=31,num_vqs=3,vq_size=256,config_size=96"
-        );
-    }
-}
+mod tests;

@@ -2,7 +2,14 @@
 //! queue (queue 2, SPEC §11), held in FIFO order until a frame fills them or
 //! they are cancelled.
 //!
-//! The vring worker parses and holds buffers ([`StreamBuffers::hold`]); the
+//! The vring worker parses each stream-queue chain ([`process_stream_chain`]:
+//! the same chain rules as the command queue's, see [`crate::request`]): a
+//! good one is held ([`HeldBuffer`]) until the capture engine fills it; a
+//! malformed one is answered at once with a [`StreamResult`] whose `status`
+//! says why (at the START of the writable part, which holds exactly that
+//! result), or used length 0 when fewer than 32 writable bytes exist.
+//!
+//! The vring worker holds the good buffers ([`StreamBuffers::hold`]); the
 //! capture thread takes the oldest ([`StreamBuffers::take`]), writes its
 //! frame into the buffer's scatter-gather entries ([`write_frame`]) and
 //! completes it ([`StreamBuffers::complete`]). Capture stop, FLUSH_BUFFERS
@@ -16,15 +23,23 @@
 //! lock.
 
 use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::ops::Deref;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use xxcapture_abi::{vq_status, SgEntry, StreamResult, TfError};
-use zerocopy::IntoBytes;
+use xxcapture_abi::{
+    req_type, vq_status, SgEntry, StreamResult, TfError, VqRequest, MAX_SG_ENTRIES,
+};
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::queue::DeviceQueue;
+use crate::request::{
+    ChainError, Completion, Disposition, Layout, MIN_READABLE, REQUEST_HEADER_SIZE, SG_ENTRY_SIZE,
+};
 
 /// Bytes of the result the device writes into a stream request.
 pub const RESULT_SIZE: usize = size_of::<StreamResult>();
@@ -328,169 +343,127 @@ impl StreamBuffers {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use virtio_queue::mock::MockSplitQueue;
-    use zerocopy::FromBytes;
+/// What became of one stream-queue chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamChain {
+    /// A good capture buffer, to be held until a frame fills it.
+    Hold(HeldBuffer),
+    /// Refused: complete it at once with this.
+    Done(Completion),
+}
 
-    use crate::queue::mock::MockQueue;
-
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 1 << 20),
-            (GuestAddress(2 << 20), 1 << 20),
-        ])
-        .expect("mem")
+/// Parses one stream-queue chain (a STREAM_BUFFER request) against the
+/// guest memory `mem`: a held buffer, or the answer to a malformed one.
+pub fn process_stream_chain<M>(chain: &DescriptorChain<M>, device_time_ns: u64) -> StreamChain
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let layout = Layout::scan(chain.clone());
+    if layout.writable < RESULT_SIZE as u64 {
+        return StreamChain::Done(Completion::dropped(ChainError::NoStatusRoom(
+            layout.writable,
+        )));
     }
-
-    #[test]
-    fn frames_go_only_into_the_entries_and_are_checked_first() {
-        let mem = mem();
-        mem.write_slice(&[0xcc; 0x3000], GuestAddress(0x1_0000))
-            .expect("canary");
-        let frame: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
-        let sg = [
-            SgEntry::new(0x1_0100, 1000),
-            SgEntry::new(0x1_1000, 3000),
-            SgEntry::new(0x1_2800, 2000),
-        ];
-        write_frame(&mem, &sg, &frame).expect("written");
-        let mut all = vec![0u8; 0x3000];
-        mem.read_slice(&mut all, GuestAddress(0x1_0000))
-            .expect("read");
-        assert!(all[..0x100].iter().all(|&b| b == 0xcc));
-        assert_eq!(&all[0x100..0x100 + 1000], &frame[..1000]);
-        assert!(all[0x100 + 1000..0x1000].iter().all(|&b| b == 0xcc));
-        assert_eq!(&all[0x1000..0x1000 + 3000], &frame[1000..4000]);
-        assert!(all[0x1000 + 3000..0x2800].iter().all(|&b| b == 0xcc));
-        assert_eq!(&all[0x2800..0x2800 + 1000], &frame[4000..]);
-        assert!(
-            all[0x2800 + 1000..].iter().all(|&b| b == 0xcc),
-            "past the frame"
-        );
-        // Too small, and an entry in the hole between the regions: nothing
-        // is written at all.
-        assert_eq!(write_frame(&mem, &sg[..2], &frame), Err(TfError::DmaRange));
-        let bad = [
-            SgEntry::new(0x1_0000, 4000),
-            SgEntry::new((1 << 20) - 16, 4000),
-        ];
-        mem.write_slice(&[0xcc; 0x3000], GuestAddress(0x1_0000))
-            .expect("canary");
-        assert_eq!(write_frame(&mem, &bad, &frame), Err(TfError::DmaFault));
-        mem.read_slice(&mut all, GuestAddress(0x1_0000))
-            .expect("read");
-        assert!(all.iter().all(|&b| b == 0xcc));
-    }
-
-    fn buffer(head: u16) -> HeldBuffer {
-        HeldBuffer {
-            head,
-            tag: u64::from(head),
-            sg: vec![SgEntry::new(0x4_0000, 4096)],
-            capacity: 4096,
-            result: vec![
-                (0x8_0000 + u64::from(head) * 64, 16),
-                (0x9_0000 + u64::from(head) * 64, 16),
-            ],
-        }
-    }
-
-    fn result(mem: &GuestMemoryMmap, head: u16) -> StreamResult {
-        let mut raw = vec![0u8; 32];
-        mem.read_slice(
-            &mut raw[..16],
-            GuestAddress(0x8_0000 + u64::from(head) * 64),
-        )
-        .expect("read");
-        mem.read_slice(
-            &mut raw[16..],
-            GuestAddress(0x9_0000 + u64::from(head) * 64),
-        )
-        .expect("read");
-        StreamResult::read_from_bytes(&raw).expect("result")
-    }
-
-    #[test]
-    fn fifo_completion_cancel_and_flush() {
-        let mem = mem();
-        let vq = MockSplitQueue::create(&mem, GuestAddress(0xc_0000), 16);
-        let q = Arc::new(MockQueue::new(&mem, &vq));
-        let s = StreamBuffers::default();
-        s.set_queue(q.clone());
-        for head in 0..4 {
-            s.hold(buffer(head));
-        }
-        let first = s.take().expect("oldest");
-        assert_eq!(first.head, 0);
-        s.complete(
-            first,
-            Outcome {
-                error: TfError::Ok,
-                frame_number: 9,
-                device_time_ns: 77,
-                bytes: 4000,
-            },
-            Some(&mem),
-        );
-        let r = result(&mem, 0);
-        assert_eq!(
-            (
-                r.status.get(),
-                r.error.get(),
-                r.frame_number.get(),
-                r.bytes.get()
-            ),
-            (vq_status::OK, 0, 9, 4000)
-        );
-        assert_eq!(r.device_time_ns.get(), 77);
-        // One in flight while FLUSH cancels the rest and waits for it.
-        let second = s.take().expect("next");
-        assert_eq!(second.head, 1);
-        let s = Arc::new(s);
-        let filler = {
-            let (s, mem) = (Arc::clone(&s), mem.clone());
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                s.complete(second, Outcome::cancelled(5), Some(&mem));
+    let mem = chain.memory();
+    let Ok(mut writer) = Writer::new(mem, chain.clone()) else {
+        return StreamChain::Done(Completion::dropped(ChainError::WritableOutOfBounds));
+    };
+    match read_stream_request(mem, chain, &layout) {
+        Ok((tag, sg)) => {
+            let result = chain
+                .clone()
+                .filter(|d| d.is_write_only())
+                .map(|d| (d.addr().0, d.len()))
+                .collect();
+            let capacity = sg.iter().map(|e| u64::from(e.len.get())).sum();
+            StreamChain::Hold(HeldBuffer {
+                head: chain.head_index(),
+                tag,
+                sg,
+                capacity,
+                result,
             })
-        };
-        assert!(s.flush(Some(&mem), 100, Duration::from_secs(5)));
-        filler.join().expect("filler");
-        let used = q.used(&vq);
-        assert_eq!(
-            used.iter().map(|u| u.0).collect::<Vec<_>>(),
-            vec![0, 2, 3, 1]
-        );
-        assert!(used.iter().all(|u| u.1 == 32));
-        assert_eq!(result(&mem, 3).error.get(), TfError::Cancelled as u32);
-        assert_eq!(s.held(), 0);
-        assert_eq!(s.stats().cancelled, 3);
-        // Three notifications: the completion, the cancel batch, the in-flight one.
-        assert_eq!(q.notifications(), 3);
-    }
-
-    #[test]
-    fn waiting_for_a_buffer_wakes_on_hold_and_on_stop() {
-        let s = Arc::new(StreamBuffers::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let waiter = {
-            let (s, stop) = (Arc::clone(&s), Arc::clone(&stop));
-            std::thread::spawn(move || s.wait_for_buffer(&|| stop.load(Ordering::Acquire)))
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        s.hold(buffer(1));
-        assert!(waiter.join().expect("waiter"));
-        s.take();
-        let waiter = {
-            let (s, stop) = (Arc::clone(&s), Arc::clone(&stop));
-            std::thread::spawn(move || s.wait_for_buffer(&|| stop.load(Ordering::Acquire)))
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        stop.store(true, Ordering::Release);
-        s.wake();
-        assert!(!waiter.join().expect("waiter"));
+        }
+        Err(error) => {
+            let answer = StreamResult {
+                status: error.status().into(),
+                device_time_ns: device_time_ns.into(),
+                ..StreamResult::default()
+            };
+            let completion = match writer.write_all(answer.as_bytes()) {
+                Ok(()) => Completion {
+                    used_len: RESULT_SIZE as u32,
+                    disposition: Disposition::Rejected(error),
+                },
+                Err(_) => Completion::dropped(ChainError::WriteFailed),
+            };
+            StreamChain::Done(completion)
+        }
     }
 }
+
+/// Reads and checks a stream request's readable part: the header, then
+/// exactly `sg_count` entries, each non-empty, reserved 0, inside guest
+/// memory. Returns the tag and the entries.
+fn read_stream_request<M>(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain<M>,
+    layout: &Layout,
+) -> Result<(u64, Vec<SgEntry>), ChainError>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    if layout.misordered {
+        return Err(ChainError::Misordered);
+    }
+    let most = (REQUEST_HEADER_SIZE + MAX_SG_ENTRIES as usize * SG_ENTRY_SIZE) as u64;
+    if layout.readable > most {
+        return Err(ChainError::TooLong(layout.readable));
+    }
+    if layout.readable < MIN_READABLE as u64 {
+        return Err(ChainError::TooShort(layout.readable));
+    }
+    let mut reader =
+        Reader::new(mem, chain.clone()).map_err(|_| ChainError::ReadableOutOfBounds)?;
+    // Bounded by `most` above.
+    let mut buf = vec![0u8; reader.available_bytes()];
+    reader
+        .read_exact(&mut buf)
+        .map_err(|_| ChainError::ReadFailed)?;
+    let (header, rest) = VqRequest::read_from_prefix(&buf).map_err(|_| ChainError::ReadFailed)?;
+    let (req, flags) = (header.req_type.get(), header.flags.get());
+    if req != req_type::STREAM_BUFFER || flags != 0 {
+        return Err(ChainError::Unsupported {
+            req_type: req,
+            flags,
+        });
+    }
+    if header.reserved.get() != 0 {
+        return Err(ChainError::Reserved(header.reserved.get()));
+    }
+    let sg_count = header.sg_count.get();
+    if sg_count == 0 || sg_count > MAX_SG_ENTRIES {
+        return Err(ChainError::BadEntryCount(sg_count));
+    }
+    // sg_count <= 2^16: the product is small.
+    if rest.len() != sg_count as usize * SG_ENTRY_SIZE {
+        return Err(ChainError::BadStreamLength {
+            readable: layout.readable,
+            sg_count,
+        });
+    }
+    let entries = <[SgEntry]>::ref_from_bytes(rest).map_err(|_| ChainError::ReadFailed)?;
+    for (index, e) in entries.iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        if e.len.get() == 0 || e.reserved.get() != 0 {
+            return Err(ChainError::BadEntry(index));
+        }
+        if !mem.check_range(GuestAddress(e.addr.get()), e.len.get() as usize) {
+            return Err(ChainError::EntryOutOfBounds(index));
+        }
+    }
+    Ok((header.tag.get(), entries.to_vec()))
+}
+
+#[cfg(test)]
+mod tests;

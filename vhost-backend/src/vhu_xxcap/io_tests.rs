@@ -17,6 +17,8 @@ use xxcapture_abi::{
 use xxcapture_model::{CardConfig, CAPTURE_CARD_CAPS};
 use zerocopy::{FromBytes, IntoBytes};
 
+use vhost_user_backend::VringT;
+
 use super::*;
 
 const QSIZE: u16 = 16;
@@ -435,7 +437,7 @@ fn frames_raise_records_coalesced_by_the_timer_in_the_worker() {
     use std::os::fd::BorrowedFd;
     // SAFETY: the fd belongs to the backend's timer, which outlives this
     // borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(r.b.timer_fd()) };
+    let fd = unsafe { BorrowedFd::borrow_raw(r.b.device().timer_fd()) };
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     assert!(
         matches!(poll(&mut fds, PollTimeout::from(5000u16)), Ok(1)),
@@ -458,7 +460,7 @@ fn frames_raise_records_coalesced_by_the_timer_in_the_worker() {
     stop(&mut tf);
     tf.set_register(regs::INT_COALESCE_COUNT, 1);
     r.run(&tf);
-    let summary = r.b.events().summary();
+    let summary = r.b.device().events().summary();
     assert!(summary.contains("records="), "{summary}");
 }
 
@@ -560,7 +562,7 @@ fn stop_flush_and_reset_return_held_buffers_cancelled() {
     for slot in 0..3 {
         r.queue_buffer(slot, frame_len, slot == 2);
     }
-    assert_eq!(r.b.stream.held(), 3);
+    assert_eq!(r.b.device().stream_buffers().held(), 3);
     let st = r.flush();
     assert_eq!(st.status.get(), vq_status::OK);
     let used = used_since(&mem, &r.strq, 0);
@@ -742,5 +744,5 @@ fn broken_stream_ring_ends_the_kick() {
             .expect("the kick returned");
         assert!(handled);
     });
-    assert_eq!(r.b.stream.held(), 0);
+    assert_eq!(r.b.device().stream_buffers().held(), 0);
 }

@@ -1,11 +1,9 @@
-//! Fuzzing entry points for the backend's request handling (`fuzz/`,
-//! cargo-fuzz).
+//! Fuzzing entry points for the request handling of `xxcapd` (targets
+//! `chain` and `backend`).
 //!
-//! Not part of the daemon's API: built only with the `fuzzing` feature (the
-//! fuzz targets) or for this crate's own tests (which replay the corpus kept
-//! in `fuzz/corpus`). Both entry points build descriptor chains from
-//! arbitrary bytes over mock guest memory (virtio-queue's `MockSplitQueue`)
-//! with two regions and a hole, filled with a canary pattern:
+//! Both entry points build descriptor chains from arbitrary bytes over mock
+//! guest memory (virtio-queue's `MockSplitQueue`) with two regions and a
+//! hole, filled with a canary pattern:
 //!
 //! - [`chain`]: one chain through [`process_chain`] with the real card, card
 //!   RAM and DMA engine: malformed and misordered chains, wrong lengths,
@@ -23,10 +21,9 @@
 //! §4, §9); card RAM changes only where TO_CARD transfers wrote; config
 //! space stays the card's identity whatever is written to it.
 //!
-//! New request types (ABI 2.0: STREAM_BUFFER on the stream queue,
-//! FLUSH_BUFFERS on the command queue) slot in at [`expected`] (what the
-//! device must answer) and in the request generator ([`payload`] already
-//! produces their headers).
+//! `expected()` knows every command-queue request type; STREAM_BUFFER is
+//! `UNSUPPORTED` there (it belongs on the stream queue, which no target
+//! drives yet).
 
 use std::cell::RefCell;
 use std::io::Read;
@@ -52,12 +49,13 @@ use xxcapture_abi::{
 use xxcapture_model::{Card, CardConfig, Outcome, MIN_CARD_RAM};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::card_ram::{CardRam, GuestDma};
-use crate::request::{
+use xxcapd::card_ram::{CardRam, GuestDma};
+use xxcapd::device::ShmemMapper;
+use xxcapd::request::{
     process_chain, Completion, Device, Disposition, MAX_READABLE, REQUEST_HEADER_SIZE,
     SG_ENTRY_SIZE, STATUS_SIZE,
 };
-use crate::vhu_xxcap::{ShmemMapper, XxcapBackend};
+use xxcapd::vhu_xxcap::XxcapBackend;
 
 /// Guest memory: region A holds the queues (from 0) and most buffers,
 /// region B lies past a hole.
@@ -221,7 +219,7 @@ fn payload(u: &mut Unstructured<'_>, alloc: &mut Alloc) -> Result<Payload> {
         let len = u.int_in_range(0..=200usize)?;
         u.bytes(len)?.to_vec()
     } else {
-        xxcapture_model::fuzzing::grammar_task_file(u, &entries, MIN_CARD_RAM)?
+        crate::model::grammar_task_file(u, &entries, MIN_CARD_RAM)?
     };
     let wild: u32 = u.arbitrary()?;
     let sg_count = if u.ratio(1u8, 8)? {
@@ -916,7 +914,7 @@ fn backend_inner(u: &mut Unstructured<'_>) -> Result<()> {
     assert_eq!(identity.len(), CONFIG_SIZE);
     let mapper = Arc::new(FakeMapper::default());
     if u.arbitrary()? {
-        b.set_mapper(mapper.clone());
+        b.device().set_mapper(mapper.clone());
     }
     if b.update_memory(atomic.clone()).is_err() {
         panic!("update_memory failed");
@@ -939,7 +937,7 @@ fn backend_inner(u: &mut Unstructured<'_>) -> Result<()> {
             )
         })
         .collect();
-    let counters = b.counters();
+    let counters = b.device().counters();
     let mut guest = GuestQueue {
         next_desc: 0,
         avail_idx: 0,
@@ -1018,7 +1016,7 @@ fn backend_inner(u: &mut Unstructured<'_>) -> Result<()> {
     let bad = counters.bad_requests.load(Ordering::Relaxed);
     let all = counters.requests.load(Ordering::Relaxed);
     assert!(bad <= all);
-    b.shutdown();
+    b.device().shutdown();
     Ok(())
 }
 
@@ -1129,26 +1127,4 @@ impl GuestQueue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The committed corpus (and every crash found) still passes.
-    #[test]
-    fn chain_corpus_replays() {
-        xxcapture_model::fuzzing::replay_corpus("chain", chain);
-    }
-
-    #[test]
-    fn backend_corpus_replays() {
-        xxcapture_model::fuzzing::replay_corpus("backend", backend);
-    }
-
-    #[test]
-    fn harness_accepts_any_bytes() {
-        for len in 0..100usize {
-            let data: Vec<u8> = (0..len).map(|i| (i * 131 + len * 7) as u8).collect();
-            chain(&data);
-            backend(&data);
-        }
-    }
-}
+mod tests;

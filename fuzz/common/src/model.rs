@@ -1,9 +1,8 @@
-//! Fuzzing entry points for the task-file executor (`fuzz/`, cargo-fuzz).
+//! Fuzzing entry points for the task-file executor of `xxcapture-model`
+//! (targets `task_file` and `card_sequence`).
 //!
-//! Not part of the model's API: built only with the `fuzzing` feature (the
-//! fuzz targets) or for this crate's own tests (which replay the corpus kept
-//! in `fuzz/corpus`). Each entry point takes arbitrary bytes, drives a
-//! [`Card`] and panics when the card breaks a promise of `SPEC.md` §5-§6:
+//! Each entry point takes arbitrary bytes, drives a [`Card`] and panics when
+//! the card breaks a promise of `SPEC.md` §5-§6:
 //!
 //! - the result header is sane: `error` and `count` match the [`Outcome`],
 //!   and nothing but the header's `error`/`count`, GET outputs and DMA output
@@ -28,10 +27,13 @@ use xxcapture_abi::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::capture::BUSY_WHILE_CAPTURING;
-use crate::dma::{DmaDirection, DmaFault, DmaPort};
-use crate::interrupts::InterruptController;
-use crate::{Card, CardConfig, FrameDefaults, FrameGeometry, Outcome, ALL_CAPS, CAPTURE_CARD_CAPS};
+use xxcapture_model::capture::BUSY_WHILE_CAPTURING;
+use xxcapture_model::dma::{DmaDirection, DmaFault, DmaPort};
+use xxcapture_model::interrupts::InterruptController;
+use xxcapture_model::{
+    Card, CardConfig, FrameDefaults, FrameGeometry, Outcome, ALL_CAPS, CAPTURE_CARD_CAPS,
+    MAX_CARD_RAM, MIN_CARD_RAM,
+};
 
 /// Guest memory as the fake DMA port sees it: entries below this address
 /// move, entries reaching past it fault.
@@ -172,7 +174,7 @@ fn card_config(u: &mut Unstructured<'_>) -> Result<CardConfig> {
         CAPTURE_CARD_CAPS,
         ALL_CAPS,
     ])?;
-    let card_ram_size = *u.choose(&[crate::MIN_CARD_RAM, 64 << 20, crate::MAX_CARD_RAM])?;
+    let card_ram_size = *u.choose(&[MIN_CARD_RAM, 64 << 20, MAX_CARD_RAM])?;
     let geometry = |u: &mut Unstructured<'_>| -> Result<FrameGeometry> {
         Ok(FrameGeometry {
             format: *u.choose(&[PixelFormat::Yuyv, PixelFormat::Nv12, PixelFormat::Rgb24])?,
@@ -953,68 +955,5 @@ fn invariants(card: &Card) {
     assert_eq!(card.config_space()[..], *id.as_bytes());
 }
 
-/// Runs `run` over every input committed for fuzz target `target`
-/// (`fuzz/corpus/<target>` and `fuzz/regressions/<target>`): the tests of
-/// this crate and of xxcapd replay them so a fixed crash stays fixed.
-pub fn replay_corpus(target: &str, run: fn(&[u8])) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    let mut files = Vec::new();
-    for dir in ["corpus", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
-            continue;
-        };
-        files.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
-    }
-    files.sort();
-    assert!(!files.is_empty(), "no corpus for {target}");
-    for path in files {
-        let Ok(data) = std::fs::read(&path) else {
-            panic!("cannot read {}", path.display());
-        };
-        run(&data);
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The committed corpus (and every crash found) still passes.
-    #[test]
-    fn task_file_corpus_replays() {
-        replay_corpus("task_file", task_file);
-    }
-
-    #[test]
-    fn card_sequence_corpus_replays() {
-        replay_corpus("card_sequence", card_sequence);
-    }
-
-    #[test]
-    fn seeds_pass() {
-        for seed in task_file_seeds() {
-            task_file(&seed);
-        }
-    }
-
-    /// Writes the seeds into the corpus: `cargo test -p xxcapture-model
-    /// --lib write_seed_corpus -- --ignored` (see fuzz/README.md).
-    #[test]
-    #[ignore = "writes into fuzz/corpus"]
-    fn write_seed_corpus() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/task_file");
-        std::fs::create_dir_all(&dir).expect("corpus dir");
-        for (i, seed) in task_file_seeds().iter().enumerate() {
-            std::fs::write(dir.join(format!("seed-{i:02}")), seed).expect("seed");
-        }
-    }
-
-    #[test]
-    fn harness_accepts_any_bytes() {
-        for len in 0..200usize {
-            let data: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
-            task_file(&data);
-            card_sequence(&data);
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,288 @@
+//! The daemon's life: open the video source, build the card, listen on the
+//! socket, serve one QEMU connection, and shut down cleanly on SIGTERM or
+//! SIGINT (requests already taken are completed first) or when QEMU
+//! disconnects.
+
+use std::io;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+
+use log::{debug, info};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use thiserror::Error;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use xxcapture_model::{
+    Card, CardConfig, ConfigError, FileKind, FileSource, FrameDefaults, FrameGeometry, VideoError,
+    VideoSource, CAPTURE_CARD_CAPS,
+};
+
+use crate::device::Counters;
+use crate::events::Events;
+use crate::options::{qemu_args, Cli, EXIT_USAGE};
+use crate::socket::{OwnedSocket, SocketError};
+use crate::vhu_xxcap::{XxcapBackend, TIMER_EVENT};
+
+/// Why the daemon could not start or ended in error.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("invalid card configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("--source-file {0}")]
+    Source(#[from] VideoError),
+    #[error("cannot create card RAM: {0}")]
+    CardRam(io::Error),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+    #[error("cannot start the vhost-user daemon: {0}")]
+    Daemon(String),
+    #[error("vhost-user connection failed: {0}")]
+    Connection(String),
+}
+
+impl DaemonError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            DaemonError::Config(_) | DaemonError::Usage(_) | DaemonError::Source(_) => {
+                ExitCode::from(EXIT_USAGE)
+            }
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Logs to stderr at the level `-v`s ask for; RUST_LOG overrides it.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,xxcapd=info",
+        1 => "info,xxcapd=debug",
+        2 => "debug,xxcapd=trace",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+}
+
+/// Opens `--source-file` as the options describe it.
+fn open_source(cli: &Cli) -> Result<Option<FileSource>, DaemonError> {
+    let raw_only = cli.source_size.is_some() || cli.source_pixel_format.is_some();
+    let Some(path) = &cli.source_file else {
+        if raw_only {
+            return Err(DaemonError::Usage(
+                "--source-size and --source-pixel-format need --source-file with --source-format raw"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let kind = match cli.source_format.as_deref() {
+        Some("raw") => match (cli.source_pixel_format, cli.source_size) {
+            (Some(format), Some((width, height))) => FileKind::Raw {
+                format,
+                width,
+                height,
+            },
+            _ => {
+                return Err(DaemonError::Usage(
+                    "--source-format raw needs --source-size WxH and --source-pixel-format".into(),
+                ))
+            }
+        },
+        Some("y4m") if raw_only => {
+            return Err(DaemonError::Usage(
+                "--source-size and --source-pixel-format apply to --source-format raw only (a Y4M file names its own)"
+                    .into(),
+            ))
+        }
+        Some("y4m") => FileKind::Y4m,
+        _ => return Err(DaemonError::Usage("--source-file needs --source-format raw|y4m".into())),
+    };
+    Ok(Some(FileSource::open(path, kind)?))
+}
+
+/// Runs the daemon as `cli` says, until QEMU disconnects or a signal ends
+/// it (`--print-qemu-args`: prints them and returns).
+pub fn run(cli: Cli) -> Result<(), DaemonError> {
+    let source = open_source(&cli)?;
+    let file_source = source.as_ref().map(|s| {
+        let (format, width, height) = s.format();
+        FrameGeometry {
+            format,
+            width,
+            height,
+        }
+    });
+    let config = CardConfig {
+        card_ram_size: cli.card_ram_size,
+        serial: cli.serial,
+        revision: cli.revision,
+        capabilities: CAPTURE_CARD_CAPS,
+        defaults: FrameDefaults {
+            geometry: FrameGeometry {
+                format: cli.format,
+                width: cli.size.0,
+                height: cli.size.1,
+            },
+            fps: cli.fps,
+        },
+        file_source,
+    };
+    config.validate()?;
+
+    if cli.print_qemu_args {
+        let socket = std::path::absolute(&cli.socket).unwrap_or(cli.socket);
+        for line in qemu_args(&socket, cli.virtio_id, cli.guest_ram_size) {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+
+    let card = Card::new(config)?;
+    let (socket, listener) = OwnedSocket::bind(&cli.socket)?;
+    let socket = Arc::new(socket);
+
+    let backend =
+        Arc::new(XxcapBackend::new(card, !cli.no_event_idx, source).map_err(DaemonError::CardRam)?);
+    let counters = backend.device().counters();
+    let events = backend.device().events();
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::default());
+    let mut daemon = VhostUserDaemon::new("xxcapd".to_owned(), Arc::clone(&backend), mem)
+        .map_err(|e| DaemonError::Daemon(e.to_string()))?;
+    // The coalescing timer wakes the vring worker (see xxcapd::events).
+    for handler in daemon.get_epoll_handlers() {
+        handler
+            .register_listener(
+                backend.device().timer_fd(),
+                EventSet::IN,
+                u64::from(TIMER_EVENT),
+            )
+            .map_err(|e| DaemonError::Daemon(format!("cannot watch the event timer: {e}")))?;
+    }
+    let shutdown = Arc::new(Shutdown::default());
+    watch_signals(&shutdown, &socket, &counters, &events, &backend)?;
+
+    info!(
+        "listening on {} (card RAM {} bytes)",
+        socket.path().display(),
+        cli.card_ram_size
+    );
+    let mut listener = Listener::from(listener);
+    let result = daemon
+        .start(&mut listener)
+        .map_err(|e| DaemonError::Connection(e.to_string()))
+        .and_then(|()| {
+            info!("frontend connected");
+            shutdown.connected(daemon.shutdown_handle());
+            wait(&mut daemon)
+        });
+    backend.device().shutdown();
+    finish(&counters, &events, &socket);
+    result
+}
+
+/// Waits for the connection to end; a disconnect is a normal end.
+fn wait(daemon: &mut VhostUserDaemon<Arc<XxcapBackend>>) -> Result<(), DaemonError> {
+    match daemon.wait() {
+        Ok(()) => {
+            info!("frontend disconnected");
+            Ok(())
+        }
+        Err(vhost_user_backend::Error::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => {
+            info!("frontend disconnected");
+            Ok(())
+        }
+        Err(e) => Err(DaemonError::Connection(e.to_string())),
+    }
+}
+
+fn finish(counters: &Counters, events: &Events, socket: &OwnedSocket) {
+    info!("exiting: {}", counters.summary());
+    info!("{}", events.summary());
+    socket.remove();
+}
+
+/// Hands a signal to whichever of "still waiting for QEMU" and "connected"
+/// the daemon is in.
+#[derive(Default)]
+struct Shutdown {
+    state: Mutex<ShutdownState>,
+}
+
+#[derive(Default)]
+struct ShutdownState {
+    handle: Option<ShutdownHandle>,
+    requested: bool,
+}
+
+impl Shutdown {
+    /// Called once QEMU has connected.
+    fn connected(&self, handle: Option<ShutdownHandle>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.requested {
+            if let Some(h) = &handle {
+                h.shutdown();
+            }
+        }
+        state.handle = handle;
+    }
+
+    /// Called from the signal thread. Returns false if no connection exists
+    /// yet, in which case the caller must end the process itself (the main
+    /// thread is blocked in accept()).
+    fn request(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.requested = true;
+        match &state.handle {
+            Some(h) => {
+                h.shutdown();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn watch_signals(
+    shutdown: &Arc<Shutdown>,
+    socket: &Arc<OwnedSocket>,
+    counters: &Arc<Counters>,
+    events: &Arc<Events>,
+    backend: &Arc<XxcapBackend>,
+) -> Result<(), DaemonError> {
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
+    let (shutdown, socket, counters) = (shutdown.clone(), socket.clone(), counters.clone());
+    let (events, backend) = (events.clone(), backend.clone());
+    thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let name = if signal == SIGTERM {
+                    "SIGTERM"
+                } else {
+                    "SIGINT"
+                };
+                info!("{name} received, shutting down");
+                // Complete what was taken while QEMU still relays the
+                // notifications; then close the connection.
+                backend.device().quiesce();
+                info!("requests in flight completed: {}", counters.summary());
+                if !shutdown.request() {
+                    debug!("no frontend connected yet");
+                    finish(&counters, &events, &socket);
+                    std::process::exit(0);
+                }
+            }
+        })
+        .map_err(DaemonError::Signals)?;
+    Ok(())
+}
