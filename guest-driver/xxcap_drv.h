@@ -89,6 +89,16 @@
 #define XXCAP_MAX_SUBMITTED	64
 /* Capture buffers the device holds at once: one open's, plus one set of orphans */
 #define XXCAP_MAX_STREAM_INFLIGHT	(2 * XXCAP_MAX_QUEUED_BUFFERS)
+/*
+ * Room an open's record queue keeps for completions beyond its depth. A
+ * submitted task file or a queued buffer holds one of these from its ioctl
+ * until read() has taken its completion record, so a completion always
+ * finds room: device events may be dropped (and counted in a LOST record),
+ * completions never.
+ */
+#define XXCAP_COMPLETION_SLOTS	(XXCAP_MAX_SUBMITTED + XXCAP_MAX_QUEUED_BUFFERS)
+/* Records read() moves per copy to user space */
+#define XXCAP_READ_BATCH	16
 /* Event-queue buffers kept posted: 16 * 64 records */
 #define XXCAP_EVENT_BUFFERS	16
 /* Absolute limit of the bytes one task file may pin, whatever the card RAM */
@@ -161,8 +171,9 @@ struct xxcap_client {
 	struct mutex read_mutex;	/* one consumer of fifo at a time */
 	wait_queue_head_t wq;		/* readers, pollers, buffer flushes */
 	struct xxcap_event *ring;	/* storage of fifo */
-	unsigned int depth;		/* records fifo may hold */
+	unsigned int depth;		/* device events fifo may hold */
 	DECLARE_KFIFO_PTR(fifo, struct xxcap_event);
+	struct xxcap_event bounce[XXCAP_READ_BATCH];	/* under read_mutex */
 
 	/* Under card->lock (fifo: its producer side) */
 	struct list_head node;		/* on card->clients */
@@ -171,6 +182,8 @@ struct xxcap_client {
 	u32 lost;			/* records dropped since the last LOST */
 	unsigned int n_submitted;	/* SUBMITs without a record yet */
 	unsigned int n_buffers;		/* capture buffers without a record yet */
+	unsigned int unread_submits;	/* SUBMIT completions queued, unread */
+	unsigned int unread_buffers;	/* buffer completions queued, unread */
 	u64 bufs_queued;		/* capture buffers queued, ever */
 	u64 bufs_done;			/* ... and retired */
 };
@@ -261,7 +274,7 @@ int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
 int xxcap_short_status(struct xxcap_card *card, struct xxcap_req *req,
 		       const char *what);
 int xxcap_reserve(struct xxcap_card *card, unsigned int *n,
-		  unsigned int limit);
+		  const unsigned int *unread, unsigned int limit);
 void xxcap_unreserve(struct xxcap_card *card, unsigned int *n);
 void xxcap_shutdown(struct xxcap_card *card);
 
@@ -277,6 +290,9 @@ void xxcap_dma_finish(struct xxcap_card *card, struct xxcap_req *req);
 void xxcap_client_push(struct xxcap_card *card,
 		       struct xxcap_client *client,
 		       const struct xxcap_event *ev);
+void xxcap_client_complete(struct xxcap_card *card,
+			   struct xxcap_client *client,
+			   const struct xxcap_event *ev);
 void xxcap_req_record(struct xxcap_card *card, struct xxcap_req *req);
 void xxcap_retire(struct xxcap_card *card, struct list_head *list);
 void xxcap_reap_work(struct work_struct *work);

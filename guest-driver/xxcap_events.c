@@ -22,19 +22,28 @@ static bool xxcap_client_readable(struct xxcap_client *client)
 	return !kfifo_is_empty(&client->fifo) || READ_ONCE(client->lost);
 }
 
+/* Completion records in @client's queue, which do not count against depth */
+static unsigned int xxcap_client_unread(const struct xxcap_client *client)
+{
+	return client->unread_submits + client->unread_buffers;
+}
+
 /*
- * Queues @ev for @client, or drops it when the client's queue is full.
- * The first record queued after drops is a LOST record counting them, so
- * that it stands where they would have been. Under card->lock.
+ * Queues the device event @ev for @client, or drops it when the client
+ * already holds depth device events. The first event queued after drops is
+ * a LOST record counting them, so that it stands where they would have
+ * been. Under card->lock.
  */
 void xxcap_client_push(struct xxcap_card *card,
 		       struct xxcap_client *client,
 		       const struct xxcap_event *ev)
 {
 	unsigned int need = client->lost ? 2 : 1;
+	unsigned int events;
 
 	lockdep_assert_held(&card->lock);
-	if (kfifo_len(&client->fifo) + need > client->depth) {
+	events = kfifo_len(&client->fifo) - xxcap_client_unread(client);
+	if (events + need > client->depth) {
 		if (client->lost < U32_MAX)
 			WRITE_ONCE(client->lost, client->lost + 1);
 		atomic64_inc(&card->events_dropped);
@@ -52,6 +61,27 @@ void xxcap_client_push(struct xxcap_card *card,
 		kfifo_put(&client->fifo, *ev);
 	}
 	/* Also for a drop: a buffer flush may wait on its counters. */
+	wake_up(&client->wq);
+}
+
+/*
+ * Queues the completion record @ev for @client. It always fits: the
+ * request held a completion slot (xxcap_reserve()) since its ioctl, which
+ * read() gives back when it takes the record. A LOST record still owed
+ * stays owed: it counts device events only, and precedes the next one.
+ * Under card->lock.
+ */
+void xxcap_client_complete(struct xxcap_card *card,
+			   struct xxcap_client *client,
+			   const struct xxcap_event *ev)
+{
+	lockdep_assert_held(&card->lock);
+	if (WARN_ON_ONCE(!kfifo_put(&client->fifo, *ev)))
+		atomic64_inc(&card->events_dropped);
+	else if (ev->cause == XXCAP_IRQ_FRAME_DONE)
+		client->unread_buffers++;
+	else
+		client->unread_submits++;
 	wake_up(&client->wq);
 }
 
@@ -137,7 +167,7 @@ void xxcap_req_record(struct xxcap_card *card, struct xxcap_req *req)
 		WRITE_ONCE(client->bufs_done, client->bufs_done + 1);
 	}
 	atomic64_inc(&card->completions);
-	xxcap_client_push(card, client, &ev);
+	xxcap_client_complete(card, client, &ev);
 }
 
 /*
@@ -274,6 +304,51 @@ void xxcap_evt_fill(struct xxcap_card *card)
 }
 
 /*
+ * Moves whole records from @client's queue to @buf, in batches through the
+ * bounce buffer so that completions can be counted as read (giving their
+ * slots back), and so that a fault loses no record. Returns 0 or -EFAULT;
+ * *@copied grows by the bytes moved. Under read_mutex.
+ */
+static int xxcap_read_records(struct xxcap_client *client, char __user *buf,
+			      size_t count, unsigned int *copied)
+{
+	struct xxcap_card *card = client->card;
+	const size_t size = sizeof(struct xxcap_event);
+
+	while (count - *copied >= size) {
+		unsigned int want = min_t(size_t, (count - *copied) / size,
+					  XXCAP_READ_BATCH);
+		unsigned int n, i, submits = 0, buffers = 0;
+
+		n = kfifo_out_peek(&client->fifo, client->bounce, want);
+		if (!n)
+			break;
+		if (copy_to_user(buf + *copied, client->bounce, n * size))
+			return -EFAULT;
+		/* Taken only now that user space has them (one consumer). */
+		n = kfifo_out(&client->fifo, client->bounce, n);
+		*copied += n * size;
+		for (i = 0; i < n; i++) {
+			const struct xxcap_event *ev = &client->bounce[i];
+
+			if (!(ev->flags & XXCAP_EVENT_FLAG_COMPLETION))
+				continue;
+			if (ev->cause == XXCAP_IRQ_FRAME_DONE)
+				buffers++;
+			else
+				submits++;
+		}
+		if (submits || buffers) {
+			spin_lock_irq(&card->lock);
+			client->unread_submits -= submits;
+			client->unread_buffers -= buffers;
+			spin_unlock_irq(&card->lock);
+		}
+	}
+	return 0;
+}
+
+/*
  * Whole records, at least one: blocks until one is queued. A LOST record
  * still owed once the queue is empty follows the last record.
  */
@@ -290,7 +365,8 @@ ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
 		return -EINVAL;
 	/* More than the queue can hold is never needed. */
 	count = min_t(size_t, count,
-		      (size_t)(client->depth + 1) * sizeof(struct xxcap_event));
+		      (size_t)(kfifo_size(&client->fifo) + 1) *
+		      sizeof(struct xxcap_event));
 	count = rounddown(count, sizeof(struct xxcap_event));
 
 	if (mutex_lock_interruptible(&client->read_mutex))
@@ -313,7 +389,7 @@ ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
 	}
 
 	/* Lock-free: the producers only add, under card->lock. */
-	ret = kfifo_to_user(&client->fifo, buf, count, &copied);
+	ret = xxcap_read_records(client, buf, count, &copied);
 	if (!ret && count - copied >= sizeof(lost)) {
 		spin_lock_irq(&card->lock);
 		if (kfifo_is_empty(&client->fifo)) {

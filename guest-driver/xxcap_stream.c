@@ -87,7 +87,7 @@ int xxcap_queue_buffer(struct xxcap_client *client, void __user *argp)
 	if (check_add_overflow(arg.addr, arg.length, &end))
 		return -EFAULT;
 
-	ret = xxcap_reserve(card, &client->n_buffers,
+	ret = xxcap_reserve(card, &client->n_buffers, &client->unread_buffers,
 			    XXCAP_MAX_QUEUED_BUFFERS);
 	if (ret)
 		return ret;

@@ -168,7 +168,8 @@ int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
 	if (arg.size < XXCAP_HDR_SIZE || arg.size > XXCAP_MAX_TF_SIZE)
 		return -EINVAL;
 
-	ret = xxcap_reserve(card, &client->n_submitted, XXCAP_MAX_SUBMITTED);
+	ret = xxcap_reserve(card, &client->n_submitted,
+			    &client->unread_submits, XXCAP_MAX_SUBMITTED);
 	if (ret)
 		return ret;
 	ret = xxcap_tf_build(card, XXCAP_KIND_SUBMIT,
@@ -197,7 +198,7 @@ int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
 		spin_lock_irq(&card->lock);
 		client->n_submitted--;
 		atomic64_inc(&card->completions);
-		xxcap_client_push(card, client, &ev);
+		xxcap_client_complete(card, client, &ev);
 		spin_unlock_irq(&card->lock);
 		xxcap_req_free(req);
 		return 0;

@@ -412,15 +412,17 @@ int xxcap_short_status(struct xxcap_card *card, struct xxcap_req *req,
 
 /*
  * Takes one of @client's @limit slots counted by *@n (n_submitted or
- * n_buffers); the completion record gives it back.
+ * n_buffers) and *@unread (their completion records not read yet): a slot
+ * is given back when read() takes the completion record, so the queue
+ * always has room for the completions an open can be owed.
  */
 int xxcap_reserve(struct xxcap_card *card, unsigned int *n,
-		  unsigned int limit)
+		  const unsigned int *unread, unsigned int limit)
 {
 	int ret = 0;
 
 	spin_lock_irq(&card->lock);
-	if (*n >= limit)
+	if (*n + *unread >= limit)
 		ret = -ENOSPC;
 	else
 		(*n)++;
