@@ -1,8 +1,8 @@
 //! The interrupt part of the bench report: raise-to-wake latency of the
 //! card's TEST interrupt next to QEMU's edu device (through uio), by
-//! stage, the sustained record rate, and the seed's synchronous versus
-//! asynchronous I/O as a table, all from the guest's `xxcap bench-irq` and
-//! `xxcap bench-sync-async` lines.
+//! stage, the sustained record rate, and synchronous versus asynchronous
+//! I/O as a table, all from the guest's `xxcap-test bench-irq` and
+//! `xxcap-test bench-sync-async` results.
 
 use std::fmt::Write as _;
 

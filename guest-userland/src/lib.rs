@@ -2,7 +2,7 @@
 //!
 //! Applications open a card and call functions; the library turns each call
 //! into a task file (a batch of register commands) and executes it with one
-//! ioctl, as the seed's device interface does. Register-level access stays
+//! ioctl, as the Double X card's design has it. Register-level access stays
 //! available for tools and tests through [`Card::execute`] and
 //! [`Card::read_register`] / [`Card::write_register`].
 
@@ -10,6 +10,7 @@ mod capture;
 mod card;
 mod error;
 mod events;
+pub mod measure;
 mod stream;
 mod sys;
 

@@ -168,10 +168,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Build => build_all().map(|a| {
-            println!("module    {}", a.module.display());
-            println!("xxcap     {}", a.xxcap.display());
-            println!("xxcapd    {}", a.xxcapd.display());
-            println!("initramfs {}", a.initramfs.display());
+            println!("module     {}", a.module.display());
+            println!("xxcap      {}", a.xxcap.display());
+            println!("xxcap-test {}", a.xxcap_test.display());
+            println!("xxcapd     {}", a.xxcapd.display());
+            println!("initramfs  {}", a.initramfs.display());
             println!(
                 "kernel    {} ({})",
                 a.provisioned.kernel.display(),

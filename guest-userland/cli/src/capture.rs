@@ -236,7 +236,7 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
     );
     let mut capture = card.start_capture(format, args.file_source, mode)?;
     let started = Instant::now();
-    let cpu_started = crate::bench::cpu_time();
+    let cpu_started = xxcapture::measure::cpu_time();
     let mut corrupt = 0u64;
     let mut bytes = 0u64;
     let mut first_error: Option<String> = None;
@@ -271,7 +271,7 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
         progress.inc(1);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_ms_per_frame = match (cpu_started, crate::bench::cpu_time()) {
+    let cpu_ms_per_frame = match (cpu_started, xxcapture::measure::cpu_time()) {
         (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e3 / args.frames.max(1) as f64,
         _ => f64::NAN,
     };

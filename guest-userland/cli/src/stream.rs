@@ -10,7 +10,7 @@ use xxcapture::abi::frame::{verify, PixelFormat};
 use xxcapture::{Access, Card, Error, FrameFormat};
 
 use crate::capture::{parse_format, parse_size, Y4mOut};
-use crate::stats::Percentiles;
+use xxcapture::measure::Percentiles;
 
 #[derive(clap::Args)]
 pub struct StreamArgs {
@@ -84,7 +84,7 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
 
     let mut stream = card.start_stream(format, args.file_source, args.buffers)?;
     let started = Instant::now();
-    let cpu_started = crate::bench::cpu_time();
+    let cpu_started = xxcapture::measure::cpu_time();
     let limit = Duration::from_secs_f64(args.seconds);
     let mut wake = Percentiles::default();
     let mut corrupt = 0u64;
@@ -137,7 +137,7 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_ms_per_frame = match (cpu_started, crate::bench::cpu_time()) {
+    let cpu_ms_per_frame = match (cpu_started, xxcapture::measure::cpu_time()) {
         (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e3 / delivered.max(1) as f64,
         _ => f64::NAN,
     };

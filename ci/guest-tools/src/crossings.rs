@@ -1,6 +1,7 @@
-//! `xxcap bench-crossings` and `xxcap bench-config-space`: what each way of
-//! reaching the card costs, per operation, measured in the guest (the seed's
-//! "Choosing a Boundary Crossing Method", answered with numbers).
+//! `xxcap-test bench-crossings` and `xxcap-test bench-config-space`: what
+//! each way of reaching the card costs, per operation, measured in the
+//! guest (the Double X card's design question of choosing a boundary
+//! crossing method, answered with numbers).
 //!
 //! Every line of results starts with `cross: method=NAME` and carries
 //! `key=value` fields; the harness (`cargo xxvm bench`) turns them into the

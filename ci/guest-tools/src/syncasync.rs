@@ -1,5 +1,5 @@
-//! `xxcap bench-sync-async`: the seed's "Synchronous Versus Asynchronous
-//! Data Transfer" as a measured table. The same small DMA is issued at a
+//! `xxcap-test bench-sync-async`: synchronous versus asynchronous data
+//! transfer (a design question of the Double X card) as a measured table. The same small DMA is issued at a
 //! fixed request rate, either by a thread that waits for each (EXEC) or by
 //! one that submits and takes completions as event records (SUBMIT + read).
 
@@ -7,9 +7,8 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use xxcapture::measure::{busy_cpu_seconds, Percentiles};
 use xxcapture::{monotonic_ns, Access, AsyncDma, Card, Direction, Error};
-
-use crate::stats::{busy_cpu_seconds, Percentiles};
 
 #[derive(clap::Args)]
 pub struct SyncAsyncArgs {

@@ -1,7 +1,7 @@
-//! Interrupts as seen from a user thread: `xxcap irq-test` (exactly-once
-//! delivery), `xxcap bench-irq` (raise-to-wake latency and sustained rate,
-//! next to QEMU's edu device through uio_pci_generic), `xxcap eintr-test`
-//! and `xxcap dma-async` (a load of asynchronous DMA, for kill tests).
+//! Interrupts as seen from a user thread: `xxcap-test irq-test` (exactly-once
+//! delivery), `xxcap-test bench-irq` (raise-to-wake latency and sustained rate,
+//! next to QEMU's edu device through uio_pci_generic), `xxcap-test eintr-test`
+//! and `xxcap-test dma-async` (a load of asynchronous DMA, for kill tests).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -17,7 +17,7 @@ use xxcapture::{
     monotonic_ns, Access, AsyncDma, Card, Cause, Causes, Direction, Error, Event, TaskFile,
 };
 
-use crate::stats::Percentiles;
+use xxcapture::measure::Percentiles;
 
 #[derive(clap::Args)]
 pub struct IrqTestArgs {

@@ -1,4 +1,4 @@
-//! `xxcap selftest`: the card and driver contract, checked end to end from
+//! `xxcap-test selftest`: the card and driver contract, checked end to end from
 //! guest user space. One line per check; a summary line the harness parses.
 
 use std::os::fd::AsRawFd;

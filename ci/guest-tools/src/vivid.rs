@@ -1,4 +1,4 @@
-//! `xxcap bench-vivid`: frames per second and CPU per frame of the kernel's
+//! `xxcap-test bench-vivid`: frames per second and CPU per frame of the kernel's
 //! `vivid` virtual capture driver, the V4L2 device users would pick
 //! instead of this card, measured like our own capture (same formats and
 //! sizes, same VM).
@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use xxcapture::Error;
 
-use crate::bench::{cpu_time, GuestCpu};
+use xxcapture::measure::{cpu_time, GuestCpu};
 
 const BUF_TYPE_VIDEO_CAPTURE: u32 = 1;
 const MEMORY_MMAP: u32 = 1;

@@ -1,8 +1,8 @@
-//! `xxcap fuzz-driver`: random and adversarial use of the driver from
+//! `xxcap-test fuzz-driver`: random and adversarial use of the driver from
 //! several processes and threads at once (ioctls with garbage numbers,
 //! sizes and pointers, malformed and hostile task files, odd mmaps, reads
 //! and polls, buffers queued and abandoned, opens closed mid-flight).
-//! `xxcap canary-test`: hostile task files cannot move data into memory
+//! `xxcap-test canary-test`: hostile task files cannot move data into memory
 //! their caller does not own.
 //!
 //! Both are run from the guest's test steps; afterwards the kernel log must
