@@ -4,12 +4,13 @@
 //! executor), turned into one report: markdown, JSON and a PNG plot of the
 //! cost per command against the task file's length.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+
+use xxcapture_results::{CaptureSummary, Record};
 
 use crate::vm::Step;
 use crate::{Error, Result};
@@ -91,28 +92,7 @@ pub fn host_executor() -> Vec<ExecutorPoint> {
         .collect()
 }
 
-/// One `cross:` line of the guest: the cost of one way to reach the card.
-#[derive(Clone, Debug, Serialize)]
-pub struct Crossing {
-    pub method: String,
-    /// Register commands per operation (task files: their length).
-    pub commands: u32,
-    pub ops: u64,
-    /// Fastest round, µs per operation (other load on the host only adds
-    /// time, so this is the estimate of the cost itself).
-    pub per_op_us: f64,
-    pub per_cmd_us: f64,
-    /// Median round, µs per operation.
-    pub median_op_us: f64,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub fields: BTreeMap<String, String>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Unavailable {
-    pub method: String,
-    pub reason: String,
-}
+pub use xxcapture_results::{Crossing, Unavailable};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct DmaRow {
@@ -140,7 +120,8 @@ pub struct CaptureRow {
     pub process_cpu_ms_per_frame: f64,
     /// The whole guest's busy time over the step (wall x CPUs - idle).
     pub guest_busy_ms_per_frame: Option<f64>,
-    pub summary: String,
+    /// All the guest reported.
+    pub summary: CaptureSummary,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -241,7 +222,11 @@ pub fn clock_checks(console: &[(Duration, String)]) -> Vec<ClockCheck> {
         let Some(rest) = line.strip_prefix("XXCAP-STEP-END ") else {
             continue;
         };
-        let Some(uptime) = num(rest, "uptime") else {
+        let uptime = rest
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("uptime="))
+            .and_then(|v| v.parse::<f64>().ok());
+        let Some(uptime) = uptime else {
             continue;
         };
         let host = at.as_secs_f64();
@@ -302,73 +287,32 @@ pub struct BenchReport {
     pub failed_steps: Vec<String>,
 }
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-}
-
-fn num(line: &str, key: &str) -> Option<f64> {
-    field(line, key).and_then(|v| v.parse().ok())
-}
-
-/// The guest's `cross:` lines, one per method (and length) per pass,
+/// The guest's crossings records, one per method (and length) per pass,
 /// merged over the passes: the fastest round of any pass, the median of
 /// the passes' medians, all operations counted.
-fn parse_crossings(steps: &[Step]) -> (Vec<Crossing>, Vec<Unavailable>) {
+fn crossings(records: &[Record]) -> (Vec<Crossing>, Vec<Unavailable>) {
     let mut found: Vec<Crossing> = Vec::new();
     let mut medians: Vec<Vec<f64>> = Vec::new();
     let mut missing: Vec<Unavailable> = Vec::new();
-    for line in steps.iter().flat_map(|s| s.output.iter()) {
-        let Some(rest) = line.strip_prefix("cross: method=") else {
-            continue;
-        };
-        let method = rest
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        if let Some((_, why)) = rest.split_once(" unavailable: ") {
-            if !missing.iter().any(|m| m.method == method) {
-                missing.push(Unavailable {
-                    method,
-                    reason: why.trim().to_string(),
-                });
+    for record in records {
+        let c = match record {
+            Record::Crossing(c) => Crossing {
+                pass: None,
+                ..c.clone()
+            },
+            Record::CrossingUnavailable(u) => {
+                if !missing.iter().any(|m| m.method == u.method) {
+                    missing.push(u.clone());
+                }
+                continue;
             }
-            continue;
-        }
-        let (Some(per_op_us), Some(per_cmd_us)) = (num(line, "per_op_us"), num(line, "per_cmd_us"))
-        else {
-            continue;
+            _ => continue,
         };
-        let fields: BTreeMap<String, String> = line
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .filter(|(k, _)| {
-                ![
-                    "method",
-                    "commands",
-                    "ops",
-                    "per_op_us",
-                    "per_cmd_us",
-                    "median_op_us",
-                    "pass",
-                ]
-                .contains(k)
-            })
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let c = Crossing {
-            method,
-            commands: num(line, "commands").map_or(1, |c| c as u32),
-            ops: num(line, "ops").map_or(0, |o| o as u64),
-            per_op_us,
-            per_cmd_us,
-            median_op_us: num(line, "median_op_us").unwrap_or(per_op_us),
-            fields,
-        };
-        let same = found
-            .iter()
-            .position(|f| f.method == c.method && f.commands == c.commands && f.fields == c.fields);
+        let same = found.iter().position(|f| {
+            f.method == c.method
+                && f.commands == c.commands
+                && (f.validated, f.value, f.bar) == (c.validated, c.value, c.bar)
+        });
         match same {
             Some(i) => {
                 let f = &mut found[i];
@@ -392,22 +336,21 @@ fn parse_crossings(steps: &[Step]) -> (Vec<Crossing>, Vec<Unavailable>) {
     (found, missing)
 }
 
-fn parse_dma(steps: &[Step], memcpy_gbps: f64) -> Vec<DmaRow> {
+fn dma(steps: &[Step], memcpy_gbps: f64) -> Vec<DmaRow> {
     steps
         .iter()
         .filter(|s| s.name == "bench-dma")
-        .flat_map(|s| s.output.iter())
-        .filter(|l| l.starts_with("bench-dma:"))
-        .filter_map(|line| {
-            let gbps = num(line, "gbps")?;
-            Some(DmaRow {
-                size_bytes: num(line, "size")? as u64,
-                direction: field(line, "dir")?.to_string(),
-                gbps,
-                vs_host_memcpy: gbps / memcpy_gbps,
-                us_per_transfer: num(line, "us_per_transfer").unwrap_or(f64::NAN),
-                guest_cpu_us_per_transfer: num(line, "cpu_us_per_transfer").unwrap_or(f64::NAN),
-            })
+        .flat_map(Step::records)
+        .filter_map(|r| match r {
+            Record::DmaThroughput(d) => Some(DmaRow {
+                size_bytes: d.size_bytes,
+                direction: d.direction,
+                gbps: d.gbps,
+                vs_host_memcpy: d.gbps / memcpy_gbps,
+                us_per_transfer: d.us_per_transfer,
+                guest_cpu_us_per_transfer: d.cpu_us_per_transfer,
+            }),
+            _ => None,
         })
         .collect()
 }
@@ -434,69 +377,45 @@ fn guest_busy(step: &Step) -> Option<f64> {
     Some(((up1 - up0) * cpus - (idle1 - idle0)).max(0.0))
 }
 
-/// `capture: 300 frames 1920x1080 yuyv @0 fps by dma: verified 0, corrupt
-/// 0, missed 0, card dropped 0, 423.7 fps, 1757.2 MB/s, 1.86 ms CPU/frame`
-fn parse_capture(step: &Step) -> Option<CaptureRow> {
-    let summary = step
-        .output
-        .iter()
-        .find_map(|l| l.find("capture: ").map(|at| &l[at + 9..]))?
-        .to_string();
-    let (head, tail) = summary.split_once(": ")?;
-    let words: Vec<&str> = head.split_whitespace().collect();
-    let frames: u64 = words.first()?.parse().ok()?;
-    let (w, h) = words.get(2)?.split_once('x')?;
-    let rate = words.get(4)?.strip_prefix('@')?.parse().ok()?;
-    let mode = words.last()?.to_string();
-    let mut fps = f64::NAN;
-    let mut cpu = f64::NAN;
-    let mut missed = 0;
-    let mut card_dropped = 0;
-    for part in tail.split(", ") {
-        if let Some(v) = part.strip_suffix(" fps") {
-            fps = v.parse().unwrap_or(f64::NAN);
-        } else if let Some(v) = part.strip_suffix(" ms CPU/frame") {
-            cpu = v.parse().unwrap_or(f64::NAN);
-        } else if let Some(v) = part.strip_prefix("missed ") {
-            missed = v.parse().unwrap_or(0);
-        } else if let Some(v) = part.strip_prefix("card dropped ") {
-            card_dropped = v.parse().unwrap_or(0);
-        }
-    }
+fn capture(step: &Step) -> Option<CaptureRow> {
+    let c = step.records().into_iter().find_map(|r| match r {
+        Record::Capture(c) => Some(c),
+        _ => None,
+    })?;
     Some(CaptureRow {
         step: step.name.clone(),
-        width: w.parse().ok()?,
-        height: h.parse().ok()?,
-        rate,
-        mode,
-        frames,
-        fps,
-        missed,
-        card_dropped,
-        process_cpu_ms_per_frame: cpu,
-        guest_busy_ms_per_frame: guest_busy(step).map(|s| s * 1e3 / frames.max(1) as f64),
-        summary,
+        width: c.width,
+        height: c.height,
+        rate: c.rate,
+        mode: c.mode.clone(),
+        frames: c.frames,
+        fps: c.fps,
+        missed: c.missed,
+        card_dropped: c.card_dropped,
+        process_cpu_ms_per_frame: c.cpu_ms_per_frame,
+        guest_busy_ms_per_frame: guest_busy(step).map(|s| s * 1e3 / c.frames.max(1) as f64),
+        summary: c,
     })
 }
 
-fn parse_vivid(step: &Step) -> Option<VividRow> {
-    let line = step.output.iter().find(|l| l.starts_with("vivid: size="))?;
-    let (w, h) = field(line, "size")?.split_once('x')?;
-    let frames = num(line, "frames")?;
-    let fps = num(line, "fps")?;
-    let repeated = num(line, "repeated").unwrap_or(0.0);
+fn vivid(step: &Step) -> Option<VividRow> {
+    let v = step.records().into_iter().find_map(|r| match r {
+        Record::Vivid(v) => Some(v),
+        _ => None,
+    })?;
+    let frames = v.frames as f64;
     Some(VividRow {
         step: step.name.clone(),
-        width: w.parse().ok()?,
-        height: h.parse().ok()?,
-        timings_fps: num(line, "timings_fps")?,
-        frames: frames as u64,
-        fps,
-        fps_distinct: fps * (frames - repeated).max(0.0) / frames.max(1.0),
-        skipped: num(line, "skipped").map_or(0, |v| v as u64),
-        repeated: repeated as u64,
-        process_cpu_ms_per_frame: num(line, "cpu_ms_per_frame").unwrap_or(f64::NAN),
-        guest_busy_ms_per_frame: num(line, "guest_busy_ms_per_frame").unwrap_or(f64::NAN),
+        width: v.width,
+        height: v.height,
+        timings_fps: v.timings_fps,
+        frames: v.frames,
+        fps: v.fps,
+        fps_distinct: v.fps * (frames - v.repeated as f64).max(0.0) / frames.max(1.0),
+        skipped: v.skipped,
+        repeated: v.repeated,
+        process_cpu_ms_per_frame: v.cpu_ms_per_frame,
+        guest_busy_ms_per_frame: v.guest_busy_ms_per_frame,
     })
 }
 
@@ -541,7 +460,8 @@ impl BenchReport {
         executor: Vec<ExecutorPoint>,
         clock: Vec<ClockCheck>,
     ) -> Self {
-        let (crossings, unavailable) = parse_crossings(steps);
+        let records: Vec<Record> = steps.iter().flat_map(Step::records).collect();
+        let (crossings, unavailable) = crossings(&records);
         let find = |method: &str, commands: u32| {
             crossings
                 .iter()
@@ -659,12 +579,12 @@ impl BenchReport {
         let capture: Vec<CaptureRow> = steps
             .iter()
             .filter(|s| s.name.starts_with("capture-"))
-            .filter_map(parse_capture)
+            .filter_map(capture)
             .collect();
         let vivid: Vec<VividRow> = steps
             .iter()
             .filter(|s| s.name.starts_with("vivid-"))
-            .filter_map(parse_vivid)
+            .filter_map(vivid)
             .collect();
         let vivid_comparison = vivid
             .iter()
@@ -707,12 +627,12 @@ impl BenchReport {
             crossovers,
             breakdown_4096,
             targets,
-            dma: parse_dma(steps, memcpy_gbps),
+            dma: dma(steps, memcpy_gbps),
             capture,
             vivid,
             vivid_comparison,
             clock,
-            interrupts: crate::bench_events::InterruptReport::parse(steps),
+            interrupts: crate::bench_events::InterruptReport::new(&records),
             failed_steps: steps
                 .iter()
                 .filter(|s| s.rc != 0)
@@ -727,23 +647,22 @@ impl BenchReport {
 /// driver's copy and validation alone), a 1-command task file is the fixed
 /// round trip, and the host executor is the card's own work.
 fn breakdown(crossings: &[Crossing], executor: &[ExecutorPoint]) -> Vec<BreakdownRow> {
-    let get = |method: &str, commands: u32, validated: Option<&str>| {
+    let get = |method: &str, commands: u32, validated: Option<u32>| {
         crossings
             .iter()
             .find(|c| {
                 c.method == method
                     && c.commands == commands
-                    && validated
-                        .is_none_or(|v| c.fields.get("validated").map(String::as_str) == Some(v))
+                    && validated.is_none_or(|v| c.validated == Some(v))
             })
             .map(|c| c.per_op_us)
     };
     let (Some(full), Some(refused_first), Some(refused_last), Some(one), Some(one_refused)) = (
         get("task-file", 4096, None),
-        get("task-file-rejected", 4096, Some("1")),
-        get("task-file-rejected", 4096, Some("4096")),
+        get("task-file-rejected", 4096, Some(1)),
+        get("task-file-rejected", 4096, Some(4096)),
         get("task-file", 1, None),
-        get("task-file-rejected", 1, Some("1")),
+        get("task-file-rejected", 1, Some(1)),
     ) else {
         return Vec::new();
     };
@@ -827,7 +746,7 @@ fn describe(c: &Crossing) -> String {
         "task-file-rejected" => format!(
             "task file of {} refused by the driver after validating {} (never reaches the card)",
             c.commands,
-            c.fields.get("validated").map_or("?", String::as_str)
+            c.validated.map_or("?".to_string(), |v| v.to_string())
         ),
         "task-file-library" => format!(
             "`Card::run` of {} commands (build + execute + parse)",
@@ -921,7 +840,7 @@ impl BenchReport {
                 ))
             );
         }
-        let _ = writeln!(out, "\n### Targets (issue 6)\n");
+        let _ = writeln!(out, "\n### Targets\n");
         let _ = writeln!(out, "| goal | measured | met |");
         let _ = writeln!(out, "|---|---|---|");
         for t in &self.targets {
@@ -1253,13 +1172,33 @@ fn plot(report: &BenchReport, path: &Path) -> std::result::Result<(), Box<dyn st
 mod tests {
     use super::*;
 
-    fn step(name: &str, lines: &[&str]) -> Step {
+    fn step(name: &str, lines: &[String]) -> Step {
         Step {
             name: name.into(),
             rc: 0,
-            output: lines.iter().map(|s| s.to_string()).collect(),
+            output: lines.to_vec(),
             uptime: 0.0,
         }
+    }
+
+    /// A crossings record as the guest prints it.
+    fn cross(method: &str, commands: u32, ops: u64, per_op: f64, median: f64) -> Crossing {
+        Crossing {
+            method: method.into(),
+            commands,
+            ops,
+            per_op_us: per_op,
+            per_cmd_us: per_op / f64::from(commands),
+            median_op_us: median,
+            pass: None,
+            validated: None,
+            value: None,
+            bar: None,
+        }
+    }
+
+    fn line(c: Crossing) -> String {
+        Record::Crossing(c).line()
     }
 
     #[test]
@@ -1279,39 +1218,84 @@ mod tests {
 
     #[test]
     fn report_from_guest_lines() {
+        let pass = |p: u32, c: Crossing| line(Crossing { pass: Some(p), ..c });
+        let rejected = |commands: u32, per_op: f64, median: f64, validated: u32| {
+            line(Crossing {
+                validated: Some(validated),
+                ..cross("task-file-rejected", commands, 20, per_op, median)
+            })
+        };
         let steps = vec![
             step(
                 "bench-crossings",
                 &[
-                    "cross: rounds=5 statistic=median",
-                    "cross: method=ioctl-nop commands=1 ops=2000 per_op_us=1.500 per_cmd_us=1.5000 median_op_us=1.600 pass=1",
-                    "cross: method=ioctl-nop commands=1 ops=1000 per_op_us=1.400 per_cmd_us=1.4000 median_op_us=1.900 pass=2",
-                    "cross: method=ioctl-nop commands=1 ops=1000 per_op_us=1.450 per_cmd_us=1.4500 median_op_us=1.700 pass=3",
-                    "cross: method=task-file commands=1 ops=2000 per_op_us=200.000 per_cmd_us=200.0000 median_op_us=190.000",
-                    "cross: method=task-file commands=256 ops=20 per_op_us=400.000 per_cmd_us=1.5625 median_op_us=390.000",
-                    "cross: method=task-file commands=4096 ops=20 per_op_us=5120.000 per_cmd_us=1.2500 median_op_us=5000.000",
-                    "cross: method=task-file-poll unavailable: driver lacks EXEC_POLL",
-                    "cross: method=task-file-rejected commands=1 ops=20 per_op_us=20.000 per_cmd_us=20.0 median_op_us=19 validated=1",
-                    "cross: method=task-file-rejected commands=4096 ops=20 per_op_us=300.000 per_cmd_us=0.1 median_op_us=290 validated=1",
-                    "cross: method=task-file-rejected commands=4096 ops=20 per_op_us=1300.000 per_cmd_us=0.3 median_op_us=1290 validated=4096",
-                    "cross: method=edu-register commands=1 ops=2000 per_op_us=0.250 per_cmd_us=0.2500 median_op_us=0.240",
+                    "cross: passes=3 budget_ms=150 round_us=2000 statistic=fastest-round".into(),
+                    pass(1, cross("ioctl-nop", 1, 2000, 1.5, 1.6)),
+                    pass(2, cross("ioctl-nop", 1, 1000, 1.4, 1.9)),
+                    pass(3, cross("ioctl-nop", 1, 1000, 1.45, 1.7)),
+                    line(cross("task-file", 1, 2000, 200.0, 190.0)),
+                    line(cross("task-file", 256, 20, 400.0, 390.0)),
+                    line(cross("task-file", 4096, 20, 5120.0, 5000.0)),
+                    Record::CrossingUnavailable(Unavailable {
+                        method: "task-file-poll".into(),
+                        reason: "driver lacks EXEC_POLL".into(),
+                    })
+                    .line(),
+                    rejected(1, 20.0, 19.0, 1),
+                    rejected(4096, 300.0, 290.0, 1),
+                    rejected(4096, 1300.0, 1290.0, 4096),
+                    line(cross("edu-register", 1, 2000, 0.25, 0.24)),
                 ],
             ),
             step(
                 "bench-config-space",
-                &["cross: method=config-space-register commands=1 ops=500 per_op_us=100.000 per_cmd_us=100.0000 median_op_us=90.000 value=0x50435858 bar=2"],
+                &[line(Crossing {
+                    value: Some(0x5043_5858),
+                    bar: Some(2),
+                    ..cross("config-space-register", 1, 500, 100.0, 90.0)
+                })],
             ),
             step(
                 "capture-1080p-60fps-dma",
                 &[
-                    "guest-uptime: before 10.00 8.00 cpus=1",
-                    "capture: 120 frames 1920x1080 yuyv @60 fps by dma: verified 0, corrupt 0, missed 0, card dropped 0, 60.1 fps, 249.7 MB/s, 2.50 ms CPU/frame",
-                    "guest-uptime: after 12.00 9.40 cpus=1",
+                    "guest-uptime: before 10.00 8.00 cpus=1".into(),
+                    Record::Capture(CaptureSummary {
+                        frames: 120,
+                        width: 1920,
+                        height: 1080,
+                        format: "yuyv".into(),
+                        rate: 60,
+                        mode: "dma".into(),
+                        verified: 0,
+                        corrupt: 0,
+                        missed: 0,
+                        card_dropped: 0,
+                        fps: 60.1,
+                        mb_per_s: 249.7,
+                        cpu_ms_per_frame: 2.5,
+                    })
+                    .line(),
+                    "guest-uptime: after 12.00 9.40 cpus=1".into(),
                 ],
             ),
             step(
                 "vivid-1080p60",
-                &["vivid: size=1920x1080 format=yuyv timings_fps=60.00 frames=120 seconds=4.000 fps=30.00 skipped=120 repeated=12 short=0 cpu_ms_per_frame=0.100 guest_busy_ms_per_frame=30.000 frame_bytes=4147200 touch=0"],
+                &[Record::Vivid(xxcapture_results::VividRun {
+                    width: 1920,
+                    height: 1080,
+                    format: "yuyv".into(),
+                    timings_fps: 60.0,
+                    frames: 120,
+                    seconds: 4.0,
+                    fps: 30.0,
+                    skipped: 120,
+                    repeated: 12,
+                    short: 0,
+                    cpu_ms_per_frame: 0.1,
+                    guest_busy_ms_per_frame: 30.0,
+                    frame_bytes: 4_147_200,
+                })
+                .line()],
             ),
         ];
         let exec = vec![ExecutorPoint {
@@ -1328,7 +1312,7 @@ mod tests {
             .find(|c| c.method == "ioctl-nop")
             .expect("nop");
         assert_eq!((nop.per_op_us, nop.median_op_us, nop.ops), (1.4, 1.7, 4000));
-        assert!(nop.fields.is_empty());
+        assert_eq!((nop.pass, nop.validated, nop.value), (None, None, None));
         assert_eq!(r.batch.len(), 3);
         // 256: 100 / 1.5625 = 64x: target missed; 4096: 1.25 > 0.25: missed.
         assert_eq!(r.targets[0].met, Some(false));
@@ -1384,9 +1368,9 @@ mod tests {
         let steps = vec![step(
             "bench-crossings",
             &[
-                "cross: method=task-file commands=1 ops=2000 per_op_us=200.000 per_cmd_us=200.0000 median_op_us=190.000",
-                "cross: method=task-file commands=4096 ops=20 per_op_us=2048.000 per_cmd_us=0.5000 median_op_us=2000.000",
-                "cross: method=edu-register commands=1 ops=2000 per_op_us=0.250 per_cmd_us=0.2500 median_op_us=0.240",
+                line(cross("task-file", 1, 2000, 200.0, 190.0)),
+                line(cross("task-file", 4096, 20, 2048.0, 2000.0)),
+                line(cross("edu-register", 1, 2000, 0.25, 0.24)),
             ],
         )];
         BenchReport::new(&steps, 9.0, Vec::new(), Vec::new())

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use xxcapture::measure::cpu_time;
 use xxcapture::{Access, Card, Error};
+use xxcapture_results::{DmaThroughput, Record};
 
 #[derive(clap::Args)]
 pub struct BenchDmaArgs {
@@ -45,11 +46,20 @@ pub fn run(device: &str, args: BenchDmaArgs) -> Result<ExitCode, Error> {
                 (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e6 / transfers as f64,
                 _ => f64::NAN,
             };
+            let r = DmaThroughput {
+                size_bytes: size as u64,
+                direction: name.to_string(),
+                transfers,
+                seconds: secs,
+                gbps: (size as f64 * transfers as f64) / secs / 1e9,
+                us_per_transfer: secs * 1e6 / transfers as f64,
+                cpu_us_per_transfer: cpu,
+            };
             println!(
                 "bench-dma: size={size} dir={name} transfers={transfers} seconds={secs:.3} gbps={:.3} us_per_transfer={:.1} cpu_us_per_transfer={cpu:.1}",
-                (size as f64 * transfers as f64) / secs / 1e9,
-                secs * 1e6 / transfers as f64,
+                r.gbps, r.us_per_transfer,
             );
+            Record::DmaThroughput(r).print();
         }
     }
     Ok(ExitCode::SUCCESS)

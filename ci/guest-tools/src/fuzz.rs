@@ -22,6 +22,7 @@ use xxcapture::abi::{
     MMAP_OFFSET_STATUS, REGISTERS,
 };
 use xxcapture::{Access, Card, Error};
+use xxcapture_results::{FuzzSummary, Record};
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {
@@ -538,6 +539,14 @@ pub fn run(device: &str, args: FuzzArgs) -> Result<ExitCode, Error> {
         "fuzz-driver: {ops} operations from {} processes x {} threads in {:.0} s; card answers ID={id:#x}",
         args.processes, args.threads, args.seconds
     );
+    Record::FuzzDriver(FuzzSummary {
+        operations: ops,
+        processes: args.processes,
+        threads: args.threads,
+        seconds: args.seconds,
+        card_id: id,
+    })
+    .print();
     Ok(if ok && id == xxcapture::abi::MAGIC {
         ExitCode::SUCCESS
     } else {
