@@ -1,42 +1,21 @@
 //! The interrupt part of the bench report: raise-to-wake latency of the
 //! card's TEST interrupt next to QEMU's edu device (through uio), by
-//! stage, the sustained record rate, and the seed's synchronous versus
-//! asynchronous I/O as a table, all from the guest's `xxcap bench-irq` and
-//! `xxcap bench-sync-async` lines.
+//! stage, the sustained record rate, and synchronous versus asynchronous
+//! I/O as a table, all from the guest's `xxcap-test bench-irq` and
+//! `xxcap-test bench-sync-async` results.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::vm::Step;
+use xxcapture_results::Record;
 
-/// One `irq:` line.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct IrqLatency {
-    pub method: String,
-    pub events: u64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub max_us: f64,
-    pub mean_us: f64,
-}
-
-/// One `syncasync:` row.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct SyncAsyncRow {
-    pub model: String,
-    /// Requests per second asked for; `None`: as fast as possible.
-    pub target_per_s: Option<u32>,
-    pub achieved_per_s: f64,
-    pub cpu_us_per_request: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
-}
+pub use xxcapture_results::{IrqLatency, SyncAsyncRow, Unavailable};
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct InterruptReport {
     pub latency: Vec<IrqLatency>,
-    pub unavailable: Vec<String>,
+    pub unavailable: Vec<Unavailable>,
     pub sustained_events_per_s: Option<f64>,
     pub sustained_lost: Option<u64>,
     pub sync_async: Vec<SyncAsyncRow>,
@@ -45,68 +24,21 @@ pub struct InterruptReport {
     pub crossover: Option<String>,
 }
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-}
-
-fn num(line: &str, key: &str) -> Option<f64> {
-    field(line, key).and_then(|v| v.parse().ok())
-}
-
 impl InterruptReport {
-    pub fn parse(steps: &[Step]) -> Self {
+    /// The interrupt and synchronous/asynchronous records of a run.
+    pub fn new(records: &[Record]) -> Self {
         let mut r = InterruptReport::default();
-        for line in steps.iter().flat_map(|s| s.output.iter()) {
-            if let Some(rest) = line.strip_prefix("irq: ") {
-                let Some(method) = field(rest, "method") else {
-                    continue;
-                };
-                if rest.contains("unavailable") {
-                    r.unavailable.push(rest.to_string());
-                } else if method == "xxcapture-sustained" {
-                    r.sustained_events_per_s = num(rest, "events_per_s");
-                    r.sustained_lost = num(rest, "lost").map(|v| v as u64);
-                } else if let (Some(events), Some(p50), Some(p99), Some(max), Some(mean)) = (
-                    num(rest, "events"),
-                    num(rest, "p50_us"),
-                    num(rest, "p99_us"),
-                    num(rest, "max_us"),
-                    num(rest, "mean_us"),
-                ) {
-                    r.latency.push(IrqLatency {
-                        method: method.to_string(),
-                        events: events as u64,
-                        p50_us: p50,
-                        p99_us: p99,
-                        max_us: max,
-                        mean_us: mean,
-                    });
+        for record in records {
+            match record {
+                Record::IrqLatency(l) => r.latency.push(l.clone()),
+                Record::IrqUnavailable(u) => r.unavailable.push(u.clone()),
+                Record::IrqSustained(s) => {
+                    r.sustained_events_per_s = Some(s.events_per_s);
+                    r.sustained_lost = Some(s.lost);
                 }
-            } else if let Some(rest) = line.strip_prefix("syncasync: ") {
-                if let Some(c) = field(rest, "crossover") {
-                    r.crossover = (c != "none").then(|| c.to_string());
-                    continue;
-                }
-                let (Some(model), Some(target)) = (field(rest, "model"), field(rest, "target"))
-                else {
-                    continue;
-                };
-                if let (Some(achieved), Some(cpu), Some(p50), Some(p99)) = (
-                    num(rest, "achieved_per_s"),
-                    num(rest, "cpu_us_per_req"),
-                    num(rest, "p50_us"),
-                    num(rest, "p99_us"),
-                ) {
-                    r.sync_async.push(SyncAsyncRow {
-                        model: model.to_string(),
-                        target_per_s: target.parse().ok(),
-                        achieved_per_s: achieved,
-                        cpu_us_per_request: cpu,
-                        p50_us: p50,
-                        p99_us: p99,
-                    });
-                }
+                Record::SyncAsync(row) => r.sync_async.push(row.clone()),
+                Record::SyncAsyncCrossover(c) => r.crossover = c.rate.clone(),
+                _ => {}
             }
         }
         r
@@ -139,7 +71,7 @@ impl InterruptReport {
             );
         }
         for u in &self.unavailable {
-            let _ = writeln!(out, "\n{u}");
+            let _ = writeln!(out, "\n{}: unavailable ({})", u.method, u.reason);
         }
         if let (Some(ours), Some(edu)) = (
             self.find("xxcapture-raise-to-wake-read")
@@ -199,21 +131,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_guest_lines() {
-        let step = Step {
-            name: "bench-irq".into(),
-            rc: 0,
-            uptime: 0.0,
-            output: vec![
-                "irq: method=xxcapture-raise-to-wake events=100 p50_us=80.0 p99_us=200.0 max_us=900.0 mean_us=95.0".into(),
-                "irq: method=xxcapture-sustained raised=2048 received=2048 lost=0 gaps=0 events_per_s=50000".into(),
-                "irq: method=edu-uio-raise-to-wake events=100 p50_us=40.0 p99_us=100.0 max_us=300.0 mean_us=45.0".into(),
-                "syncasync: model=sync target=100 achieved_per_s=100 cpu_us_per_req=200.0 p50_us=150.0 p99_us=300.0".into(),
-                "syncasync: model=async target=max achieved_per_s=9000 cpu_us_per_req=100.0 p50_us=700.0 p99_us=3000.0".into(),
-                "syncasync: crossover=max".into(),
-            ],
-        };
-        let r = InterruptReport::parse(&[step]);
+    fn reads_the_guest_records() {
+        let output = [
+            r#"irq: method=xxcapture-raise-to-wake events=100 p50_us=80.0 p99_us=200.0 max_us=900.0 mean_us=95.0"#,
+            r#"@xxcap-result {"kind":"irq-latency","method":"xxcapture-raise-to-wake","events":100,"p50_us":80.0,"p99_us":200.0,"max_us":900.0,"mean_us":95.0}"#,
+            r#"@xxcap-result {"kind":"irq-sustained","raised":2048,"received":2048,"lost":0,"gaps":0,"events_per_s":50000.0}"#,
+            r#"@xxcap-result {"kind":"irq-latency","method":"edu-uio-raise-to-wake","events":100,"p50_us":40.0,"p99_us":100.0,"max_us":300.0,"mean_us":45.0}"#,
+            r#"@xxcap-result {"kind":"sync-async","model":"sync","target_per_s":100,"achieved_per_s":100.0,"cpu_us_per_request":200.0,"p50_us":150.0,"p99_us":300.0}"#,
+            r#"@xxcap-result {"kind":"sync-async","model":"async","target_per_s":null,"achieved_per_s":9000.0,"cpu_us_per_request":100.0,"p50_us":700.0,"p99_us":3000.0}"#,
+            r#"@xxcap-result {"kind":"sync-async-crossover","rate":"max"}"#,
+        ]
+        .map(String::from);
+        let r = InterruptReport::new(&Record::all(&output));
         assert_eq!(r.latency.len(), 2);
         assert_eq!(r.sustained_events_per_s, Some(50000.0));
         assert_eq!(r.sync_async.len(), 2);

@@ -97,6 +97,8 @@ pub struct Artifacts {
     pub provisioned: Provisioned,
     pub module: PathBuf,
     pub xxcap: PathBuf,
+    /// The guest's test and benchmark tool.
+    pub xxcap_test: PathBuf,
     pub xxcapd: PathBuf,
     pub initramfs: PathBuf,
     /// The crossings tracer (QEMU TCG plugin).
@@ -122,6 +124,10 @@ impl Artifacts {
             module: must_exist(build_dir().join("xxcapture.ko"), BUILD_HINT)?,
             xxcap: must_exist(
                 target_dir().join(GUEST_TARGET).join("release/xxcap"),
+                BUILD_HINT,
+            )?,
+            xxcap_test: must_exist(
+                target_dir().join(GUEST_TARGET).join("release/xxcap-test"),
                 BUILD_HINT,
             )?,
             xxcapd: must_exist(target_dir().join("release/xxcapd"), BUILD_HINT)?,
@@ -164,6 +170,11 @@ fn pack_initramfs(out: &Path, extra_kmods: &[&str]) -> Result<()> {
         .arg(root.join("ci/guest/init"))
         .arg("--add")
         .arg(format!("{}:/bin/xxcap", release.join("xxcap").display()))
+        .arg("--add")
+        .arg(format!(
+            "{}:/bin/xxcap-test",
+            release.join("xxcap-test").display()
+        ))
         .arg("--add")
         .arg(format!(
             "{}:/bin/edu-probe",
@@ -216,7 +227,7 @@ pub fn build_all() -> Result<Artifacts> {
     .map_err(|e| Error::Step(format!("copy xxcapture.ko: {e}")))?;
 
     run(
-        "building the guest tools (static xxcap)",
+        "building the guest tools (static xxcap, xxcap-test, edu-probe)",
         Command::new(env!("CARGO"))
             .current_dir(&root)
             .args([
@@ -227,6 +238,8 @@ pub fn build_all() -> Result<Artifacts> {
                 GUEST_TARGET,
                 "-p",
                 "xxcap",
+                "-p",
+                "xxcap-test",
                 "-p",
                 "edu-probe",
             ])

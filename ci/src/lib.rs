@@ -12,6 +12,7 @@ pub mod vm;
 pub use build::{build_all, Artifacts, Provisioned};
 pub use supervise::Recovery;
 pub use vm::{parse_steps, Accel, FinishedRun, Mode, Step, Vm, VmOptions};
+pub use xxcapture_results as results;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use xxcapture_results::Record;
 
 use crate::build::{repo_root, Artifacts};
 use crate::qmp::Qmp;
@@ -460,6 +461,28 @@ pub struct Step {
     pub output: Vec<String>,
     /// Guest uptime in seconds when the step ended.
     pub uptime: f64,
+}
+
+impl Step {
+    /// The result records the guest's tools printed during this step.
+    pub fn records(&self) -> Vec<Record> {
+        Record::all(&self.output)
+    }
+
+    /// The first record of this step that `pick` accepts (test support:
+    /// panics with the step's output if there is none).
+    pub fn record<T>(&self, what: &str, pick: impl Fn(Record) -> Option<T>) -> T {
+        self.records()
+            .into_iter()
+            .find_map(pick)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no {what} result record:\n{}",
+                    self.name,
+                    self.output.join("\n")
+                )
+            })
+    }
 }
 
 /// The guest's steps, parsed from the console.

@@ -7,41 +7,19 @@ use std::time::Duration;
 
 use xxcapture_abi::frame::{verify, PixelFormat};
 use xxcapture_hil::build::repo_root;
+use xxcapture_hil::results::{CaptureSummary, Record};
 use xxcapture_hil::{Artifacts, FinishedRun, Mode, Step, VmOptions};
 
-/// Parses "capture: N frames ... corrupt C, missed M, card dropped D, F fps".
-fn capture_summary(step: &Step) -> (u64, u64, u64, u64, f64) {
-    // The progress bar may share the summary's line on a serial console.
-    let line = step
-        .output
-        .iter()
-        .find_map(|l| {
-            l.find("capture: ")
-                .map(|at| &l[at..])
-                .filter(|rest| rest.contains(" frames "))
-        })
-        .unwrap_or_else(|| panic!("{}: no summary:\n{}", step.name, step.output.join("\n")));
-    let number_after = |key: &str| -> f64 {
-        line.split(key)
-            .nth(1)
-            .and_then(|rest| rest.trim_start().split([' ', ',']).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {key:?} in {line}"))
-    };
-    let frames = number_after("capture:") as u64;
-    (
-        frames,
-        number_after("corrupt") as u64,
-        number_after("missed") as u64,
-        number_after("card dropped") as u64,
-        line.split(", ")
-            .filter_map(|part| part.strip_suffix(" fps"))
-            .find_map(|f| f.parse().ok())
-            .unwrap_or(f64::NAN),
-    )
+/// The capture summary the guest reported for `step`.
+fn capture_summary(step: &Step) -> CaptureSummary {
+    step.record("capture", |r| match r {
+        Record::Capture(c) => Some(c),
+        _ => None,
+    })
 }
 
 #[test]
+#[ignore = "boots a VM: ci/test runs it with --ignored"]
 fn capture_end_to_end_in_vm() {
     let artifacts = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
     let log_dir = repo_root().join("target/hil-logs/capture");
@@ -69,7 +47,14 @@ fn capture_end_to_end_in_vm() {
         "capture-mmap-1080p",
         "capture-realtime-30fps",
     ] {
-        let (frames, corrupt, missed, dropped, fps) = capture_summary(run.step(name));
+        let CaptureSummary {
+            frames,
+            corrupt,
+            missed,
+            card_dropped: dropped,
+            fps,
+            ..
+        } = capture_summary(run.step(name));
         eprintln!("{name}: {frames} frames verified, {corrupt} corrupt, {missed} missed by the reader, {dropped} dropped by the card, {fps:.1} fps");
         assert!(frames >= 60, "{name}: only {frames} frames");
         assert_eq!(corrupt, 0, "{name}: corrupt frames");

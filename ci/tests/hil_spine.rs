@@ -6,11 +6,13 @@
 use std::time::Duration;
 
 use xxcapture_hil::build::repo_root;
+use xxcapture_hil::results::Record;
 use xxcapture_hil::{parse_steps, Artifacts, Mode, Vm, VmOptions};
 
 const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[test]
+#[ignore = "boots a VM: ci/test runs it with --ignored"]
 fn spine_end_to_end_in_vm() {
     let artifacts = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
     let opts = VmOptions {
@@ -59,27 +61,25 @@ fn spine_end_to_end_in_vm() {
         "xxcap info did not confirm the identity: {info:?}"
     );
     for name in ["selftest", "selftest-after-reload"] {
-        let out = steps
+        let step = steps
             .iter()
             .find(|s| s.name == name)
-            .map(|s| s.output.clone())
-            .unwrap_or_default();
-        let summary = out
-            .iter()
-            .find(|l| l.starts_with("selftest: ") && l.contains(" passed, "))
-            .unwrap_or_else(|| panic!("{name}: no summary line:\n{}", out.join("\n")));
-        assert!(
-            summary.ends_with(", 0 failed"),
-            "{name}: {summary}\n{}",
-            out.join("\n")
+            .unwrap_or_else(|| panic!("guest step {name} never ran"));
+        let summary = step.record("selftest", |r| match r {
+            Record::Selftest(s) => Some(s),
+            _ => None,
+        });
+        assert_eq!(
+            summary.failed,
+            0,
+            "{name}: {summary:?}\n{}",
+            step.output.join("\n")
         );
-        let passed: u32 = summary
-            .trim_start_matches("selftest: ")
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        assert!(passed >= 20, "{name}: only {passed} checks ran");
+        assert!(
+            summary.passed >= 20,
+            "{name}: only {} checks ran",
+            summary.passed
+        );
     }
     assert!(qemu.success(), "QEMU exited with {qemu}");
     assert!(

@@ -10,6 +10,7 @@ mod capture;
 mod card;
 mod error;
 mod events;
+pub mod measure;
 mod stream;
 mod sys;
 

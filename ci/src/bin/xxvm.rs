@@ -53,7 +53,8 @@ enum Cmd {
     Shell(VmArgs),
     /// Measure every way to reach the card, DMA, capture and the kernel's
     /// vivid driver in one VM run, next to host memcpy and the card's
-    /// executor; writes target/bench/{bench.md,bench.json,crossings.png}.
+    /// executor; writes target/bench/{bench.md,bench.json,crossings.png}
+    /// and the generated docs/benchmarks.md with docs/crossings.png.
     Bench(VmArgs),
 }
 
@@ -154,6 +155,23 @@ fn bench(args: &VmArgs) -> Result<ExitCode, xxcapture_hil::Error> {
         "xxvm: wrote {0}/bench.md, {0}/bench.json and {0}/crossings.png",
         dir.display()
     );
+    // The published figures: generated, never edited by hand.
+    let docs = xxcapture_hil::build::repo_root().join("docs");
+    std::fs::create_dir_all(&docs).map_err(step_err)?;
+    let host = xxcapture_hil::bench::host_description(
+        &artifacts.provisioned.qemu_version,
+        match opts.accel {
+            Accel::Tcg => "TCG",
+            Accel::Kvm => "KVM",
+        },
+    );
+    let document = report.document(&xxcapture_hil::bench::utc_now(), &host);
+    std::fs::write(docs.join("benchmarks.md"), document).map_err(step_err)?;
+    std::fs::copy(dir.join("crossings.png"), docs.join("crossings.png")).map_err(step_err)?;
+    eprintln!(
+        "xxvm: wrote {0}/benchmarks.md and {0}/crossings.png",
+        docs.display()
+    );
     if steps.is_empty() || !report.failed_steps.is_empty() {
         eprintln!(
             "xxvm: bench steps failed: {:?} (console in target/hil-logs/)",
@@ -168,10 +186,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Build => build_all().map(|a| {
-            println!("module    {}", a.module.display());
-            println!("xxcap     {}", a.xxcap.display());
-            println!("xxcapd    {}", a.xxcapd.display());
-            println!("initramfs {}", a.initramfs.display());
+            println!("module     {}", a.module.display());
+            println!("xxcap      {}", a.xxcap.display());
+            println!("xxcap-test {}", a.xxcap_test.display());
+            println!("xxcapd     {}", a.xxcapd.display());
+            println!("initramfs  {}", a.initramfs.display());
             println!(
                 "kernel    {} ({})",
                 a.provisioned.kernel.display(),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use xxcapture::abi::frame::{verify, PixelFormat};
 use xxcapture::{Access, CaptureMode, Card, Error, FrameFormat};
+use xxcapture_results::{CaptureSummary, Record};
 
 #[derive(clap::Args)]
 pub struct CaptureArgs {
@@ -47,6 +48,10 @@ pub struct CaptureArgs {
     /// Seconds to wait for any one frame.
     #[arg(long, default_value_t = 5)]
     frame_timeout: u64,
+    /// Also print the summary as a result record for scripts and the test
+    /// harness: one line, `@xxcap-result ` and a JSON object.
+    #[arg(long)]
+    results: bool,
 }
 
 pub(crate) fn parse_format(s: &str) -> Result<PixelFormat, String> {
@@ -236,7 +241,7 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
     );
     let mut capture = card.start_capture(format, args.file_source, mode)?;
     let started = Instant::now();
-    let cpu_started = crate::bench::cpu_time();
+    let cpu_started = xxcapture::measure::cpu_time();
     let mut corrupt = 0u64;
     let mut bytes = 0u64;
     let mut first_error: Option<String> = None;
@@ -271,28 +276,50 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
         progress.inc(1);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_ms_per_frame = match (cpu_started, crate::bench::cpu_time()) {
+    let cpu_ms_per_frame = match (cpu_started, xxcapture::measure::cpu_time()) {
         (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e3 / args.frames.max(1) as f64,
         _ => f64::NAN,
     };
     let stats = capture.stop()?;
     progress.finish_and_clear();
+    let r = CaptureSummary {
+        frames: stats.delivered,
+        width: w,
+        height: h,
+        format: args.format.to_string(),
+        rate: args.rate,
+        mode: args.mode.clone(),
+        verified: if args.verify {
+            stats.delivered - corrupt
+        } else {
+            0
+        },
+        corrupt,
+        missed: stats.missed,
+        card_dropped: stats.card_dropped,
+        fps: stats.delivered as f64 / elapsed.max(1e-9),
+        mb_per_s: bytes as f64 / elapsed.max(1e-9) / 1e6,
+        cpu_ms_per_frame,
+    };
     println!(
         "capture: {} frames {}x{} {} @{} fps by {}: verified {}, corrupt {}, missed {}, card dropped {}, {:.1} fps, {:.1} MB/s, {:.2} ms CPU/frame",
-        stats.delivered,
+        r.frames,
         w,
         h,
-        args.format,
-        args.rate,
-        args.mode,
-        if args.verify { stats.delivered - corrupt } else { 0 },
-        corrupt,
-        stats.missed,
-        stats.card_dropped,
-        stats.delivered as f64 / elapsed.max(1e-9),
-        bytes as f64 / elapsed.max(1e-9) / 1e6,
-        cpu_ms_per_frame
+        r.format,
+        r.rate,
+        r.mode,
+        r.verified,
+        r.corrupt,
+        r.missed,
+        r.card_dropped,
+        r.fps,
+        r.mb_per_s,
+        r.cpu_ms_per_frame
     );
+    if args.results {
+        Record::Capture(r).print();
+    }
     if let Some(e) = first_error {
         println!("capture: first bad frame: {e}");
     }

@@ -1,16 +1,7 @@
 //! `xxcap`: the xxcapture card from the guest's command line.
 
-mod bench;
 mod capture;
-mod crossings;
-mod fuzz;
-mod irq;
-mod selftest;
-mod selftest_dma;
-mod stats;
 mod stream;
-mod syncasync;
-mod vivid;
 
 use std::process::ExitCode;
 
@@ -41,43 +32,12 @@ enum Command {
         #[command(subcommand)]
         action: RegsAction,
     },
-    /// Check the card and driver contract end to end; prints one line per check.
-    Selftest,
     /// Capture frames by DMA or from mapped card RAM; optionally verify, write Y4M and a PNG.
     Capture(capture::CaptureArgs),
-    /// DMA throughput by transfer size and direction.
-    BenchDma(bench::BenchDmaArgs),
-    /// Cost per operation of each way to reach the card.
-    BenchCrossings(crossings::CrossingsArgs),
-    /// Cost of one register read through device config space, from user
-    /// space: unbinds the card from virtio-pci, maps its BAR, binds it again.
-    BenchConfigSpace(crossings::ConfigSpaceArgs),
-    /// Frames per second and CPU per frame of the kernel's vivid driver.
-    BenchVivid(vivid::VividArgs),
-    /// Execute one task file of N register writes.
-    Batch(bench::BatchArgs),
-    /// Read the mapped status block N times (no system call per read).
-    StatusRead(bench::StatusReadArgs),
     /// Stream frames into this process's own buffers, with live statistics.
     /// Exits non-zero if any frame was dropped, corrupt or out of order, or
     /// a page stayed pinned.
     Stream(stream::StreamArgs),
-    /// Raise TEST interrupts singly and in bursts; check each record arrives
-    /// exactly once, in order, and the counts agree on every side.
-    IrqTest(irq::IrqTestArgs),
-    /// Latency from raising an interrupt to a user thread waking, by stage,
-    /// and the sustained record rate (optionally next to edu through uio).
-    BenchIrq(irq::BenchIrqArgs),
-    /// Check that signals interrupt blocking waits with EINTR and leak nothing.
-    EintrTest,
-    /// Keep asynchronous DMA in flight for a while.
-    DmaAsync(irq::DmaAsyncArgs),
-    /// Synchronous vs asynchronous DMA at fixed request rates: CPU and latency.
-    BenchSyncAsync(syncasync::SyncAsyncArgs),
-    /// Random and hostile use of the driver from several processes and threads.
-    FuzzDriver(fuzz::FuzzArgs),
-    /// Hostile DMA cannot touch memory its caller does not own (canary check).
-    CanaryTest(fuzz::CanaryArgs),
 }
 
 #[derive(Subcommand)]
@@ -118,22 +78,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Info => info(&cli.device),
         Command::Regs { action } => regs_cmd(&cli.device, action),
-        Command::Selftest => selftest::run(&cli.device),
         Command::Capture(args) => capture::run(&cli.device, args),
-        Command::BenchDma(args) => bench::run(&cli.device, args),
-        Command::Batch(args) => bench::batch(&cli.device, args),
-        Command::BenchCrossings(args) => crossings::run(&cli.device, args),
-        Command::BenchConfigSpace(args) => crossings::config_space(args),
-        Command::BenchVivid(args) => vivid::run(args),
-        Command::StatusRead(args) => bench::status_read(&cli.device, args),
         Command::Stream(args) => stream::run(&cli.device, args),
-        Command::IrqTest(args) => irq::irq_test(&cli.device, args),
-        Command::BenchIrq(args) => irq::bench_irq(&cli.device, args),
-        Command::EintrTest => irq::eintr_test(&cli.device),
-        Command::DmaAsync(args) => irq::dma_async(&cli.device, args),
-        Command::BenchSyncAsync(args) => syncasync::run(&cli.device, args),
-        Command::FuzzDriver(args) => fuzz::run(&cli.device, args),
-        Command::CanaryTest(args) => fuzz::canary_test(&cli.device, args),
     };
     match result {
         Ok(code) => code,

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use xxcapture::abi::frame::{verify, PixelFormat};
 use xxcapture::{Access, Card, Error, FrameFormat};
+use xxcapture_results::{Record, StreamSummary};
 
 use crate::capture::{parse_format, parse_size, Y4mOut};
-use crate::stats::Percentiles;
+use xxcapture::measure::Percentiles;
 
 #[derive(clap::Args)]
 pub struct StreamArgs {
@@ -44,6 +45,10 @@ pub struct StreamArgs {
     /// No progress line (for logs).
     #[arg(long)]
     quiet: bool,
+    /// Also print the summary as a result record for scripts and the test
+    /// harness: one line, `@xxcap-result ` and a JSON object.
+    #[arg(long)]
+    results: bool,
 }
 
 pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
@@ -84,7 +89,7 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
 
     let mut stream = card.start_stream(format, args.file_source, args.buffers)?;
     let started = Instant::now();
-    let cpu_started = crate::bench::cpu_time();
+    let cpu_started = xxcapture::measure::cpu_time();
     let limit = Duration::from_secs_f64(args.seconds);
     let mut wake = Percentiles::default();
     let mut corrupt = 0u64;
@@ -137,7 +142,7 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu_ms_per_frame = match (cpu_started, crate::bench::cpu_time()) {
+    let cpu_ms_per_frame = match (cpu_started, xxcapture::measure::cpu_time()) {
         (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e3 / delivered.max(1) as f64,
         _ => f64::NAN,
     };
@@ -146,20 +151,47 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
     let stats = stream.stop()?;
     progress.finish_and_clear();
     let pinned_after = card.sysfs_attribute("pinned_pages").unwrap_or_default();
+    let r = StreamSummary {
+        frames: delivered,
+        width: w,
+        height: h,
+        format: args.format.to_string(),
+        rate: args.rate,
+        buffers: args.buffers as u32,
+        seconds: elapsed,
+        fps: delivered as f64 / elapsed.max(1e-9),
+        verified: if args.verify { delivered - corrupt } else { 0 },
+        corrupt,
+        dropped: stats.dropped,
+        dropped_register: u64::from(dropped_register),
+        skipped,
+        out_of_order,
+        lost_records: stats.lost_records,
+        buffer_errors: stats.buffer_errors,
+        latency_p50_us: wake.percentile(50.0),
+        latency_p99_us: wake.percentile(99.0),
+        latency_max_us: wake.max(),
+        cpu_ms_per_frame,
+        pinned_while_streaming: pinned_while_streaming.trim().parse().ok(),
+        pinned_after: pinned_after.trim().parse().ok(),
+    };
     println!(
         "stream: {delivered} frames {w}x{h} {} @{} fps into {} buffers in {elapsed:.1} s: {:.1} fps, verified {}, corrupt {corrupt}, dropped {} (card register {dropped_register}), skipped {skipped}, out-of-order {out_of_order}, lost records {}, buffer errors {}, delivery latency (driver to process) p50 {:.0} us p99 {:.0} us max {:.0} us, {cpu_ms_per_frame:.2} ms CPU/frame, pinned pages streaming {pinned_while_streaming} after {pinned_after}",
-        args.format,
-        args.rate,
-        args.buffers,
-        delivered as f64 / elapsed.max(1e-9),
-        if args.verify { delivered - corrupt } else { 0 },
-        stats.dropped,
-        stats.lost_records,
-        stats.buffer_errors,
-        wake.percentile(50.0),
-        wake.percentile(99.0),
-        wake.max(),
+        r.format,
+        r.rate,
+        r.buffers,
+        r.fps,
+        r.verified,
+        r.dropped,
+        r.lost_records,
+        r.buffer_errors,
+        r.latency_p50_us,
+        r.latency_p99_us,
+        r.latency_max_us,
     );
+    if args.results {
+        Record::Stream(r).print();
+    }
     if let Some(e) = first_error {
         println!("stream: first bad frame: {e}");
     }

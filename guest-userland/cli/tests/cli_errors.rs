@@ -72,6 +72,16 @@ fn help_and_version_succeed() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("stream"));
+    // Tests and benchmarks live in xxcap-test, not in the user's tool.
+    for test_only in [
+        "selftest",
+        "bench",
+        "fuzz-driver",
+        "canary-test",
+        "irq-test",
+    ] {
+        assert!(!out.contains(test_only), "--help lists {test_only}:\n{out}");
+    }
     let (code, out, _) = run(&["--version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("xxcap "));

@@ -1,16 +1,18 @@
-//! `xxcap bench-crossings` and `xxcap bench-config-space`: what each way of
-//! reaching the card costs, per operation, measured in the guest (the seed's
-//! "Choosing a Boundary Crossing Method", answered with numbers).
+//! `xxcap-test bench-crossings` and `xxcap-test bench-config-space`: what
+//! each way of reaching the card costs, per operation, measured in the
+//! guest (the Double X card's design question of choosing a boundary
+//! crossing method, answered with numbers).
 //!
-//! Every line of results starts with `cross: method=NAME` and carries
-//! `key=value` fields; the harness (`cargo xxvm bench`) turns them into the
-//! crossings table, its JSON and the plot. Each measurement runs in short
-//! rounds (about 2 ms each, so that some fall between the host's
-//! preemptions of the vCPU) and reports the fastest round (`per_op_us`,
-//! `per_cmd_us`) and the median one (`median_op_us`): on a shared host
-//! running TCG, other load only ever adds time, so the fastest round is the
-//! estimate of the cost itself. The whole list is measured in several
-//! passes (`pass=N`), so a burst of load does not hit one method only.
+//! Every measurement is printed as a `cross: method=NAME` line for people
+//! and as a [`Crossing`] result record, which the harness (`cargo xxvm
+//! bench`) turns into the crossings table, its JSON and the plot. Each
+//! measurement runs in short rounds (about 2 ms each, so that some fall
+//! between the host's preemptions of the vCPU) and reports the fastest
+//! round (`per_op_us`, `per_cmd_us`) and the median one (`median_op_us`):
+//! on a shared host running TCG, other load only ever adds time, so the
+//! fastest round is the estimate of the cost itself. The whole list is
+//! measured in several passes (`pass`), so a burst of load does not hit
+//! one method only.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -25,6 +27,7 @@ use xxcapture::abi::{
     STATUS_MAGIC, TF_HEADER_SIZE,
 };
 use xxcapture::{Access, Card, Error, TaskFile};
+use xxcapture_results::{Crossing, Record, Unavailable};
 
 #[derive(clap::Args)]
 pub struct CrossingsArgs {
@@ -100,19 +103,53 @@ fn measure_fixed<E>(
     })
 }
 
-fn report(method: &str, commands: u32, t: &Timing, extra: &str) {
+/// What sets a measurement apart from the others of its method.
+#[derive(Clone, Copy, Default)]
+struct Tags {
+    pass: Option<u32>,
+    validated: Option<u32>,
+    value: Option<u32>,
+    bar: Option<u8>,
+}
+
+/// One line for people and one result record for the harness.
+fn report(method: &str, commands: u32, t: &Timing, tags: &Tags) {
+    let c = Crossing {
+        method: method.to_string(),
+        commands,
+        ops: t.ops,
+        per_op_us: t.min_us,
+        per_cmd_us: t.min_us / f64::from(commands.max(1)),
+        median_op_us: t.median_us,
+        pass: tags.pass,
+        validated: tags.validated,
+        value: tags.value,
+        bar: tags.bar,
+    };
+    let mut extra = String::new();
+    if let Some(v) = c.validated {
+        extra += &format!(" validated={v}");
+    }
+    if let (Some(v), Some(b)) = (c.value, c.bar) {
+        extra += &format!(" value={v:#010x} bar={b}");
+    }
+    if let Some(p) = c.pass {
+        extra += &format!(" pass={p}");
+    }
     println!(
-        "cross: method={method} commands={commands} ops={} per_op_us={:.4} per_cmd_us={:.5} median_op_us={:.4}{}{extra}",
-        t.ops,
-        t.min_us,
-        t.min_us / f64::from(commands.max(1)),
-        t.median_us,
-        if extra.is_empty() { "" } else { " " },
+        "cross: method={method} commands={commands} ops={} per_op_us={:.4} per_cmd_us={:.5} median_op_us={:.4}{extra}",
+        c.ops, c.per_op_us, c.per_cmd_us, c.median_op_us,
     );
+    Record::Crossing(c).print();
 }
 
 fn unavailable(method: &str, why: &str) {
     println!("cross: method={method} unavailable: {why}");
+    Record::CrossingUnavailable(Unavailable {
+        method: method.to_string(),
+        reason: why.to_string(),
+    })
+    .print();
 }
 
 /// The sysfs directory of the first PCI device with this vendor:device.
@@ -254,7 +291,11 @@ fn rejected(card: &Card, commands: u32, bad: u32, plan: Plan, pass: u32) -> Resu
         "task-file-rejected",
         commands,
         &t,
-        &format!("validated={} pass={pass}", bad + 1),
+        &Tags {
+            pass: Some(pass),
+            validated: Some(bad + 1),
+            ..Tags::default()
+        },
     );
     Ok(())
 }
@@ -299,7 +340,10 @@ pub fn run(device: &str, args: CrossingsArgs) -> Result<ExitCode, Error> {
         args.passes, args.budget_ms, args.round_us
     );
     for pass in 1..=args.passes.max(1) {
-        let tag = format!("pass={pass}");
+        let tag = Tags {
+            pass: Some(pass),
+            ..Tags::default()
+        };
         let t = measure(plan, || card.nop())?;
         report("ioctl-nop", 1, &t, &tag);
 
@@ -460,7 +504,11 @@ pub fn config_space(args: ConfigSpaceArgs) -> Result<ExitCode, Error> {
                 "config-space-register",
                 1,
                 t,
-                &format!("value={MAGIC:#010x} bar={bar}"),
+                &Tags {
+                    value: Some(MAGIC),
+                    bar: u8::try_from(bar).ok(),
+                    ..Tags::default()
+                },
             );
             ExitCode::SUCCESS
         }

@@ -1,10 +1,12 @@
-//! `xxcap bench-dma`: DMA throughput between card RAM and this process, by
+//! `xxcap-test bench-dma`: DMA throughput between card RAM and this process, by
 //! transfer size and direction, measured in the guest.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use xxcapture::measure::cpu_time;
 use xxcapture::{Access, Card, Error};
+use xxcapture_results::{DmaThroughput, Record};
 
 #[derive(clap::Args)]
 pub struct BenchDmaArgs {
@@ -14,41 +16,6 @@ pub struct BenchDmaArgs {
     /// Time spent per size and direction.
     #[arg(long, default_value_t = 500)]
     millis: u64,
-}
-
-/// Guest CPU time this process has used, from the scheduler's own account
-/// (`/proc/self/schedstat`), which also covers time spent in the kernel on
-/// our behalf.
-pub fn cpu_time() -> Option<Duration> {
-    let text = std::fs::read_to_string("/proc/self/schedstat").ok()?;
-    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
-}
-
-/// The whole guest's CPU account, from `/proc/uptime` (seconds up, and
-/// seconds all CPUs spent idle). Busy time = wall time x CPUs - idle: it
-/// includes kernel threads and interrupts, which a process's own account
-/// misses (vivid renders its frames in a kernel thread).
-#[derive(Clone, Copy, Debug)]
-pub struct GuestCpu {
-    up: f64,
-    idle: f64,
-    cpus: f64,
-}
-
-impl GuestCpu {
-    pub fn now() -> Option<GuestCpu> {
-        let text = std::fs::read_to_string("/proc/uptime").ok()?;
-        let mut f = text.split_whitespace().map(|v| v.parse::<f64>().ok());
-        let (up, idle) = (f.next()??, f.next()??);
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        Some(GuestCpu { up, idle, cpus })
-    }
-
-    /// Busy CPU seconds since `earlier`.
-    pub fn busy_since(&self, earlier: &GuestCpu) -> f64 {
-        ((self.up - earlier.up) * self.cpus - (self.idle - earlier.idle)).max(0.0)
-    }
 }
 
 pub fn run(device: &str, args: BenchDmaArgs) -> Result<ExitCode, Error> {
@@ -79,11 +46,20 @@ pub fn run(device: &str, args: BenchDmaArgs) -> Result<ExitCode, Error> {
                 (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e6 / transfers as f64,
                 _ => f64::NAN,
             };
+            let r = DmaThroughput {
+                size_bytes: size as u64,
+                direction: name.to_string(),
+                transfers,
+                seconds: secs,
+                gbps: (size as f64 * transfers as f64) / secs / 1e9,
+                us_per_transfer: secs * 1e6 / transfers as f64,
+                cpu_us_per_transfer: cpu,
+            };
             println!(
                 "bench-dma: size={size} dir={name} transfers={transfers} seconds={secs:.3} gbps={:.3} us_per_transfer={:.1} cpu_us_per_transfer={cpu:.1}",
-                (size as f64 * transfers as f64) / secs / 1e9,
-                secs * 1e6 / transfers as f64,
+                r.gbps, r.us_per_transfer,
             );
+            Record::DmaThroughput(r).print();
         }
     }
     Ok(ExitCode::SUCCESS)

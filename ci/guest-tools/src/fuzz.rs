@@ -1,8 +1,8 @@
-//! `xxcap fuzz-driver`: random and adversarial use of the driver from
+//! `xxcap-test fuzz-driver`: random and adversarial use of the driver from
 //! several processes and threads at once (ioctls with garbage numbers,
 //! sizes and pointers, malformed and hostile task files, odd mmaps, reads
 //! and polls, buffers queued and abandoned, opens closed mid-flight).
-//! `xxcap canary-test`: hostile task files cannot move data into memory
+//! `xxcap-test canary-test`: hostile task files cannot move data into memory
 //! their caller does not own.
 //!
 //! Both are run from the guest's test steps; afterwards the kernel log must
@@ -22,6 +22,7 @@ use xxcapture::abi::{
     MMAP_OFFSET_STATUS, REGISTERS,
 };
 use xxcapture::{Access, Card, Error};
+use xxcapture_results::{FuzzSummary, Record};
 
 #[derive(clap::Args)]
 pub struct FuzzArgs {
@@ -538,6 +539,14 @@ pub fn run(device: &str, args: FuzzArgs) -> Result<ExitCode, Error> {
         "fuzz-driver: {ops} operations from {} processes x {} threads in {:.0} s; card answers ID={id:#x}",
         args.processes, args.threads, args.seconds
     );
+    Record::FuzzDriver(FuzzSummary {
+        operations: ops,
+        processes: args.processes,
+        threads: args.threads,
+        seconds: args.seconds,
+        card_id: id,
+    })
+    .print();
     Ok(if ok && id == xxcapture::abi::MAGIC {
         ExitCode::SUCCESS
     } else {

@@ -1,4 +1,4 @@
-//! `xxcap bench-vivid`: frames per second and CPU per frame of the kernel's
+//! `xxcap-test bench-vivid`: frames per second and CPU per frame of the kernel's
 //! `vivid` virtual capture driver, the V4L2 device users would pick
 //! instead of this card, measured like our own capture (same formats and
 //! sizes, same VM).
@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use xxcapture::Error;
+use xxcapture_results::{Record, Unavailable, VividRun};
 
-use crate::bench::{cpu_time, GuestCpu};
+use xxcapture::measure::{cpu_time, GuestCpu};
 
 const BUF_TYPE_VIDEO_CAPTURE: u32 = 1;
 const MEMORY_MMAP: u32 = 1;
@@ -282,7 +283,13 @@ pub fn run(args: VividArgs) -> Result<ExitCode, Error> {
     let path = match args.video.clone().or_else(find_vivid_capture) {
         Some(p) => p,
         None => {
-            println!("vivid: unavailable: no vivid capture node (is the vivid module loaded?)");
+            let reason = "no vivid capture node (is the vivid module loaded?)";
+            println!("vivid: unavailable: {reason}");
+            Record::VividUnavailable(Unavailable {
+                method: "vivid".into(),
+                reason: reason.into(),
+            })
+            .print();
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -424,12 +431,26 @@ pub fn run(args: VividArgs) -> Result<ExitCode, Error> {
     unsafe { vidioc_streamoff(fd, &buf_type) }.map_err(v4l2("STREAMOFF"))?;
     drop(maps);
     let frames = args.frames.max(1);
+    let r = VividRun {
+        width,
+        height,
+        format: "yuyv".into(),
+        timings_fps: timing_fps,
+        frames: u64::from(frames),
+        seconds: secs,
+        fps: f64::from(frames) / secs.max(1e-9),
+        skipped: skipped as u64,
+        repeated: repeated as u64,
+        short: short as u64,
+        cpu_ms_per_frame: cpu.as_secs_f64() * 1e3 / f64::from(frames),
+        guest_busy_ms_per_frame: busy * 1e3 / f64::from(frames),
+        frame_bytes: u64::from(frame_size),
+    };
     println!(
         "vivid: size={width}x{height} format=yuyv timings_fps={timing_fps:.2} frames={frames} seconds={secs:.3} fps={:.2} skipped={skipped} repeated={repeated} short={short} cpu_ms_per_frame={:.3} guest_busy_ms_per_frame={:.3} frame_bytes={frame_size} touch={touch}",
-        f64::from(frames) / secs.max(1e-9),
-        cpu.as_secs_f64() * 1e3 / f64::from(frames),
-        busy * 1e3 / f64::from(frames),
+        r.fps, r.cpu_ms_per_frame, r.guest_busy_ms_per_frame,
     );
+    Record::Vivid(r).print();
     Ok(if short == 0 {
         ExitCode::SUCCESS
     } else {

@@ -1,4 +1,4 @@
-//! `xxcap selftest`: the card and driver contract, checked end to end from
+//! `xxcap-test selftest`: the card and driver contract, checked end to end from
 //! guest user space. One line per check; a summary line the harness parses.
 
 use std::os::fd::AsRawFd;
@@ -9,6 +9,7 @@ use xxcapture::abi::{caps, control, format, regs, Command as Cmd, TaskFile, TfEr
 
 use crate::selftest_dma;
 use xxcapture::{Access, Card, Error, FrameFormat, PixelFormat};
+use xxcapture_results::{Record, SelftestSummary};
 
 nix::ioctl_none!(unknown_ioctl, b'x', 0x7f);
 
@@ -93,6 +94,11 @@ pub fn run(device: &str) -> Result<ExitCode, Error> {
         "selftest: {} passed, {} failed",
         report.passed, report.failed
     );
+    Record::Selftest(SelftestSummary {
+        passed: report.passed,
+        failed: report.failed,
+    })
+    .print();
     Ok(if report.failed == 0 {
         ExitCode::SUCCESS
     } else {

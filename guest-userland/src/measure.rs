@@ -1,4 +1,7 @@
-//! Small sample statistics for the benchmarks.
+//! Measuring from the guest: sample percentiles and CPU accounts, shared
+//! by the capture tools and the benchmarks.
+
+use std::time::Duration;
 
 /// Collected samples; percentiles by nearest rank.
 #[derive(Clone, Debug, Default)]
@@ -15,6 +18,10 @@ impl Percentiles {
 
     pub fn len(&self) -> usize {
         self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
     }
 
     fn sort(&mut self) {
@@ -62,6 +69,41 @@ pub fn busy_cpu_seconds() -> Option<f64> {
     let total: u64 = ticks.iter().take(8).sum();
     // USER_HZ is 100 on Linux.
     Some((total - idle) as f64 / 100.0)
+}
+
+/// Guest CPU time this process has used, from the scheduler's own account
+/// (`/proc/self/schedstat`), which also covers time spent in the kernel on
+/// our behalf.
+pub fn cpu_time() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// The whole guest's CPU account, from `/proc/uptime` (seconds up, and
+/// seconds all CPUs spent idle). Busy time = wall time x CPUs - idle: it
+/// includes kernel threads and interrupts, which a process's own account
+/// misses (vivid renders its frames in a kernel thread).
+#[derive(Clone, Copy, Debug)]
+pub struct GuestCpu {
+    up: f64,
+    idle: f64,
+    cpus: f64,
+}
+
+impl GuestCpu {
+    pub fn now() -> Option<GuestCpu> {
+        let text = std::fs::read_to_string("/proc/uptime").ok()?;
+        let mut f = text.split_whitespace().map(|v| v.parse::<f64>().ok());
+        let (up, idle) = (f.next()??, f.next()??);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        Some(GuestCpu { up, idle, cpus })
+    }
+
+    /// Busy CPU seconds since `earlier`.
+    pub fn busy_since(&self, earlier: &GuestCpu) -> f64 {
+        ((self.up - earlier.up) * self.cpus - (self.idle - earlier.idle)).max(0.0)
+    }
 }
 
 #[cfg(test)]

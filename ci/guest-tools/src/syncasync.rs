@@ -1,5 +1,5 @@
-//! `xxcap bench-sync-async`: the seed's "Synchronous Versus Asynchronous
-//! Data Transfer" as a measured table. The same small DMA is issued at a
+//! `xxcap-test bench-sync-async`: synchronous versus asynchronous data
+//! transfer (a design question of the Double X card) as a measured table. The same small DMA is issued at a
 //! fixed request rate, either by a thread that waits for each (EXEC) or by
 //! one that submits and takes completions as event records (SUBMIT + read).
 
@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use xxcapture::measure::{busy_cpu_seconds, Percentiles};
 use xxcapture::{monotonic_ns, Access, AsyncDma, Card, Direction, Error};
-
-use crate::stats::{busy_cpu_seconds, Percentiles};
+use xxcapture_results::{Record, SyncAsyncCrossover, SyncAsyncRow};
 
 #[derive(clap::Args)]
 pub struct SyncAsyncArgs {
@@ -34,18 +34,23 @@ struct Row {
 }
 
 fn print_row(model: &str, target: u32, row: &mut Row) {
-    let target = if target == 0 {
-        "max".to_string()
-    } else {
-        target.to_string()
+    let r = SyncAsyncRow {
+        model: model.to_string(),
+        target_per_s: (target != 0).then_some(target),
+        achieved_per_s: row.achieved,
+        cpu_us_per_request: row.cpu_us,
+        p50_us: row.lat.percentile(50.0),
+        p99_us: row.lat.percentile(99.0),
     };
     println!(
-        "syncasync: model={model} target={target} achieved_per_s={:.0} cpu_us_per_req={:.1} p50_us={:.1} p99_us={:.1}",
-        row.achieved,
-        row.cpu_us,
-        row.lat.percentile(50.0),
-        row.lat.percentile(99.0)
+        "syncasync: model={model} target={} achieved_per_s={:.0} cpu_us_per_req={:.1} p50_us={:.1} p99_us={:.1}",
+        r.target_per_s.map_or("max".to_string(), |t| t.to_string()),
+        r.achieved_per_s,
+        r.cpu_us_per_request,
+        r.p50_us,
+        r.p99_us
     );
+    Record::SyncAsync(r).print();
 }
 
 fn pace(started: Instant, k: u64, rate: u32) {
@@ -182,7 +187,8 @@ pub fn run(device: &str, args: SyncAsyncArgs) -> Result<ExitCode, Error> {
     }
     println!(
         "syncasync: crossover={}",
-        crossover.unwrap_or_else(|| "none".into())
+        crossover.as_deref().unwrap_or("none")
     );
+    Record::SyncAsyncCrossover(SyncAsyncCrossover { rate: crossover }).print();
     Ok(ExitCode::SUCCESS)
 }

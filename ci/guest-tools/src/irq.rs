@@ -1,7 +1,7 @@
-//! Interrupts as seen from a user thread: `xxcap irq-test` (exactly-once
-//! delivery), `xxcap bench-irq` (raise-to-wake latency and sustained rate,
-//! next to QEMU's edu device through uio_pci_generic), `xxcap eintr-test`
-//! and `xxcap dma-async` (a load of asynchronous DMA, for kill tests).
+//! Interrupts as seen from a user thread: `xxcap-test irq-test` (exactly-once
+//! delivery), `xxcap-test bench-irq` (raise-to-wake latency and sustained rate,
+//! next to QEMU's edu device through uio_pci_generic), `xxcap-test eintr-test`
+//! and `xxcap-test dma-async` (a load of asynchronous DMA, for kill tests).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -17,7 +17,8 @@ use xxcapture::{
     monotonic_ns, Access, AsyncDma, Card, Cause, Causes, Direction, Error, Event, TaskFile,
 };
 
-use crate::stats::Percentiles;
+use xxcapture::measure::Percentiles;
+use xxcapture_results::{IrqLatency, IrqSustained, IrqTestSummary, Record, Unavailable};
 
 #[derive(clap::Args)]
 pub struct IrqTestArgs {
@@ -165,6 +166,21 @@ pub fn irq_test(device: &str, args: IrqTestArgs) -> Result<ExitCode, Error> {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
+    let r = IrqTestSummary {
+        raised,
+        singles: args.singles,
+        bursts: args.bursts,
+        burst_size: args.burst_size,
+        received: check.received,
+        extra: extra as u64,
+        gaps: check.gaps,
+        out_of_order: check.out_of_order,
+        lost: check.lost,
+        other: check.other,
+        event_count_delta: u64::from(count_delta),
+        events_lost_delta: u64::from(lost_delta),
+        driver_events_delta: driver_delta,
+    };
     println!(
         "irq-test: raised {raised} ({} singly, {} bursts of {}), received {}, extra {extra}, gaps {}, out of order {}, lost {}, other records {}; device EVENT_COUNT +{count_delta} EVENTS_LOST +{lost_delta}; driver events +{}",
         args.singles,
@@ -177,6 +193,7 @@ pub fn irq_test(device: &str, args: IrqTestArgs) -> Result<ExitCode, Error> {
         check.other,
         driver_delta.map_or("n/a".to_string(), |d| d.to_string()),
     );
+    Record::IrqTest(r).print();
     let ok = check.received == raised
         && extra == 0
         && check.gaps == 0
@@ -194,14 +211,19 @@ pub fn irq_test(device: &str, args: IrqTestArgs) -> Result<ExitCode, Error> {
 }
 
 fn report(method: &str, lat: &mut Percentiles) {
+    let r = IrqLatency {
+        method: method.to_string(),
+        events: lat.len() as u64,
+        p50_us: lat.percentile(50.0),
+        p99_us: lat.percentile(99.0),
+        max_us: lat.max(),
+        mean_us: lat.mean(),
+    };
     println!(
         "irq: method={method} events={} p50_us={:.1} p99_us={:.1} max_us={:.1} mean_us={:.1}",
-        lat.len(),
-        lat.percentile(50.0),
-        lat.percentile(99.0),
-        lat.max(),
-        lat.mean()
+        r.events, r.p50_us, r.p99_us, r.max_us, r.mean_us
     );
+    Record::IrqLatency(r).print();
 }
 
 pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
@@ -333,19 +355,31 @@ pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let r = IrqSustained {
+        raised,
+        received: check.received,
+        lost: check.lost,
+        gaps: check.gaps,
+        events_per_s: check.received as f64 / secs.max(1e-9),
+    };
     println!(
         "irq: method=xxcapture-sustained raised={raised} received={} lost={} gaps={} events_per_s={:.0}",
-        check.received,
-        check.lost,
-        check.gaps,
-        check.received as f64 / secs.max(1e-9)
+        r.received, r.lost, r.gaps, r.events_per_s
     );
+    Record::IrqSustained(r).print();
     card.enable_interrupts(Causes::empty(), 1, 0)?;
 
     if args.edu {
         match edu_round_trips(args.events.min(10_000)) {
             Ok(mut lat) => report("edu-uio-raise-to-wake", &mut lat),
-            Err(why) => println!("irq: method=edu-uio-raise-to-wake unavailable: {why}"),
+            Err(why) => {
+                println!("irq: method=edu-uio-raise-to-wake unavailable: {why}");
+                Record::IrqUnavailable(Unavailable {
+                    method: "edu-uio-raise-to-wake".into(),
+                    reason: why,
+                })
+                .print();
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
