@@ -13,16 +13,21 @@
 
 pub mod cgen;
 pub mod frame;
+mod guest;
 pub mod layout;
 pub mod regs;
+mod shm;
 pub mod tf;
+mod wire;
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+pub use guest::*;
 pub use regs::{Access, RegisterDesc, ValueRule, Width, REGISTERS};
+pub use shm::*;
 pub use tf::{ParseError, TaskFile, TaskFileResult};
-
+pub use wire::*;
 /// Default virtio device id. QEMU only accepts ids in its own name table; 31
 /// (the never-merged virtio-video decoder) has no Linux driver. The guest sees
 /// PCI `1af4:105f`. Overridable: `xxcapd --virtio-id`, the harness's
@@ -32,10 +37,13 @@ pub const VIRTIO_ID: u32 = 31;
 /// "XXCP" in little-endian byte order: the first word of config space and the
 /// value of the ID register.
 pub const MAGIC: u32 = 0x5043_5858;
+
 /// ABI version: major in the high half, minor in the low half. A driver must
 /// refuse a card whose major differs from its own.
 pub const ABI_VERSION: u32 = 0x0002_0000;
+
 pub const ABI_VERSION_MAJOR: u32 = ABI_VERSION >> 16;
+
 /// Model number of the "Double X" capture card.
 pub const MODEL_DOUBLE_X: u32 = 0x0000_D0B1;
 
@@ -113,15 +121,6 @@ pub mod event {
     pub const DEVICE_BACKLOG: usize = 4096;
 }
 
-/// EXEC `flags`.
-pub mod exec_flags {
-    /// Wait for completion by polling the command queue instead of
-    /// sleeping until the interrupt (for latency measurements; the timeout
-    /// still applies, and EINTR too).
-    pub const POLL: u32 = 1 << 0;
-    pub const ALL: u32 = POLL;
-}
-
 /// Pixel formats (FRAME_FORMAT register values).
 pub mod format {
     pub const YUYV: u32 = 1;
@@ -153,14 +152,18 @@ pub mod queue {
 
 /// Size of the device config space; QEMU's `config_size` must equal it.
 pub const CONFIG_SIZE: usize = core::mem::size_of::<Identity>();
+
 const _: () = assert!(CONFIG_SIZE <= 256, "QEMU refuses config_size above 256");
 
 /// Most commands one task file may carry.
 pub const MAX_COMMANDS: u32 = 4096;
+
 /// Size of a task-file header in bytes.
 pub const TF_HEADER_SIZE: usize = core::mem::size_of::<TaskFileHeader>();
+
 /// Size of one command block in bytes.
 pub const CMD_SIZE: usize = core::mem::size_of::<Command>();
+
 /// Largest valid task file in bytes.
 pub const MAX_TASK_FILE_SIZE: usize = TF_HEADER_SIZE + MAX_COMMANDS as usize * CMD_SIZE;
 
@@ -379,323 +382,6 @@ impl Command {
             length: length.into(),
         }
     }
-}
-
-impl SgEntry {
-    pub fn new(addr: u64, len: u32) -> Self {
-        SgEntry {
-            addr: addr.into(),
-            len: len.into(),
-            reserved: 0.into(),
-        }
-    }
-}
-
-/// Argument of the EXEC ioctl: where the task file is and how long it is.
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
-pub struct Exec {
-    pub task_file: U64,
-    pub size: U32,
-    pub flags: U32,
-}
-
-/// Argument of the SUBMIT ioctl: the task file runs asynchronously; its
-/// completion arrives as a DMA_DONE (task-file error OK) or DMA_ERROR event
-/// record carrying `refcon` and `request_id`.
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
-pub struct Submit {
-    pub task_file: U64,
-    pub size: U32,
-    pub flags: U32,
-    pub refcon: U64,
-    /// Out: the id the completion event carries.
-    pub request_id: U64,
-}
-
-/// Argument of the QUEUE_BUFFER ioctl: a capture buffer of the caller's,
-/// pinned by the driver until a frame fills it (a FRAME_DONE event record)
-/// or it is cancelled.
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
-pub struct QueueBuffer {
-    pub addr: U64,
-    pub length: U64,
-    pub refcon: U64,
-    /// Out: the id the FRAME_DONE record carries.
-    pub request_id: U64,
-    pub flags: U32,
-    pub reserved: U32,
-}
-
-/// Argument of the SUBSCRIBE ioctl: which device interrupt causes this open
-/// receives as event records (completions of its own requests always
-/// arrive). Out: the previous mask.
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
-pub struct Subscribe {
-    pub mask: U32,
-    pub flags: U32,
-}
-
-/// One event record: on the event queue (device to driver) and from
-/// `read()` on `/dev/xxcaptureN` (driver to user), in the same layout.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
-)]
-#[repr(C)]
-pub struct Event {
-    /// One `irq::*` bit, or `event::LOST`.
-    pub cause: U32,
-    /// Completions: the `TfError` of the request (0 = OK).
-    pub status: U32,
-    /// Device events: the device's event number since reset (contiguous
-    /// across causes); completions: 0.
-    pub sequence: U64,
-    /// FRAME_DONE and OVERFLOW: the frame's number.
-    pub frame_number: U64,
-    /// Completions: the id SUBMIT or QUEUE_BUFFER returned.
-    pub request_id: U64,
-    /// Completions: the caller's reference value.
-    pub refcon: U64,
-    /// Device clock when the cause occurred.
-    pub device_time_ns: U64,
-    /// Guest CLOCK_MONOTONIC when the driver took the record (0 on the
-    /// event queue).
-    pub guest_time_ns: U64,
-    /// LOST: records lost; FRAME_DONE of a queued buffer: bytes written;
-    /// task-file completions: the header's out count (failing index).
-    pub count: U32,
-    /// `event::FLAG_*`.
-    pub flags: U32,
-}
-
-/// Device-writable end of a stream-queue request: how the buffer was used.
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
-pub struct StreamResult {
-    /// `vq_status::*`.
-    pub status: U32,
-    /// `TfError`: OK, DMA_RANGE (buffer smaller than the frame), DMA_FAULT
-    /// or CANCELLED.
-    pub error: U32,
-    pub frame_number: U64,
-    /// Device clock when the frame completed (or the buffer was cancelled).
-    pub device_time_ns: U64,
-    /// Bytes of frame data written.
-    pub bytes: U32,
-    pub reserved: U32,
-}
-
-/// Request types on the command queue.
-pub mod req_type {
-    /// Execute the task file that follows the request header.
-    pub const EXEC_TASK_FILE: u32 = 1;
-    /// Map card RAM and the status block into shared-memory region 0 (if
-    /// not mapped since the last reset). No payload; the reply is a
-    /// `VqStatus`. The driver sends it once after DRIVER_OK, before it
-    /// exposes the card: the backend can only map after the device started.
-    pub const ATTACH: u32 = 2;
-    /// Stream queue only: a capture buffer (`sg_count` entries, no task
-    /// file), device-writable `StreamResult` at the end.
-    pub const STREAM_BUFFER: u32 = 3;
-    /// Return every buffer held on the stream queue with CANCELLED. No
-    /// payload; the reply is a `VqStatus` written after the buffers are
-    /// returned.
-    pub const FLUSH_BUFFERS: u32 = 4;
-}
-
-/// Shared-memory region 0 (virtio shm id): card RAM followed by the status
-/// block page: `[0, card_ram_size)` card RAM, `[card_ram_size,
-/// card_ram_size + STATUS_BLOCK_SIZE)` the status block.
-pub const SHM_ID_CARD_RAM: u8 = 0;
-/// Size of the status block page at the end of region 0.
-pub const STATUS_BLOCK_SIZE: usize = 4096;
-/// Most scatter-gather entries one request may carry (all its DMA
-/// commands together): 256 MiB of scattered 4 KiB pages.
-pub const MAX_SG_ENTRIES: u32 = 1 << 16;
-/// Most capture buffers one open may have queued at once.
-pub const MAX_QUEUED_BUFFERS: u32 = 32;
-/// Largest capture buffer (bytes); a 2160p RGB24 frame is 24.9 MB.
-pub const MAX_BUFFER_SIZE: u64 = 64 << 20;
-/// Most frame slots in the capture ring.
-pub const MAX_RING_SLOTS: usize = 64;
-/// `mmap` offset on `/dev/xxcaptureN` that maps the status block (read-only);
-/// offset 0 maps card RAM.
-pub const MMAP_OFFSET_STATUS: u64 = 1 << 40;
-/// "XXSB": first word of the status block.
-pub const STATUS_MAGIC: u32 = 0x4253_5858;
-
-/// One capture-ring slot as the status block reports it.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
-)]
-#[repr(C)]
-pub struct SlotInfo {
-    /// Frame number held by the slot (valid when `state` is FULL).
-    pub frame_number: U64,
-    /// Device time when the frame was completed.
-    pub timestamp_ns: U64,
-    /// `slot_state::*`.
-    pub state: U32,
-    /// Bytes of frame data in the slot.
-    pub size: U32,
-    pub reserved: U64,
-}
-
-/// Slot states.
-pub mod slot_state {
-    pub const EMPTY: u32 = 0;
-    /// The device is writing the slot.
-    pub const FILLING: u32 = 1;
-    /// The slot holds a complete frame.
-    pub const FULL: u32 = 2;
-}
-
-/// The status block: kept current by the device in shared memory so a
-/// reader follows capture with no system call. Updates use a sequence lock:
-/// `seq` is odd while the device writes; a reader copies the block, and
-/// retries if `seq` was odd or changed.
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
-pub struct StatusBlock {
-    pub magic: U32,
-    pub version: U32,
-    pub seq: U32,
-    /// `status::*` bits, as the STATUS register.
-    pub status: U32,
-    /// Frames completed since capture started.
-    pub frame_counter: U64,
-    /// Frames the card dropped (capture faster than the ring allowed, or a
-    /// file source that could not keep up).
-    pub dropped: U64,
-    pub errors: U64,
-    /// Device time of the last update.
-    pub device_time_ns: U64,
-    /// Ring geometry: `ring_slots` slots of `slot_size` bytes from card-RAM
-    /// offset `ring_offset`. Slot of frame N: `N % ring_slots`.
-    pub ring_offset: U64,
-    pub ring_slots: U32,
-    pub slot_size: U32,
-    pub format: U32,
-    pub width: U32,
-    pub height: U32,
-    pub fps: U32,
-    /// Bytes of one frame.
-    pub frame_size: U32,
-    pub reserved0: U32,
-    pub reserved1: [U64; 3],
-    pub slots: [SlotInfo; MAX_RING_SLOTS],
-}
-
-/// One scatter-gather element of a DMA buffer: guest-physical address and
-/// length. The driver builds them from the caller's pinned pages; they
-/// follow the task file in the request.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
-)]
-#[repr(C)]
-pub struct SgEntry {
-    pub addr: U64,
-    pub len: U32,
-    pub reserved: U32,
-}
-
-/// First bytes of every command-queue request (device-readable).
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
-pub struct VqRequest {
-    pub req_type: U32,
-    pub flags: U32,
-    pub tag: U64,
-    /// Scatter-gather entries following the task file (DMA buffers).
-    pub sg_count: U32,
-    pub reserved: U32,
-}
-
-/// Last bytes of every command-queue request (device-writable).
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
-pub struct VqStatus {
-    pub status: U32,
-    pub reserved: U32,
-    /// Device clock when the request completed.
-    pub device_time_ns: U64,
-}
-
-/// Transport status of a command-queue request (`VqStatus::status`).
-pub mod vq_status {
-    /// The request was executed; task-file errors are in its header.
-    pub const OK: u32 = 0;
-    /// The descriptor chain was malformed (lengths, directions, addresses).
-    pub const BAD_REQUEST: u32 = 1;
-    /// Unknown request type or flags.
-    pub const UNSUPPORTED: u32 = 2;
-    /// The device could not carry out the request (e.g. mapping card RAM
-    /// failed).
-    pub const DEVICE_ERROR: u32 = 3;
-}
-
-/// Guest ioctl numbers (the `x` type, Linux `_IOC` encoding).
-pub mod ioctl {
-    use super::{Exec, Identity, QueueBuffer, Submit, Subscribe};
-
-    pub const TYPE: u8 = b'x';
-    const NRBITS: u32 = 8;
-    const TYPEBITS: u32 = 8;
-    const SIZEBITS: u32 = 14;
-    const NRSHIFT: u32 = 0;
-    const TYPESHIFT: u32 = NRSHIFT + NRBITS;
-    const SIZESHIFT: u32 = TYPESHIFT + TYPEBITS;
-    const DIRSHIFT: u32 = SIZESHIFT + SIZEBITS;
-    pub const DIR_NONE: u32 = 0;
-    pub const DIR_WRITE: u32 = 1;
-    pub const DIR_READ: u32 = 2;
-
-    /// The kernel's `_IOC(dir, type, nr, size)`.
-    pub const fn ioc(dir: u32, nr: u8, size: usize) -> u32 {
-        (dir << DIRSHIFT)
-            | ((TYPE as u32) << TYPESHIFT)
-            | ((nr as u32) << NRSHIFT)
-            | ((size as u32) << SIZESHIFT)
-    }
-
-    /// Does nothing: the floor of a kernel crossing.
-    pub const NOP_NR: u8 = 0x00;
-    /// Copies the card identity (cached at probe) out.
-    pub const GET_INFO_NR: u8 = 0x01;
-    /// Executes a task file in place.
-    pub const EXEC_NR: u8 = 0x02;
-
-    pub const NOP: u32 = ioc(DIR_NONE, NOP_NR, 0);
-    pub const GET_INFO: u32 = ioc(DIR_READ, GET_INFO_NR, core::mem::size_of::<Identity>());
-    pub const EXEC: u32 = ioc(DIR_READ | DIR_WRITE, EXEC_NR, core::mem::size_of::<Exec>());
-    /// Submits a task file to run asynchronously.
-    pub const SUBMIT_NR: u8 = 0x03;
-    /// Queues a capture buffer.
-    pub const QUEUE_BUFFER_NR: u8 = 0x04;
-    /// Sets which interrupt causes this open receives.
-    pub const SUBSCRIBE_NR: u8 = 0x05;
-    /// Returns this open's queued capture buffers, cancelled.
-    pub const FLUSH_BUFFERS_NR: u8 = 0x06;
-
-    pub const SUBMIT: u32 = ioc(
-        DIR_READ | DIR_WRITE,
-        SUBMIT_NR,
-        core::mem::size_of::<Submit>(),
-    );
-    pub const QUEUE_BUFFER: u32 = ioc(
-        DIR_READ | DIR_WRITE,
-        QUEUE_BUFFER_NR,
-        core::mem::size_of::<QueueBuffer>(),
-    );
-    pub const SUBSCRIBE: u32 = ioc(
-        DIR_READ | DIR_WRITE,
-        SUBSCRIBE_NR,
-        core::mem::size_of::<Subscribe>(),
-    );
-    pub const FLUSH_BUFFERS: u32 = ioc(DIR_NONE, FLUSH_BUFFERS_NR, 0);
 }
 
 /// Copies `text` into a fixed, NUL-padded byte field, truncating so that at
