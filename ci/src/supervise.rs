@@ -1,8 +1,9 @@
 //! The backend supervisor: when `xxcapd` dies, replace the card.
 //!
-//! Stock QEMU 11.1.3 cannot reconnect a vhost-user device in place, and any
-//! guest config read after the backend is gone aborts QEMU
-//! (shared/platform-facts.md, "When the backend dies"). What works is a new
+//! Stock QEMU 11.1.3 cannot reconnect a vhost-user device in place (with
+//! `reconnect-ms` it refuses to start or aborts when the backend returns),
+//! and any guest config read after the backend is gone aborts QEMU
+//! (`vhost_dev_get_config: Assertion 'hdev->vhost_ops' failed`). What works is a new
 //! device: `device_del` (the guest's driver lets go through ACPI unplug and
 //! fails what was outstanding), wait for `DEVICE_DELETED`, `chardev-remove`,
 //! restart `xxcapd` with the same options on a fresh socket, `chardev-add`

@@ -19,7 +19,7 @@ fn seeds_pass() {
     }
 }
 
-/// Writes the seeds into the corpus: `cargo test -p xxcapture-fuzz-common
+/// Writes the hand-made starting inputs into the corpus: `cargo test -p xxcapture-fuzz-common
 /// --lib write_seed_corpus -- --ignored` (see fuzz/README.md).
 #[test]
 #[ignore = "writes into fuzz/corpus"]
