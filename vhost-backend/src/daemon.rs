@@ -395,7 +395,7 @@ fn watch_signals(
                 backend.device().quiesce();
                 info!("requests in flight completed: {}", counters.summary());
                 if !shutdown.request() {
-                    debug!("no frontend connected yet");
+                    debug!("no frontend connected");
                     finish(&counters, &events, &socket);
                     std::process::exit(0);
                 }
