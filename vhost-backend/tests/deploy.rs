@@ -2,8 +2,9 @@
 //! manual page is the one the command line generates, the libvirt example
 //! passes QEMU exactly the options `xxcapd` prints (and validates against
 //! libvirt's schema where `virt-xml-validate` is installed), the systemd
-//! units start a daemon that serves connection after connection on the
-//! socket they pass, and every file the Debian package installs exists.
+//! units pass `systemd-analyze verify` (where installed) and start a daemon
+//! that serves connection after connection on the socket they pass, and
+//! every file the Debian package installs exists.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -269,6 +270,36 @@ fn the_systemd_units_socket_activate_a_daemon_that_serves_again() {
     assert!(status.success(), "exit {status:?}: {stderr}");
     assert!(stderr.contains("connection 2"), "{stderr}");
     drop(listener);
+}
+
+/// `systemd-analyze verify` accepts the units (instance `card0`, the
+/// binary path pointed at the one under test), where it is installed.
+#[test]
+fn systemd_analyze_accepts_the_units() {
+    if !Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("systemd-analyze not installed: unit check skipped");
+        return;
+    }
+    let dir = TempDir::new("analyze");
+    for name in ["xxcapd@.socket", "xxcapd@.service"] {
+        let text = fs::read_to_string(crate_dir().join("systemd").join(name)).expect("unit");
+        let text = text.replace("/usr/bin/xxcapd", env!("CARGO_BIN_EXE_xxcapd"));
+        fs::write(dir.0.join(name), text).expect("write");
+        let instance = name.replace('@', "@card0");
+        std::os::unix::fs::symlink(name, dir.0.join(&instance)).expect("symlink");
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.0.join("xxcapd@card0.socket"))
+        .arg(dir.0.join("xxcapd@card0.service"))
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
 
 /// Every asset `[package.metadata.deb]` installs exists (the binary aside,
