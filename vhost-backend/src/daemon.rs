@@ -146,7 +146,8 @@ fn open_listener(listen: Listen) -> Result<(Option<OwnedSocket>, UnixListener), 
             Ok((Some(socket), listener))
         }
         Listen::Fd(fd) => {
-            // The service manager's variables are for this process only.
+            // The service manager's variables are for this process only
+            // (removed before any thread of ours starts).
             std::env::remove_var("LISTEN_PID");
             std::env::remove_var("LISTEN_FDS");
             std::env::remove_var("LISTEN_FDNAMES");
@@ -194,7 +195,12 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
         };
         let socket = std::path::absolute(path).unwrap_or_else(|_| path.clone());
         check_socket_path(&socket).map_err(DaemonError::Usage)?;
-        for line in qemu_args(&socket, cli.id.as_deref(), cli.virtio_id, cli.guest_ram_size) {
+        for line in qemu_args(
+            &socket,
+            cli.id.as_deref(),
+            cli.virtio_id,
+            cli.guest_ram_size,
+        ) {
             println!("{line}");
         }
         return Ok(());

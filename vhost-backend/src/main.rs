@@ -8,7 +8,10 @@ use xxcapd::options::{capabilities_json, usage_error, Cli};
 
 fn main() -> ExitCode {
     // QEMU's backend conventions: other options are ignored, even bad ones.
-    if std::env::args_os().skip(1).any(|a| a == "--print-capabilities") {
+    if std::env::args_os()
+        .skip(1)
+        .any(|a| a == "--print-capabilities")
+    {
         println!("{}", capabilities_json());
         return ExitCode::SUCCESS;
     }

@@ -61,8 +61,12 @@ disconnects), 1 on runtime errors, 2 on usage or configuration errors.",
 pub struct Cli {
     /// Unix socket to listen on (created; a stale socket is replaced;
     /// at most 107 bytes).
-    #[arg(long = "socket-path", visible_alias = "socket", value_name = "PATH",
-          conflicts_with = "fd")]
+    #[arg(
+        long = "socket-path",
+        visible_alias = "socket",
+        value_name = "PATH",
+        conflicts_with = "fd"
+    )]
     pub socket_path: Option<PathBuf>,
 
     /// Listen on FD, a listening Unix socket inherited from a service
@@ -362,7 +366,9 @@ pub fn qemu_args(
     let mut args = Vec::new();
     if let Some(bytes) = guest_ram {
         let ram = qemu_size(bytes);
-        args.push(format!("-object memory-backend-memfd,id=mem,size={ram},share=on"));
+        args.push(format!(
+            "-object memory-backend-memfd,id=mem,size={ram},share=on"
+        ));
         args.push("-numa node,memdev=mem".to_owned());
         args.push(format!("-m {ram}"));
     }

@@ -62,7 +62,9 @@ pub fn activation_fd() -> Result<Option<RawFd>, SocketError> {
 pub fn inherited_listener(fd: RawFd) -> Result<UnixListener, SocketError> {
     let bad = |why: String| SocketError::BadFd(fd, why);
     if fd < LISTEN_FDS_START {
-        return Err(bad("0, 1 and 2 are stdin, stdout and stderr, not a socket".into()));
+        return Err(bad(
+            "0, 1 and 2 are stdin, stdout and stderr, not a socket".into()
+        ));
     }
     // SAFETY: F_GETFD only reads the descriptor flags of `fd`; no memory is
     // passed. It fails with EBADF when `fd` is not open.
@@ -93,10 +95,15 @@ pub fn inherited_listener(fd: RawFd) -> Result<UnixListener, SocketError> {
         Err(e) => return Err(bad(format!("SO_TYPE: {e}"))),
     }
     if !getsockopt(&owned, sockopt::AcceptConn).map_err(|e| bad(format!("SO_ACCEPTCONN: {e}")))? {
-        return Err(bad("not listening (the service manager must listen() on it)".into()));
+        return Err(bad(
+            "not listening (the service manager must listen() on it)".into(),
+        ));
     }
-    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-        .map_err(|e| bad(format!("FD_CLOEXEC: {e}")))?;
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| bad(format!("FD_CLOEXEC: {e}")))?;
     Ok(UnixListener::from(owned))
 }
 

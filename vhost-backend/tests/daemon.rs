@@ -555,7 +555,10 @@ fn fd_that_is_not_a_listening_unix_socket_is_refused() {
 
 #[test]
 fn print_capabilities_is_json_and_ignores_other_options() {
-    for args in [&["--print-capabilities"][..], &["--no-such-option", "--print-capabilities"]] {
+    for args in [
+        &["--print-capabilities"][..],
+        &["--no-such-option", "--print-capabilities"],
+    ] {
         let out = run(args);
         assert!(out.status.success(), "{args:?}");
         let caps: serde_json::Value =
@@ -588,15 +591,36 @@ fn the_descriptor_names_the_binary_and_the_capability_type() {
 fn bad_configuration_is_refused_with_status_2() {
     let long = format!("/tmp/{}", "s".repeat(110));
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "44"], "QEMU"),
-        (vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "0"], "QEMU"),
-        (vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "46"], "QEMU"),
-        (vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "14"], "QEMU"),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "44"],
+            "QEMU",
+        ),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "0"],
+            "QEMU",
+        ),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "46"],
+            "QEMU",
+        ),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "14"],
+            "QEMU",
+        ),
         (vec!["--socket-path", &long], "107"),
         (vec!["--socket-path", &long, "--print-qemu-args"], "107"),
-        (vec!["--socket-path", "/tmp/x.sock", "--card-ram-size", "3M"], "4194304"),
-        (vec!["--socket-path", "/tmp/x.sock", "--card-ram-size", "6146K"], "6146K"),
-        (vec!["--socket-path", "/tmp/x.sock", "--id", "2card"], "2card"),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--card-ram-size", "3M"],
+            "4194304",
+        ),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--card-ram-size", "6146K"],
+            "6146K",
+        ),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--id", "2card"],
+            "2card",
+        ),
         (vec!["--socket-path", "/tmp/x.sock", "--fd", "3"], "--fd"),
         (vec!["--print-qemu-args"], "--socket-path"),
     ];
@@ -608,7 +632,9 @@ fn bad_configuration_is_refused_with_status_2() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
     // A relative path is printed made absolute.
-    assert!(run(&["--socket-path", "rel.sock", "--print-qemu-args"]).status.success());
+    assert!(run(&["--socket-path", "rel.sock", "--print-qemu-args"])
+        .status
+        .success());
 }
 
 #[test]

@@ -47,7 +47,12 @@ fn the_manual_page_is_generated_from_the_command_line() {
         committed == generated,
         "vhost-backend/xxcapd.1 is stale: regenerate it with `xxcapd --print-man > vhost-backend/xxcapd.1`"
     );
-    for option in ["socket\\-path", "\\-\\-fd", "print\\-capabilities", "exit\\-on\\-disconnect"] {
+    for option in [
+        "socket\\-path",
+        "\\-\\-fd",
+        "print\\-capabilities",
+        "exit\\-on\\-disconnect",
+    ] {
         assert!(generated.contains(option), "{option}");
     }
 }
@@ -163,7 +168,10 @@ fn finish(mut child: Child) -> (ExitStatus, String) {
         sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().expect("output");
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn connect_and_read_magic(socket: &Path) -> Vec<u8> {
@@ -179,7 +187,8 @@ fn connect_and_read_magic(socket: &Path) -> Vec<u8> {
     let features = fe.get_features().expect("get_features");
     fe.set_features(features).expect("set_features");
     let proto = fe.get_protocol_features().expect("get_protocol_features");
-    fe.set_protocol_features(proto).expect("set_protocol_features");
+    fe.set_protocol_features(proto)
+        .expect("set_protocol_features");
     let (_, payload) = fe
         .get_config(0, 4, VhostUserConfigFlags::WRITABLE, &[0u8; 4])
         .expect("get_config");

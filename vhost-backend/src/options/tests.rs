@@ -62,7 +62,12 @@ fn qemu_args_take_an_id_and_leave_memory_out_unless_asked() {
             "-device vhost-user-test-device-pci,id=card1,chardev=chr-card1,virtio-id=30,num_vqs=3,vq_size=256,config_size=96",
         ]
     );
-    let with_memory = qemu_args(Path::new("/run/c1.sock"), Some("card1"), 30, Some(512 << 20));
+    let with_memory = qemu_args(
+        Path::new("/run/c1.sock"),
+        Some("card1"),
+        30,
+        Some(512 << 20),
+    );
     assert_eq!(with_memory.len(), 5);
     assert_eq!(with_memory[2], "-m 512M");
     assert_eq!(&with_memory[3..], &args[..]);
