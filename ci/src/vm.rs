@@ -114,7 +114,8 @@ impl Default for VmOptions {
 /// same options `xxcapd --print-qemu-args` prints (one definition, in
 /// xxcapd's `options` module).
 pub fn card_qemu_args(socket: &Path, virtio_id: u32, guest_memory_mib: u32) -> Vec<String> {
-    xxcapd::options::qemu_args(socket, virtio_id, u64::from(guest_memory_mib) << 20)
+    let guest_ram = u64::from(guest_memory_mib) << 20;
+    xxcapd::options::qemu_args(socket, None, virtio_id, Some(guest_ram))
         .iter()
         .flat_map(|line| match line.split_once(' ') {
             Some((option, value)) => vec![option.to_string(), value.to_string()],
@@ -167,7 +168,12 @@ impl Vm {
             .map_err(|e| Error::Step(format!("create {}: {e}", opts.log_dir.display())))?;
         let launcher = BackendLauncher {
             xxcapd: artifacts.xxcapd.clone(),
-            args: vec!["--card-ram-size".into(), opts.card_ram.clone(), "-v".into()],
+            args: vec![
+                "--card-ram-size".into(),
+                opts.card_ram.clone(),
+                "--exit-on-disconnect".into(),
+                "-v".into(),
+            ],
             dir: workdir.path().to_path_buf(),
             log: opts.log_dir.join("xxcapd.log"),
         };

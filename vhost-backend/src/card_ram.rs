@@ -135,6 +135,21 @@ impl CardRam {
         Some(f(slot))
     }
 
+    /// Zeroes card RAM (not the status page) by punching a hole in the
+    /// memfd: the pages are freed and read as zero in every mapping.
+    pub fn clear(&self) -> io::Result<()> {
+        let len = i64::try_from(self.card_ram_size).map_err(io::Error::other)?;
+        let _bus = self.bus();
+        nix::fcntl::fallocate(
+            &self.file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            0,
+            len,
+        )
+        .map_err(io::Error::from)
+    }
+
     /// Copies `len` bytes of card RAM from `offset` (tests and diagnostics).
     pub fn read(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
         let start = usize::try_from(offset).ok()?;

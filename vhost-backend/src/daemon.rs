@@ -1,14 +1,18 @@
 //! The daemon's life: open the video source, build the card, listen on the
-//! socket, serve one QEMU connection, and shut down cleanly on SIGTERM or
-//! SIGINT (requests already taken are completed first) or when QEMU
-//! disconnects.
+//! socket (its own or one a service manager passed), serve QEMU connections
+//! one after the other (the card, card RAM included, lives on between them),
+//! and shut down cleanly on SIGTERM or SIGINT (requests already taken are
+//! completed first), or when QEMU disconnects with `--exit-on-disconnect`.
 
 use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
-use log::{debug, info};
+use log::{debug, error, info};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use thiserror::Error;
@@ -23,8 +27,8 @@ use xxcapture_model::{
 
 use crate::device::Counters;
 use crate::events::Events;
-use crate::options::{qemu_args, Cli, EXIT_USAGE};
-use crate::socket::{OwnedSocket, SocketError};
+use crate::options::{check_socket_path, qemu_args, Cli, EXIT_USAGE};
+use crate::socket::{activation_fd, inherited_listener, OwnedSocket, SocketError};
 use crate::vhu_xxcap::{XxcapBackend, TIMER_EVENT};
 
 /// Why the daemon could not start or ended in error.
@@ -40,6 +44,8 @@ pub enum DaemonError {
     CardRam(io::Error),
     #[error(transparent)]
     Socket(#[from] SocketError),
+    #[error("{0}")]
+    BadSocket(SocketError),
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
     #[error("cannot start the vhost-user daemon: {0}")]
@@ -52,9 +58,10 @@ impl DaemonError {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            DaemonError::Config(_) | DaemonError::Usage(_) | DaemonError::Source(_) => {
-                ExitCode::from(EXIT_USAGE)
-            }
+            DaemonError::Config(_)
+            | DaemonError::Usage(_)
+            | DaemonError::Source(_)
+            | DaemonError::BadSocket(_) => ExitCode::from(EXIT_USAGE),
             _ => ExitCode::FAILURE,
         }
     }
@@ -108,8 +115,51 @@ fn open_source(cli: &Cli) -> Result<Option<FileSource>, DaemonError> {
     Ok(Some(FileSource::open(path, kind)?))
 }
 
-/// Runs the daemon as `cli` says, until QEMU disconnects or a signal ends
-/// it (`--print-qemu-args`: prints them and returns).
+/// Where the daemon listens: a path of its own or an inherited socket.
+enum Listen {
+    Path(PathBuf),
+    Fd(RawFd),
+}
+
+/// `--socket-path`, `--fd`, or a socket passed by systemd socket activation.
+fn listen_on(cli: &Cli) -> Result<Listen, DaemonError> {
+    if let Some(path) = &cli.socket_path {
+        check_socket_path(path).map_err(DaemonError::Usage)?;
+        return Ok(Listen::Path(path.clone()));
+    }
+    if let Some(fd) = cli.fd {
+        return Ok(Listen::Fd(fd));
+    }
+    match activation_fd().map_err(DaemonError::BadSocket)? {
+        Some(fd) => Ok(Listen::Fd(fd)),
+        None => Err(DaemonError::Usage(
+            "no socket: give --socket-path PATH or --fd FD (see --help)".into(),
+        )),
+    }
+}
+
+/// Opens the listening socket; the path is ours to remove on exit.
+fn open_listener(listen: Listen) -> Result<(Option<OwnedSocket>, UnixListener), DaemonError> {
+    match listen {
+        Listen::Path(path) => {
+            let (socket, listener) = OwnedSocket::bind(&path)?;
+            Ok((Some(socket), listener))
+        }
+        Listen::Fd(fd) => {
+            // The service manager's variables are for this process only
+            // (removed before any thread of ours starts).
+            std::env::remove_var("LISTEN_PID");
+            std::env::remove_var("LISTEN_FDS");
+            std::env::remove_var("LISTEN_FDNAMES");
+            let listener = inherited_listener(fd).map_err(DaemonError::BadSocket)?;
+            Ok((None, listener))
+        }
+    }
+}
+
+/// Runs the daemon as `cli` says, until a signal ends it (or QEMU
+/// disconnects, with `--exit-on-disconnect`); `--print-qemu-args`: prints
+/// them and returns.
 pub fn run(cli: Cli) -> Result<(), DaemonError> {
     let source = open_source(&cli)?;
     let file_source = source.as_ref().map(|s| {
@@ -122,7 +172,7 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
     });
     let config = CardConfig {
         card_ram_size: cli.card_ram_size,
-        serial: cli.serial,
+        serial: cli.serial.clone(),
         revision: cli.revision,
         capabilities: CAPTURE_CARD_CAPS,
         defaults: FrameDefaults {
@@ -138,23 +188,72 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
     config.validate()?;
 
     if cli.print_qemu_args {
-        let socket = std::path::absolute(&cli.socket).unwrap_or(cli.socket);
-        for line in qemu_args(&socket, cli.virtio_id, cli.guest_ram_size) {
+        let Some(path) = &cli.socket_path else {
+            return Err(DaemonError::Usage(
+                "--print-qemu-args needs --socket-path (the path QEMU connects to)".into(),
+            ));
+        };
+        let socket = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        check_socket_path(&socket).map_err(DaemonError::Usage)?;
+        for line in qemu_args(
+            &socket,
+            cli.id.as_deref(),
+            cli.virtio_id,
+            cli.guest_ram_size,
+        ) {
             println!("{line}");
         }
         return Ok(());
     }
 
+    let listen = listen_on(&cli)?;
     let card = Card::new(config)?;
-    let (socket, listener) = OwnedSocket::bind(&cli.socket)?;
+    let (socket, listener) = open_listener(listen)?;
     let socket = Arc::new(socket);
 
     let backend =
         Arc::new(XxcapBackend::new(card, !cli.no_event_idx, source).map_err(DaemonError::CardRam)?);
     let counters = backend.device().counters();
     let events = backend.device().events();
+    let shutdown = Arc::new(Shutdown::default());
+    watch_signals(&shutdown, &socket, &counters, &events, &backend)?;
+
+    match socket.as_ref() {
+        Some(s) => info!(
+            "listening on {} (card RAM {} bytes)",
+            s.path().display(),
+            cli.card_ram_size
+        ),
+        None => info!(
+            "listening on an inherited socket (card RAM {} bytes)",
+            cli.card_ram_size
+        ),
+    }
+    let mut listener = Listener::from(listener);
+    let policy = Reconnect {
+        exit_on_disconnect: cli.exit_on_disconnect,
+        reset_card_ram: cli.reset_card_ram_on_reconnect,
+    };
+    let result = serve(&backend, &mut listener, &shutdown, policy);
+    backend.device().shutdown();
+    finish(&counters, &events, &socket);
+    result
+}
+
+/// What happens when a frontend goes away.
+#[derive(Clone, Copy)]
+struct Reconnect {
+    exit_on_disconnect: bool,
+    reset_card_ram: bool,
+}
+
+/// A vhost-user daemon for one connection: vrings, worker thread and the
+/// protocol state are the connection's; the card is the backend's.
+fn new_daemon(
+    backend: &Arc<XxcapBackend>,
+) -> Result<VhostUserDaemon<Arc<XxcapBackend>>, DaemonError> {
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::default());
-    let mut daemon = VhostUserDaemon::new("xxcapd".to_owned(), Arc::clone(&backend), mem)
+    let daemon = VhostUserDaemon::new("xxcapd".to_owned(), Arc::clone(backend), mem)
         .map_err(|e| DaemonError::Daemon(e.to_string()))?;
     // The coalescing timer wakes the vring worker (see xxcapd::events).
     for handler in daemon.get_epoll_handlers() {
@@ -166,26 +265,41 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
             )
             .map_err(|e| DaemonError::Daemon(format!("cannot watch the event timer: {e}")))?;
     }
-    let shutdown = Arc::new(Shutdown::default());
-    watch_signals(&shutdown, &socket, &counters, &events, &backend)?;
+    Ok(daemon)
+}
 
-    info!(
-        "listening on {} (card RAM {} bytes)",
-        socket.path().display(),
-        cli.card_ram_size
-    );
-    let mut listener = Listener::from(listener);
-    let result = daemon
-        .start(&mut listener)
-        .map_err(|e| DaemonError::Connection(e.to_string()))
-        .and_then(|()| {
-            info!("frontend connected");
-            shutdown.connected(daemon.shutdown_handle());
-            wait(&mut daemon)
-        });
-    backend.device().shutdown();
-    finish(&counters, &events, &socket);
-    result
+/// Serves frontends one after the other until a signal (or, with
+/// `exit_on_disconnect`, the first disconnect) ends it. A connection that
+/// fails is logged and the next one awaited, unless it was the only one
+/// wanted.
+fn serve(
+    backend: &Arc<XxcapBackend>,
+    listener: &mut Listener,
+    shutdown: &Shutdown,
+    policy: Reconnect,
+) -> Result<(), DaemonError> {
+    let mut connections = 0u64;
+    loop {
+        let mut daemon = new_daemon(backend)?;
+        daemon
+            .start(listener)
+            .map_err(|e| DaemonError::Connection(e.to_string()))?;
+        connections += 1;
+        info!("frontend connected (connection {connections})");
+        shutdown.connected(daemon.shutdown_handle());
+        let result = wait(&mut daemon);
+        let stopping = shutdown.disconnected();
+        // Joins the connection's vring worker before the card is reset.
+        drop(daemon);
+        backend.disconnected(policy.reset_card_ram);
+        if stopping || policy.exit_on_disconnect {
+            return result;
+        }
+        if let Err(e) = result {
+            error!("{e}");
+        }
+        info!("waiting for the next frontend");
+    }
 }
 
 /// Waits for the connection to end; a disconnect is a normal end.
@@ -205,14 +319,16 @@ fn wait(daemon: &mut VhostUserDaemon<Arc<XxcapBackend>>) -> Result<(), DaemonErr
     }
 }
 
-fn finish(counters: &Counters, events: &Events, socket: &OwnedSocket) {
+fn finish(counters: &Counters, events: &Events, socket: &Option<OwnedSocket>) {
     info!("exiting: {}", counters.summary());
     info!("{}", events.summary());
-    socket.remove();
+    if let Some(socket) = socket {
+        socket.remove();
+    }
 }
 
-/// Hands a signal to whichever of "still waiting for QEMU" and "connected"
-/// the daemon is in.
+/// Hands a signal to whichever of "waiting for QEMU" and "connected" the
+/// daemon is in.
 #[derive(Default)]
 struct Shutdown {
     state: Mutex<ShutdownState>,
@@ -236,9 +352,17 @@ impl Shutdown {
         state.handle = handle;
     }
 
+    /// Called once the connection ended: drops its handle. Returns whether a
+    /// shutdown was requested.
+    fn disconnected(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.handle = None;
+        state.requested
+    }
+
     /// Called from the signal thread. Returns false if no connection exists
-    /// yet, in which case the caller must end the process itself (the main
-    /// thread is blocked in accept()).
+    /// (yet, or any more), in which case the caller must end the process
+    /// itself (the main thread is blocked in accept(), or about to be).
     fn request(&self) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.requested = true;
@@ -254,7 +378,7 @@ impl Shutdown {
 
 fn watch_signals(
     shutdown: &Arc<Shutdown>,
-    socket: &Arc<OwnedSocket>,
+    socket: &Arc<Option<OwnedSocket>>,
     counters: &Arc<Counters>,
     events: &Arc<Events>,
     backend: &Arc<XxcapBackend>,
@@ -277,7 +401,7 @@ fn watch_signals(
                 backend.device().quiesce();
                 info!("requests in flight completed: {}", counters.summary());
                 if !shutdown.request() {
-                    debug!("no frontend connected yet");
+                    debug!("no frontend connected");
                     finish(&counters, &events, &socket);
                     std::process::exit(0);
                 }

@@ -438,6 +438,23 @@ impl XxcapDevice {
         self.rebase_on_start.store(true, Ordering::Release);
     }
 
+    /// The frontend disconnected: reset as at a device stop, then forget
+    /// the connection (guest memory, backend channel); with `clear_card_ram`
+    /// card RAM reads as zero again. Capture buffers held from the stream
+    /// queue are dropped with the memory they were in.
+    pub fn disconnected(&self, clear_card_ram: bool) {
+        self.mem.clear();
+        self.reset_card("frontend disconnected");
+        *self.mapper.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        if clear_card_ram {
+            match self.ram.clear() {
+                Ok(()) => info!("card RAM cleared"),
+                Err(e) => warn!("cannot clear card RAM: {e}"),
+            }
+        }
+        self.rebase_on_start.store(true, Ordering::Release);
+    }
+
     /// The next batch re-bases the card's clock.
     #[cfg(test)]
     pub(crate) fn rebase_pending(&self) -> bool {

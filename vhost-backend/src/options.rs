@@ -23,21 +23,33 @@ fn after_help() -> String {
         "\
 QEMU (10.2 or later) needs guest RAM shared with xxcapd and the generic
 vhost-user device pointed at the socket; QEMU connects as a client, so start
-xxcapd first:
+xxcapd first. One card:
 
-  -object memory-backend-memfd,id=mem,size=<RAM>,share=on
-  -numa node,memdev=mem -m <RAM>
   -chardev socket,id=xxcap0,path=<PATH>
   -device vhost-user-test-device-pci,id=card0,chardev=xxcap0,virtio-id={VIRTIO_ID},num_vqs={},vq_size={QEMU_VQ_SIZE},config_size={CONFIG_SIZE}
 
-`xxcapd --socket PATH --print-qemu-args` prints these lines for PATH.
-The guest sees PCI device 1af4:{:04x}.
+plus shared guest RAM, for instance:
+
+  -object memory-backend-memfd,id=mem,size=<RAM>,share=on
+  -numa node,memdev=mem -m <RAM>
+
+`xxcapd --socket-path PATH --print-qemu-args` prints the card's options for
+PATH (`--id ID` names them so that several cards fit one command line;
+`--guest-ram-size SIZE` adds the memory options). The guest sees PCI device
+1af4:{:04x}. One xxcapd serves one card: run one per card.
+
+The socket: --socket-path PATH (created; removed on exit), or --fd FD, a
+listening socket handed in by a service manager; with neither, a socket
+passed by systemd socket activation (LISTEN_FDS=1, LISTEN_PID) is used.
+After QEMU disconnects (QEMU restart, chardev removal) xxcapd waits for the
+next connection; card RAM keeps its contents unless
+--reset-card-ram-on-reconnect. --exit-on-disconnect serves one connection.
 
 Logging: -v (debug), -vv (trace); RUST_LOG overrides both.
 SIGTERM/SIGINT: requests already taken off the command queue are completed
 (and the guest notified) before the connection closes; no more are taken.
-Exit status: 0 after SIGTERM/SIGINT or when QEMU disconnects, 1 on runtime
-errors, 2 on usage or configuration errors.",
+Exit status: 0 after SIGTERM/SIGINT (or, with --exit-on-disconnect, when QEMU
+disconnects), 1 on runtime errors, 2 on usage or configuration errors.",
         queue::COUNT,
         0x1040 + VIRTIO_ID,
     )
@@ -47,13 +59,38 @@ errors, 2 on usage or configuration errors.",
 #[derive(Debug, Parser)]
 #[command(name = "xxcapd", version, about, after_help = after_help())]
 pub struct Cli {
-    /// Unix socket to listen on (created; a stale socket is replaced).
-    #[arg(long, value_name = "PATH")]
-    pub socket: PathBuf,
+    /// Unix socket to listen on (created; a stale socket is replaced;
+    /// at most 107 bytes).
+    #[arg(
+        long = "socket-path",
+        visible_alias = "socket",
+        value_name = "PATH",
+        conflicts_with = "fd"
+    )]
+    pub socket_path: Option<PathBuf>,
+
+    /// Listen on FD, a listening Unix socket inherited from a service
+    /// manager (systemd socket activation: 3).
+    #[arg(long, value_name = "FD")]
+    pub fd: Option<i32>,
+
+    /// Print the backend's capabilities as JSON (QEMU's vhost-user backend
+    /// conventions) and exit; other options are ignored.
+    #[arg(long)]
+    pub print_capabilities: bool,
 
     /// Card RAM size (K, M or G suffix), a multiple of 4K from 4M to 4G.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_card_ram)]
     pub card_ram_size: u64,
+
+    /// Zero card RAM whenever a frontend disconnects (by default it keeps
+    /// its contents for the next connection, as across guest resets).
+    #[arg(long)]
+    pub reset_card_ram_on_reconnect: bool,
+
+    /// Exit when the frontend disconnects instead of waiting for the next.
+    #[arg(long)]
+    pub exit_on_disconnect: bool,
 
     /// Serial number reported in config space (at most 15 bytes).
     #[arg(long, default_value_t = CardConfig::default().serial)]
@@ -63,13 +100,20 @@ pub struct Cli {
     #[arg(long, default_value_t = CardConfig::default().revision)]
     pub revision: u32,
 
-    /// Virtio device id for the printed QEMU options (a name in QEMU's table).
-    #[arg(long, value_name = "N", default_value_t = VIRTIO_ID)]
+    /// Virtio device id for the printed QEMU options: one QEMU names
+    /// (1-13, 16-41, 45; QEMU aborts on others).
+    #[arg(long, value_name = "N", default_value_t = VIRTIO_ID, value_parser = parse_virtio_id)]
     pub virtio_id: u32,
 
-    /// Guest RAM size used in the printed QEMU options.
-    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size_arg)]
-    pub guest_ram_size: u64,
+    /// QEMU id of the card in the printed options: `-device ...,id=ID`,
+    /// `-chardev ...,id=chr-ID` (default: card0 and xxcap0).
+    #[arg(long, value_name = "ID", value_parser = parse_qemu_id)]
+    pub id: Option<String>,
+
+    /// Also print shared guest RAM options (memfd backend, -numa, -m) for a
+    /// guest of SIZE with --print-qemu-args.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub guest_ram_size: Option<u64>,
 
     /// Do not offer VIRTIO_RING_F_EVENT_IDX (notify on every completion).
     #[arg(long)]
@@ -105,13 +149,87 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT", value_parser = parse_pixel_format)]
     pub source_pixel_format: Option<PixelFormat>,
 
-    /// Print the QEMU options for this socket and exit.
+    /// Print the card's QEMU options for --socket-path and exit.
     #[arg(long)]
     pub print_qemu_args: bool,
+
+    /// Print the manual page (roff) and exit.
+    #[arg(long, hide = true)]
+    pub print_man: bool,
 
     /// More logging (repeatable).
     #[arg(short, long, action = ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// The `type` xxcapd reports in its capabilities and descriptor. QEMU's
+/// schema (`docs/interop/vhost-user.json`) lists device types only, none of
+/// them a capture card; "input" is the nearest (a video input device) and
+/// one that management software does not pick for anything else of ours: a
+/// type outside the list makes libvirt refuse every descriptor on the host,
+/// and "gpu" or "fs" would offer xxcapd as a GPU or virtiofs backend.
+pub const BACKEND_TYPE: &str = "input";
+
+/// What `--print-capabilities` prints: the type and no optional features
+/// (the schema's "input" features are evdev options xxcapd does not have).
+pub fn capabilities_json() -> String {
+    format!("{{\n  \"type\": \"{BACKEND_TYPE}\",\n  \"features\": []\n}}")
+}
+
+/// The virtio device ids QEMU 11.1 has a name for (`virtio_device_names` in
+/// hw/virtio/virtio.c). QEMU aborts at start on any other id.
+pub const QEMU_NAMED_VIRTIO_IDS: [std::ops::RangeInclusive<u32>; 3] = [1..=13, 16..=41, 45..=45];
+
+/// Whether QEMU knows virtio device id `id` by name.
+pub fn qemu_names_virtio_id(id: u32) -> bool {
+    QEMU_NAMED_VIRTIO_IDS.iter().any(|r| r.contains(&id))
+}
+
+fn parse_virtio_id(text: &str) -> Result<u32, String> {
+    let id: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("virtio id {text:?} is not a number"))?;
+    if !qemu_names_virtio_id(id) {
+        return Err(format!(
+            "virtio id {id} has no name in QEMU's table (QEMU aborts on it); use 1-13, 16-41 or 45"
+        ));
+    }
+    Ok(id)
+}
+
+/// Accepts an id QEMU takes for `-device id=` and `-chardev id=`: a letter,
+/// then letters, digits, `-`, `.` or `_`; short enough for the derived
+/// chardev id.
+fn parse_qemu_id(text: &str) -> Result<String, String> {
+    let mut chars = text.chars();
+    let well_formed = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !well_formed || text.len() > 64 {
+        return Err(format!(
+            "id {text:?} is not a QEMU id (a letter, then letters, digits, '-', '.' or '_'; at most 64)"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// Room in `sockaddr_un.sun_path` for a path (108 bytes with the NUL).
+pub const SUN_PATH_MAX: usize = 107;
+
+/// Refuses a socket path `bind` or QEMU's `connect` could not use.
+pub fn check_socket_path(path: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let len = path.as_os_str().as_bytes().len();
+    if len > SUN_PATH_MAX {
+        return Err(format!(
+            "socket path {} is {len} bytes, longer than a Unix socket address holds ({SUN_PATH_MAX})",
+            path.display()
+        ));
+    }
+    if len == 0 {
+        return Err("socket path is empty".into());
+    }
+    Ok(())
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
@@ -229,21 +347,37 @@ fn qemu_escape(value: &str) -> String {
     value.replace(',', ",,")
 }
 
-/// The QEMU options for one xxcapd socket, one option with its argument per
-/// line, in the order QEMU needs them.
-pub fn qemu_args(socket: &Path, virtio_id: u32, guest_ram: u64) -> Vec<String> {
-    let ram = qemu_size(guest_ram);
+/// The QEMU options for one card served on `socket`, one option with its
+/// argument per line, in the order QEMU needs them. `id` names the device
+/// (`id=ID`) and its chardev (`chr-ID`); without one they are `card0` and
+/// `xxcap0`. With `guest_ram`, the shared guest-RAM options come first
+/// (memory backend `mem`; one per VM, not per card).
+pub fn qemu_args(
+    socket: &Path,
+    id: Option<&str>,
+    virtio_id: u32,
+    guest_ram: Option<u64>,
+) -> Vec<String> {
     let path = qemu_escape(&socket.to_string_lossy());
-    vec![
-        format!("-object memory-backend-memfd,id=mem,size={ram},share=on"),
-        "-numa node,memdev=mem".to_owned(),
-        format!("-m {ram}"),
-        format!("-chardev socket,id=xxcap0,path={path}"),
-        format!(
-            "-device vhost-user-test-device-pci,id=card0,chardev=xxcap0,virtio-id={virtio_id},num_vqs={},vq_size={QEMU_VQ_SIZE},config_size={CONFIG_SIZE}",
-            queue::COUNT
-        ),
-    ]
+    let (chardev, device) = match id {
+        Some(id) => (format!("chr-{id}"), id.to_owned()),
+        None => ("xxcap0".to_owned(), "card0".to_owned()),
+    };
+    let mut args = Vec::new();
+    if let Some(bytes) = guest_ram {
+        let ram = qemu_size(bytes);
+        args.push(format!(
+            "-object memory-backend-memfd,id=mem,size={ram},share=on"
+        ));
+        args.push("-numa node,memdev=mem".to_owned());
+        args.push(format!("-m {ram}"));
+    }
+    args.push(format!("-chardev socket,id={chardev},path={path}"));
+    args.push(format!(
+        "-device vhost-user-test-device-pci,id={device},chardev={chardev},virtio-id={virtio_id},num_vqs={},vq_size={QEMU_VQ_SIZE},config_size={CONFIG_SIZE}",
+        queue::COUNT
+    ));
+    args
 }
 
 #[cfg(test)]

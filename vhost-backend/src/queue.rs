@@ -48,6 +48,11 @@ impl MemorySlot {
         *self.mem.lock().unwrap_or_else(PoisonError::into_inner) = Some(mem);
     }
 
+    /// Forgets the memory (the frontend went away).
+    pub fn clear(&self) {
+        *self.mem.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// The memory handle, if the frontend sent a table yet.
     pub fn atomic(&self) -> Option<GuestMemoryAtomic<GuestMemoryMmap>> {
         self.mem

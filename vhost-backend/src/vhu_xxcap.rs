@@ -107,12 +107,23 @@ impl XxcapBackend {
         &self.device
     }
 
+    /// The frontend went away (its vrings with it): the card returns to its
+    /// power-on state as at a device reset, forgets the connection's guest
+    /// memory, backend channel and vrings, and waits for the next frontend.
+    /// Card RAM keeps its contents unless `clear_card_ram`.
+    pub fn disconnected(&self, clear_card_ram: bool) {
+        self.queues_bound.store(false, Ordering::Release);
+        self.event_idx.store(false, Ordering::Relaxed);
+        self.device.disconnected(clear_card_ram);
+    }
+
     fn event_idx(&self) -> bool {
         self.event_idx.load(Ordering::Relaxed)
     }
 
-    /// Gives the event and stream code their vrings, once: the vrings live
-    /// as long as the daemon, but only `handle_event` sees them.
+    /// Gives the event and stream code their vrings, once per connection:
+    /// the vrings live as long as the connection, but only `handle_event`
+    /// sees them.
     fn bind_queues(&self, vrings: &[VringRwLock]) {
         if self.queues_bound.load(Ordering::Acquire) {
             return;

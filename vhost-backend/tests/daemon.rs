@@ -2,7 +2,10 @@
 //! way QEMU does, through vhost's own frontend implementation.
 
 use std::fs;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread::sleep;
@@ -45,13 +48,27 @@ fn xxcapd() -> Command {
 }
 
 fn spawn(socket: &Path) -> Child {
-    let child = xxcapd().arg("--socket").arg(socket).spawn().expect("spawn");
+    spawn_with(socket, &[])
+}
+
+/// Starts xxcapd on `socket` with `extra` options; waits for the socket.
+fn spawn_with(socket: &Path, extra: &[&str]) -> Child {
+    let child = xxcapd()
+        .arg("--socket")
+        .arg(socket)
+        .args(extra)
+        .spawn()
+        .expect("spawn");
+    wait_for_socket(socket);
+    child
+}
+
+fn wait_for_socket(socket: &Path) {
     let start = Instant::now();
     while !fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
         assert!(start.elapsed() < TIMEOUT, "socket never appeared");
         sleep(Duration::from_millis(20));
     }
-    child
 }
 
 /// Waits for the child with a time limit; kills it on timeout.
@@ -117,7 +134,7 @@ fn read_config(fe: &mut Frontend) -> Vec<u8> {
 fn frontend_reads_config_and_disconnect_ends_the_daemon() {
     let dir = TempDir::new("config");
     let socket = dir.socket();
-    let child = spawn(&socket);
+    let child = spawn_with(&socket, &["--exit-on-disconnect"]);
     let mut fe = connect(&socket);
 
     let config = read_config(&mut fe);
@@ -173,7 +190,7 @@ fn stale_socket_is_replaced() {
     let dir = TempDir::new("stale");
     let socket = dir.socket();
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
-    let child = spawn(&socket);
+    let child = spawn_with(&socket, &["--exit-on-disconnect"]);
     let mut fe = connect(&socket);
     assert_eq!(&read_config(&mut fe)[..4], b"XXCP");
     drop(fe);
@@ -349,4 +366,305 @@ fn prints_the_qemu_options() {
     let help = run(&["--help"]);
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("-device vhost-user-test-device-pci"));
+}
+
+/// Negotiates as [`connect`] does, with the SHMEM protocol feature too.
+fn connect_shmem(socket: &Path) -> Frontend {
+    let mut fe = Frontend::connect(socket, 2).expect("connect");
+    fe.set_owner().expect("set_owner");
+    let features = fe.get_features().expect("get_features");
+    fe.set_features(features).expect("set_features");
+    let want = VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::SHMEM;
+    fe.set_protocol_features(want)
+        .expect("set_protocol_features");
+    fe
+}
+
+/// Waits up to `timeout` for `child` to exit; `None` if it is still running.
+fn wait_until_exited_or(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn serves_again_after_the_frontend_disconnects() {
+    let dir = TempDir::new("again");
+    let socket = dir.socket();
+    let mut child = spawn_with(&socket, &["-v"]);
+    for round in 0..3 {
+        let mut fe = connect(&socket);
+        let config = read_config(&mut fe);
+        assert_eq!(&config[..4], b"XXCP", "round {round}");
+        drop(fe);
+        // Still there, and the socket still ours, for the next frontend.
+        assert!(
+            wait_until_exited_or(&mut child, Duration::from_millis(300)).is_none(),
+            "xxcapd exited after connection {round}"
+        );
+        assert!(socket.exists(), "socket kept between connections");
+    }
+    sigterm(&child);
+    let (status, stderr) = finish(child);
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(stderr.contains("connection 3"), "{stderr}");
+    assert!(stderr.contains("waiting for the next frontend"), "{stderr}");
+    assert!(!socket.exists(), "socket removed");
+}
+
+#[test]
+fn reset_card_ram_on_reconnect_is_accepted_and_serves_again() {
+    let dir = TempDir::new("again-reset");
+    let socket = dir.socket();
+    let mut child = spawn_with(&socket, &["--reset-card-ram-on-reconnect", "-v"]);
+    for _ in 0..2 {
+        let mut fe = connect(&socket);
+        assert_eq!(&read_config(&mut fe)[..4], b"XXCP");
+        drop(fe);
+        assert!(wait_until_exited_or(&mut child, Duration::from_millis(300)).is_none());
+    }
+    sigterm(&child);
+    let (status, stderr) = finish(child);
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(stderr.contains("card RAM cleared"), "{stderr}");
+}
+
+/// Runs `xxcapd` through `sh` with a listening socket as fd 3, the way a
+/// service manager hands it over; `env` is evaluated by the shell, whose
+/// pid xxcapd keeps across `exec`.
+fn spawn_inherited(listener: &UnixListener, env: &str, args: &str) -> Child {
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("{env} exec \"$0\" {args}"))
+        .arg(env!("CARGO_BIN_EXE_xxcapd"))
+        .env_remove("RUST_LOG")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    pass_as_fd3(&mut cmd, fd);
+    cmd.spawn().expect("spawn")
+}
+
+/// Makes `fd` the child's descriptor 3, open across exec.
+fn pass_as_fd3(cmd: &mut Command, fd: RawFd) {
+    // SAFETY: dup2 and fcntl are async-signal-safe and touch only
+    // descriptors; the closure runs in the forked child before exec. dup2
+    // leaves the new descriptor without FD_CLOEXEC; if `fd` already is 3,
+    // dup2 does nothing and the flag is cleared instead.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn inherited_socket_serves(env: &str, args: &str, name: &str) {
+    let dir = TempDir::new(name);
+    let socket = dir.socket();
+    let listener = UnixListener::bind(&socket).expect("bind");
+    let child = spawn_inherited(&listener, env, args);
+    drop(listener);
+    for _ in 0..2 {
+        let mut fe = connect(&socket);
+        assert_eq!(&read_config(&mut fe)[..4], b"XXCP");
+    }
+    sigterm(&child);
+    let (status, stderr) = finish(child);
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    // The socket belongs to whoever passed it.
+    assert!(socket.exists(), "an inherited socket's path is left alone");
+}
+
+#[test]
+fn fd_option_serves_an_inherited_listening_socket() {
+    inherited_socket_serves("", "--fd 3", "fd");
+}
+
+#[test]
+fn systemd_socket_activation_is_honoured() {
+    inherited_socket_serves("LISTEN_PID=$$ LISTEN_FDS=1", "", "activation");
+}
+
+#[test]
+fn activation_for_another_process_is_ignored() {
+    let dir = TempDir::new("activation-other");
+    let listener = UnixListener::bind(dir.socket()).expect("bind");
+    let child = spawn_inherited(&listener, "LISTEN_PID=1 LISTEN_FDS=1", "");
+    let (status, stderr) = finish(child);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--socket-path"), "{stderr}");
+}
+
+#[test]
+fn fd_that_is_not_a_listening_unix_socket_is_refused() {
+    let dir = TempDir::new("fd-bad");
+    let file = dir.0.join("plain");
+    fs::write(&file, b"x").expect("write");
+    let cases = [
+        // A regular file as fd 3.
+        (format!("--fd 3 3<{}", file.display()), "not a socket"),
+        // Not open at all.
+        ("--fd 9".to_owned(), "not open"),
+        ("--fd 2".to_owned(), "stderr"),
+    ];
+    for (args, needle) in cases {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec \"$0\" {args}"))
+            .arg(env!("CARGO_BIN_EXE_xxcapd"))
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args}");
+        let err = one_line(&out.stderr);
+        assert!(err.contains(needle), "{args}: {err}");
+    }
+    // A Unix socket that is bound but not listening.
+    let unbound = dir.0.join("quiet.sock");
+    let quiet = std::os::unix::net::UnixDatagram::bind(&unbound).expect("bind");
+    let child = {
+        let fd = quiet.as_raw_fd();
+        let mut cmd = xxcapd();
+        cmd.args(["--fd", "3"]);
+        pass_as_fd3(&mut cmd, fd);
+        cmd.spawn().expect("spawn")
+    };
+    let (status, stderr) = finish(child);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--fd 3"), "{stderr}");
+}
+
+#[test]
+fn print_capabilities_is_json_and_ignores_other_options() {
+    for args in [
+        &["--print-capabilities"][..],
+        &["--no-such-option", "--print-capabilities"],
+    ] {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?}");
+        let caps: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("capabilities are JSON");
+        assert_eq!(caps["type"], "input");
+        assert!(caps["features"].is_array());
+    }
+}
+
+#[test]
+fn the_descriptor_names_the_binary_and_the_capability_type() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("50-xxcapd.json");
+    let text = fs::read_to_string(&path).expect("descriptor");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("descriptor is JSON");
+    let caps: serde_json::Value =
+        serde_json::from_slice(&run(&["--print-capabilities"]).stdout).expect("JSON");
+    assert_eq!(doc["type"], caps["type"]);
+    assert_eq!(doc["binary"], "/usr/bin/xxcapd");
+    assert!(doc["description"].as_str().is_some_and(|d| !d.is_empty()));
+    let keys: Vec<&String> = doc.as_object().expect("object").keys().collect();
+    for key in keys {
+        assert!(
+            ["description", "type", "binary", "tags"].contains(&key.as_str()),
+            "{key} is not in QEMU's VhostUserBackend schema"
+        );
+    }
+}
+
+#[test]
+fn bad_configuration_is_refused_with_status_2() {
+    let long = format!("/tmp/{}", "s".repeat(110));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "44"],
+            "QEMU",
+        ),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "0"],
+            "QEMU",
+        ),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "46"],
+            "QEMU",
+        ),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--virtio-id", "14"],
+            "QEMU",
+        ),
+        (vec!["--socket-path", &long], "107"),
+        (vec!["--socket-path", &long, "--print-qemu-args"], "107"),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--card-ram-size", "3M"],
+            "4194304",
+        ),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--card-ram-size", "6146K"],
+            "6146K",
+        ),
+        (
+            vec!["--socket-path", "/tmp/x.sock", "--id", "2card"],
+            "2card",
+        ),
+        (vec!["--socket-path", "/tmp/x.sock", "--fd", "3"], "--fd"),
+        (vec!["--print-qemu-args"], "--socket-path"),
+    ];
+    for (args, needle) in cases {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = one_line(&out.stderr);
+        assert!(err.starts_with("xxcapd: "), "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A relative path is printed made absolute.
+    assert!(run(&["--socket-path", "rel.sock", "--print-qemu-args"])
+        .status
+        .success());
+}
+
+#[test]
+fn card_ram_need_not_be_a_power_of_two_the_bar_is() {
+    let dir = TempDir::new("bar");
+    let socket = dir.socket();
+    let child = spawn_with(&socket, &["--card-ram-size", "6M", "--exit-on-disconnect"]);
+    let mut fe = connect_shmem(&socket);
+    let shmem = fe.get_shmem_config().expect("get_shmem_config");
+    assert_eq!(shmem.nregions, 1);
+    // 6 MiB of card RAM and the status page: an 8 MiB BAR.
+    assert_eq!(shmem.memory_sizes[0], 8 << 20);
+    drop(fe);
+    let (status, stderr) = finish(child);
+    assert!(status.success(), "exit {status:?}: {stderr}");
+}
+
+#[test]
+fn prints_options_for_several_cards() {
+    let out = run(&[
+        "--socket-path",
+        "/run/xxcap/card1.sock",
+        "--id",
+        "card1",
+        "--print-qemu-args",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "-chardev socket,id=chr-card1,path=/run/xxcap/card1.sock\n\
+         -device vhost-user-test-device-pci,id=card1,chardev=chr-card1,virtio-id=31,num_vqs=3,vq_size=256,config_size=96\n"
+    );
 }

@@ -743,3 +743,51 @@ fn broken_avail_index_ends_the_kick_instead_of_spinning() {
     // The card is not left locked: the frontend can still reset it.
     b.stop_vring(0).expect("stop");
 }
+
+/// A frontend going away stops capture, resets the card and forgets the
+/// connection's backend channel; card RAM keeps its contents unless asked,
+/// and the next connection maps and captures again.
+#[test]
+fn disconnect_resets_the_card_and_keeps_card_ram_unless_asked() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+    let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+    let strq = MockSplitQueue::create(&mem, GuestAddress(0xc000), 16);
+    let b = capture_backend();
+    let mapper = Arc::new(FakeMapper::default());
+    b.device().set_mapper(mapper.clone());
+    let mut g = Guest::new(&vq, &evt, &strq, &mem, &b);
+    assert_eq!(g.attach(&vq, &b), vq_status::OK);
+    let mut tf = TaskFile::new();
+    start_capture(&mut tf);
+    assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
+    wait_frames(&b, 1);
+    let ram = b.device().card_ram();
+    let end = ram.card_ram_size() - 4;
+    ram.write(end, b"keep").expect("write");
+
+    b.disconnected(false);
+    assert!(b.device().capture_slot().is_none(), "capture stopped");
+    assert!(b.device().card().capture_session().is_none());
+    assert_eq!(ram.read(end, 4).expect("read"), b"keep");
+    assert_eq!(
+        ram.read_status().expect("status").status.get(),
+        status::READY
+    );
+    // The old backend channel is gone with its connection.
+    let mut g = Guest::new(&vq, &evt, &strq, &mem, &b);
+    assert_eq!(g.attach(&vq, &b), vq_status::DEVICE_ERROR);
+    // The next connection's channel maps card RAM again.
+    let next = Arc::new(FakeMapper::default());
+    b.device().set_mapper(next.clone());
+    assert_eq!(g.attach(&vq, &b), vq_status::OK);
+    assert_eq!(next.maps.load(Ordering::Relaxed), 1);
+    assert_eq!(ram.read(end, 4).expect("read"), b"keep");
+
+    b.disconnected(true);
+    assert_eq!(ram.read(end, 4).expect("read"), [0u8; 4]);
+    assert_eq!(
+        ram.read_status().expect("status").version.get(),
+        crate::card_ram::STATUS_BLOCK_VERSION
+    );
+}
