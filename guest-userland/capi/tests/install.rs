@@ -1,7 +1,7 @@
 //! install.sh lays the library out as a distribution does, and a C program
 //! builds from `pkg-config --cflags --libs xxcapture` alone, linked
 //! dynamically and statically, and runs (here without a card: it must say
-//! so and fail cleanly).
+//! so and fail cleanly); the API tour builds the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -124,5 +124,20 @@ fn installed_library_builds_the_example_through_pkg_config() {
             );
         }
     }
+    // The API tour needs a card to run; here it must build.
+    run(Command::new(&cc)
+        .args([
+            "-std=c11",
+            "-D_POSIX_C_SOURCE=200809L",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+        ])
+        .args(&cflags)
+        .arg(crate_dir().join("examples/api_tour.c"))
+        .arg("-o")
+        .arg(root.join("api-tour"))
+        .args(&libs));
     let _ = std::fs::remove_dir_all(&root);
 }
