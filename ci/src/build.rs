@@ -187,6 +187,12 @@ fn pack_initramfs(out: &Path, extra_kmods: &[&str]) -> Result<()> {
         ))
         .args(["--kmod", "virtio_blk"])
         .stdout(std::process::Stdio::null());
+    for (_, binary) in CAPI_EXAMPLES {
+        cmd.arg("--add").arg(format!(
+            "{}:/bin/{binary}",
+            build_dir().join(binary).display()
+        ));
+    }
     for kmod in extra_kmods {
         cmd.args(["--kmod", kmod]);
     }
@@ -199,6 +205,85 @@ pub fn bench_initramfs() -> Result<PathBuf> {
     let out = build_dir().join("initramfs-bench.cpio.gz");
     pack_initramfs(&out, BENCH_KMODS)?;
     Ok(out)
+}
+
+/// The C interface's example programs (in `guest-userland/capi/examples`)
+/// and the names they have in the guest's /bin.
+const CAPI_EXAMPLES: &[(&str, &str)] = &[
+    ("capture.c", "xxcap-capi-capture"),
+    ("api_tour.c", "xxcap-capi-tour"),
+];
+
+/// Builds `libxxcapture.a` (the C interface) for the guest target and links
+/// the C examples against it, statically, with the host's gcc: the guest's
+/// initramfs has no shared libraries.
+fn build_capi_examples(root: &Path) -> Result<()> {
+    let capi = root.join("guest-userland/capi");
+    run(
+        "building libxxcapture.a for the guest (static)",
+        Command::new(env!("CARGO"))
+            .current_dir(root)
+            .args([
+                "rustc",
+                "--quiet",
+                "--release",
+                "--target",
+                GUEST_TARGET,
+                "-p",
+                "xxcapture-c",
+                "--crate-type",
+                "staticlib",
+            ])
+            .env(
+                "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+                "-C target-feature=+crt-static",
+            ),
+    )?;
+    let lib = target_dir()
+        .join(GUEST_TARGET)
+        .join("release/libxxcapture.a");
+    for (source, binary) in CAPI_EXAMPLES {
+        let what = format!("linking the C example {binary} statically");
+        eprintln!("xxvm: {what}");
+        let out = Command::new("gcc")
+            .args([
+                "-static",
+                "-std=c11",
+                "-D_POSIX_C_SOURCE=200809L",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-I",
+            ])
+            .arg(capi.join("include"))
+            .arg(capi.join("examples").join(source))
+            .arg(&lib)
+            .args([
+                "-Wl,--gc-sections",
+                "-s",
+                "-lpthread",
+                "-ldl",
+                "-lm",
+                "-lrt",
+                "-lutil",
+            ])
+            .arg("-o")
+            .arg(build_dir().join(binary))
+            .output()
+            .map_err(|e| Error::Step(format!("{what}: cannot start gcc: {e}")))?;
+        // On success the linker's only output is its warning that std's
+        // unused name-service lookups need glibc's shared libraries in a
+        // static program: shown only when the link fails.
+        if !out.status.success() {
+            return Err(Error::Step(format!(
+                "{what} failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Provisions, builds and packs everything; returns where it all is.
@@ -248,6 +333,7 @@ pub fn build_all() -> Result<Artifacts> {
                 "-C target-feature=+crt-static",
             ),
     )?;
+    build_capi_examples(&root)?;
     run(
         "building xxcapd and the crossings tracer",
         Command::new(env!("CARGO")).current_dir(&root).args([

@@ -40,6 +40,8 @@ pub enum Mode {
     Robust,
     /// An interactive shell on the serial console.
     Shell,
+    /// The C interface: the C example captures and verifies frames.
+    Capi,
     /// Capture in a loop across backend deaths (`xxcap.kills=N` of them):
     /// the host kills `xxcapd`, the supervisor replaces the card.
     BackendDeath,
@@ -56,6 +58,7 @@ impl Mode {
             Mode::Events => "events",
             Mode::Robust => "robust",
             Mode::Shell => "shell",
+            Mode::Capi => "capi",
             Mode::BackendDeath => "backend-death",
         }
     }

@@ -8,6 +8,7 @@
 
 mod capture;
 mod card;
+mod enumerate;
 mod error;
 mod events;
 pub mod measure;
@@ -16,6 +17,7 @@ mod sys;
 
 pub use capture::{Capture, CaptureMode, CaptureStats, CardRam, Frame, StatusView};
 pub use card::{Access, Card, FrameFormat, Info, PixelFormat};
+pub use enumerate::{cards, cards_in, CardEntry, SYSFS_CLASS};
 pub use error::{Error, Result};
 pub use events::{monotonic_ns, AsyncDma, Cause, Causes, Completion, Direction, Event, Events};
 pub use stream::{Stream, StreamFrame, StreamStats};
