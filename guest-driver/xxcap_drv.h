@@ -65,6 +65,8 @@
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
+/* Interfaces that differ between the supported kernels */
+#include "xxcap_compat.h"
 /* Device ABI (generated): request framing, and the register table */
 #include "xxcapture_dev.h"
 

@@ -167,5 +167,5 @@ const struct file_operations xxcap_fops = {
 	.unlocked_ioctl = xxcap_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
 	.mmap = xxcap_mmap,
-	.llseek = no_llseek,
+	/* No .llseek: after stream_open() lseek() fails with ESPIPE. */
 };

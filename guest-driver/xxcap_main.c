@@ -16,7 +16,6 @@
 #include <linux/slab.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
-#include <asm/unaligned.h>
 
 #include "xxcap_drv.h"
 
@@ -221,8 +220,7 @@ static int xxcap_probe(struct virtio_device *vdev)
 		goto err_ida;
 
 	vdev->priv = card;
-	ret = virtio_find_vqs(vdev, XXCAP_VQ_COUNT, vqs, callbacks, names,
-			      NULL);
+	ret = xxcap_find_vqs(vdev, XXCAP_VQ_COUNT, vqs, callbacks, names);
 	if (ret) {
 		dev_err(&vdev->dev, "cannot find virtqueues: %d\n", ret);
 		goto err_ida;
@@ -339,7 +337,7 @@ static int __init xxcap_init(void)
 	if (ret)
 		goto err_mnt;
 
-	xxcap_class = class_create(THIS_MODULE, "xxcapture");
+	xxcap_class = xxcap_class_create("xxcapture");
 	if (IS_ERR(xxcap_class)) {
 		ret = PTR_ERR(xxcap_class);
 		goto err_region;

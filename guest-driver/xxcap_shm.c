@@ -229,10 +229,10 @@ int xxcap_mmap(struct file *file, struct vm_area_struct *vma)
 		if (vma->vm_flags & VM_WRITE)
 			return -EACCES;
 		/* Nor later with mprotect(); also keeps it from being COW. */
-		vma->vm_flags &= ~VM_MAYWRITE;
+		xxcap_vm_flags_clear(vma, VM_MAYWRITE);
 	}
 
-	vma->vm_flags |= VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP;
+	xxcap_vm_flags_set(vma, VM_IO | VM_PFNMAP | VM_DONTEXPAND | VM_DONTDUMP);
 	vma->vm_ops = &xxcap_vm_ops;
 	/* The file, which the vma pins, holds a reference on the card. */
 	vma->vm_private_data = card;

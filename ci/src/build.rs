@@ -4,6 +4,13 @@
 //! provisioned kernel headers, the static guest tools, `xxcapd`, and the
 //! initramfs. `locate` only finds them, for tests that must not run cargo
 //! (a test already runs inside cargo).
+//!
+//! `XXCAP_KERNEL_TRACK=<track>` (a track of `images/provision --kernel`:
+//! `bookworm`, `trixie`, `trixie-backports`) switches both to that track's
+//! kernel: the module is built with its headers and compiler, the
+//! initramfs takes its modules, the VM boots it, and the pieces that depend
+//! on the kernel go to their own build folder. Unset, the default kernel
+//! of `provisioned.env` is used.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +36,21 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache/xxcapture")
 }
 
-/// Where built artifacts go: ignored folders of the checkout.
+/// The kernel track chosen with `XXCAP_KERNEL_TRACK`, if any.
+pub fn kernel_track() -> Option<String> {
+    std::env::var("XXCAP_KERNEL_TRACK")
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// Where built artifacts go: ignored folders of the checkout (one per
+/// kernel track chosen with `XXCAP_KERNEL_TRACK`).
 pub fn build_dir() -> PathBuf {
-    repo_root().join(".cache/build")
+    let dir = repo_root().join(".cache/build");
+    match kernel_track() {
+        Some(track) => dir.join(format!("kernel-{track}")),
+        None => dir,
+    }
 }
 
 fn target_dir() -> PathBuf {
@@ -47,26 +66,49 @@ pub struct Provisioned {
     pub kernel: PathBuf,
     pub kernel_modules: PathBuf,
     pub kernel_headers: PathBuf,
+    /// The compiler the kernel's headers ask for, when not the host's `cc`.
+    pub kernel_cc: Option<String>,
+    /// A folder to put first in `PATH` for that compiler (fetched by
+    /// `images/provision` when the host has none).
+    pub kernel_path: Option<PathBuf>,
+}
+
+/// The `KEY=VALUE` lines of a file `images/provision` wrote.
+fn read_env(path: &Path, hint: &str) -> Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|_| Error::Missing(format!("{} ({hint})", path.display())))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect())
 }
 
 impl Provisioned {
-    /// Reads `provisioned.env` from the cache.
+    /// Reads `provisioned.env` from the cache, and with `XXCAP_KERNEL_TRACK`
+    /// the track's `kernel-<track>.env` over it.
     pub fn load() -> Result<Self> {
-        let path = cache_dir().join("provisioned.env");
-        let text = std::fs::read_to_string(&path).map_err(|_| {
-            Error::Missing(format!(
-                "{} (the VM images are not provisioned: run `images/provision`)",
-                path.display()
-            ))
-        })?;
-        let vars: HashMap<&str, &str> = text
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim()))
-            .collect();
+        let mut path = cache_dir().join("provisioned.env");
+        let mut vars = read_env(
+            &path,
+            "the VM images are not provisioned: run `images/provision`",
+        )?;
+        if let Some(track) = kernel_track() {
+            if !track
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(Error::Step(format!(
+                    "XXCAP_KERNEL_TRACK={track}: not a kernel track name"
+                )));
+            }
+            path = cache_dir().join(format!("kernel-{track}.env"));
+            let hint = format!("run `images/provision --kernel {track}`");
+            vars.extend(read_env(&path, &hint)?);
+        }
         let get = |key: &str| -> Result<String> {
             vars.get(key)
-                .map(|v| v.to_string())
+                .cloned()
                 .ok_or_else(|| Error::Missing(format!("{key} in {}", path.display())))
         };
         let file = |key: &str| -> Result<PathBuf> {
@@ -87,6 +129,11 @@ impl Provisioned {
             kernel: file("XXCAP_KERNEL")?,
             kernel_modules: file("XXCAP_KMODULES")?,
             kernel_headers: file("XXCAP_KDIR")?,
+            kernel_cc: vars.get("XXCAP_KCC").filter(|v| !v.is_empty()).cloned(),
+            kernel_path: vars
+                .get("XXCAP_KPATH")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         })
     }
 }
@@ -163,8 +210,10 @@ pub const BENCH_KMODS: &[&str] = &["vivid", "uio_pci_generic"];
 fn pack_initramfs(out: &Path, extra_kmods: &[&str]) -> Result<()> {
     let root = repo_root();
     let release = target_dir().join(GUEST_TARGET).join("release");
+    let provisioned = Provisioned::load()?;
     let mut cmd = Command::new(root.join("images/mkinitramfs"));
-    cmd.arg("--out")
+    cmd.env("XXCAP_KMODULES", &provisioned.kernel_modules)
+        .arg("--out")
         .arg(out)
         .arg("--init")
         .arg(root.join("ci/guest/init"))
@@ -289,21 +338,36 @@ fn build_capi_examples(root: &Path) -> Result<()> {
 /// Provisions, builds and packs everything; returns where it all is.
 pub fn build_all() -> Result<Artifacts> {
     let root = repo_root();
+    let mut provision = Command::new(root.join("images/provision"));
+    if let Some(track) = kernel_track() {
+        provision.args(["--kernel", &track]);
+    }
     run(
         "provisioning QEMU, guest kernel and headers (images/provision)",
-        Command::new(root.join("images/provision")).stdout(std::process::Stdio::null()),
+        provision.stdout(std::process::Stdio::null()),
     )?;
     let provisioned = Provisioned::load()?;
     std::fs::create_dir_all(build_dir())
         .map_err(|e| Error::Step(format!("create {}: {e}", build_dir().display())))?;
 
+    let mut make = Command::new("make");
+    make.arg("-s")
+        .arg("-C")
+        .arg(root.join("guest-driver"))
+        .arg(format!("KDIR={}", provisioned.kernel_headers.display()));
+    if let Some(cc) = &provisioned.kernel_cc {
+        make.arg(format!("CC={cc}"));
+    }
+    if let Some(dir) = &provisioned.kernel_path {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let joined =
+            std::env::join_paths(std::iter::once(dir.clone()).chain(std::env::split_paths(&path)))
+                .map_err(|e| Error::Step(format!("PATH with {}: {e}", dir.display())))?;
+        make.env("PATH", joined);
+    }
     run(
         &format!("building xxcapture.ko for {}", provisioned.kernel_abi),
-        Command::new("make")
-            .arg("-s")
-            .arg("-C")
-            .arg(root.join("guest-driver"))
-            .arg(format!("KDIR={}", provisioned.kernel_headers.display())),
+        &mut make,
     )?;
     std::fs::copy(
         root.join("guest-driver/xxcapture.ko"),

@@ -5,13 +5,14 @@
 pub mod bench;
 pub mod bench_events;
 pub mod build;
+pub mod image;
 pub mod qmp;
 pub mod supervise;
 pub mod vm;
 
 pub use build::{build_all, Artifacts, Provisioned};
 pub use supervise::Recovery;
-pub use vm::{parse_steps, Accel, FinishedRun, Mode, Step, Vm, VmOptions};
+pub use vm::{parse_steps, Accel, BootTarget, FinishedRun, Mode, Step, Vm, VmOptions};
 pub use xxcapture_results as results;
 
 #[derive(Debug, thiserror::Error)]

@@ -70,6 +70,18 @@ pub enum Accel {
     Kvm,
 }
 
+/// A guest other than the test initramfs on the provisioned kernel (the
+/// Debian image, see `image`): what QEMU boots instead.
+#[derive(Clone, Debug)]
+pub struct BootTarget {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The kernel command line (`VmOptions::kernel_args` are appended).
+    pub cmdline: String,
+    /// Its disks and other QEMU options.
+    pub qemu_args: Vec<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct VmOptions {
     pub mode: Mode,
@@ -92,6 +104,9 @@ pub struct VmOptions {
     /// Echo the supervisor's steps to stderr (always logged to
     /// `supervisor.log` in `log_dir`).
     pub echo_supervisor: bool,
+    /// Boot this instead of the test initramfs (`mode` is then only told
+    /// apart as interactive or not).
+    pub boot: Option<BootTarget>,
 }
 
 impl Default for VmOptions {
@@ -109,6 +124,7 @@ impl Default for VmOptions {
             kernel_args: Vec::new(),
             supervise: true,
             echo_supervisor: true,
+            boot: None,
         }
     }
 }
@@ -195,6 +211,17 @@ impl Vm {
 
         let qmp_socket = workdir.path().join("qmp.sock");
         let p = &artifacts.provisioned;
+        let (kernel, initrd, cmdline) = match &opts.boot {
+            Some(b) => (&b.kernel, &b.initrd, b.cmdline.clone()),
+            None => (
+                &p.kernel,
+                &artifacts.initramfs,
+                format!(
+                    "console=ttyS0 panic=-1 quiet loglevel=4 xxcap.mode={}",
+                    opts.mode.as_str()
+                ),
+            ),
+        };
         let mut qemu = Command::new(&p.qemu);
         match opts.accel {
             // TCG's "max" CPU has SSE4.2, AVX2 and PCLMUL, which TCG runs on
@@ -211,8 +238,9 @@ impl Vm {
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
             .args(&opts.extra_qemu_args)
+            .args(opts.boot.iter().flat_map(|b| &b.qemu_args))
             .arg("-kernel")
-            .arg(&p.kernel)
+            .arg(kernel)
             .args(opts.output_disk.iter().flat_map(|disk| {
                 [
                     "-drive".to_string(),
@@ -222,11 +250,10 @@ impl Vm {
                 ]
             }))
             .arg("-initrd")
-            .arg(&artifacts.initramfs)
+            .arg(initrd)
             .arg("-append")
             .arg(format!(
-                "console=ttyS0 panic=-1 quiet loglevel=4 xxcap.mode={}{}",
-                opts.mode.as_str(),
+                "{cmdline}{}",
                 opts.kernel_args
                     .iter()
                     .map(|a| format!(" {a}"))

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use xxcapture_hil::image::DebianImage;
 use xxcapture_hil::{build_all, parse_steps, Accel, Mode, Vm, VmOptions};
 
 #[derive(Parser)]
@@ -22,8 +23,23 @@ enum AccelArg {
     Kvm,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ImageArg {
+    /// The busybox initramfs on the provisioned kernel (fast).
+    Initramfs,
+    /// The Debian image of images/mkdebian (built on first use).
+    Debian,
+}
+
 #[derive(clap::Args, Clone)]
 struct VmArgs {
+    /// What the VM boots (run and shell only).
+    #[arg(long, value_enum, default_value = "initramfs")]
+    image: ImageArg,
+    /// The Debian release of `--image debian`: bookworm, trixie or
+    /// trixie-backports.
+    #[arg(long, default_value = "bookworm")]
+    dist: String,
     /// Accelerator: TCG works everywhere; KVM where /dev/kvm works.
     #[arg(long, value_enum, default_value = "tcg")]
     accel: AccelArg,
@@ -33,9 +49,9 @@ struct VmArgs {
     /// Card RAM size handed to xxcapd.
     #[arg(long, default_value = "64M")]
     card_ram: String,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 512)]
-    memory: u32,
+    /// Guest RAM in MiB [default: 512, with `--image debian` 1024].
+    #[arg(long)]
+    memory: Option<u32>,
     /// Do not replace the card when xxcapd dies (by default the launcher
     /// unplugs the dead card over QMP, restarts xxcapd and plugs a new one).
     #[arg(long)]
@@ -66,25 +82,82 @@ fn options(args: &VmArgs, mode: Mode) -> VmOptions {
             AccelArg::Kvm => Accel::Kvm,
         },
         card_ram: args.card_ram.clone(),
-        guest_memory_mib: args.memory,
+        guest_memory_mib: args.memory.unwrap_or(match args.image {
+            ImageArg::Initramfs => 512,
+            ImageArg::Debian => 1024,
+        }),
         supervise: !args.no_supervise,
         echo: true,
         ..VmOptions::default()
     }
 }
 
+/// What `run` does in the Debian image: the initramfs's run steps with the
+/// tools from the tools disk, then the card as V4L2 clients see it.
+const DEBIAN_RUN_SCRIPT: &str = r#"step() {
+	name=$1
+	shift
+	echo "XXCAP-STEP-BEGIN $name"
+	"$@" 2>&1
+	rc=$?
+	echo "XXCAP-STEP-END $name rc=$rc uptime=$(cut -d' ' -f1 /proc/uptime)"
+}
+driver() {
+	grep -q '^xxcapture ' /proc/modules || { echo "xxcapture.ko is not loaded"; return 1; }
+	ls -l /dev/xxcapture*
+}
+v4l2_devices() {
+	if ls /dev/video* >/dev/null 2>&1; then
+		v4l2-ctl --list-devices
+	else
+		echo "no V4L2 device node"
+	fi
+}
+# The image mounts the tools disk from fstab; mount it here if that gave up.
+mountpoint -q /opt/xxcapture || mount -o ro LABEL=xxcap-tools /opt/xxcapture
+echo "XXCAP-GUEST booted kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)s"
+step driver driver
+step info xxcap info
+step selftest xxcap-test selftest
+step v4l2-devices v4l2_devices
+"#;
+
 fn boot(args: &VmArgs, mode: Mode) -> Result<ExitCode, xxcapture_hil::Error> {
     let artifacts = build_all()?;
+    let mut opts = options(args, mode);
+    // Holds the Debian run's tools disk and script until the VM is down.
+    let scratch = tempfile::Builder::new()
+        .prefix("xxvm-image-")
+        .tempdir()
+        .map_err(|e| xxcapture_hil::Error::Step(format!("temp dir: {e}")))?;
+    let guest = match args.image {
+        ImageArg::Initramfs => format!("Linux {}", artifacts.provisioned.kernel_abi),
+        ImageArg::Debian => {
+            let image = DebianImage::build(&args.dist)?;
+            let tools = scratch.path().join("tools.img");
+            xxcapture_hil::image::tools_disk(&artifacts, &tools)?;
+            let script = scratch.path().join("run.sh");
+            let run_script = match mode {
+                Mode::Shell => None,
+                _ => {
+                    std::fs::write(&script, DEBIAN_RUN_SCRIPT)
+                        .map_err(|e| xxcapture_hil::Error::Step(format!("run script: {e}")))?;
+                    Some(script.as_path())
+                }
+            };
+            opts.boot = Some(image.boot_target(&tools, run_script));
+            format!("Debian {} (Linux {})", image.dist, image.kernel_abi)
+        }
+    };
     eprintln!(
-        "xxvm: booting Linux {} on QEMU {} ({}), card behind xxcapd",
-        artifacts.provisioned.kernel_abi,
+        "xxvm: booting {guest} on QEMU {} ({}), card behind xxcapd",
         artifacts.provisioned.qemu_version,
         match args.accel {
             AccelArg::Tcg => "TCG",
             AccelArg::Kvm => "KVM",
         }
     );
-    let mut vm = Vm::start(&artifacts, &options(args, mode))?;
+    let mut vm = Vm::start(&artifacts, &opts)?;
     let qemu = vm.wait_guest(Duration::from_secs(args.timeout))?;
     let backend = vm.wait_backend(Duration::from_secs(5))?;
     let elapsed = vm.started().elapsed();
