@@ -159,7 +159,8 @@ pub const BENCH_KMODS: &[&str] = &["vivid", "uio_pci_generic"];
 
 /// Packs the guest's initramfs at `out`: busybox, /init, the guest tools,
 /// the module, virtio (and virtio_blk for the capture tests' output disk),
-/// plus `extra_kmods` from the provisioned kernel.
+/// the V4L2 and videobuf2 modules the module needs, plus `extra_kmods`
+/// from the provisioned kernel.
 fn pack_initramfs(out: &Path, extra_kmods: &[&str]) -> Result<()> {
     let root = repo_root();
     let release = target_dir().join(GUEST_TARGET).join("release");
@@ -186,6 +187,9 @@ fn pack_initramfs(out: &Path, extra_kmods: &[&str]) -> Result<()> {
             build_dir().join("xxcapture.ko").display()
         ))
         .args(["--kmod", "virtio_blk"])
+        // xxcapture.ko's V4L2 node: the modules it links against (with
+        // videodev, videobuf2-common, -memops and mc), loaded before it.
+        .args(["--kmod", "videobuf2-v4l2", "--kmod", "videobuf2-dma-sg"])
         .stdout(std::process::Stdio::null());
     for kmod in extra_kmods {
         cmd.args(["--kmod", kmod]);
