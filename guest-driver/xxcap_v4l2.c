@@ -315,9 +315,10 @@ static int xxcap_s_input(struct file *file, void *priv, unsigned int i)
 	if (vb2_is_busy(&v->queue))
 		return -EBUSY;
 	/* The control follows, and selects the source (xxcap_s_ctrl()). */
-	return __v4l2_ctrl_s_ctrl(v->source, i);
+	return v4l2_ctrl_s_ctrl(v->source, i);
 }
 
+/* Called under v->lock too: every control ioctl holds vdev->lock. */
 static int xxcap_s_ctrl(struct v4l2_ctrl *ctrl)
 {
 	struct xxcap_v4l2 *v = container_of(ctrl->handler, struct xxcap_v4l2,
@@ -329,6 +330,32 @@ static int xxcap_s_ctrl(struct v4l2_ctrl *ctrl)
 	default:
 		return -EINVAL;
 	}
+}
+
+/* QBUF, then the buffer goes to the card (see xxcap_buf_queue()). */
+static int xxcap_qbuf(struct file *file, void *priv, struct v4l2_buffer *b)
+{
+	struct xxcap_v4l2 *v = xxcap_v4l2_of(file);
+	int ret;
+
+	ret = vb2_ioctl_qbuf(file, priv, b);
+	if (!ret)
+		xxcap_vb2_send_pending(v);
+	return ret;
+}
+
+/* read() requeues the buffer it emptied: it goes to the card afterwards. */
+static ssize_t xxcap_v4l2_read(struct file *file, char __user *buf,
+			       size_t count, loff_t *ppos)
+{
+	struct xxcap_v4l2 *v = xxcap_v4l2_of(file);
+	ssize_t ret;
+
+	ret = vb2_fop_read(file, buf, count, ppos);
+	mutex_lock(&v->lock);
+	xxcap_vb2_send_pending(v);
+	mutex_unlock(&v->lock);
+	return ret;
 }
 
 static const struct v4l2_ctrl_ops xxcap_ctrl_ops = {
@@ -358,7 +385,7 @@ static const struct v4l2_ioctl_ops xxcap_ioctl_ops = {
 	.vidioc_create_bufs = vb2_ioctl_create_bufs,
 	.vidioc_prepare_buf = vb2_ioctl_prepare_buf,
 	.vidioc_querybuf = vb2_ioctl_querybuf,
-	.vidioc_qbuf = vb2_ioctl_qbuf,
+	.vidioc_qbuf = xxcap_qbuf,
 	.vidioc_dqbuf = vb2_ioctl_dqbuf,
 	.vidioc_expbuf = vb2_ioctl_expbuf,
 	.vidioc_streamon = vb2_ioctl_streamon,
@@ -373,7 +400,7 @@ static const struct v4l2_file_operations xxcap_v4l2_fops = {
 	.owner = THIS_MODULE,
 	.open = v4l2_fh_open,
 	.release = vb2_fop_release,
-	.read = vb2_fop_read,
+	.read = xxcap_v4l2_read,
 	.poll = vb2_fop_poll,
 	.mmap = vb2_fop_mmap,
 	.unlocked_ioctl = video_ioctl2,
@@ -478,6 +505,7 @@ int xxcap_v4l2_register(struct xxcap_card *card)
 	v->card = card;
 	mutex_init(&v->lock);
 	INIT_LIST_HEAD(&v->pending);
+	INIT_LIST_HEAD(&v->early);
 	init_waitqueue_head(&v->wq);
 	snprintf(v->bus_info, sizeof(v->bus_info), "PCI:%s",
 		 dev_name(parent->parent));
@@ -491,8 +519,11 @@ int xxcap_v4l2_register(struct xxcap_card *card)
 	card->v4l2 = v;
 	v->v4l2_dev.release = xxcap_v4l2_release;
 
+	/*
+	 * The handler keeps its own lock: control ioctls take it under
+	 * v->lock (vdev->lock), so it cannot be that one.
+	 */
 	v4l2_ctrl_handler_init(&v->ctrls, 1);
-	v->ctrls.lock = &v->lock;
 	v->source = v4l2_ctrl_new_std_menu_items(&v->ctrls, &xxcap_ctrl_ops,
 						 V4L2_CID_TEST_PATTERN,
 						 ARRAY_SIZE(xxcap_sources) - 1,

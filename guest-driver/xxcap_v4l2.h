@@ -59,7 +59,8 @@ struct xxcap_v4l2 {
 	struct list_head pending;	/* buffers queued before streaming */
 
 	/* Under card->lock */
-	bool starting;			/* a failing start gives buffers back QUEUED */
+	bool starting;			/* completions wait on early */
+	struct list_head early;		/* buffers back during the start */
 	s64 time_offset;		/* CLOCK_MONOTONIC - device clock, ns */
 	wait_queue_head_t wq;		/* card->n_vb2 going down */
 };
@@ -67,7 +68,9 @@ struct xxcap_v4l2 {
 /* A vb2 buffer of the node */
 struct xxcap_vbuf {
 	struct vb2_v4l2_buffer vb;	/* first: vb2 allocates the whole */
-	struct list_head node;		/* on pending */
+	struct list_head node;		/* on pending, or early */
+	u64 device_time_ns;		/* of its frame */
+	enum vb2_buffer_state state;	/* its outcome, while on early */
 };
 
 /* xxcap_v4l2.c */
@@ -76,5 +79,6 @@ u32 xxcap_v4l2_size(u32 code, u32 width, u32 height);
 
 /* xxcap_vb2.c */
 int xxcap_vb2_init(struct xxcap_v4l2 *v);
+void xxcap_vb2_send_pending(struct xxcap_v4l2 *v);
 
 #endif /* _XXCAP_V4L2_H */

@@ -70,17 +70,35 @@ err_free:
 	return ret;
 }
 
+/*
+ * Buffers wait on pending until xxcap_vb2_send_pending(): while streaming,
+ * the QBUF and read() paths send them once vb2 has reported the buffer to
+ * the caller, or a quick card could complete one before QBUF returns.
+ */
 static void xxcap_buf_queue(struct vb2_buffer *vb)
 {
 	struct xxcap_v4l2 *v = vb2_get_drv_priv(vb->vb2_queue);
 	struct xxcap_vbuf *buf = to_xxcap_vbuf(vb);
 
-	if (!v->sending) {
-		list_add_tail(&buf->node, &v->pending);
+	list_add_tail(&buf->node, &v->pending);
+}
+
+/*
+ * Sends the pending buffers to the card, while streaming; one that cannot
+ * be sent goes back to vb2 in error. Under v->lock.
+ */
+void xxcap_vb2_send_pending(struct xxcap_v4l2 *v)
+{
+	struct xxcap_vbuf *buf, *tmp;
+
+	lockdep_assert_held(&v->lock);
+	if (!v->sending)
 		return;
+	list_for_each_entry_safe(buf, tmp, &v->pending, node) {
+		list_del(&buf->node);
+		if (xxcap_vb2_send(v, buf))
+			vb2_buffer_done(&buf->vb.vb2_buf, VB2_BUF_STATE_ERROR);
 	}
-	if (xxcap_vb2_send(v, buf))
-		vb2_buffer_done(vb, VB2_BUF_STATE_ERROR);
 }
 
 /* Gives the buffers not sent to the card back to vb2 in @state. */
@@ -117,15 +135,31 @@ static void xxcap_vb2_reclaim(struct xxcap_v4l2 *v)
 	wait_event(v->wq, !READ_ONCE(card->n_vb2));
 }
 
-/* Ends the node's claim on the card's capture. */
+/*
+ * Ends the node's claim on the card's capture; the buffers the card gave
+ * back during a failed start go back to vb2 as queued.
+ */
 static void xxcap_vb2_unclaim(struct xxcap_v4l2 *v)
 {
 	struct xxcap_card *card = v->card;
+	struct xxcap_vbuf *buf, *tmp;
 
 	spin_lock_irq(&card->lock);
 	card->v4l2_streaming = false;
 	v->starting = false;
+	list_for_each_entry_safe(buf, tmp, &v->early, node) {
+		list_del(&buf->node);
+		vb2_buffer_done(&buf->vb.vb2_buf, VB2_BUF_STATE_QUEUED);
+	}
 	spin_unlock_irq(&card->lock);
+}
+
+/* Hands @buf back to vb2 in @state, its timestamp on the guest's clock. */
+static void xxcap_vb2_finish(struct xxcap_v4l2 *v, struct xxcap_vbuf *buf,
+			     enum vb2_buffer_state state)
+{
+	buf->vb.vb2_buf.timestamp = buf->device_time_ns + v->time_offset;
+	vb2_buffer_done(&buf->vb.vb2_buf, state);
 }
 
 /* Writes CONTROL = ENABLE: capture off, STREAM clear. */
@@ -180,10 +214,13 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 	/* Held unused until capture starts with STREAM set */
 	v->sending = true;
 	list_for_each_entry_safe(buf, tmp, &v->pending, node) {
-		ret = xxcap_vb2_send(v, buf);
-		if (ret)
-			goto err_reclaim;
+		/* Off the list first: the card may give it back at once. */
 		list_del(&buf->node);
+		ret = xxcap_vb2_send(v, buf);
+		if (ret) {
+			list_add(&buf->node, &v->pending);
+			goto err_reclaim;
+		}
 	}
 
 	t0 = ktime_get_ns();
@@ -201,6 +238,11 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 	/* The card's clock read half-way through the round trip */
 	v->time_offset = (s64)(t0 + (t1 - t0) / 2) - (s64)dev_ns;
 	v->starting = false;
+	/* Frames that came during the start, in order, before any other */
+	list_for_each_entry_safe(buf, tmp, &v->early, node) {
+		list_del(&buf->node);
+		xxcap_vb2_finish(v, buf, buf->state);
+	}
 	spin_unlock_irq(&card->lock);
 	return 0;
 
@@ -280,19 +322,22 @@ void xxcap_vb2_done(struct xxcap_card *card, struct xxcap_req *req,
 	enum vb2_buffer_state state = VB2_BUF_STATE_ERROR;
 
 	lockdep_assert_held(&card->lock);
-	if (v->starting) {
-		state = VB2_BUF_STATE_QUEUED;
-	} else if (ev->status == XXCAP_TF_OK) {
-		/* Frame numbers count frame periods: a gap is a dropped frame */
+	buf->device_time_ns = ev->device_time_ns;
+	if (ev->status == XXCAP_TF_OK) {
 		buf->vb.sequence = (u32)ev->frame_number;
 		buf->vb.field = V4L2_FIELD_NONE;
-		vb->timestamp = ev->device_time_ns + v->time_offset;
 		vb2_set_plane_payload(vb, 0, ev->count);
 		if (ev->count == v->fmt.sizeimage &&
 		    xxcap_stamp_ok(v, vb, ev->frame_number))
 			state = VB2_BUF_STATE_DONE;
 	}
-	vb2_buffer_done(vb, state);
+	if (v->starting) {
+		/* Until the start is known to succeed (or not) */
+		buf->state = state;
+		list_add_tail(&buf->node, &v->early);
+	} else {
+		xxcap_vb2_finish(v, buf, state);
+	}
 	wake_up(&v->wq);
 }
 
