@@ -210,8 +210,9 @@ pub fn bench_initramfs() -> Result<PathBuf> {
 
 /// The V4L2 test VM's initramfs: the test one plus `v4l2-compliance` and
 /// `v4l2-ctl` from Debian 13's v4l-utils with their libraries (fetched
-/// once by `ci/guest/fetch-v4l-utils` into the build directory), next to
-/// the test one; call after [`build_all`].
+/// once by `ci/guest/fetch-v4l-utils` into the build directory), and
+/// vivid, whose buffers the DMABUF tests import; next to the test one;
+/// call after [`build_all`].
 pub fn v4l2_initramfs() -> Result<PathBuf> {
     let tools = build_dir().join("v4l-utils");
     run(
@@ -228,7 +229,7 @@ pub fn v4l2_initramfs() -> Result<PathBuf> {
     ]
     .map(|(src, dest)| format!("{}:{dest}", tools.join(src).display()));
     let out = build_dir().join("initramfs-v4l2.cpio.gz");
-    pack_initramfs(&out, &[], &adds)?;
+    pack_initramfs(&out, &["vivid"], &adds)?;
     Ok(out)
 }
 
