@@ -137,6 +137,29 @@ static int xxcap_sg_emit(struct xxcap_req *req, unsigned int max,
 }
 
 /*
+ * Adds the physically contiguous piece [@pa, @pa + @chunk) to the run
+ * (*@addr, *@len), emitting the run when the piece does not extend it.
+ */
+static int xxcap_sg_grow(struct xxcap_req *req, unsigned int max,
+			 phys_addr_t *addr, u64 *len, phys_addr_t pa, u64 chunk)
+{
+	int ret;
+
+	if (*len && *addr + *len == pa && *len + chunk <= XXCAP_MAX_SG_LEN) {
+		*len += chunk;
+		return 0;
+	}
+	if (*len) {
+		ret = xxcap_sg_emit(req, max, *addr, *len);
+		if (ret)
+			return ret;
+	}
+	*addr = pa;
+	*len = chunk;
+	return 0;
+}
+
+/*
  * Describes the pinned buffers to the card: one run of SG entries per DMA
  * command, in command order, physically contiguous pieces merged. The wire
  * copy of each DMA command (in @cmds, unless NULL) gets the index of its
@@ -166,18 +189,9 @@ static int xxcap_dma_build_sg(struct xxcap_req *req, struct xxcap_cmd *cmds,
 			phys_addr_t pa = page_to_phys(req->pages[d->first_page + p]) + off;
 			u64 chunk = min_t(u64, left, PAGE_SIZE - off);
 
-			if (len && addr + len == pa &&
-			    len + chunk <= XXCAP_MAX_SG_LEN) {
-				len += chunk;
-			} else {
-				if (len) {
-					ret = xxcap_sg_emit(req, max, addr, len);
-					if (ret)
-						return ret;
-				}
-				addr = pa;
-				len = chunk;
-			}
+			ret = xxcap_sg_grow(req, max, &addr, &len, pa, chunk);
+			if (ret)
+				return ret;
 			left -= chunk;
 			off = 0;
 		}
@@ -188,6 +202,36 @@ static int xxcap_dma_build_sg(struct xxcap_req *req, struct xxcap_cmd *cmds,
 			cmds[d->index].value = first;
 	}
 	return 0;
+}
+
+/*
+ * Describes a buffer the DMA API mapped (@sgt, a vb2 plane) to the card as
+ * the SG table of @req. Its DMA addresses are guest-physical: the card is
+ * used for streaming only when it needs no IOMMU (card->dma). Nothing is
+ * pinned here: the buffer's owner keeps it until the request comes back.
+ */
+int xxcap_buffer_from_sgt(struct xxcap_req *req, struct sg_table *sgt)
+{
+	unsigned int max = min_t(unsigned int, sgt->nents,
+				 XXCAP_MAX_SG_ENTRIES);
+	struct scatterlist *sg;
+	phys_addr_t addr = 0;
+	u64 len = 0;
+	unsigned int i;
+	int ret;
+
+	if (!max)
+		return -EINVAL;
+	req->sgt = kvmalloc_array(max, sizeof(*req->sgt), GFP_KERNEL_ACCOUNT);
+	if (!req->sgt)
+		return -ENOMEM;
+	for_each_sgtable_dma_sg(sgt, sg, i) {
+		ret = xxcap_sg_grow(req, max, &addr, &len, sg_dma_address(sg),
+				    sg_dma_len(sg));
+		if (ret)
+			return ret;
+	}
+	return xxcap_sg_emit(req, max, addr, len);
 }
 
 /* Pins the DMA buffers of the task file in @req and adds its SG table. */

@@ -120,6 +120,8 @@ enum {
 	XXCAP_FLAG_WRITER,	/* a controlling (writable) open exists */
 };
 
+struct xxcap_v4l2;
+
 struct xxcap_card {
 	struct device dev;		/* class device; its release frees us */
 	struct cdev cdev;
@@ -132,6 +134,7 @@ struct xxcap_card {
 	unsigned long flags;
 	bool dma;			/* DMA commands are passed to the card */
 	struct inode *inode;		/* its i_mapping holds every user mapping */
+	struct xxcap_v4l2 *v4l2;	/* the V4L2 node, or NULL */
 
 	/* Card RAM + status block (virtio shared memory), set at probe */
 	phys_addr_t shm_phys;
@@ -145,6 +148,8 @@ struct xxcap_card {
 	bool gone;			/* removed: no new requests */
 	unsigned int n_inflight;	/* command-queue requests the device owns */
 	unsigned int n_stream;		/* capture buffers the device owns */
+	unsigned int n_vb2;		/* ... of them, the V4L2 node's */
+	bool v4l2_streaming;		/* the V4L2 node owns capture */
 	unsigned int pollers;		/* EXEC_POLL callers: callbacks off */
 	unsigned int n_unrecorded;	/* async requests waiting for the work */
 	unsigned long done_seq;		/* bumped whenever a request comes back */
@@ -205,6 +210,7 @@ enum xxcap_req_kind {
 	XXCAP_KIND_SYNC,		/* EXEC, ATTACH, FLUSH: a thread waits */
 	XXCAP_KIND_SUBMIT,		/* SUBMIT: completes as a record */
 	XXCAP_KIND_BUFFER,		/* capture buffer: completes as a record */
+	XXCAP_KIND_VB2,			/* vb2 buffer of the V4L2 node */
 };
 
 /*
@@ -219,6 +225,7 @@ struct xxcap_req {
 	u64 id;				/* request_id, and the wire tag */
 	u64 refcon;			/* SUBMIT, BUFFER: echoed in the record */
 	struct xxcap_client *client;	/* SUBMIT, BUFFER; NULL once orphaned */
+	void *vbuf;			/* VB2: its struct xxcap_vbuf */
 	struct list_head client_node;	/* on client->reqs, under card->lock */
 	void *in;
 	size_t in_len;
@@ -282,6 +289,7 @@ void xxcap_shutdown(struct xxcap_card *card);
 
 /* xxcap_dma.c */
 void xxcap_unpin(struct xxcap_req *req);
+int xxcap_buffer_from_sgt(struct xxcap_req *req, struct sg_table *sgt);
 int xxcap_dma_prepare(struct xxcap_card *card, struct xxcap_req *req,
 		      struct xxcap_cmd *cmds, u32 count);
 int xxcap_buffer_prepare(struct xxcap_card *card, struct xxcap_req *req,
@@ -309,11 +317,26 @@ int xxcap_subscribe(struct xxcap_client *client, void __user *argp);
 void xxcap_stream_done(struct virtqueue *vq);
 int xxcap_queue_buffer(struct xxcap_client *client, void __user *argp);
 int xxcap_flush(struct xxcap_client *client, bool intr);
+struct xxcap_req *xxcap_stream_req_alloc(struct xxcap_card *card,
+					 enum xxcap_req_kind kind);
+int xxcap_stream_send(struct xxcap_card *card, struct xxcap_req *req);
+int xxcap_flush_card(struct xxcap_card *card, unsigned long deadline,
+		     bool intr);
 
 /* xxcap_taskfile.c */
 int xxcap_exec(struct xxcap_card *card, void __user *argp);
+int xxcap_exec_kernel(struct xxcap_card *card, struct xxcap_cmd *cmds,
+		      u32 count, u32 *err, u64 *device_time_ns);
 int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
 		    void __user *argp);
+
+/* xxcap_v4l2.c */
+int xxcap_v4l2_register(struct xxcap_card *card);
+void xxcap_v4l2_unregister(struct xxcap_card *card);
+
+/* xxcap_vb2.c */
+void xxcap_vb2_done(struct xxcap_card *card, struct xxcap_req *req,
+		    const struct xxcap_event *ev);
 
 /* xxcap_shm.c */
 void xxcap_attach(struct xxcap_card *card);

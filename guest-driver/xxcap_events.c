@@ -95,7 +95,7 @@ static void xxcap_req_event(struct xxcap_card *card, struct xxcap_req *req,
 	ev->refcon = req->refcon;
 	ev->guest_time_ns = ktime_get_ns();
 
-	if (req->kind == XXCAP_KIND_BUFFER) {
+	if (req->kind == XXCAP_KIND_BUFFER || req->kind == XXCAP_KIND_VB2) {
 		const struct xxcap_stream_result *res = req->out;
 
 		ev->cause = XXCAP_IRQ_FRAME_DONE;
@@ -144,8 +144,8 @@ static void xxcap_req_event(struct xxcap_card *card, struct xxcap_req *req,
 
 /*
  * Turns the async request @req, back from the card, into a completion
- * record for the file that started it, unless that was closed. Under
- * card->lock.
+ * record for the file that started it, unless that was closed; a vb2
+ * buffer goes back to the V4L2 node. Under card->lock.
  */
 void xxcap_req_record(struct xxcap_card *card, struct xxcap_req *req)
 {
@@ -155,6 +155,11 @@ void xxcap_req_record(struct xxcap_card *card, struct xxcap_req *req)
 	lockdep_assert_held(&card->lock);
 	req->recorded = true;
 	xxcap_req_event(card, req, &ev);
+	if (req->kind == XXCAP_KIND_VB2) {
+		card->n_vb2--;
+		xxcap_vb2_done(card, req, &ev);
+		return;
+	}
 	if (!client)
 		return;		/* its file was closed: nobody reads it */
 

@@ -154,6 +154,9 @@ static long xxcap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case XXCAP_IOC_QUEUE_BUFFER:
 		return xxcap_queue_buffer(client, argp);
 	default:
+		/* While the V4L2 node streams, its buffers are the card's. */
+		if (READ_ONCE(card->v4l2_streaming))
+			return -EBUSY;
 		return xxcap_flush(client, true);
 	}
 }

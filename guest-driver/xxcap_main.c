@@ -246,6 +246,11 @@ static int xxcap_probe(struct virtio_device *vdev)
 		goto err_reset;
 	}
 
+	/* The char device works without it: a failure only costs the node. */
+	ret = xxcap_v4l2_register(card);
+	if (ret)
+		dev_warn(&card->dev, "no V4L2 node: %d\n", ret);
+
 	dev_info(&card->dev, "model 0x%04x rev %u serial %.*s, %llu bytes of card RAM%s%s\n",
 		 card->id.model, card->id.revision,
 		 (int)xxcap_str_len(card->id.serial, sizeof(card->id.serial)),
@@ -277,6 +282,9 @@ static void xxcap_remove(struct virtio_device *vdev)
 	spin_unlock_irq(&card->lock);
 	wake_up_all(&card->slot_wq);
 	xxcap_wake_clients(card);
+
+	/* Streams end with errors; the reset below gives their buffers back. */
+	xxcap_v4l2_unregister(card);
 
 	/* Before the BAR goes: user accesses fault with SIGBUS from now on. */
 	xxcap_zap_mappings(card);

@@ -35,15 +35,21 @@ void xxcap_stream_done(struct virtqueue *vq)
 	spin_unlock_irqrestore(&card->lock, flags);
 }
 
-/* Hands the capture buffer @req to the device's stream queue. */
+/*
+ * Hands the capture buffer @req to the device's stream queue. While the
+ * V4L2 node streams, it owns the queue: buffers of open files get -EBUSY.
+ */
 static int xxcap_queue_stream(struct xxcap_card *card, struct xxcap_req *req)
 {
 	struct scatterlist *sgs[2] = { req->sg_in, req->sg_out };
+	bool vb2 = req->kind == XXCAP_KIND_VB2;
 	int ret;
 
 	spin_lock_irq(&card->lock);
 	if (card->gone)
 		ret = -ENODEV;
+	else if (!vb2 && card->v4l2_streaming)
+		ret = -EBUSY;
 	else if (card->n_stream >= XXCAP_MAX_STREAM_INFLIGHT)
 		ret = -ENOSPC;
 	else
@@ -51,12 +57,41 @@ static int xxcap_queue_stream(struct xxcap_card *card, struct xxcap_req *req)
 					GFP_ATOMIC);
 	if (!ret) {
 		card->n_stream++;
-		req->client->bufs_queued++;
+		if (vb2)
+			card->n_vb2++;
+		else
+			req->client->bufs_queued++;
 		xxcap_req_sent(req);
 		virtqueue_kick(card->stream_vq);
 	}
 	spin_unlock_irq(&card->lock);
 	return ret;
+}
+
+/* A stream-queue request of @kind, its SG table still to be added. */
+struct xxcap_req *xxcap_stream_req_alloc(struct xxcap_card *card,
+					 enum xxcap_req_kind kind)
+{
+	return xxcap_req_alloc(card, kind, sizeof(struct xxcap_vq_request),
+			       sizeof(struct xxcap_stream_result));
+}
+
+/*
+ * Sends @req, whose SG table describes a capture buffer, as one
+ * STREAM_BUFFER request. On success the card owns @req; on failure the
+ * caller still does.
+ */
+int xxcap_stream_send(struct xxcap_card *card, struct xxcap_req *req)
+{
+	struct xxcap_vq_request *vreq = req->in;
+	int ret;
+
+	vreq->req_type = cpu_to_le32(XXCAP_REQ_STREAM_BUFFER);
+	vreq->sg_count = cpu_to_le32(req->n_sgt);
+	ret = xxcap_req_map(req);
+	if (ret)
+		return ret;
+	return xxcap_queue_stream(card, req);
 }
 
 /* Capture buffers need the stream queue and guest-physical SG entries. */
@@ -71,7 +106,6 @@ int xxcap_queue_buffer(struct xxcap_client *client, void __user *argp)
 	struct xxcap_queue_buffer __user *uarg = argp;
 	struct xxcap_card *card = client->card;
 	struct xxcap_queue_buffer arg;
-	struct xxcap_vq_request *vreq;
 	struct xxcap_req *req;
 	u64 end;
 	int ret;
@@ -91,8 +125,7 @@ int xxcap_queue_buffer(struct xxcap_client *client, void __user *argp)
 			    XXCAP_MAX_QUEUED_BUFFERS);
 	if (ret)
 		return ret;
-	req = xxcap_req_alloc(card, XXCAP_KIND_BUFFER, sizeof(*vreq),
-			      sizeof(struct xxcap_stream_result));
+	req = xxcap_stream_req_alloc(card, XXCAP_KIND_BUFFER);
 	if (!req) {
 		ret = -ENOMEM;
 		goto out_unreserve;
@@ -101,19 +134,13 @@ int xxcap_queue_buffer(struct xxcap_client *client, void __user *argp)
 	ret = xxcap_buffer_prepare(card, req, arg.addr, arg.length);
 	if (ret)
 		goto out_free;
-	vreq = req->in;
-	vreq->req_type = cpu_to_le32(XXCAP_REQ_STREAM_BUFFER);
-	vreq->sg_count = cpu_to_le32(req->n_sgt);
-	ret = xxcap_req_map(req);
-	if (ret)
-		goto out_free;
 	if (put_user(req->id, &uarg->request_id)) {
 		ret = -EFAULT;
 		goto out_free;
 	}
 
 	req->client = client;
-	ret = xxcap_queue_stream(card, req);
+	ret = xxcap_stream_send(card, req);
 	if (!ret)
 		return 0;	/* the card owns req; its record frees the slot */
 
@@ -132,6 +159,44 @@ static bool xxcap_flushed(struct xxcap_client *client, u64 target)
 }
 
 /*
+ * Sends FLUSH_BUFFERS and waits (until @deadline; interruptibly if @intr)
+ * for the card's answer, by which time it has returned every buffer it
+ * held. The buffers' own completions may still be on their way.
+ */
+int xxcap_flush_card(struct xxcap_card *card, unsigned long deadline,
+		     bool intr)
+{
+	struct xxcap_vq_request *vreq;
+	struct xxcap_req *req;
+	int ret;
+
+	req = xxcap_req_alloc(card, XXCAP_KIND_SYNC, sizeof(*vreq),
+			      sizeof(struct xxcap_vq_status));
+	if (!req)
+		return -ENOMEM;
+	vreq = req->in;
+	vreq->req_type = cpu_to_le32(XXCAP_REQ_FLUSH_BUFFERS);
+	ret = xxcap_req_map(req);
+	if (ret)
+		goto out_free;
+
+	ret = xxcap_submit(card, req, 0, deadline,
+			   intr ? 0 : XXCAP_SUBMIT_UNINTR);
+	if (ret)
+		goto out_free;
+	ret = xxcap_wait(card, req, deadline, intr);
+	if (ret)
+		return ret;	/* orphaned: freed when the card gives it back */
+	ret = xxcap_short_status(card, req, "FLUSH_BUFFERS");
+	if (ret == -EIO)
+		dev_err_ratelimited(&card->dev, "FLUSH_BUFFERS refused\n");
+
+out_free:
+	xxcap_req_free(req);
+	return ret;
+}
+
+/*
  * Has the card return every capture buffer it holds (as CANCELLED), then
  * waits until those of @client are retired. @intr: signals end the waits
  * (the ioctl), or not (release of a dying process).
@@ -139,8 +204,6 @@ static bool xxcap_flushed(struct xxcap_client *client, u64 target)
 int xxcap_flush(struct xxcap_client *client, bool intr)
 {
 	struct xxcap_card *card = client->card;
-	struct xxcap_vq_request *vreq;
-	struct xxcap_req *req;
 	unsigned long deadline;
 	u64 target;
 	long left;
@@ -153,32 +216,10 @@ int xxcap_flush(struct xxcap_client *client, bool intr)
 	target = client->bufs_queued;
 	spin_unlock_irq(&card->lock);
 
-	req = xxcap_req_alloc(card, XXCAP_KIND_SYNC, sizeof(*vreq),
-			      sizeof(struct xxcap_vq_status));
-	if (!req)
-		return -ENOMEM;
-	vreq = req->in;
-	vreq->req_type = cpu_to_le32(XXCAP_REQ_FLUSH_BUFFERS);
-	ret = xxcap_req_map(req);
-	if (ret)
-		goto out_free;
-
 	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
-	ret = xxcap_submit(card, req, 0, deadline,
-			   intr ? 0 : XXCAP_SUBMIT_UNINTR);
+	ret = xxcap_flush_card(card, deadline, intr);
 	if (ret)
-		goto out_free;
-	ret = xxcap_wait(card, req, deadline, intr);
-	if (ret)
-		return ret;	/* orphaned: freed when the card gives it back */
-	ret = xxcap_short_status(card, req, "FLUSH_BUFFERS");
-	if (ret) {
-		if (ret == -EIO)
-			dev_err_ratelimited(&card->dev,
-					    "FLUSH_BUFFERS refused\n");
-		goto out_free;
-	}
-	xxcap_req_free(req);
+		return ret;
 
 	/*
 	 * The card returned the buffers before it answered: they are on
@@ -197,8 +238,4 @@ int xxcap_flush(struct xxcap_client *client, bool intr)
 	if (READ_ONCE(client->bufs_done) >= target)
 		return 0;
 	return left ? -ENODEV : -ETIMEDOUT;
-
-out_free:
-	xxcap_req_free(req);
-	return ret;
 }

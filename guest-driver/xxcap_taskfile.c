@@ -10,55 +10,117 @@
 
 #include "xxcap_drv.h"
 
-/*
- * Reads the task file of @size bytes at @utf into a new request of @kind,
- * validates it and, if it passes, pins its DMA buffers and maps the
- * request. A task file refused by validation still gets its request, with
- * *@err and the failing index in its header, and nothing pinned.
- */
-static int xxcap_tf_build(struct xxcap_card *card, enum xxcap_req_kind kind,
-			  void __user *utf, u32 size, struct xxcap_req **reqp,
-			  u32 *err)
+/* Registers the V4L2 node programs: task files may not write them while it streams. */
+static bool xxcap_capture_reg(u16 reg)
 {
-	struct xxcap_vq_request *vreq;
-	struct xxcap_tf_header *hdr;
-	struct xxcap_req *req;
+	switch (reg) {
+	case XXCAP_REG_CONTROL:
+	case XXCAP_REG_FRAME_FORMAT:
+	case XXCAP_REG_FRAME_WIDTH:
+	case XXCAP_REG_FRAME_HEIGHT:
+	case XXCAP_REG_FRAME_RATE:
+	case XXCAP_REG_FRAME_SOURCE:
+	case XXCAP_REG_RING_RELEASE:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* The (validated) task file @hdr writes a capture register. */
+static bool xxcap_tf_writes_capture(const struct xxcap_tf_header *hdr)
+{
+	const struct xxcap_cmd *cmds = (const void *)hdr + XXCAP_HDR_SIZE;
+	u32 i;
+
+	for (i = 0; i < hdr->count; i++) {
+		switch (cmds[i].op) {
+		case XXCAP_OP_SET_ADDRESS:
+		case XXCAP_OP_SET_REGISTER:
+		case XXCAP_OP_CLEAR_REGISTER:
+		case XXCAP_OP_SET_TO_REGISTER:
+			if (xxcap_capture_reg(cmds[i].reg))
+				return true;
+			break;
+		default:
+			break;
+		}
+	}
+	return false;
+}
+
+/*
+ * Validates the task file of @size bytes already in @req and, if it passes,
+ * pins its DMA buffers (@dma) and maps the request. A task file refused by
+ * validation keeps its request, with *@err and the failing index in its
+ * header, and nothing pinned. On error the caller frees @req.
+ */
+static int xxcap_tf_prepare(struct xxcap_card *card, struct xxcap_req *req,
+			    u32 size, bool dma, u32 *err)
+{
+	struct xxcap_vq_request *vreq = req->in;
+	struct xxcap_tf_header *hdr = req->in + sizeof(*vreq);
 	u32 index;
 	int ret;
-
-	req = xxcap_req_alloc(card, kind, sizeof(*vreq) + size,
-			      size + sizeof(struct xxcap_vq_status));
-	if (!req)
-		return -ENOMEM;
-	vreq = req->in;
-	hdr = req->in + sizeof(*vreq);
-	if (copy_from_user(hdr, utf, size)) {
-		ret = -EFAULT;
-		goto err_free;
-	}
 
 	*err = xxcap_validate(card, hdr, size, &index);
 	if (*err != XXCAP_TF_OK) {
 		atomic64_inc(&card->rejected);
 		hdr->error = *err;
 		hdr->count = index;
-		*reqp = req;
 		return 0;
 	}
 
-	if (card->dma) {
+	if (dma && card->dma) {
 		ret = xxcap_dma_prepare(card, req, (void *)hdr + XXCAP_HDR_SIZE,
 					hdr->count);
 		if (ret)
-			goto err_free;
+			return ret;
 	}
 
 	/* flags, reserved: zero (kvzalloc); tag: the request id */
 	vreq->req_type = cpu_to_le32(XXCAP_REQ_EXEC_TASK_FILE);
 	vreq->sg_count = cpu_to_le32(req->n_sgt);
-	ret = xxcap_req_map(req);
+	return xxcap_req_map(req);
+}
+
+static struct xxcap_req *xxcap_tf_alloc(struct xxcap_card *card,
+					enum xxcap_req_kind kind, u32 size)
+{
+	return xxcap_req_alloc(card, kind,
+			       sizeof(struct xxcap_vq_request) + size,
+			       size + sizeof(struct xxcap_vq_status));
+}
+
+/*
+ * Reads the task file of @size bytes at @utf into a new request of @kind
+ * and prepares it (xxcap_tf_prepare()). While the V4L2 node streams, a
+ * task file that writes a capture register is refused with -EBUSY.
+ */
+static int xxcap_tf_build(struct xxcap_card *card, enum xxcap_req_kind kind,
+			  void __user *utf, u32 size, struct xxcap_req **reqp,
+			  u32 *err)
+{
+	struct xxcap_tf_header *hdr;
+	struct xxcap_req *req;
+	int ret;
+
+	req = xxcap_tf_alloc(card, kind, size);
+	if (!req)
+		return -ENOMEM;
+	hdr = req->in + sizeof(struct xxcap_vq_request);
+	if (copy_from_user(hdr, utf, size)) {
+		ret = -EFAULT;
+		goto err_free;
+	}
+	ret = xxcap_tf_prepare(card, req, size, true, err);
 	if (ret)
 		goto err_free;
+	if (*err == XXCAP_TF_OK && READ_ONCE(card->v4l2_streaming) &&
+	    xxcap_tf_writes_capture(hdr)) {
+		ret = -EBUSY;
+		goto err_free;
+	}
 	*reqp = req;
 	return 0;
 
@@ -67,15 +129,78 @@ err_free:
 	return ret;
 }
 
-int xxcap_exec(struct xxcap_card *card, void __user *argp)
+/*
+ * Runs the prepared task file @req (@count commands) and waits for it,
+ * polling or sleeping (interruptibly if @intr). Returns 0 with the result
+ * in req->out and @req the caller's again; otherwise @req was freed, or
+ * orphaned to the card, and the caller must forget it.
+ */
+static int xxcap_tf_run(struct xxcap_card *card, struct xxcap_req *req,
+			u32 count, bool poll, bool intr)
 {
 	const struct xxcap_vq_status *vst;
+	unsigned long deadline;
+	u32 status;
+	int ret;
+
+	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
+	if (poll)
+		xxcap_poll_begin(card);
+	ret = xxcap_submit(card, req, count, deadline,
+			   intr ? 0 : XXCAP_SUBMIT_UNINTR);
+	if (ret) {
+		if (poll)
+			xxcap_poll_end(card, false);
+		if (ret == -ETIMEDOUT)
+			atomic64_inc(&card->timeouts);
+		goto out_free;
+	}
+
+	if (poll)
+		ret = xxcap_wait_polled(card, req, deadline);	/* ends polling */
+	else
+		ret = xxcap_wait(card, req, deadline, intr);
+	if (ret) {
+		if (ret == -ETIMEDOUT)
+			atomic64_inc(&card->timeouts);
+		return ret;	/* orphaned: the device still owns req and its pins */
+	}
+
+	/* Back from the device: req is ours again. */
+	if (req->result) {
+		ret = req->result;
+		goto out_free;
+	}
+	if (req->used_len != req->out_len) {
+		dev_err_ratelimited(&card->dev,
+				    "reply of %u bytes, expected %zu\n",
+				    req->used_len, req->out_len);
+		ret = -EIO;
+		goto out_free;
+	}
+	vst = req->out + req->out_len - sizeof(*vst);
+	status = le32_to_cpu(vst->status);
+	if (status != XXCAP_VQ_OK) {
+		dev_err_ratelimited(&card->dev, "request refused, status %u\n",
+				    status);
+		ret = -EIO;
+		goto out_free;
+	}
+	xxcap_dma_finish(card, req);
+	return 0;
+
+out_free:
+	xxcap_req_free(req);
+	return ret;
+}
+
+int xxcap_exec(struct xxcap_card *card, void __user *argp)
+{
 	struct xxcap_tf_header *hdr;
 	struct xxcap_exec arg;
 	struct xxcap_req *req;
 	void __user *utf;
-	unsigned long deadline;
-	u32 err, status;
+	u32 err;
 	int ret;
 
 	if (copy_from_user(&arg, argp, sizeof(arg)))
@@ -95,50 +220,55 @@ int xxcap_exec(struct xxcap_card *card, void __user *argp)
 		goto out_free;
 	}
 
-	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
-	if (arg.flags & XXCAP_EXEC_POLL)
-		xxcap_poll_begin(card);
-	ret = xxcap_submit(card, req, hdr->count, deadline, 0);
-	if (ret) {
-		if (arg.flags & XXCAP_EXEC_POLL)
-			xxcap_poll_end(card, false);
-		if (ret == -ETIMEDOUT)
-			atomic64_inc(&card->timeouts);
-		goto out_free;
-	}
-
-	if (arg.flags & XXCAP_EXEC_POLL)
-		ret = xxcap_wait_polled(card, req, deadline);	/* ends polling */
-	else
-		ret = xxcap_wait(card, req, deadline, true);
-	if (ret) {
-		if (ret == -ETIMEDOUT)
-			atomic64_inc(&card->timeouts);
-		return ret;	/* orphaned: the device still owns req and its pins */
-	}
-
-	/* Back from the device: req is ours again. */
-	if (req->result) {
-		ret = req->result;
-		goto out_free;
-	}
-	if (req->used_len != req->out_len) {
-		dev_err_ratelimited(&card->dev,
-				    "reply of %u bytes, expected %zu\n",
-				    req->used_len, req->out_len);
-		ret = -EIO;
-		goto out_free;
-	}
-	vst = req->out + arg.size;
-	status = le32_to_cpu(vst->status);
-	if (status != XXCAP_VQ_OK) {
-		dev_err_ratelimited(&card->dev, "request refused, status %u\n",
-				    status);
-		ret = -EIO;
-		goto out_free;
-	}
-	xxcap_dma_finish(card, req);
+	ret = xxcap_tf_run(card, req, hdr->count, arg.flags & XXCAP_EXEC_POLL,
+			   true);
+	if (ret)
+		return ret;
 	ret = copy_to_user(utf, req->out, arg.size) ? -EFAULT : 0;
+
+out_free:
+	xxcap_req_free(req);
+	return ret;
+}
+
+/*
+ * Executes the register-only task file @cmds (@count commands) for the
+ * driver itself, waiting uninterruptibly up to timeout_ms. On 0, *@err is
+ * the task file's XXCAP_TF_* error (the driver's validation or the
+ * card's), @cmds hold the results, and *@device_time_ns the card's clock
+ * when it executed them (0 if refused by validation).
+ */
+int xxcap_exec_kernel(struct xxcap_card *card, struct xxcap_cmd *cmds,
+		      u32 count, u32 *err, u64 *device_time_ns)
+{
+	u32 size = XXCAP_HDR_SIZE + count * sizeof(*cmds);
+	const struct xxcap_vq_status *vst;
+	const struct xxcap_tf_header *res;
+	struct xxcap_tf_header *hdr;
+	struct xxcap_req *req;
+	int ret;
+
+	if (!count || size > XXCAP_MAX_TF_SIZE)
+		return -EINVAL;
+	req = xxcap_tf_alloc(card, XXCAP_KIND_SYNC, size);
+	if (!req)
+		return -ENOMEM;
+	hdr = req->in + sizeof(struct xxcap_vq_request);
+	hdr->count = count;
+	memcpy(hdr + 1, cmds, count * sizeof(*cmds));
+	*device_time_ns = 0;
+	ret = xxcap_tf_prepare(card, req, size, false, err);
+	if (ret || *err != XXCAP_TF_OK)
+		goto out_free;
+
+	ret = xxcap_tf_run(card, req, count, false, false);
+	if (ret)
+		return ret;
+	res = req->out;
+	vst = req->out + size;
+	*err = res->error;
+	*device_time_ns = le64_to_cpu(vst->device_time_ns);
+	memcpy(cmds, res + 1, count * sizeof(*cmds));
 
 out_free:
 	xxcap_req_free(req);

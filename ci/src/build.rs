@@ -206,8 +206,9 @@ pub const BENCH_KMODS: &[&str] = &["vivid", "uio_pci_generic"];
 
 /// Packs the guest's initramfs at `out`: busybox, /init, the guest tools,
 /// the module, virtio (and virtio_blk for the capture tests' output disk),
-/// plus `extra_kmods` from the provisioned kernel.
-fn pack_initramfs(out: &Path, extra_kmods: &[&str]) -> Result<()> {
+/// the V4L2 and videobuf2 modules the module needs, plus `extra_kmods`
+/// from the provisioned kernel, and the `extra_adds` (`SRC:DEST`).
+fn pack_initramfs(out: &Path, extra_kmods: &[&str], extra_adds: &[String]) -> Result<()> {
     let root = repo_root();
     let release = target_dir().join(GUEST_TARGET).join("release");
     let provisioned = Provisioned::load()?;
@@ -235,6 +236,9 @@ fn pack_initramfs(out: &Path, extra_kmods: &[&str]) -> Result<()> {
             build_dir().join("xxcapture.ko").display()
         ))
         .args(["--kmod", "virtio_blk"])
+        // xxcapture.ko's V4L2 node: the modules it links against (with
+        // videodev, videobuf2-common, -memops and mc), loaded before it.
+        .args(["--kmod", "videobuf2-v4l2", "--kmod", "videobuf2-dma-sg"])
         .stdout(std::process::Stdio::null());
     for (_, binary) in CAPI_EXAMPLES {
         cmd.arg("--add").arg(format!(
@@ -245,6 +249,9 @@ fn pack_initramfs(out: &Path, extra_kmods: &[&str]) -> Result<()> {
     for kmod in extra_kmods {
         cmd.args(["--kmod", kmod]);
     }
+    for add in extra_adds {
+        cmd.arg("--add").arg(add);
+    }
     run(&format!("packing {}", out.display()), &mut cmd)
 }
 
@@ -252,7 +259,32 @@ fn pack_initramfs(out: &Path, extra_kmods: &[&str]) -> Result<()> {
 /// to the test one; call after [`build_all`].
 pub fn bench_initramfs() -> Result<PathBuf> {
     let out = build_dir().join("initramfs-bench.cpio.gz");
-    pack_initramfs(&out, BENCH_KMODS)?;
+    pack_initramfs(&out, BENCH_KMODS, &[])?;
+    Ok(out)
+}
+
+/// The V4L2 test VM's initramfs: the test one plus `v4l2-compliance` and
+/// `v4l2-ctl` from Debian 13's v4l-utils with their libraries (fetched
+/// once by `ci/guest/fetch-v4l-utils` into the build directory), and
+/// vivid, whose buffers the DMABUF tests import; next to the test one;
+/// call after [`build_all`].
+pub fn v4l2_initramfs() -> Result<PathBuf> {
+    let tools = build_dir().join("v4l-utils");
+    run(
+        "fetching v4l-utils (ci/guest/fetch-v4l-utils)",
+        Command::new(repo_root().join("ci/guest/fetch-v4l-utils"))
+            .arg(&tools)
+            .stdout(std::process::Stdio::null()),
+    )?;
+    let adds = [
+        ("bin/v4l2-compliance", "/bin/v4l2-compliance"),
+        ("bin/v4l2-ctl", "/bin/v4l2-ctl"),
+        ("lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"),
+        ("lib64", "/lib64"),
+    ]
+    .map(|(src, dest)| format!("{}:{dest}", tools.join(src).display()));
+    let out = build_dir().join("initramfs-v4l2.cpio.gz");
+    pack_initramfs(&out, &["vivid"], &adds)?;
     Ok(out)
 }
 
@@ -410,6 +442,6 @@ pub fn build_all() -> Result<Artifacts> {
             "xxcapture-crossings",
         ]),
     )?;
-    pack_initramfs(&build_dir().join("initramfs.cpio.gz"), &[])?;
+    pack_initramfs(&build_dir().join("initramfs.cpio.gz"), &[], &[])?;
     Artifacts::locate()
 }

@@ -38,6 +38,9 @@ pub enum Mode {
     Events,
     /// Hostile clients: canaries, the driver fuzzer, 200 killed tools.
     Robust,
+    /// The V4L2 node: v4l2-compliance, v4l2-ctl streaming, coexistence
+    /// with task files (needs the initramfs of `build::v4l2_initramfs`).
+    V4l2,
     /// An interactive shell on the serial console.
     Shell,
     /// The C interface: the C example captures and verifies frames.
@@ -57,6 +60,7 @@ impl Mode {
             Mode::Crossings => "crossings",
             Mode::Events => "events",
             Mode::Robust => "robust",
+            Mode::V4l2 => "v4l2",
             Mode::Shell => "shell",
             Mode::Capi => "capi",
             Mode::BackendDeath => "backend-death",
