@@ -11,6 +11,7 @@
  * - 6.11: virtio_find_vqs() takes one struct virtqueue_info per queue
  *         instead of separate callback and name arrays.
  * - 6.12: <asm/unaligned.h> became <linux/unaligned.h>.
+ * - later: nth_page() and the vb2 wait callbacks went away.
  */
 #ifndef _XXCAP_COMPAT_H
 #define _XXCAP_COMPAT_H
@@ -97,5 +98,26 @@ static inline int xxcap_find_vqs(struct virtio_device *vdev, unsigned int nvqs,
 	return virtio_find_vqs(vdev, nvqs, vqs, callbacks, names, NULL);
 #endif
 }
+
+/*
+ * vb2 wait callbacks. Newer kernels dropped vb2_ops_wait_prepare/finish:
+ * vb2 releases the queue lock itself while it waits for a buffer. The
+ * driver is tested with the callbacks on 6.1 and 6.12 and without them on
+ * 7.x.
+ */
+#if XXCAP_KERNEL_SINCE(6, 16)
+#define XXCAP_VB2_WAIT_OPS
+#else
+#define XXCAP_VB2_WAIT_OPS \
+	.wait_prepare = vb2_ops_wait_prepare, \
+	.wait_finish = vb2_ops_wait_finish,
+#endif
+
+/* Page @n of a run starting at @page; newer kernels dropped nth_page() */
+#ifdef nth_page
+#define xxcap_nth_page(page, n)	nth_page(page, n)
+#else
+#define xxcap_nth_page(page, n)	((page) + (n))
+#endif
 
 #endif /* _XXCAP_COMPAT_H */

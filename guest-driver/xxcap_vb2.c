@@ -12,7 +12,6 @@
 #include <linux/jiffies.h>
 #include <linux/ktime.h>
 #include <linux/slab.h>
-#include <asm/unaligned.h>
 #include <media/videobuf2-dma-sg.h>
 
 #include "xxcap_v4l2.h"
@@ -293,7 +292,7 @@ static bool xxcap_stamp_ok(struct xxcap_v4l2 *v, struct vb2_buffer *vb,
 
 	if (vb->memory == VB2_MEMORY_DMABUF || !sg_page(sg))
 		return true;
-	page = nth_page(sg_page(sg), sg->offset >> PAGE_SHIFT);
+	page = xxcap_nth_page(sg_page(sg), sg->offset >> PAGE_SHIFT);
 	off = offset_in_page(sg->offset);
 	if (sg->length < sizeof(stamp) || off + sizeof(stamp) > PAGE_SIZE)
 		return true;	/* the stamp spans pages: not checked */
@@ -347,8 +346,7 @@ static const struct vb2_ops xxcap_vb2_ops = {
 	.buf_queue = xxcap_buf_queue,
 	.start_streaming = xxcap_start_streaming,
 	.stop_streaming = xxcap_stop_streaming,
-	.wait_prepare = vb2_ops_wait_prepare,
-	.wait_finish = vb2_ops_wait_finish,
+	XXCAP_VB2_WAIT_OPS
 };
 
 int xxcap_vb2_init(struct xxcap_v4l2 *v)
