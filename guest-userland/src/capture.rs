@@ -330,7 +330,10 @@ impl Capture<'_> {
         loop {
             // Also bounds a reader that keeps losing the race with the card.
             if Instant::now() >= deadline {
-                return Err(Error::Timeout(timeout));
+                return Err(Error::timeout(
+                    format!("frame {} in the card's ring", self.next),
+                    timeout,
+                ));
             }
             let st = self.status.snapshot()?;
             self.stats.card_dropped = st.dropped.get();
