@@ -187,6 +187,12 @@ pub struct IrqSustained {
     pub gaps: u64,
     #[serde(deserialize_with = "nan_if_null")]
     pub events_per_s: f64,
+    /// TEST raises per task file.
+    #[serde(default)]
+    pub burst: u64,
+    /// Records raised and not yet read the run allowed at most.
+    #[serde(default)]
+    pub unread_limit: u64,
 }
 
 /// TEST interrupts raised and received (`irq-test`): every count as each
