@@ -70,6 +70,22 @@ fn tail(lines: &[(Duration, String)], n: usize) -> String {
         .join("\n")
 }
 
+/// N of an `XXCAP-DEATH round N ...` line.
+fn round_number(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix("XXCAP-DEATH round ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The last round whose start the console shows.
+fn last_round_started(lines: &[(Duration, String)]) -> Option<u64> {
+    lines
+        .iter()
+        .rev()
+        .map(|(_, l)| l)
+        .find(|l| l.starts_with("XXCAP-DEATH round") && l.contains(" start "))
+        .and_then(|l| round_number(l))
+}
+
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key))
 }
@@ -151,12 +167,25 @@ fn backend_death_replaces_the_card_without_rebooting() {
             } else {
                 Signal::SIGTERM
             };
+            // Which rounds the signal can have overtaken is judged by the
+            // guest's round numbers, not by when this thread got to read
+            // them: on a busy host it may wake late, after the guest has
+            // finished more rounds. So the guest is frozen (SIGSTOP to
+            // QEMU) and the console drained to its end: the last round
+            // that has started by now is the only one the signal can
+            // catch midway. Every later round starts after the signal and
+            // must fail; earlier ones ended before it.
+            vm.freeze_guest(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("freeze the guest: {e}"));
+            let in_flight = last_round_started(&vm.console_timed())
+                .unwrap_or_else(|| panic!("no round started before {signal} #{k}"));
             let killed = Instant::now().duration_since(started);
-            let pid = vm
-                .signal_backend(signal)
-                .unwrap_or_else(|e| panic!("signal {signal}: {e}"));
-            // A round whose last call was done before the signal landed may
-            // still finish well; the one after it must fail.
+            let pid = vm.signal_backend(signal);
+            vm.resume_guest()
+                .unwrap_or_else(|e| panic!("resume the guest: {e}"));
+            let pid = pid.unwrap_or_else(|e| panic!("signal {signal}: {e}"));
+            // Round `in_flight`, if its last call was done before the signal
+            // landed, may still finish well; the one after it must fail.
             let mut survivors = 0;
             let (failed_at, fail) = loop {
                 let (at, line) =
@@ -167,10 +196,14 @@ fn backend_death_replaces_the_card_without_rebooting() {
                 if line.contains(" fail ") {
                     break (at, line);
                 }
+                if round_number(&line).is_some_and(|n| n < in_flight) {
+                    // Ended before the freeze, read only now.
+                    continue;
+                }
                 survivors += 1;
                 assert!(
                     survivors < 2,
-                    "two capture rounds succeeded after {signal} of xxcapd (pid {pid}): {line}"
+                    "two capture rounds succeeded after {signal} of xxcapd (pid {pid}; round {in_flight} was running): {line}"
                 );
             };
             let kind = field(&fail, "kind=").unwrap_or("?").to_string();
