@@ -315,7 +315,12 @@ fn backend_death_replaces_the_card_without_rebooting() {
     }
     for c in &cycles {
         // Calls fail with an errno (or, for a reader of the revoked status
-        // mapping, SIGBUS), never by timing out, and within a second.
+        // mapping, SIGBUS), never by timing out: before the driver's
+        // request timeout (timeout_ms, 5 s) could have ended them. Under
+        // TCG the guest's clock is the host's, so one cycle's latency
+        // also holds whatever else the host was doing (a guest busy
+        // releasing the card for 1.4 s on a loaded host); the typical one
+        // is held to a second below.
         assert!(
             ["ENODEV", "EIO", "ENOENT", "ENXIO", "SIGBUS"].contains(&c.kind.as_str()),
             "{}: capture failed with {}",
@@ -323,7 +328,7 @@ fn backend_death_replaces_the_card_without_rebooting() {
             c.kind
         );
         assert!(
-            c.failed < Duration::from_secs(1),
+            c.failed < Duration::from_secs(5),
             "{}: the guest's capture failed only {:?} after the signal",
             c.signal,
             c.failed
@@ -345,6 +350,12 @@ fn backend_death_replaces_the_card_without_rebooting() {
         percentile(&replaced, 100.0),
         percentile(&usable, 50.0),
         percentile(&usable, 100.0),
+    );
+    assert!(
+        percentile(&failed, 50.0) < 1000.0,
+        "the guest's capture failed {:.0} ms after the signal, at the median of {} cycles",
+        percentile(&failed, 50.0),
+        cycles.len()
     );
 }
 
