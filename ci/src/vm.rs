@@ -409,10 +409,22 @@ impl Vm {
     /// late this process got to read it. [`Vm::resume_guest`] lets it go on.
     pub fn freeze_guest(&mut self, timeout: Duration) -> Result<()> {
         self.signal_qemu(Signal::SIGSTOP)?;
+        let deadline = Instant::now() + timeout;
+        // kill() returns before the signal has stopped every thread: wait
+        // until each of QEMU's threads is stopped ('T' in its stat).
+        let pid = self.qemu.as_ref().map(Child::id).unwrap_or(0);
+        let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+        while !all_stopped(&tasks) {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "QEMU's threads stopped within {timeout:?} of SIGSTOP"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let Some(pipe) = self.console_pipe.as_ref() else {
             return Ok(());
         };
-        let deadline = Instant::now() + timeout;
         loop {
             {
                 let _reading = self
@@ -477,6 +489,21 @@ impl Vm {
     pub fn backend_log(&self) -> String {
         std::fs::read_to_string(self.log_dir.join("xxcapd.log")).unwrap_or_default()
     }
+}
+
+/// Every thread listed under `tasks` (/proc/PID/task) is stopped.
+fn all_stopped(tasks: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(tasks) else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).all(|e| {
+        std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+            // "pid (comm) S ...": the state follows the last ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T")
+        })
+    })
 }
 
 /// The thread that turns QEMU's console output into timed lines.
