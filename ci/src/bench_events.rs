@@ -18,6 +18,10 @@ pub struct InterruptReport {
     pub unavailable: Vec<Unavailable>,
     pub sustained_events_per_s: Option<f64>,
     pub sustained_lost: Option<u64>,
+    /// TEST raises per task file, and the records the run let go unread at
+    /// most, of the sustained phase (0 when the guest did not say).
+    pub sustained_burst: u64,
+    pub sustained_unread_limit: u64,
     pub sync_async: Vec<SyncAsyncRow>,
     /// The lowest rate at which the asynchronous model wins, as the guest
     /// judged it ("max" or a number), if any.
@@ -35,6 +39,8 @@ impl InterruptReport {
                 Record::IrqSustained(s) => {
                     r.sustained_events_per_s = Some(s.events_per_s);
                     r.sustained_lost = Some(s.lost);
+                    r.sustained_burst = s.burst;
+                    r.sustained_unread_limit = s.unread_limit;
                 }
                 Record::SyncAsync(row) => r.sync_async.push(row.clone()),
                 Record::SyncAsyncCrossover(c) => r.crossover = c.rate.clone(),
@@ -86,9 +92,15 @@ impl InterruptReport {
             );
         }
         if let Some(rate) = self.sustained_events_per_s {
+            let how = match (self.sustained_burst, self.sustained_unread_limit) {
+                (0, _) | (_, 0) => String::new(),
+                (burst, limit) => format!(
+                    " (bursts of {burst} TEST raises, the next sent only while at most {limit} records raised are unread)"
+                ),
+            };
             let _ = writeln!(
                 out,
-                "\nSustained: {rate:.0} event records per second to one reader (bursts of 1024 TEST raises, 2 task files in flight), {} lost.",
+                "\nSustained: {rate:.0} event records per second to one reader{how}, {} lost.",
                 self.sustained_lost.unwrap_or(0)
             );
         }
@@ -151,5 +163,23 @@ mod tests {
         let md = r.markdown();
         assert!(md.contains("p50 2.00x, p99 2.00x"), "{md}");
         assert!(md.contains("| max | async | 9000 |"), "{md}");
+        assert!(
+            md.contains("Sustained: 50000 event records per second to one reader, 0 lost."),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_sustained_rate_says_how_it_was_paced() {
+        let output = [
+            r#"@xxcap-result {"kind":"irq-latency","method":"xxcapture-raise-to-wake","events":100,"p50_us":80.0,"p99_us":200.0,"max_us":900.0,"mean_us":95.0}"#,
+            r#"@xxcap-result {"kind":"irq-sustained","raised":4096,"received":4096,"lost":0,"gaps":0,"events_per_s":700000.0,"burst":1024,"unread_limit":2048}"#,
+        ]
+        .map(String::from);
+        let md = InterruptReport::new(&Record::all(&output)).markdown();
+        assert!(
+            md.contains("Sustained: 700000 event records per second to one reader (bursts of 1024 TEST raises, the next sent only while at most 2048 records raised are unread), 0 lost."),
+            "{md}"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! outlives the harness.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -156,6 +157,12 @@ pub struct Vm {
     supervisor_failure: Option<String>,
     qemu: Option<Child>,
     console: Arc<Mutex<Vec<(Duration, String)>>>,
+    /// Held by the console reader from each read() of QEMU's output until
+    /// its lines are in `console`: with it held and the pipe empty, every
+    /// byte QEMU wrote so far is in `console` (but a last partial line).
+    console_lock: Arc<Mutex<()>>,
+    /// QEMU's console pipe, to see how much is unread.
+    console_pipe: Option<OwnedFd>,
     reader: Option<JoinHandle<()>>,
     started: Instant,
     log_dir: PathBuf,
@@ -282,28 +289,19 @@ impl Vm {
         };
 
         let console = Arc::new(Mutex::new(Vec::new()));
+        let console_lock = Arc::new(Mutex::new(()));
+        let mut console_pipe = None;
         let reader = qemu.stdout.take().map(|out| {
-            let console = Arc::clone(&console);
-            let echo = opts.echo;
-            let log_path = opts.log_dir.join("console.log");
-            std::thread::spawn(move || {
-                let started = started;
-                let mut log = File::create(log_path).ok();
-                for line in BufReader::new(out).split(b'\n').map_while(|l| l.ok()) {
-                    let text = String::from_utf8_lossy(&line)
-                        .trim_end_matches('\r')
-                        .to_string();
-                    if echo {
-                        println!("{text}");
-                    }
-                    if let Some(f) = log.as_mut() {
-                        let _ = writeln!(f, "{text}");
-                    }
-                    if let Ok(mut lines) = console.lock() {
-                        lines.push((started.elapsed(), text));
-                    }
-                }
-            })
+            let out = OwnedFd::from(out);
+            console_pipe = out.try_clone().ok();
+            let reader = ConsoleReader {
+                console: Arc::clone(&console),
+                lock: Arc::clone(&console_lock),
+                echo: opts.echo,
+                log: File::create(opts.log_dir.join("console.log")).ok(),
+                started,
+            };
+            std::thread::spawn(move || reader.run(out))
         });
         let mut vm = Vm {
             _workdir: workdir,
@@ -313,6 +311,8 @@ impl Vm {
             supervisor_failure: None,
             qemu: Some(qemu),
             console,
+            console_lock,
+            console_pipe,
             reader,
             started,
             log_dir: opts.log_dir.clone(),
@@ -442,6 +442,66 @@ impl Vm {
         }
     }
 
+    /// Freezes the whole guest (SIGSTOP to QEMU: its vCPU stops where it
+    /// is, the backend keeps running) and waits until every console line
+    /// QEMU wrote before is in [`Vm::console_timed`]. What the console
+    /// shows then is all the guest has reported up to the freeze, however
+    /// late this process got to read it. [`Vm::resume_guest`] lets it go on.
+    pub fn freeze_guest(&mut self, timeout: Duration) -> Result<()> {
+        self.signal_qemu(Signal::SIGSTOP)?;
+        let deadline = Instant::now() + timeout;
+        // kill() returns before the signal has stopped every thread: wait
+        // until each of QEMU's threads is stopped ('T' in its stat).
+        let pid = self.qemu.as_ref().map(Child::id).unwrap_or(0);
+        let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+        while !all_stopped(&tasks) {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "QEMU's threads stopped within {timeout:?} of SIGSTOP"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let Some(pipe) = self.console_pipe.as_ref() else {
+            return Ok(());
+        };
+        loop {
+            {
+                let _reading = self
+                    .console_lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut unread: nix::libc::c_int = 0;
+                // SAFETY: FIONREAD on a pipe we own writes one int.
+                let ret =
+                    unsafe { nix::libc::ioctl(pipe.as_raw_fd(), nix::libc::FIONREAD, &mut unread) };
+                if ret != 0 || unread == 0 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "console drained within {timeout:?} after freezing QEMU"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Lets a frozen guest run again (SIGCONT to QEMU).
+    pub fn resume_guest(&mut self) -> Result<()> {
+        self.signal_qemu(Signal::SIGCONT)
+    }
+
+    fn signal_qemu(&mut self, signal: Signal) -> Result<()> {
+        let qemu = self
+            .qemu
+            .as_mut()
+            .ok_or_else(|| Error::Step("QEMU not running".into()))?;
+        let pid = i32::try_from(qemu.id()).map_err(|_| Error::Step("QEMU pid".into()))?;
+        kill(Pid::from_raw(pid), signal).map_err(|e| Error::Step(format!("{signal} QEMU: {e}")))
+    }
+
     /// QEMU still running?
     pub fn qemu_running(&mut self) -> bool {
         self.qemu
@@ -468,6 +528,83 @@ impl Vm {
 
     pub fn backend_log(&self) -> String {
         std::fs::read_to_string(self.log_dir.join("xxcapd.log")).unwrap_or_default()
+    }
+}
+
+/// Every thread listed under `tasks` (/proc/PID/task) is stopped.
+fn all_stopped(tasks: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(tasks) else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).all(|e| {
+        std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+            // "pid (comm) S ...": the state follows the last ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T")
+        })
+    })
+}
+
+/// The thread that turns QEMU's console output into timed lines.
+struct ConsoleReader {
+    console: Arc<Mutex<Vec<(Duration, String)>>>,
+    lock: Arc<Mutex<()>>,
+    echo: bool,
+    log: Option<File>,
+    started: Instant,
+}
+
+impl ConsoleReader {
+    fn run(mut self, out: OwnedFd) {
+        let lock = Arc::clone(&self.lock);
+        let mut pending = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            // Wait outside the lock, so a freeze can see the pipe empty.
+            let mut fds = [nix::poll::PollFd::new(
+                out.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
+            }
+            let _reading = lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = match nix::unistd::read(&out, &mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => continue,
+                Err(_) => break,
+            };
+            pending.extend_from_slice(&chunk[..n]);
+            let mut start = 0;
+            while let Some(end) = pending[start..].iter().position(|&b| b == b'\n') {
+                self.line(&pending[start..start + end]);
+                start += end + 1;
+            }
+            pending.drain(..start);
+        }
+        if !pending.is_empty() {
+            self.line(&pending);
+        }
+    }
+
+    fn line(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes)
+            .trim_end_matches('\r')
+            .to_string();
+        if self.echo {
+            println!("{text}");
+        }
+        if let Some(f) = self.log.as_mut() {
+            let _ = writeln!(f, "{text}");
+        }
+        if let Ok(mut lines) = self.console.lock() {
+            lines.push((self.started.elapsed(), text));
+        }
     }
 }
 

@@ -70,6 +70,22 @@ fn tail(lines: &[(Duration, String)], n: usize) -> String {
         .join("\n")
 }
 
+/// N of an `XXCAP-DEATH round N ...` line.
+fn round_number(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix("XXCAP-DEATH round ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The last round whose start the console shows.
+fn last_round_started(lines: &[(Duration, String)]) -> Option<u64> {
+    lines
+        .iter()
+        .rev()
+        .map(|(_, l)| l)
+        .find(|l| l.starts_with("XXCAP-DEATH round") && l.contains(" start "))
+        .and_then(|l| round_number(l))
+}
+
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key))
 }
@@ -151,12 +167,25 @@ fn backend_death_replaces_the_card_without_rebooting() {
             } else {
                 Signal::SIGTERM
             };
+            // Which rounds the signal can have overtaken is judged by the
+            // guest's round numbers, not by when this thread got to read
+            // them: on a busy host it may wake late, after the guest has
+            // finished more rounds. So the guest is frozen (SIGSTOP to
+            // QEMU) and the console drained to its end: the last round
+            // that has started by now is the only one the signal can
+            // catch midway. Every later round starts after the signal and
+            // must fail; earlier ones ended before it.
+            vm.freeze_guest(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("freeze the guest: {e}"));
+            let in_flight = last_round_started(&vm.console_timed())
+                .unwrap_or_else(|| panic!("no round started before {signal} #{k}"));
             let killed = Instant::now().duration_since(started);
-            let pid = vm
-                .signal_backend(signal)
-                .unwrap_or_else(|e| panic!("signal {signal}: {e}"));
-            // A round whose last call was done before the signal landed may
-            // still finish well; the one after it must fail.
+            let pid = vm.signal_backend(signal);
+            vm.resume_guest()
+                .unwrap_or_else(|e| panic!("resume the guest: {e}"));
+            let pid = pid.unwrap_or_else(|e| panic!("signal {signal}: {e}"));
+            // Round `in_flight`, if its last call was done before the signal
+            // landed, may still finish well; the one after it must fail.
             let mut survivors = 0;
             let (failed_at, fail) = loop {
                 let (at, line) =
@@ -167,10 +196,14 @@ fn backend_death_replaces_the_card_without_rebooting() {
                 if line.contains(" fail ") {
                     break (at, line);
                 }
+                if round_number(&line).is_some_and(|n| n < in_flight) {
+                    // Ended before the freeze, read only now.
+                    continue;
+                }
                 survivors += 1;
                 assert!(
                     survivors < 2,
-                    "two capture rounds succeeded after {signal} of xxcapd (pid {pid}): {line}"
+                    "two capture rounds succeeded after {signal} of xxcapd (pid {pid}; round {in_flight} was running): {line}"
                 );
             };
             let kind = field(&fail, "kind=").unwrap_or("?").to_string();
@@ -282,7 +315,12 @@ fn backend_death_replaces_the_card_without_rebooting() {
     }
     for c in &cycles {
         // Calls fail with an errno (or, for a reader of the revoked status
-        // mapping, SIGBUS), never by timing out, and within a second.
+        // mapping, SIGBUS), never by timing out: before the driver's
+        // request timeout (timeout_ms, 5 s) could have ended them. Under
+        // TCG the guest's clock is the host's, so one cycle's latency
+        // also holds whatever else the host was doing (a guest busy
+        // releasing the card for 1.4 s on a loaded host); the typical one
+        // is held to a second below.
         assert!(
             ["ENODEV", "EIO", "ENOENT", "ENXIO", "SIGBUS"].contains(&c.kind.as_str()),
             "{}: capture failed with {}",
@@ -290,7 +328,7 @@ fn backend_death_replaces_the_card_without_rebooting() {
             c.kind
         );
         assert!(
-            c.failed < Duration::from_secs(1),
+            c.failed < Duration::from_secs(5),
             "{}: the guest's capture failed only {:?} after the signal",
             c.signal,
             c.failed
@@ -313,12 +351,20 @@ fn backend_death_replaces_the_card_without_rebooting() {
         percentile(&usable, 50.0),
         percentile(&usable, 100.0),
     );
+    assert!(
+        percentile(&failed, 50.0) < 1000.0,
+        "the guest's capture failed {:.0} ms after the signal, at the median of {} cycles",
+        percentile(&failed, 50.0),
+        cycles.len()
+    );
 }
 
 /// Without the supervisor nobody replaces the card: the guest cannot know
 /// the backend is gone, so its request waits for the driver's timeout
 /// (module parameter timeout_ms, 5 s) and fails; nothing hangs, the guest
-/// touches no config space (which would abort QEMU), and QEMU lives on.
+/// touches no config space (which would abort QEMU), and QEMU lives on. The
+/// abandoned request's pages stay pinned, as the driver documents, and no
+/// others.
 #[test]
 #[ignore = "boots a VM: ci/test runs it with --ignored"]
 fn unsupervised_backend_death_times_out_instead_of_hanging() {
@@ -403,5 +449,28 @@ fn unsupervised_backend_death_times_out_instead_of_hanging() {
         "the capture took {waited:?} to fail"
     );
     assert_eq!(step("kernel-log").rc, 0, "{:?}", step("kernel-log").output);
+    // A request the dead backend never returned keeps its pages pinned
+    // until the card is removed, and nobody removes it here: the pins not
+    // released must be exactly those the card still counts (none when the
+    // capture timed out between requests), so nothing leaked.
+    let pin_field = |key: &str| {
+        pins.output
+            .iter()
+            .find_map(|l| field(l, key))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in {:?}", pins.output))
+    };
+    let acquired = pin_field("acquired=");
+    let released = pin_field("released=");
+    let card_pinned = pin_field("pinned_pages=");
+    assert_eq!(
+        acquired.checked_sub(released),
+        Some(card_pinned),
+        "pins not released are not the card's: {:?}",
+        pins.output
+    );
+    if kind == "NOFRAME" {
+        assert_eq!(card_pinned, 0, "{:?}", pins.output);
+    }
     assert!(qemu.success(), "QEMU exited with {qemu}");
 }

@@ -1,6 +1,7 @@
 //! Interrupts to user threads, for real, in a booted VM: 10,000 TEST
 //! interrupts each delivered exactly once, signals interrupting blocking
-//! waits, a minute of verified 1080p30 streaming into user buffers, and 200
+//! waits, every completion arriving while device events overflow an open's
+//! queue, a minute of verified 1080p30 streaming into user buffers, and 200
 //! capture tools killed at random moments with nothing left behind.
 
 use std::time::Duration;
@@ -29,6 +30,8 @@ fn events_streaming_and_killed_clients_in_vm() {
         "irq-test",
         "eintr-test",
         "dma-async",
+        "completion-flood",
+        "pinned-after-flood",
         "stream-1080p30-60s",
         "kill-dma-async",
         "kill-stream",
@@ -54,6 +57,38 @@ fn events_streaming_and_killed_clients_in_vm() {
     }
     assert_eq!(irq.event_count_delta, 10_000, "EVENT_COUNT");
     assert_eq!(irq.driver_events_delta, Some(10_000), "driver events");
+
+    // Device events far beyond the open's depth, with task files (pinning
+    // pages) and capture buffers outstanding: events may be dropped, and
+    // LOST records count them; completions may not.
+    let flood = run
+        .step("completion-flood")
+        .record("completion-flood", |r| match r {
+            Record::CompletionFlood(f) => Some(f),
+            _ => None,
+        });
+    eprintln!("{flood:?}");
+    assert!(flood.task_files_submitted > 0 && flood.buffers_queued > 0);
+    assert_eq!(
+        flood.task_files_completed, flood.task_files_submitted,
+        "task files"
+    );
+    assert_eq!(flood.task_file_errors, 0);
+    assert_eq!(flood.task_file_strays, 0);
+    assert_eq!(flood.buffers_returned, flood.buffers_queued, "buffers");
+    assert_eq!(flood.buffer_strays, 0);
+    assert!(
+        flood.raised > 100 * flood.depth,
+        "no flood: {} raised for a depth of {}",
+        flood.raised,
+        flood.depth
+    );
+    assert_eq!(flood.received + flood.lost, flood.raised, "TEST records");
+    assert!(flood.events_dropped_delta > 0, "nothing was dropped");
+    assert!(flood.lost > 0, "no LOST record counted the drops");
+    assert_eq!(flood.pinned_pages_after, Some(0), "pinned pages");
+    assert!(flood.enospc_with_64_unread, "65th SUBMIT with 64 unread");
+    assert!(flood.submit_after_one_read, "SUBMIT after one read");
 
     let eintr = run.step("eintr-test");
     eprintln!("{}", eintr.output.join("\n"));

@@ -242,6 +242,7 @@ impl Card {
             next: 0,
             stats: CaptureStats::default(),
             poll: Duration::from_micros(200),
+            lost_race: false,
         })
     }
 
@@ -264,6 +265,9 @@ pub struct Capture<'c> {
     next: u64,
     stats: CaptureStats,
     poll: Duration,
+    /// The last copy lost the race with a paced card (overwritten while
+    /// copied): the next one takes the newest frame, not the oldest.
+    lost_race: bool,
 }
 
 impl Capture<'_> {
@@ -326,11 +330,19 @@ impl Capture<'_> {
     /// Waits up to `timeout` for the next frame the card completes.
     pub fn next_frame(&mut self, timeout: Duration) -> Result<Frame> {
         let deadline = Instant::now() + timeout;
+        let missed_before = self.stats.missed;
         let mut data = vec![0u8; self.frame_size];
         loop {
             // Also bounds a reader that keeps losing the race with the card.
             if Instant::now() >= deadline {
-                return Err(Error::Timeout(timeout));
+                return Err(Error::timeout(
+                    format!(
+                        "frame {} in the card's ring ({} overwritten before they could be copied)",
+                        self.next,
+                        self.stats.missed - missed_before
+                    ),
+                    timeout,
+                ));
             }
             let st = self.status.snapshot()?;
             self.stats.card_dropped = st.dropped.get();
@@ -344,11 +356,19 @@ impl Capture<'_> {
             let flow_controlled = self.format.fps == 0;
             if completed > self.next {
                 // While a paced card fills frame `completed`, it overwrites
-                // the slot of frame `completed - slots`.
+                // the slot of frame `completed - slots`. A reader that just
+                // lost that race (its copy is slower than the card's
+                // period) takes the newest frame instead, which lives
+                // longest, or it would lose every race from then on.
                 let oldest = (completed + 1).saturating_sub(slots);
-                if !flow_controlled && self.next < oldest {
-                    self.stats.missed += oldest - self.next;
-                    self.next = oldest;
+                let first = if self.lost_race {
+                    completed - 1
+                } else {
+                    oldest
+                };
+                if !flow_controlled && self.next < first {
+                    self.stats.missed += first - self.next;
+                    self.next = first;
                 }
                 let n = self.next;
                 let slot = usize::try_from(n % slots).map_err(|_| Error::Protocol)?;
@@ -360,10 +380,10 @@ impl Capture<'_> {
                 let overwritten =
                     !flow_controlled && self.status.snapshot()?.frame_counter.get() >= n + slots;
                 self.next += 1;
-                if info.frame_number.get() != n
+                self.lost_race = info.frame_number.get() != n
                     || info.state.get() != slot_state::FULL
-                    || overwritten
-                {
+                    || overwritten;
+                if self.lost_race {
                     // Overwritten before or while we copied it.
                     self.stats.missed += 1;
                     continue;

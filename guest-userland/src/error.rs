@@ -52,8 +52,13 @@ pub enum Error {
     },
     #[error("this card does not support {0} (see `xxcap info` capabilities)")]
     Unsupported(&'static str),
-    #[error("nothing arrived within {0:?}")]
-    Timeout(std::time::Duration),
+    /// A wait ran out: `what` names what it waited for ("completion of
+    /// request 42", "a captured frame", ...).
+    #[error("nothing arrived within {after:?}: waited for {what}")]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+    },
     #[error("request {0} is not outstanding on this queue")]
     UnknownRequest(u64),
     #[error("no capture buffer is queued: requeue frames to keep the stream going")]
@@ -63,6 +68,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A timeout after `after` waiting for `what`.
+    pub fn timeout(what: impl Into<String>, after: std::time::Duration) -> Error {
+        Error::Timeout {
+            what: what.into(),
+            after,
+        }
+    }
+
     /// The errno behind an ioctl or open failure, for callers that test the
     /// driver's contract (EBUSY, EBADF, EINVAL, ...).
     pub fn errno(&self) -> Option<nix::errno::Errno> {

@@ -6,6 +6,24 @@
 //! Completions of the application's own requests (submitted task files,
 //! queued capture buffers) arrive the same way, carrying its reference value
 //! (the Double X design's refcon).
+//!
+//! # What can be lost
+//!
+//! A completion is never lost: each submitted task file and each queued
+//! capture buffer holds a place in its open's queue from the ioctl until
+//! `read()` has returned its completion record, so however many device
+//! events are waiting, the completion finds room. (That is also why
+//! `SUBMIT` and `QUEUE_BUFFER` fail with ENOSPC while too many completions
+//! are unread: read them.) Device events (FRAME_DONE of the capture engine,
+//! TEST, OVERFLOW, ...) beyond an open's `event_queue_depth` are dropped;
+//! a [`Cause::Lost`] record then stands where they were, its `count`
+//! saying how many. It counts device events only, and completions queued
+//! meanwhile may come before it.
+//!
+//! So a wait for a completion that runs out means the card has not
+//! finished the request (or the backend is gone), not that its record was
+//! lost: every wait of this library takes a timeout, and its
+//! [`Error::Timeout`] names what it waited for.
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
@@ -40,7 +58,8 @@ pub enum Cause {
     DmaError,
     Overflow,
     Test,
-    /// `count` records were lost because a queue was full.
+    /// `count` device events were lost because a queue was full (the
+    /// open's, or the card's backlog). Completions are never lost.
     Lost,
 }
 
@@ -75,7 +94,7 @@ pub struct Event {
     pub device_time_ns: u64,
     /// Guest CLOCK_MONOTONIC when the driver took the record.
     pub guest_time_ns: u64,
-    /// Lost: records lost; FRAME_DONE of a buffer: bytes; task files: the
+    /// Lost: device events lost; FRAME_DONE of a buffer: bytes; task files: the
     /// out count (failing command index).
     pub count: u32,
     /// Made by the driver from the completion of one of this open's requests.
@@ -313,13 +332,16 @@ struct Pending {
 /// and [`AsyncDma::wait_for`].
 ///
 /// Records that are not completions of this queue's requests are kept and
-/// handed out by [`AsyncDma::take_other_events`].
+/// handed out by [`AsyncDma::take_other_events`]. Every transfer's
+/// completion arrives (the driver never drops one); LOST records count
+/// device events only ([`AsyncDma::lost_events`]).
 pub struct AsyncDma<'c> {
     card: &'c Card,
     pending: std::collections::HashMap<u64, Pending>,
     ready: std::collections::VecDeque<Completion>,
     other: Vec<Event>,
     scratch: Vec<Event>,
+    lost_events: u64,
 }
 
 /// Direction of a transfer, seen from the application.
@@ -337,7 +359,14 @@ impl<'c> AsyncDma<'c> {
             ready: Default::default(),
             other: Vec::new(),
             scratch: Vec::new(),
+            lost_events: 0,
         }
+    }
+
+    /// Device events the driver dropped for this open so far, as LOST
+    /// records counted them (completions are never among them).
+    pub fn lost_events(&self) -> u64 {
+        self.lost_events
     }
 
     /// Transfers not completed yet.
@@ -413,7 +442,8 @@ impl<'c> AsyncDma<'c> {
     }
 
     /// Waits for one request (the synchronous model over the asynchronous
-    /// path). Other completions stay queued for `poll`.
+    /// path). Other completions stay queued for `poll`. Running out of
+    /// `timeout` is an [`Error::Timeout`] naming the request.
     pub fn wait_for(&mut self, request_id: u64, timeout: Duration) -> Result<Completion> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -427,7 +457,10 @@ impl<'c> AsyncDma<'c> {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Timeout(timeout));
+                return Err(Error::timeout(
+                    format!("completion of request {request_id}"),
+                    timeout,
+                ));
             }
             self.pump(Some(left))?;
         }
@@ -443,6 +476,9 @@ impl<'c> AsyncDma<'c> {
         let mut batch = std::mem::take(&mut self.scratch);
         let got = self.card.wait_events(&mut batch, READ_BATCH, timeout);
         for ev in batch.drain(..) {
+            if ev.cause == Cause::Lost {
+                self.lost_events += u64::from(ev.count);
+            }
             let mine = ev.completion
                 && matches!(ev.cause, Cause::DmaDone | Cause::DmaError)
                 && self.pending.contains_key(&ev.request_id);

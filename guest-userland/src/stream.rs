@@ -5,6 +5,11 @@
 //! oldest buffer and the driver reports it as a FRAME_DONE record. The guest
 //! kernel never copies frame data, and a buffer costs one doorbell however
 //! long the stream runs.
+//!
+//! Every lent buffer comes back with its own completion record (a frame,
+//! or CANCELLED when capture stops or the stream is flushed): the driver
+//! never drops a completion, however many device events overflow the
+//! open's queue.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -53,7 +58,8 @@ pub struct StreamStats {
     pub frames: u64,
     /// Frames the card dropped (OVERFLOW records, or DROPPED_FRAMES).
     pub dropped: u64,
-    /// Records the driver or card lost (LOST records).
+    /// Device events the driver or card lost (counted by LOST records):
+    /// OVERFLOW records, never a buffer's completion, which always arrives.
     pub lost_records: u64,
     /// Buffers returned with an error other than CANCELLED.
     pub buffer_errors: u64,
@@ -154,7 +160,8 @@ impl Stream<'_> {
     }
 
     /// Asks the card to hand every lent buffer back now (as CANCELLED);
-    /// they leave the pool. Frames already completed stay readable.
+    /// they leave the pool. Frames already completed stay readable. A
+    /// buffer not back within 5 s is a timeout error naming how many.
     pub fn flush(&mut self) -> Result<()> {
         // SAFETY: FLUSH_BUFFERS takes no argument.
         unsafe { sys::xxcap_flush_buffers(self.card.as_raw_fd()) }.map_err(|source| {
@@ -163,11 +170,15 @@ impl Stream<'_> {
                 source,
             }
         })?;
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let wait = Duration::from_secs(5);
+        let deadline = Instant::now() + wait;
         while !self.queued.is_empty() && Instant::now() < deadline {
             self.pump(Some(Duration::from_millis(100)))?;
         }
-        Ok(())
+        match self.queued.len() {
+            0 => Ok(()),
+            n => Err(Error::timeout(format!("{n} flushed capture buffers"), wait)),
+        }
     }
 
     /// Buffers currently lent to the card.
@@ -211,7 +222,13 @@ impl Stream<'_> {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Timeout(timeout));
+                return Err(Error::timeout(
+                    format!(
+                        "a frame in one of {} queued capture buffers",
+                        self.queued.len()
+                    ),
+                    timeout,
+                ));
             }
             if self.queued.is_empty() {
                 return Err(Error::NoBuffers);

@@ -125,7 +125,10 @@ impl SequenceCheck {
         while self.received < goal {
             buf.clear();
             if card.wait_events(buf, 256, Some(Duration::from_secs(2)))? == 0 {
-                return Err(Error::Timeout(Duration::from_secs(2)));
+                return Err(Error::timeout(
+                    format!("TEST record {} of {goal}", self.received + 1),
+                    Duration::from_secs(2),
+                ));
             }
             for ev in buf.iter() {
                 self.take(ev);
@@ -266,7 +269,10 @@ pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
                 // One syscall per wake-up; the alarm armed above bounds it.
                 card.read_events(&mut buf, 64)?;
             } else if card.wait_events(&mut buf, 64, Some(Duration::from_secs(2)))? == 0 {
-                return Err(Error::Timeout(Duration::from_secs(2)));
+                return Err(Error::timeout(
+                    format!("the TEST record of round {i}"),
+                    Duration::from_secs(2),
+                ));
             }
             let now = monotonic_ns();
             let mut found = None;
@@ -293,7 +299,10 @@ pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
         while outstanding_completions > 0 {
             buf.clear();
             if card.wait_events(&mut buf, 64, Some(Duration::from_secs(2)))? == 0 {
-                return Err(Error::Timeout(Duration::from_secs(2)));
+                return Err(Error::timeout(
+                    format!("the completion of round {i}'s task file"),
+                    Duration::from_secs(2),
+                ));
             }
             outstanding_completions -= buf
                 .iter()
@@ -316,55 +325,10 @@ pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
     report("stage-submit-to-driver-irq", &mut to_driver);
     report("stage-driver-to-user-wake", &mut wake);
 
-    // Sustained: bursts of 1024 raises, two task files in flight (within
-    // the driver's default per-open queue of 4096 records).
-    const BURST: u32 = 1024;
-    let burst = raise_task_file(BURST);
-    let mut check = SequenceCheck::new();
-    let started = Instant::now();
-    let limit = Duration::from_secs_f64(args.sustained_seconds.max(0.1));
-    let mut in_flight = 0u32;
-    let mut raised = 0u64;
-    while started.elapsed() < limit || in_flight > 0 {
-        while in_flight < 2 && started.elapsed() < limit {
-            // SAFETY: no DMA command in the task file.
-            unsafe { card.submit(&burst, 0)? };
-            in_flight += 1;
-            raised += u64::from(BURST);
-        }
-        buf.clear();
-        if card.wait_events(&mut buf, 256, Some(Duration::from_secs(2)))? == 0 {
-            return Err(Error::Timeout(Duration::from_secs(2)));
-        }
-        for ev in &buf {
-            if ev.completion {
-                in_flight = in_flight.saturating_sub(1);
-            } else {
-                check.take(ev);
-            }
-        }
-    }
-    // Records of the last burst may still be on their way.
-    while check.received + check.lost < raised {
-        buf.clear();
-        if card.wait_events(&mut buf, 256, Some(Duration::from_secs(2)))? == 0 {
-            break;
-        }
-        for ev in buf.iter().filter(|e| !e.completion) {
-            check.take(ev);
-        }
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let r = IrqSustained {
-        raised,
-        received: check.received,
-        lost: check.lost,
-        gaps: check.gaps,
-        events_per_s: check.received as f64 / secs.max(1e-9),
-    };
+    let r = sustained(&card, args.sustained_seconds, &mut buf)?;
     println!(
-        "irq: method=xxcapture-sustained raised={raised} received={} lost={} gaps={} events_per_s={:.0}",
-        r.received, r.lost, r.gaps, r.events_per_s
+        "irq: method=xxcapture-sustained raised={} received={} lost={} gaps={} events_per_s={:.0} burst={} unread_limit={}",
+        r.raised, r.received, r.lost, r.gaps, r.events_per_s, r.burst, r.unread_limit
     );
     Record::IrqSustained(r).print();
     card.enable_interrupts(Causes::empty(), 1, 0)?;
@@ -383,6 +347,76 @@ pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Device events one open's queue holds (the driver's `event_queue_depth`).
+fn event_queue_depth() -> Option<u64> {
+    std::fs::read_to_string("/sys/module/xxcapture/parameters/event_queue_depth")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The sustained record rate: bursts of TEST raises, one task file each,
+/// for `seconds`. Flow control counts records, not completions: a task
+/// file's completion can arrive before the records it raised, so the next
+/// burst goes out only while the records raised and not yet read (received
+/// or counted lost) leave room for it within two bursts, well inside the
+/// open's queue. Records are read as fast as they arrive; none should be
+/// lost, and any that are is reported, not hidden.
+fn sustained(card: &Card, seconds: f64, buf: &mut Vec<Event>) -> Result<IrqSustained, Error> {
+    const WAIT: Duration = Duration::from_secs(2);
+    let depth = event_queue_depth().unwrap_or(4096);
+    let burst = (depth / 2).clamp(1, 1024);
+    let unread_limit = 2 * burst;
+    let tf = raise_task_file(burst as u32);
+    let mut check = SequenceCheck::new();
+    let started = Instant::now();
+    let limit = Duration::from_secs_f64(seconds.max(0.1));
+    let (mut raised, mut submitted, mut completed) = (0u64, 0u64, 0u64);
+    let mut last_record = started;
+    loop {
+        let accounted = check.received + check.lost;
+        let running = started.elapsed() < limit;
+        while running && raised - accounted + burst <= unread_limit {
+            // SAFETY: no DMA command in the task file.
+            unsafe { card.submit(&tf, 0)? };
+            submitted += 1;
+            raised += burst;
+        }
+        if !running && accounted >= raised && completed == submitted {
+            break;
+        }
+        buf.clear();
+        if card.wait_events(buf, 256, Some(WAIT))? == 0 {
+            return Err(Error::timeout(
+                format!(
+                    "TEST records ({} of {raised} raised read or lost) and completions ({completed} of {submitted} task files)",
+                    check.received + check.lost
+                ),
+                WAIT,
+            ));
+        }
+        for ev in buf.iter() {
+            if ev.completion {
+                completed += 1;
+            } else {
+                check.take(ev);
+                last_record = Instant::now();
+            }
+        }
+    }
+    let secs = last_record.duration_since(started).as_secs_f64();
+    Ok(IrqSustained {
+        raised,
+        received: check.received,
+        lost: check.lost,
+        gaps: check.gaps,
+        events_per_s: check.received as f64 / secs.max(1e-9),
+        burst,
+        unread_limit,
+    })
 }
 
 /// edu (PCI 1234:11e8) interrupt round trips to user space through

@@ -5,6 +5,7 @@
 
 mod bench;
 mod crossings;
+mod flood;
 mod fuzz;
 mod irq;
 mod selftest;
@@ -55,6 +56,9 @@ enum Command {
     BenchIrq(irq::BenchIrqArgs),
     /// Check that signals interrupt blocking waits with EINTR and leak nothing.
     EintrTest,
+    /// Overflow an open's record queue with device events while task files
+    /// and capture buffers are outstanding: every completion must arrive.
+    CompletionFlood(flood::FloodArgs),
     /// Keep asynchronous DMA in flight for a while.
     DmaAsync(irq::DmaAsyncArgs),
     /// Synchronous vs asynchronous DMA at fixed request rates: CPU and latency.
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::IrqTest(args) => irq::irq_test(device, args),
         Command::BenchIrq(args) => irq::bench_irq(device, args),
         Command::EintrTest => irq::eintr_test(device),
+        Command::CompletionFlood(args) => flood::run(device, args),
         Command::DmaAsync(args) => irq::dma_async(device, args),
         Command::BenchSyncAsync(args) => syncasync::run(device, args),
         Command::FuzzDriver(args) => fuzz::run(device, args),

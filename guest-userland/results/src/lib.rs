@@ -187,6 +187,12 @@ pub struct IrqSustained {
     pub gaps: u64,
     #[serde(deserialize_with = "nan_if_null")]
     pub events_per_s: f64,
+    /// TEST raises per task file.
+    #[serde(default)]
+    pub burst: u64,
+    /// Records raised and not yet read the run allowed at most.
+    #[serde(default)]
+    pub unread_limit: u64,
 }
 
 /// TEST interrupts raised and received (`irq-test`): every count as each
@@ -253,6 +259,42 @@ pub struct FuzzSummary {
     pub card_id: u32,
 }
 
+/// The end of `completion-flood`: an open's record queue overflowed by
+/// device events while task files and capture buffers were outstanding,
+/// and what came back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompletionFlood {
+    /// The open's event_queue_depth during the flood.
+    pub depth: u64,
+    pub rounds: u32,
+    pub task_files_submitted: u64,
+    pub task_files_completed: u64,
+    /// Task files whose completion carried an error.
+    pub task_file_errors: u64,
+    /// Completions whose request id was not one submitted (or came twice).
+    pub task_file_strays: u64,
+    pub buffers_queued: u64,
+    pub buffers_returned: u64,
+    /// Buffer completions whose request id was not one queued (or came twice).
+    pub buffer_strays: u64,
+    /// Buffers returned holding a frame (the rest came back CANCELLED).
+    pub frames: u64,
+    /// TEST records raised, received, and counted lost by LOST records.
+    pub raised: u64,
+    pub received: u64,
+    pub lost: u64,
+    /// The driver's events_dropped counter, over the run.
+    pub events_dropped_delta: u64,
+    /// The card's EVENTS_LOST register, over the run (its own backlog).
+    pub card_events_lost_delta: u64,
+    /// pinned_pages once every record was read (None: unreadable).
+    pub pinned_pages_after: Option<u64>,
+    /// With 64 completed task files unread, the 65th SUBMIT failed ENOSPC.
+    pub enospc_with_64_unread: bool,
+    /// ... and succeeded once one record was read.
+    pub submit_after_one_read: bool,
+}
+
 /// Every record a guest tool reports to the host.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -272,6 +314,7 @@ pub enum Record {
     SyncAsyncCrossover(SyncAsyncCrossover),
     Selftest(SelftestSummary),
     FuzzDriver(FuzzSummary),
+    CompletionFlood(CompletionFlood),
 }
 
 impl Record {
