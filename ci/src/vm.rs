@@ -762,6 +762,23 @@ mod tests {
     }
 
     #[test]
+    fn further_cards_have_their_own_ids_and_no_memory_options() {
+        let first = card_qemu_args(Path::new("/tmp/0.sock"), 31, 512);
+        let second = more_card_qemu_args(Path::new("/tmp/1.sock"), "card1", 31);
+        assert_eq!(second.len(), 4, "{second:?}");
+        assert!(second
+            .iter()
+            .all(|a| a != "-m" && a != "-numa" && a != "-object"));
+        assert!(second.contains(&"socket,id=chr-card1,path=/tmp/1.sock".to_string()));
+        let device = |args: &[String]| {
+            let at = args.iter().position(|a| a == "-device").expect("-device");
+            args[at + 1].clone()
+        };
+        assert!(device(&second).contains(",id=card1,chardev=chr-card1,"));
+        assert_ne!(device(&first), device(&second));
+    }
+
+    #[test]
     fn steps_are_framed() {
         let lines: Vec<String> = [
             "noise",
