@@ -2,6 +2,7 @@
 //! pieces, boots QEMU (TCG by default) with `xxcapd` behind the card, and
 //! reads what the guest reports on its serial console.
 
+pub mod activate;
 pub mod bench;
 pub mod bench_events;
 pub mod build;
@@ -10,6 +11,7 @@ pub mod qmp;
 pub mod supervise;
 pub mod vm;
 
+pub use activate::ActivatedBackend;
 pub use build::{build_all, Artifacts, Provisioned};
 pub use supervise::Recovery;
 pub use vm::{parse_steps, Accel, BootTarget, FinishedRun, Mode, Step, Vm, VmOptions};

@@ -49,6 +49,11 @@ pub enum Mode {
     /// Capture in a loop across backend deaths (`xxcap.kills=N` of them):
     /// the host kills `xxcapd`, the supervisor replaces the card.
     BackendDeath,
+    /// Capture, then reboot the guest until the boot count kept on the
+    /// output disk reaches `xxcap.boots=N` (needs `allow_reboot`).
+    Reboot,
+    /// Two cards capturing at the same time (needs `cards: 2`).
+    TwoCards,
 }
 
 impl Mode {
@@ -65,6 +70,8 @@ impl Mode {
             Mode::Shell => "shell",
             Mode::Capi => "capi",
             Mode::BackendDeath => "backend-death",
+            Mode::Reboot => "reboot",
+            Mode::TwoCards => "two-cards",
         }
     }
 }
@@ -112,6 +119,17 @@ pub struct VmOptions {
     /// Boot this instead of the test initramfs (`mode` is then only told
     /// apart as interactive or not).
     pub boot: Option<BootTarget>,
+    /// How many cards, each served by its own `xxcapd` (`--id cardN`,
+    /// logged to `xxcapd-cardN.log` from the second on). More than one
+    /// needs `supervise: false`.
+    pub cards: u32,
+    /// Attach the (one) card to an `xxcapd` the caller runs on this socket
+    /// (see `activate`) instead of starting one: the VM neither starts nor
+    /// stops it. Needs `supervise: false`.
+    pub backend_socket: Option<PathBuf>,
+    /// A guest reboot resets the machine (a card reset on the same
+    /// connection) instead of ending QEMU.
+    pub allow_reboot: bool,
 }
 
 impl Default for VmOptions {
@@ -130,6 +148,9 @@ impl Default for VmOptions {
             supervise: true,
             echo_supervisor: true,
             boot: None,
+            cards: 1,
+            backend_socket: None,
+            allow_reboot: false,
         }
     }
 }
@@ -139,7 +160,27 @@ impl Default for VmOptions {
 /// xxcapd's `options` module).
 pub fn card_qemu_args(socket: &Path, virtio_id: u32, guest_memory_mib: u32) -> Vec<String> {
     let guest_ram = u64::from(guest_memory_mib) << 20;
-    xxcapd::options::qemu_args(socket, None, virtio_id, Some(guest_ram))
+    argv_words(&xxcapd::options::qemu_args(
+        socket,
+        None,
+        virtio_id,
+        Some(guest_ram),
+    ))
+}
+
+/// The QEMU arguments of a further card named `id` (no guest-RAM options:
+/// the first card's serve every card).
+pub fn more_card_qemu_args(socket: &Path, id: &str, virtio_id: u32) -> Vec<String> {
+    argv_words(&xxcapd::options::qemu_args(
+        socket,
+        Some(id),
+        virtio_id,
+        None,
+    ))
+}
+
+fn argv_words(lines: &[String]) -> Vec<String> {
+    lines
         .iter()
         .flat_map(|line| match line.split_once(' ') {
             Some((option, value)) => vec![option.to_string(), value.to_string()],
@@ -151,6 +192,8 @@ pub fn card_qemu_args(socket: &Path, virtio_id: u32, guest_memory_mib: u32) -> V
 /// A running VM.
 pub struct Vm {
     xxcapd: Option<Child>,
+    /// The `xxcapd`s of the second and further cards.
+    more_xxcapds: Vec<Child>,
     /// Owns the backend instead of `xxcapd` when supervising.
     supervisor: Option<Supervisor>,
     recoveries: Vec<Recovery>,
@@ -168,6 +211,26 @@ pub struct Vm {
     log_dir: PathBuf,
     /// Last: sockets and the QMP socket live here until everything is down.
     _workdir: tempfile::TempDir,
+}
+
+/// Waits for `child` to exit on its own; SIGTERM after `grace`, SIGKILL
+/// after twice that.
+fn wait_or_stop(child: &mut Child, grace: Duration) -> Result<ExitStatus> {
+    if let Some(status) = wait_deadline(child, grace)? {
+        return Ok(status);
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    match wait_deadline(child, grace)? {
+        Some(status) => Ok(status),
+        None => {
+            let _ = child.kill();
+            child
+                .wait()
+                .map_err(|e| Error::Step(format!("wait xxcapd: {e}")))
+        }
+    }
 }
 
 fn wait_deadline(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
@@ -207,8 +270,16 @@ impl Vm {
             dir: workdir.path().to_path_buf(),
             log: opts.log_dir.join("xxcapd.log"),
         };
-        let socket = launcher.socket(0);
-        let card_args = card_qemu_args(&socket, opts.virtio_id, opts.guest_memory_mib);
+        if opts.supervise && (opts.cards != 1 || opts.backend_socket.is_some()) {
+            return Err(Error::Step(
+                "the supervisor replaces one card the VM started: set supervise: false".into(),
+            ));
+        }
+        let socket = opts
+            .backend_socket
+            .clone()
+            .unwrap_or_else(|| launcher.socket(0));
+        let mut card_args = card_qemu_args(&socket, opts.virtio_id, opts.guest_memory_mib);
         // Refuse before anything starts if the card cannot be re-created.
         let card_spec = match opts.supervise {
             true => {
@@ -216,9 +287,39 @@ impl Vm {
             }
             false => None,
         };
-        let mut xxcapd = launcher
-            .spawn(0, Duration::from_secs(10))
-            .map_err(|e| Error::Step(e.to_string()))?;
+        let mut xxcapd = match opts.backend_socket {
+            Some(_) => None,
+            None => Some(
+                launcher
+                    .spawn(0, Duration::from_secs(10))
+                    .map_err(|e| Error::Step(e.to_string()))?,
+            ),
+        };
+        let mut more_xxcapds = Vec::new();
+        for card in 1..opts.cards {
+            let id = format!("card{card}");
+            let dir = workdir.path().join(&id);
+            std::fs::create_dir(&dir)
+                .map_err(|e| Error::Step(format!("create {}: {e}", dir.display())))?;
+            let mut args = launcher.args.clone();
+            args.extend(["--id".to_string(), id.clone()]);
+            let more = BackendLauncher {
+                xxcapd: launcher.xxcapd.clone(),
+                args,
+                dir,
+                log: opts.log_dir.join(format!("xxcapd-{id}.log")),
+            };
+            // Dropped children are not killed: reap what already runs.
+            let child = more.spawn(0, Duration::from_secs(10)).map_err(|e| {
+                for c in xxcapd.iter_mut().chain(more_xxcapds.iter_mut()) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                Error::Step(e.to_string())
+            })?;
+            more_xxcapds.push(child);
+            card_args.extend(more_card_qemu_args(&more.socket(0), &id, opts.virtio_id));
+        }
 
         let qmp_socket = workdir.path().join("qmp.sock");
         let p = &artifacts.provisioned;
@@ -244,7 +345,8 @@ impl Vm {
             Accel::Tcg => qemu.args(["-accel", "tcg", "-cpu", "max,erms=off,fsrm=off"]),
             Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
         };
-        qemu.args(["-smp", "1", "-nodefaults", "-no-reboot", "-display", "none"])
+        qemu.args(["-smp", "1", "-nodefaults", "-display", "none"])
+            .args((!opts.allow_reboot).then_some("-no-reboot"))
             .args(&card_args)
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
@@ -282,8 +384,10 @@ impl Vm {
         let mut qemu = match qemu.spawn() {
             Ok(child) => child,
             Err(e) => {
-                let _ = xxcapd.kill();
-                let _ = xxcapd.wait();
+                for c in xxcapd.iter_mut().chain(more_xxcapds.iter_mut()) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
                 return Err(Error::Step(format!("start {}: {e}", p.qemu.display())));
             }
         };
@@ -305,7 +409,8 @@ impl Vm {
         });
         let mut vm = Vm {
             _workdir: workdir,
-            xxcapd: Some(xxcapd),
+            xxcapd,
+            more_xxcapds,
             supervisor: None,
             recoveries: Vec::new(),
             supervisor_failure: None,
@@ -377,25 +482,19 @@ impl Vm {
         let Some(child) = self.xxcapd.as_mut() else {
             return Err(Error::Step("xxcapd already reaped".into()));
         };
-        let status = match wait_deadline(child, grace)? {
-            Some(status) => status,
-            None => {
-                if let Ok(pid) = i32::try_from(child.id()) {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-                }
-                match wait_deadline(child, grace)? {
-                    Some(status) => status,
-                    None => {
-                        let _ = child.kill();
-                        child
-                            .wait()
-                            .map_err(|e| Error::Step(format!("wait xxcapd: {e}")))?
-                    }
-                }
-            }
-        };
+        let status = wait_or_stop(child, grace)?;
         self.xxcapd = None;
         Ok(status)
+    }
+
+    /// `wait_backend` for the `xxcapd`s of the second and further cards,
+    /// in card order.
+    pub fn wait_more_backends(&mut self, grace: Duration) -> Result<Vec<ExitStatus>> {
+        let mut statuses = Vec::new();
+        for mut child in std::mem::take(&mut self.more_xxcapds) {
+            statuses.push(wait_or_stop(&mut child, grace)?);
+        }
+        Ok(statuses)
     }
 
     /// Sends `signal` to the running `xxcapd`; returns its pid.
@@ -529,6 +628,15 @@ impl Vm {
     pub fn backend_log(&self) -> String {
         std::fs::read_to_string(self.log_dir.join("xxcapd.log")).unwrap_or_default()
     }
+
+    /// The log of card `card`'s `xxcapd` (0: `backend_log`).
+    pub fn card_backend_log(&self, card: u32) -> String {
+        match card {
+            0 => self.backend_log(),
+            n => std::fs::read_to_string(self.log_dir.join(format!("xxcapd-card{n}.log")))
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Every thread listed under `tasks` (/proc/PID/task) is stopped.
@@ -620,6 +728,7 @@ impl Drop for Vm {
         for child in [self.qemu.as_mut(), self.xxcapd.as_mut()]
             .into_iter()
             .flatten()
+            .chain(self.more_xxcapds.iter_mut())
         {
             let _ = child.kill();
             let _ = child.wait();
@@ -787,6 +896,23 @@ mod tests {
         assert!(args.contains(&"512M".to_string()));
         assert!(args.contains(&"socket,id=xxcap0,path=/tmp/a,,b.sock".to_string()));
         assert!(args.iter().all(|a| !a.starts_with("-m ")));
+    }
+
+    #[test]
+    fn further_cards_have_their_own_ids_and_no_memory_options() {
+        let first = card_qemu_args(Path::new("/tmp/0.sock"), 31, 512);
+        let second = more_card_qemu_args(Path::new("/tmp/1.sock"), "card1", 31);
+        assert_eq!(second.len(), 4, "{second:?}");
+        assert!(second
+            .iter()
+            .all(|a| a != "-m" && a != "-numa" && a != "-object"));
+        assert!(second.contains(&"socket,id=chr-card1,path=/tmp/1.sock".to_string()));
+        let device = |args: &[String]| {
+            let at = args.iter().position(|a| a == "-device").expect("-device");
+            args[at + 1].clone()
+        };
+        assert!(device(&second).contains(",id=card1,chardev=chr-card1,"));
+        assert_ne!(device(&first), device(&second));
     }
 
     #[test]
