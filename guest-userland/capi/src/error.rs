@@ -48,7 +48,7 @@ fn errno_of(e: &xx::Error) -> c_int {
         E::TooManyCommands(_) => libc::E2BIG,
         E::Sysfs { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         E::Unsupported(_) => libc::EOPNOTSUPP,
-        E::Timeout(_) => libc::ETIMEDOUT,
+        E::Timeout { .. } => libc::ETIMEDOUT,
         E::UnknownRequest(_) => libc::ENOENT,
         E::NoBuffers => libc::ENOBUFS,
         E::BuffersNotReturned(_) => libc::EBUSY,
