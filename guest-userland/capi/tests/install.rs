@@ -10,13 +10,27 @@ fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Where cargo left the build of libxxcapture.so and .a that goes with
-/// this test: the test's own folder, `<target>/<profile>/deps` (cargo
-/// builds the library there before the tests, and copies it up only for
-/// `cargo build`).
+/// Builds libxxcapture.so and .a for this test and returns their folder.
+/// A test cannot count on cargo having built a cdylib-only library before
+/// it (`cargo test --workspace` does not), so it builds one itself, in a
+/// target folder of its own so as not to wait on the build running the
+/// tests.
 fn built_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    exe.parent().map(Path::to_path_buf).expect("deps folder")
+    let workspace = crate_dir().join("../..");
+    let target = workspace.join("target/capi-install-test");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo)
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "--quiet",
+            "--offline",
+            "-p",
+            "xxcapture-c",
+            "--target-dir",
+        ])
+        .arg(&target));
+    target.join("debug")
 }
 
 fn run(cmd: &mut Command) -> std::process::Output {
