@@ -115,9 +115,10 @@ impl Qmp {
                 }
                 // End of stream in the middle of a line.
                 Ok(_) => return Err(QmpError::Closed),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(QmpError::Timeout("QMP message".into(), Duration::ZERO));
-                }
+                // The socket's timeout can fire a little before the
+                // deadline (it counts in the kernel's ticks): look again
+                // until the deadline itself has passed.
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return Err(QmpError::Closed),
                 Err(e) => return Err(e.into()),
