@@ -282,6 +282,8 @@ int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
 		      unsigned long deadline);
 int xxcap_short_status(struct xxcap_card *card, struct xxcap_req *req,
 		       const char *what);
+int xxcap_send_plain(struct xxcap_card *card, u32 type, const char *what,
+		     unsigned long deadline, bool intr);
 int xxcap_reserve(struct xxcap_card *card, unsigned int *n,
 		  const unsigned int *unread, unsigned int limit);
 void xxcap_unreserve(struct xxcap_card *card, unsigned int *n);

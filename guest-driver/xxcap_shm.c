@@ -21,32 +21,9 @@
  */
 static int xxcap_send_attach(struct xxcap_card *card)
 {
-	struct xxcap_vq_request *vreq;
-	struct xxcap_req *req;
-	unsigned long deadline;
-	int ret;
-
-	req = xxcap_req_alloc(card, XXCAP_KIND_SYNC, sizeof(*vreq),
-			      sizeof(struct xxcap_vq_status));
-	if (!req)
-		return -ENOMEM;
-	vreq = req->in;
-	vreq->req_type = cpu_to_le32(XXCAP_REQ_ATTACH);
-	ret = xxcap_req_map(req);
-	if (ret)
-		goto out_free;
-
-	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
-	ret = xxcap_submit(card, req, 0, deadline, 0);
-	if (ret)
-		goto out_free;
-	ret = xxcap_wait(card, req, deadline, true);
-	if (ret)
-		return ret;	/* orphaned: freed when the card gives it back */
-	ret = xxcap_short_status(card, req, "ATTACH");
-out_free:
-	xxcap_req_free(req);
-	return ret;
+	return xxcap_send_plain(card, XXCAP_REQ_ATTACH, "ATTACH",
+				jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms)),
+				true);
 }
 
 /*

@@ -166,33 +166,11 @@ static bool xxcap_flushed(struct xxcap_client *client, u64 target)
 int xxcap_flush_card(struct xxcap_card *card, unsigned long deadline,
 		     bool intr)
 {
-	struct xxcap_vq_request *vreq;
-	struct xxcap_req *req;
-	int ret;
+	int ret = xxcap_send_plain(card, XXCAP_REQ_FLUSH_BUFFERS,
+				   "FLUSH_BUFFERS", deadline, intr);
 
-	req = xxcap_req_alloc(card, XXCAP_KIND_SYNC, sizeof(*vreq),
-			      sizeof(struct xxcap_vq_status));
-	if (!req)
-		return -ENOMEM;
-	vreq = req->in;
-	vreq->req_type = cpu_to_le32(XXCAP_REQ_FLUSH_BUFFERS);
-	ret = xxcap_req_map(req);
-	if (ret)
-		goto out_free;
-
-	ret = xxcap_submit(card, req, 0, deadline,
-			   intr ? 0 : XXCAP_SUBMIT_UNINTR);
-	if (ret)
-		goto out_free;
-	ret = xxcap_wait(card, req, deadline, intr);
-	if (ret)
-		return ret;	/* orphaned: freed when the card gives it back */
-	ret = xxcap_short_status(card, req, "FLUSH_BUFFERS");
 	if (ret == -EIO)
 		dev_err_ratelimited(&card->dev, "FLUSH_BUFFERS refused\n");
-
-out_free:
-	xxcap_req_free(req);
 	return ret;
 }
 

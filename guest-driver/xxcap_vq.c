@@ -411,6 +411,41 @@ int xxcap_short_status(struct xxcap_card *card, struct xxcap_req *req,
 }
 
 /*
+ * Sends a command-queue request of @type that carries no payload (ATTACH,
+ * FLUSH_BUFFERS) and waits until @deadline (interruptibly if @intr) for
+ * its transport status; @what names it in the log.
+ */
+int xxcap_send_plain(struct xxcap_card *card, u32 type, const char *what,
+		     unsigned long deadline, bool intr)
+{
+	struct xxcap_vq_request *vreq;
+	struct xxcap_req *req;
+	int ret;
+
+	req = xxcap_req_alloc(card, XXCAP_KIND_SYNC, sizeof(*vreq),
+			      sizeof(struct xxcap_vq_status));
+	if (!req)
+		return -ENOMEM;
+	vreq = req->in;
+	vreq->req_type = cpu_to_le32(type);
+	ret = xxcap_req_map(req);
+	if (ret)
+		goto out_free;
+
+	ret = xxcap_submit(card, req, 0, deadline,
+			   intr ? 0 : XXCAP_SUBMIT_UNINTR);
+	if (ret)
+		goto out_free;
+	ret = xxcap_wait(card, req, deadline, intr);
+	if (ret)
+		return ret;	/* orphaned: freed when the card gives it back */
+	ret = xxcap_short_status(card, req, what);
+out_free:
+	xxcap_req_free(req);
+	return ret;
+}
+
+/*
  * Takes one of @client's @limit slots counted by *@n (n_submitted or
  * n_buffers) and *@unread (their completion records not read yet): a slot
  * is given back when read() takes the completion record, so the queue
