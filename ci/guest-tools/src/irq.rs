@@ -239,20 +239,9 @@ pub fn bench_irq(device: &str, args: BenchIrqArgs) -> Result<ExitCode, Error> {
     let mut buf = Vec::new();
     let mut outstanding_completions = 0u64;
     if args.blocking_read {
-        // A lost record must end the run, not hang it: SIGALRM without
-        // SA_RESTART turns a stuck read into EINTR.
-        let action = SigAction::new(
-            SigHandler::Handler(on_alarm),
-            SaFlags::empty(),
-            SigSet::empty(),
-        );
-        // SAFETY: the handler does nothing, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(Signal::SIGALRM, &action) }.map_err(|source| {
-            Error::Ioctl {
-                call: "sigaction",
-                source,
-            }
-        })?;
+        // A lost record must end the run, not hang it: a stuck read
+        // fails with EINTR when the alarm rings.
+        alarm_interrupts()?;
     }
     for i in 0..args.events {
         if args.blocking_read && i % 1000 == 0 {
@@ -498,21 +487,26 @@ fn edu_round_trips(n: u32) -> Result<Percentiles, String> {
 
 extern "C" fn on_alarm(_: nix::libc::c_int) {}
 
-pub fn eintr_test(device: &str) -> Result<ExitCode, Error> {
-    let card = Card::open(device, Access::Control)?;
-    // A handler without SA_RESTART: interrupted calls fail with EINTR.
+/// Installs a SIGALRM handler without SA_RESTART, so that a blocking call
+/// the alarm interrupts fails with EINTR instead of being restarted.
+fn alarm_interrupts() -> Result<(), Error> {
     let action = SigAction::new(
         SigHandler::Handler(on_alarm),
         SaFlags::empty(),
         SigSet::empty(),
     );
     // SAFETY: the handler does nothing, which is async-signal-safe.
-    unsafe { nix::sys::signal::sigaction(Signal::SIGALRM, &action) }.map_err(|source| {
-        Error::Ioctl {
+    unsafe { nix::sys::signal::sigaction(Signal::SIGALRM, &action) }
+        .map(drop)
+        .map_err(|source| Error::Ioctl {
             call: "sigaction",
             source,
-        }
-    })?;
+        })
+}
+
+pub fn eintr_test(device: &str) -> Result<ExitCode, Error> {
+    let card = Card::open(device, Access::Control)?;
+    alarm_interrupts()?;
     card.subscribe(Causes::empty())?;
     let mut ok = true;
 
