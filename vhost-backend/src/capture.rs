@@ -8,7 +8,11 @@
 //! backend copies into FRAME_COUNTER / DROPPED_FRAMES before each request.
 //!
 //! Pacing: frame period `1 s / fps` on the monotonic clock, frame k of the
-//! schedule due at `start + k * period`. A frame is rendered when it is due.
+//! schedule due at the end of its period, `start + (k + 1) * period`, as a
+//! sensor delivers a frame once it has been exposed and read out. A frame is
+//! rendered when it is due: none arrives before one period has passed, so a
+//! reader that polls right after starting capture finds the same (nothing)
+//! every time.
 //! A thread that falls behind by less than [`STALL_ABSORBED`] catches up by
 //! rendering the late frames back to back: that lateness is the host
 //! descheduling the emulator, which a real card (whose clock never stops)
@@ -35,6 +39,7 @@ use std::io;
 /// Lateness of the capture thread that is made up by rendering late frames
 /// back to back instead of dropping them (see the module documentation).
 pub const STALL_ABSORBED: Duration = Duration::from_millis(250);
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -43,6 +48,12 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use xxcapture_abi::{irq, TfError};
 use xxcapture_model::{CaptureSession, FileSource, TestPattern, VideoSource};
+
+/// When frame period `tick` of a capture started at `start` ends: its frame
+/// is due then.
+fn due(start: Instant, period: Duration, tick: u32) -> Instant {
+    start + period * tick.saturating_add(1)
+}
 
 use crate::card_ram::{filling, full, CardRam, SlotUpdate};
 use crate::events::Events;
@@ -319,7 +330,7 @@ impl Worker {
         }
     }
 
-    /// Whole periods that passed since frame period `tick` began, once the
+    /// Whole periods that passed since frame `tick` fell due, once the
     /// thread is more than [`STALL_ABSORBED`] late: counted as dropped
     /// (DROPPED_FRAMES, one OVERFLOW each, carrying the number the next
     /// frame gets). Returns the next tick.
@@ -331,7 +342,7 @@ impl Worker {
         frame: u64,
         dropped: &mut u64,
     ) -> u32 {
-        let late = Instant::now().saturating_duration_since(start + p * tick);
+        let late = Instant::now().saturating_duration_since(due(start, p, tick));
         if late < STALL_ABSORBED {
             return tick;
         }
@@ -356,7 +367,7 @@ impl Worker {
         let slots = u64::from(ring.ring_slots);
         while !self.stop.is_stopped() {
             if let Some(p) = period {
-                if self.stop.sleep_until(start + p * tick) {
+                if self.stop.sleep_until(due(start, p, tick)) {
                     break;
                 }
             } else if frame >= self.released.load(Ordering::Acquire) + slots {
@@ -444,7 +455,7 @@ impl Worker {
         while !stopped() {
             match period {
                 Some(p) => {
-                    if self.stop.sleep_until(start + p * tick) {
+                    if self.stop.sleep_until(due(start, p, tick)) {
                         break;
                     }
                 }
