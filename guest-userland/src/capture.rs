@@ -349,7 +349,8 @@ impl Capture<'_> {
             let completed = st.frame_counter.get();
             let slots = u64::from(st.ring_slots.get());
             if slots == 0 {
-                return Err(Error::Protocol);
+                // Capture set the ring up; only a card reset takes it away.
+                return Err(Error::CardReset);
             }
             // A free-running card waits for RING_RELEASE: nothing from
             // `next` on is overwritten before this reader releases it.
