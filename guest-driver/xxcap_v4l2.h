@@ -56,6 +56,7 @@ struct xxcap_v4l2 {
 	u32 fps;
 	u32 input;
 	bool sending;			/* streaming: buffers go to the card */
+	bool hold_start;		/* a nonblocking read() is starting */
 	struct list_head pending;	/* buffers queued before streaming */
 
 	/* Under card->lock */

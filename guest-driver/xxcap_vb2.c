@@ -213,6 +213,8 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 	/* Held unused until capture starts with STREAM set */
 	v->sending = true;
 	list_for_each_entry_safe(buf, tmp, &v->pending, node) {
+		if (v->hold_start)
+			break;	/* xxcap_v4l2_read() sends them */
 		/* Off the list first: the card may give it back at once. */
 		list_del(&buf->node);
 		ret = xxcap_vb2_send(v, buf);
