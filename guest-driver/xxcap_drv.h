@@ -310,6 +310,7 @@ void xxcap_retire(struct xxcap_card *card, struct list_head *list);
 void xxcap_reap_work(struct work_struct *work);
 void xxcap_evt_done(struct virtqueue *vq);
 void xxcap_evt_fill(struct xxcap_card *card);
+void xxcap_evt_poll(struct xxcap_card *card);
 ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
 		   loff_t *ppos);
 __poll_t xxcap_poll(struct file *file, poll_table *wait);
@@ -339,6 +340,7 @@ void xxcap_v4l2_unregister(struct xxcap_card *card);
 /* xxcap_vb2.c */
 void xxcap_vb2_done(struct xxcap_card *card, struct xxcap_req *req,
 		    const struct xxcap_event *ev);
+void xxcap_vb2_event(struct xxcap_card *card, const struct xxcap_event *ev);
 
 /* xxcap_shm.c */
 void xxcap_attach(struct xxcap_card *card);

@@ -161,17 +161,22 @@ static void xxcap_vb2_finish(struct xxcap_v4l2 *v, struct xxcap_vbuf *buf,
 	vb2_buffer_done(&buf->vb.vb2_buf, state);
 }
 
-/* Writes CONTROL = ENABLE: capture off, STREAM clear. */
+/*
+ * Writes CONTROL = ENABLE: capture off, STREAM clear; INT_MASK's OVERFLOW
+ * bit back to what it was before STREAMON.
+ */
 static int xxcap_vb2_capture_off(struct xxcap_v4l2 *v, u32 *err)
 {
-	struct xxcap_cmd cmd = {
-		.op = XXCAP_OP_SET_REGISTER,
-		.reg = XXCAP_REG_CONTROL,
-		.value = XXCAP_CONTROL_ENABLE,
+	struct xxcap_cmd cmds[] = {
+		{ .op = XXCAP_OP_SET_REGISTER, .reg = XXCAP_REG_CONTROL,
+		  .value = XXCAP_CONTROL_ENABLE },
+		{ .op = XXCAP_OP_SET_TO_REGISTER, .reg = XXCAP_REG_INT_MASK,
+		  .value = v->int_mask & XXCAP_IRQ_OVERFLOW,
+		  .mask = XXCAP_IRQ_OVERFLOW },
 	};
 	u64 t;
 
-	return xxcap_exec_kernel(v->card, &cmd, 1, err, &t);
+	return xxcap_exec_kernel(v->card, cmds, ARRAY_SIZE(cmds), err, &t);
 }
 
 static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
@@ -189,6 +194,10 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 		  .value = v->fmt.height },
 		{ .op = XXCAP_OP_SET_REGISTER, .reg = XXCAP_REG_FRAME_RATE,
 		  .value = v->fps },
+		/* Each dropped frame becomes an OVERFLOW record */
+		{ .op = XXCAP_OP_GET_REGISTER, .reg = XXCAP_REG_INT_MASK },
+		{ .op = XXCAP_OP_SET_TO_REGISTER, .reg = XXCAP_REG_INT_MASK,
+		  .value = XXCAP_IRQ_OVERFLOW, .mask = XXCAP_IRQ_OVERFLOW },
 		{ .op = XXCAP_OP_SET_REGISTER, .reg = XXCAP_REG_CONTROL,
 		  .value = XXCAP_CONTROL_ENABLE | XXCAP_CONTROL_CAPTURE |
 			   XXCAP_CONTROL_STREAM },
@@ -206,6 +215,11 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 		ret = -EBUSY;	/* an open file streams */
 	card->v4l2_streaming = !ret;
 	v->starting = true;
+	v->drops = 0;
+	v->ahead_first = 0;
+	v->n_ahead = 0;
+	v->events_lost = false;
+	v->int_mask = XXCAP_IRQ_OVERFLOW;	/* left alone at stop if unknown */
 	spin_unlock_irq(&card->lock);
 	if (ret)
 		goto err_return;
@@ -232,6 +246,7 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 	}
 	if (ret)
 		goto err_reclaim;
+	v->int_mask = (u32)cmds[ARRAY_SIZE(cmds) - 3].value;
 
 	spin_lock_irq(&card->lock);
 	/* The card's clock read half-way through the round trip */
@@ -309,6 +324,58 @@ static bool xxcap_stamp_ok(struct xxcap_v4l2 *v, struct vb2_buffer *vb,
 }
 
 /*
+ * A record of the card's event queue while the node streams: an OVERFLOW
+ * record is one dropped frame, and carries the number the next completed
+ * frame gets (device-model SPEC §10, §11). Records come in the card's
+ * order, so their numbers never go down. Under card->lock.
+ */
+void xxcap_vb2_event(struct xxcap_card *card, const struct xxcap_event *ev)
+{
+	struct xxcap_v4l2 *v = card->v4l2;
+	unsigned int last;
+
+	if (!v)
+		return;
+	if (ev->cause == XXCAP_EVENT_LOST) {
+		if (!v->events_lost)
+			dev_warn(&card->dev,
+				 "V4L2: event records lost: sequence numbers may miss dropped frames\n");
+		v->events_lost = true;
+		return;
+	}
+	if (ev->cause != XXCAP_IRQ_OVERFLOW)
+		return;
+	if (v->n_ahead) {
+		last = (v->ahead_first + v->n_ahead - 1) % XXCAP_DROPS_AHEAD;
+		/* Full: counted before the last gap's frame, a little early */
+		if (v->ahead[last].next == ev->frame_number ||
+		    v->n_ahead == XXCAP_DROPS_AHEAD) {
+			v->ahead[last].count++;
+			return;
+		}
+	}
+	last = (v->ahead_first + v->n_ahead) % XXCAP_DROPS_AHEAD;
+	v->ahead[last].next = ev->frame_number;
+	v->ahead[last].count = 1;
+	v->n_ahead++;
+}
+
+/*
+ * The V4L2 sequence number of the card's frame @number: its number plus
+ * the frames dropped before it, so that applications see drops as gaps.
+ * Frames complete in order. Under card->lock.
+ */
+static u32 xxcap_vb2_sequence(struct xxcap_v4l2 *v, u64 number)
+{
+	while (v->n_ahead && v->ahead[v->ahead_first].next <= number) {
+		v->drops += v->ahead[v->ahead_first].count;
+		v->ahead_first = (v->ahead_first + 1) % XXCAP_DROPS_AHEAD;
+		v->n_ahead--;
+	}
+	return (u32)number + v->drops;
+}
+
+/*
  * The card gave back the buffer of @req, whose result is @ev (a completion
  * record as QUEUE_BUFFER would get). Under card->lock, any context.
  */
@@ -323,7 +390,7 @@ void xxcap_vb2_done(struct xxcap_card *card, struct xxcap_req *req,
 	lockdep_assert_held(&card->lock);
 	buf->device_time_ns = ev->device_time_ns;
 	if (ev->status == XXCAP_TF_OK) {
-		buf->vb.sequence = (u32)ev->frame_number;
+		buf->vb.sequence = xxcap_vb2_sequence(v, ev->frame_number);
 		buf->vb.field = V4L2_FIELD_NONE;
 		vb2_set_plane_payload(vb, 0, ev->count);
 		if (ev->count == v->fmt.sizeimage &&
