@@ -150,6 +150,7 @@ struct xxcap_card {
 	unsigned int n_stream;		/* capture buffers the device owns */
 	unsigned int n_vb2;		/* ... of them, the V4L2 node's */
 	bool v4l2_streaming;		/* the V4L2 node owns capture */
+	bool v4l2_drops;		/* ... and counts dropped frames */
 	unsigned int pollers;		/* EXEC_POLL callers: callbacks off */
 	unsigned int n_unrecorded;	/* async requests waiting for the work */
 	unsigned long done_seq;		/* bumped whenever a request comes back */

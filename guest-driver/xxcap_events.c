@@ -233,7 +233,7 @@ static void xxcap_evt_deliver(struct xxcap_card *card, const void *buf,
 		memcpy(&ev, buf + off, sizeof(ev));
 		ev.guest_time_ns = now;
 		atomic64_inc(&card->events);
-		if (card->v4l2_streaming)
+		if (card->v4l2_drops)
 			xxcap_vb2_event(card, &ev);
 		list_for_each_entry(client, &card->clients, node) {
 			u32 want = ev.cause == XXCAP_EVENT_LOST ?

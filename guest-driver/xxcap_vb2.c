@@ -21,6 +21,17 @@ static struct xxcap_vbuf *to_xxcap_vbuf(struct vb2_buffer *vb)
 	return container_of(to_vb2_v4l2_buffer(vb), struct xxcap_vbuf, vb);
 }
 
+/*
+ * Sequence numbers that count the frames the card dropped (V4L2's
+ * convention). Off by default: the card drops every frame that finds no
+ * buffer, so a guest that falls behind (under TCG on a loaded host) makes
+ * v4l2-compliance warn about each gap. Read at STREAMON.
+ */
+static bool sequence_gaps;
+module_param(sequence_gaps, bool, 0644);
+MODULE_PARM_DESC(sequence_gaps,
+		 "V4L2 sequence numbers count the frames the card dropped (default: off)");
+
 static int xxcap_queue_setup(struct vb2_queue *q, unsigned int *nbuffers,
 			     unsigned int *nplanes, unsigned int sizes[],
 			     struct device *alloc_devs[])
@@ -145,6 +156,7 @@ static void xxcap_vb2_unclaim(struct xxcap_v4l2 *v)
 
 	spin_lock_irq(&card->lock);
 	card->v4l2_streaming = false;
+	card->v4l2_drops = false;
 	v->starting = false;
 	list_for_each_entry_safe(buf, tmp, &v->early, node) {
 		list_del(&buf->node);
@@ -163,7 +175,7 @@ static void xxcap_vb2_finish(struct xxcap_v4l2 *v, struct xxcap_vbuf *buf,
 
 /*
  * Writes CONTROL = ENABLE: capture off, STREAM clear; INT_MASK's OVERFLOW
- * bit back to what it was before STREAMON.
+ * bit back to what it was before STREAMON (when the node counts drops).
  */
 static int xxcap_vb2_capture_off(struct xxcap_v4l2 *v, u32 *err)
 {
@@ -172,7 +184,7 @@ static int xxcap_vb2_capture_off(struct xxcap_v4l2 *v, u32 *err)
 		  .value = XXCAP_CONTROL_ENABLE },
 		{ .op = XXCAP_OP_SET_TO_REGISTER, .reg = XXCAP_REG_INT_MASK,
 		  .value = v->int_mask & XXCAP_IRQ_OVERFLOW,
-		  .mask = XXCAP_IRQ_OVERFLOW },
+		  .mask = v->card->v4l2_drops ? XXCAP_IRQ_OVERFLOW : 0 },
 	};
 	u64 t;
 
@@ -194,18 +206,22 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 		  .value = v->fmt.height },
 		{ .op = XXCAP_OP_SET_REGISTER, .reg = XXCAP_REG_FRAME_RATE,
 		  .value = v->fps },
-		/* Each dropped frame becomes an OVERFLOW record */
+		/* Counting drops: each one becomes an OVERFLOW record */
 		{ .op = XXCAP_OP_GET_REGISTER, .reg = XXCAP_REG_INT_MASK },
 		{ .op = XXCAP_OP_SET_TO_REGISTER, .reg = XXCAP_REG_INT_MASK,
-		  .value = XXCAP_IRQ_OVERFLOW, .mask = XXCAP_IRQ_OVERFLOW },
+		  .value = XXCAP_IRQ_OVERFLOW },
 		{ .op = XXCAP_OP_SET_REGISTER, .reg = XXCAP_REG_CONTROL,
 		  .value = XXCAP_CONTROL_ENABLE | XXCAP_CONTROL_CAPTURE |
 			   XXCAP_CONTROL_STREAM },
 	};
 	struct xxcap_vbuf *buf, *tmp;
 	u64 t0, t1, dev_ns;
+	bool drops = READ_ONCE(sequence_gaps);
 	u32 err;
 	int ret = 0;
+
+	/* SET_TO_REGISTER with mask 0 changes nothing */
+	cmds[ARRAY_SIZE(cmds) - 2].mask = drops ? XXCAP_IRQ_OVERFLOW : 0;
 
 	/* Capture becomes the node's: task files and QUEUE_BUFFER get EBUSY. */
 	spin_lock_irq(&card->lock);
@@ -214,6 +230,7 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 	else if (card->v4l2_streaming || card->n_stream)
 		ret = -EBUSY;	/* an open file streams */
 	card->v4l2_streaming = !ret;
+	card->v4l2_drops = !ret && drops;
 	v->starting = true;
 	v->drops = 0;
 	v->ahead_first = 0;
@@ -372,7 +389,7 @@ static u32 xxcap_vb2_sequence(struct xxcap_v4l2 *v, u64 number)
 		v->ahead_first = (v->ahead_first + 1) % XXCAP_DROPS_AHEAD;
 		v->n_ahead--;
 	}
-	return (u32)number + v->drops;
+	return (u32)number + v->drops;	/* 0 unless counting drops */
 }
 
 /*
