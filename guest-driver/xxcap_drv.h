@@ -150,6 +150,7 @@ struct xxcap_card {
 	unsigned int n_stream;		/* capture buffers the device owns */
 	unsigned int n_vb2;		/* ... of them, the V4L2 node's */
 	bool v4l2_streaming;		/* the V4L2 node owns capture */
+	bool v4l2_drops;		/* ... and counts dropped frames */
 	unsigned int pollers;		/* EXEC_POLL callers: callbacks off */
 	unsigned int n_unrecorded;	/* async requests waiting for the work */
 	unsigned long done_seq;		/* bumped whenever a request comes back */
@@ -310,6 +311,7 @@ void xxcap_retire(struct xxcap_card *card, struct list_head *list);
 void xxcap_reap_work(struct work_struct *work);
 void xxcap_evt_done(struct virtqueue *vq);
 void xxcap_evt_fill(struct xxcap_card *card);
+void xxcap_evt_poll(struct xxcap_card *card);
 ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
 		   loff_t *ppos);
 __poll_t xxcap_poll(struct file *file, poll_table *wait);
@@ -339,6 +341,7 @@ void xxcap_v4l2_unregister(struct xxcap_card *card);
 /* xxcap_vb2.c */
 void xxcap_vb2_done(struct xxcap_card *card, struct xxcap_req *req,
 		    const struct xxcap_event *ev);
+void xxcap_vb2_event(struct xxcap_card *card, const struct xxcap_event *ev);
 
 /* xxcap_shm.c */
 void xxcap_attach(struct xxcap_card *card);

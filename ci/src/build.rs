@@ -53,7 +53,7 @@ pub fn build_dir() -> PathBuf {
     }
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from)
 }
 
@@ -187,7 +187,7 @@ impl Artifacts {
     }
 }
 
-fn run(what: &str, cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(what: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("xxvm: {what}");
     let status = cmd
         .status()
