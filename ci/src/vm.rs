@@ -54,6 +54,9 @@ pub enum Mode {
     Reboot,
     /// Two cards capturing at the same time (needs `cards: 2`).
     TwoCards,
+    /// One `xxvm exec` command: the run's own files come in a second
+    /// archive appended to the initramfs (see `exec`).
+    Exec,
 }
 
 impl Mode {
@@ -72,6 +75,7 @@ impl Mode {
             Mode::BackendDeath => "backend-death",
             Mode::Reboot => "reboot",
             Mode::TwoCards => "two-cards",
+            Mode::Exec => "exec",
         }
     }
 }
@@ -130,6 +134,10 @@ pub struct VmOptions {
     /// A guest reboot resets the machine (a card reset on the same
     /// connection) instead of ending QEMU.
     pub allow_reboot: bool,
+    /// More `xxcapd` arguments per card (index 0: the first card), after
+    /// the harness's own; a card whose list has `--card-ram-size` gets that
+    /// instead of `card_ram`.
+    pub card_xxcapd_args: Vec<Vec<String>>,
 }
 
 impl Default for VmOptions {
@@ -151,6 +159,7 @@ impl Default for VmOptions {
             cards: 1,
             backend_socket: None,
             allow_reboot: false,
+            card_xxcapd_args: Vec::new(),
         }
     }
 }
@@ -177,6 +186,23 @@ pub fn more_card_qemu_args(socket: &Path, id: &str, virtio_id: u32) -> Vec<Strin
         virtio_id,
         None,
     ))
+}
+
+/// The arguments of card `card`'s `xxcapd`: the harness's own, then the
+/// card's `card_xxcapd_args`.
+fn xxcapd_args(opts: &VmOptions, card: u32) -> Vec<String> {
+    let extra = usize::try_from(card)
+        .ok()
+        .and_then(|i| opts.card_xxcapd_args.get(i))
+        .cloned()
+        .unwrap_or_default();
+    let mut args = Vec::new();
+    if !extra.iter().any(|a| a == "--card-ram-size") {
+        args.extend(["--card-ram-size".to_string(), opts.card_ram.clone()]);
+    }
+    args.extend(["--exit-on-disconnect".to_string(), "-v".to_string()]);
+    args.extend(extra);
+    args
 }
 
 fn argv_words(lines: &[String]) -> Vec<String> {
@@ -261,12 +287,7 @@ impl Vm {
             .map_err(|e| Error::Step(format!("create {}: {e}", opts.log_dir.display())))?;
         let launcher = BackendLauncher {
             xxcapd: artifacts.xxcapd.clone(),
-            args: vec![
-                "--card-ram-size".into(),
-                opts.card_ram.clone(),
-                "--exit-on-disconnect".into(),
-                "-v".into(),
-            ],
+            args: xxcapd_args(opts, 0),
             dir: workdir.path().to_path_buf(),
             log: opts.log_dir.join("xxcapd.log"),
         };
@@ -301,7 +322,7 @@ impl Vm {
             let dir = workdir.path().join(&id);
             std::fs::create_dir(&dir)
                 .map_err(|e| Error::Step(format!("create {}: {e}", dir.display())))?;
-            let mut args = launcher.args.clone();
+            let mut args = xxcapd_args(opts, card);
             args.extend(["--id".to_string(), id.clone()]);
             let more = BackendLauncher {
                 xxcapd: launcher.xxcapd.clone(),
@@ -359,7 +380,8 @@ impl Vm {
                     "-drive".to_string(),
                     format!("file={},format=raw,if=none,id=out0", disk.display()),
                     "-device".to_string(),
-                    "virtio-blk-pci,drive=out0".to_string(),
+                    // The serial names the disk in /sys/block/*/serial.
+                    "virtio-blk-pci,drive=out0,serial=xxcap-out".to_string(),
                 ]
             }))
             .arg("-initrd")
