@@ -21,11 +21,29 @@ use crate::{Error, Result};
 /// The target the guest tools are built for, statically linked.
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
+/// The checkout whose built pieces the harness uses: the one set with
+/// [`set_repo_root`] (`xxvm --project DIR`), else `XXVM_PROJECT` from the
+/// environment, else the checkout this crate was built from (where an
+/// `xxvm` installed with `cargo install --path ci` finds it).
 pub fn repo_root() -> PathBuf {
+    if let Some(dir) = PROJECT_ROOT.get() {
+        return dir.clone();
+    }
+    if let Some(dir) = std::env::var_os("XXVM_PROJECT").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+static PROJECT_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes `dir` the checkout [`repo_root`] returns, for the whole process
+/// (the first call wins).
+pub fn set_repo_root(dir: PathBuf) {
+    let _ = PROJECT_ROOT.set(dir);
 }
 
 pub fn cache_dir() -> PathBuf {
