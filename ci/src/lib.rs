@@ -2,6 +2,7 @@
 //! pieces, boots QEMU (TCG by default) with `xxcapd` behind the card, and
 //! reads what the guest reports on its serial console.
 
+pub mod accel;
 pub mod activate;
 pub mod bench;
 pub mod bench_events;
