@@ -7,6 +7,7 @@ pub mod activate;
 pub mod bench;
 pub mod bench_events;
 pub mod build;
+pub mod exec;
 pub mod image;
 pub mod qmp;
 pub mod supervise;
