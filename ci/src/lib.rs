@@ -6,6 +6,7 @@ pub mod accel;
 pub mod activate;
 pub mod bench;
 pub mod bench_events;
+pub mod boot_time;
 pub mod build;
 pub mod exec;
 pub mod image;

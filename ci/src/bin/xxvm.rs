@@ -76,6 +76,24 @@ enum Cmd {
     /// with the driver loaded, copy files out, and exit with the command's
     /// status (124: timeout, 125: the harness failed). See docs/xxvm.md.
     Exec(ExecArgs),
+    /// Measure where the seconds go from QEMU's start to the first user
+    /// command of `xxvm exec` (firmware, kernel, initramfs, modules,
+    /// driver), over a few boots; prints a table with the median.
+    BootTime(BootTimeArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct BootTimeArgs {
+    /// How many boots.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "tcg")]
+    accel: AccelChoice,
+    /// Where each boot's run directory goes [default:
+    /// target/hil-logs/boot-time].
+    #[arg(long, value_name = "DIR")]
+    logs: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -380,6 +398,7 @@ fn exec(args: &ExecArgs) -> Result<ExitCode, xxcapture_hil::Error> {
         timeout: Duration::from_secs(args.timeout),
         logs: logs.clone(),
         echo: true,
+        extra_qemu_args: Vec::new(),
     };
     eprintln!(
         "xxvm: run directory {} ({}: {why})",
@@ -402,6 +421,40 @@ fn exec(args: &ExecArgs) -> Result<ExitCode, xxcapture_hil::Error> {
         outcome.wall.as_secs_f64()
     );
     Ok(ExitCode::from(outcome.exit))
+}
+
+fn boot_time(args: &BootTimeArgs) -> Result<ExitCode, xxcapture_hil::Error> {
+    let artifacts = build_all()?;
+    let accel = match args.accel {
+        AccelChoice::Tcg => Accel::Tcg,
+        AccelChoice::Kvm => Accel::Kvm,
+        AccelChoice::Auto => xxcapture_hil::accel::auto(&artifacts).0,
+    };
+    let logs = args
+        .logs
+        .clone()
+        .unwrap_or_else(|| xxcapture_hil::build::repo_root().join("target/hil-logs/boot-time"));
+    let load_before = xxcapture_hil::bench::host_loadavg();
+    let mut runs = Vec::new();
+    for run in 1..=args.runs.max(1) {
+        eprintln!("xxvm: boot {run} of {}", args.runs.max(1));
+        runs.push(xxcapture_hil::boot_time::measure(
+            &artifacts,
+            accel,
+            &logs.join(format!("run-{run}")),
+        )?);
+    }
+    println!("{}", xxcapture_hil::boot_time::table(&runs));
+    println!(
+        "{} on QEMU {}; host load {load_before} before, {} after",
+        match accel {
+            Accel::Tcg => "TCG",
+            Accel::Kvm => "KVM",
+        },
+        artifacts.provisioned.qemu_version,
+        xxcapture_hil::bench::host_loadavg()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -428,6 +481,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => boot(&args, Mode::Run),
         Cmd::Shell(args) => boot(&args, Mode::Shell),
         Cmd::Bench(args) => bench(&args),
+        Cmd::BootTime(args) => boot_time(&args),
         Cmd::Exec(args) => {
             return exec(&args).unwrap_or_else(|err| {
                 eprintln!("xxvm: {err}");

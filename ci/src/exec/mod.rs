@@ -121,6 +121,8 @@ pub struct ExecOptions {
     pub guest_memory_mib: u32,
     /// Copy the command's output to our stdout as it arrives.
     pub echo: bool,
+    /// More QEMU arguments (the boot-time measurement's debug console).
+    pub extra_qemu_args: Vec<String>,
 }
 
 /// How a run ended.
@@ -138,6 +140,8 @@ pub struct ExecOutcome {
     pub failure: Option<String>,
     /// Wall time from QEMU's start to the end of the run.
     pub wall: Duration,
+    /// When QEMU was started.
+    pub qemu_started: Instant,
 }
 
 /// Quotes `word` for the guest's shell.
@@ -231,6 +235,7 @@ pub fn run(artifacts: &Artifacts, opts: &ExecOptions) -> Result<ExecOutcome> {
             .iter()
             .map(|c| c.iter().chain(&opts.xxcapd_args).cloned().collect())
             .collect(),
+        extra_qemu_args: opts.extra_qemu_args.clone(),
         ..VmOptions::default()
     };
     vm_opts
@@ -311,6 +316,7 @@ fn follow(vm: &mut Vm, opts: &ExecOptions) -> ExecOutcome {
         console: Vec::new(),
         failure: None,
         wall: Duration::ZERO,
+        qemu_started: started,
     };
     let mut timed_out = false;
     loop {
