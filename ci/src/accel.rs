@@ -69,7 +69,7 @@ fn probe(artifacts: &Artifacts) -> bool {
         .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults"])
         .args(["-display", "none", "-no-reboot", "-serial", "none"])
         .arg("-kernel")
-        .arg(&p.kernel)
+        .arg(&artifacts.boot_kernel)
         .arg("-initrd")
         .arg(&artifacts.initramfs)
         .args(["-append", "panic=-1 quiet rdinit=/bin/poweroff"])

@@ -347,7 +347,7 @@ impl Vm {
         let (kernel, initrd, cmdline) = match &opts.boot {
             Some(b) => (&b.kernel, &b.initrd, b.cmdline.clone()),
             None => (
-                &p.kernel,
+                &artifacts.boot_kernel,
                 &artifacts.initramfs,
                 format!(
                     "console=ttyS0 panic=-1 quiet loglevel=4 xxcap.mode={}",
