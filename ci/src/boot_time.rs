@@ -39,6 +39,9 @@ pub struct BootTimes {
     pub to_command: f64,
     /// Host: QEMU's start to the user's command starting.
     pub total: f64,
+    /// Host: the CPU time QEMU used up to the user's command (all its
+    /// threads; unlike the wall times, hardly changed by the host's load).
+    pub cpu: f64,
     /// Host: QEMU's start to QEMU's end (the command, the archive of
     /// results and the power-off included).
     pub run: f64,
@@ -79,8 +82,15 @@ fn debugcon_reader(fifo: &Path) -> Arc<Mutex<Vec<(Instant, String)>>> {
     lines
 }
 
-/// Boots the exec guest once with `true` as the command and measures it.
-pub fn measure(artifacts: &Artifacts, accel: Accel, logs: &Path) -> Result<BootTimes> {
+/// Boots the exec guest once with `true` as the command and measures it
+/// (`baseline`: booted as the harness used to, see
+/// [`ExecOptions::baseline_boot`]).
+pub fn measure(
+    artifacts: &Artifacts,
+    accel: Accel,
+    logs: &Path,
+    baseline: bool,
+) -> Result<BootTimes> {
     let scratch = tempfile::Builder::new()
         .prefix("xxvm-boot-time-")
         .tempdir()
@@ -113,6 +123,7 @@ pub fn measure(artifacts: &Artifacts, accel: Accel, logs: &Path) -> Result<BootT
             "-device".into(),
             "isa-debugcon,iobase=0x402,chardev=debugcon".into(),
         ],
+        baseline_boot: baseline,
     };
     let outcome = exec::run(artifacts, &opts)?;
     if outcome.exit != 0 {
@@ -155,6 +166,9 @@ pub fn measure(artifacts: &Artifacts, accel: Accel, logs: &Path) -> Result<BootT
         driver: driver_up - modules_up,
         to_command: command_up - driver_up,
         total: command_wall,
+        cpu: outcome
+            .qemu_cpu_to_command
+            .map_or(f64::NAN, |d| d.as_secs_f64()),
         run: outcome.wall.as_secs_f64(),
     })
 }
@@ -164,7 +178,7 @@ type Phase = fn(&BootTimes) -> f64;
 
 /// The table of `runs` (one column per run, then the median).
 pub fn table(runs: &[BootTimes]) -> String {
-    let rows: [(&str, Phase); 9] = [
+    let rows: [(&str, Phase); 10] = [
         ("QEMU start -> firmware done (host)", |b| b.firmware),
         ("-> kernel clock starts: load + decompress (host)", |b| {
             b.kernel_load
@@ -178,6 +192,7 @@ pub fn table(runs: &[BootTimes]) -> String {
         ("exec script: to the user's command", |b| b.to_command),
         ("QEMU start -> user's command (host wall)", |b| b.total),
         ("QEMU start -> QEMU end (host wall)", |b| b.run),
+        ("QEMU's CPU time up to the user's command (host)", |b| b.cpu),
     ];
     let mut out = String::new();
     let header: Vec<String> = (1..=runs.len()).map(|i| format!("run {i}")).collect();

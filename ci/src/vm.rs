@@ -22,6 +22,14 @@ use crate::supervise::{
 };
 use crate::{Error, Result};
 
+/// Kernel arguments that shorten the test guest's boot without changing
+/// what it runs: no crypto self-tests at boot, the TSC trusted (no
+/// clocksource watchdog or refined calibration in the emulated machine),
+/// no timer check, one serial port probed, and no PS/2 mouse, multiplexer
+/// or PnP probing.
+pub const BOOT_ARGS: &str = "cryptomgr.notests tsc=reliable no_timer_check 8250.nr_uarts=1 \
+i8042.noaux i8042.nomux i8042.nopnp";
+
 /// What the guest's /init does (`xxcap.mode=` on the kernel command line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -138,6 +146,8 @@ pub struct VmOptions {
     /// the harness's own; a card whose list has `--card-ram-size` gets that
     /// instead of `card_ram`.
     pub card_xxcapd_args: Vec<Vec<String>>,
+    /// Boot without [`BOOT_ARGS`] (`xxvm boot-time --baseline`).
+    pub without_boot_args: bool,
 }
 
 impl Default for VmOptions {
@@ -160,6 +170,7 @@ impl Default for VmOptions {
             backend_socket: None,
             allow_reboot: false,
             card_xxcapd_args: Vec::new(),
+            without_boot_args: false,
         }
     }
 }
@@ -350,7 +361,11 @@ impl Vm {
                 &artifacts.boot_kernel,
                 &artifacts.initramfs,
                 format!(
-                    "console=ttyS0 panic=-1 quiet loglevel=4 xxcap.mode={}",
+                    "console=ttyS0 panic=-1 quiet loglevel=4 {}xxcap.mode={}",
+                    match opts.without_boot_args {
+                        true => String::new(),
+                        false => format!("{BOOT_ARGS} "),
+                    },
                     opts.mode.as_str()
                 ),
             ),
@@ -621,6 +636,11 @@ impl Vm {
             .ok_or_else(|| Error::Step("QEMU not running".into()))?;
         let pid = i32::try_from(qemu.id()).map_err(|_| Error::Step("QEMU pid".into()))?;
         kill(Pid::from_raw(pid), signal).map_err(|e| Error::Step(format!("{signal} QEMU: {e}")))
+    }
+
+    /// QEMU's process id while it runs.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        self.qemu.as_ref().map(Child::id)
     }
 
     /// QEMU still running?

@@ -90,6 +90,10 @@ struct BootTimeArgs {
     /// Accelerator.
     #[arg(long, value_enum, default_value = "tcg")]
     accel: AccelChoice,
+    /// Boot as the harness used to, for comparison: the compressed kernel,
+    /// a gzip initramfs and none of the boot-shortening kernel arguments.
+    #[arg(long)]
+    baseline: bool,
     /// Where each boot's run directory goes [default:
     /// target/hil-logs/boot-time].
     #[arg(long, value_name = "DIR")]
@@ -399,6 +403,7 @@ fn exec(args: &ExecArgs) -> Result<ExitCode, xxcapture_hil::Error> {
         logs: logs.clone(),
         echo: true,
         extra_qemu_args: Vec::new(),
+        baseline_boot: false,
     };
     eprintln!(
         "xxvm: run directory {} ({}: {why})",
@@ -442,6 +447,7 @@ fn boot_time(args: &BootTimeArgs) -> Result<ExitCode, xxcapture_hil::Error> {
             &artifacts,
             accel,
             &logs.join(format!("run-{run}")),
+            args.baseline,
         )?);
     }
     println!("{}", xxcapture_hil::boot_time::table(&runs));

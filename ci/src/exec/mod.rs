@@ -123,6 +123,9 @@ pub struct ExecOptions {
     pub echo: bool,
     /// More QEMU arguments (the boot-time measurement's debug console).
     pub extra_qemu_args: Vec<String>,
+    /// Boot as the harness used to, for comparison: the compressed kernel,
+    /// a gzip initramfs, no `vm::BOOT_ARGS`.
+    pub baseline_boot: bool,
 }
 
 /// How a run ended.
@@ -142,6 +145,19 @@ pub struct ExecOutcome {
     pub wall: Duration,
     /// When QEMU was started.
     pub qemu_started: Instant,
+    /// The CPU time QEMU had used when the command started (user and
+    /// system, all threads): the boot's cost without the host's load.
+    pub qemu_cpu_to_command: Option<Duration>,
+}
+
+/// The user and system CPU time of process `pid` so far.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, in clock ticks (USER_HZ 100).
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Quotes `word` for the guest's shell.
@@ -236,6 +252,7 @@ pub fn run(artifacts: &Artifacts, opts: &ExecOptions) -> Result<ExecOutcome> {
             .map(|c| c.iter().chain(&opts.xxcapd_args).cloned().collect())
             .collect(),
         extra_qemu_args: opts.extra_qemu_args.clone(),
+        without_boot_args: opts.baseline_boot,
         ..VmOptions::default()
     };
     vm_opts
@@ -247,6 +264,10 @@ pub fn run(artifacts: &Artifacts, opts: &ExecOptions) -> Result<ExecOutcome> {
             let initrd = scratch.path().join("initrd");
             let mut bytes =
                 std::fs::read(&artifacts.initramfs).map_err(io_err("reading the initramfs"))?;
+            if opts.baseline_boot {
+                bytes = gzip(&bytes)?;
+                artifacts.boot_kernel = artifacts.provisioned.kernel.clone();
+            }
             // The kernel looks for the next archive on a 4-byte boundary.
             while !bytes.len().is_multiple_of(4) {
                 bytes.push(0);
@@ -303,6 +324,29 @@ pub fn run(artifacts: &Artifacts, opts: &ExecOptions) -> Result<ExecOutcome> {
     Ok(outcome)
 }
 
+/// `data` compressed as images/mkinitramfs used to (gzip -n -6).
+fn gzip(data: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .args(["-n", "-6"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io_err("cannot start gzip"))?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| Error::Step("gzip: no stdin".into()))?;
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().map_err(io_err("gzip"))?;
+    let _ = writer.join();
+    match out.status.success() {
+        true => Ok(out.stdout),
+        false => Err(Error::Step(format!("gzip: {}", out.status))),
+    }
+}
+
 /// Echoes the command's output as it arrives and waits for QEMU to end.
 fn follow(vm: &mut Vm, opts: &ExecOptions) -> ExecOutcome {
     let started = vm.started();
@@ -317,7 +361,9 @@ fn follow(vm: &mut Vm, opts: &ExecOptions) -> ExecOutcome {
         failure: None,
         wall: Duration::ZERO,
         qemu_started: started,
+        qemu_cpu_to_command: None,
     };
+    let pid = vm.qemu_pid();
     let mut timed_out = false;
     loop {
         let running = vm.qemu_running();
@@ -335,6 +381,7 @@ fn follow(vm: &mut Vm, opts: &ExecOptions) -> ExecOutcome {
                 outcome.output.push(line.clone());
             } else if line.starts_with("XXCAP-EXEC-BEGIN") {
                 inside = true;
+                outcome.qemu_cpu_to_command = pid.and_then(process_cpu);
             } else if let Some(why) = line.strip_prefix("XXCAP-EXEC-ERROR ") {
                 outcome.failure.get_or_insert_with(|| why.to_string());
             }
