@@ -163,11 +163,31 @@ pub fn output_disk_args(file: &Path, serial: &str) -> Vec<String> {
 /// library's kit in `capi/` (the image installs it into `/usr/local` at
 /// boot). Per run, so the image need not be rebuilt when they change.
 pub fn tools_disk(artifacts: &Artifacts, out: &Path) -> Result<()> {
+    tools_disk_with(artifacts, out, None)
+}
+
+/// [`tools_disk`] with the files of the folder `extra` added at its root.
+pub fn tools_disk_with(artifacts: &Artifacts, out: &Path, extra: Option<&Path>) -> Result<()> {
     let step = |what: &str, e: std::io::Error| Error::Step(format!("tools disk: {what}: {e}"));
     let tree = out.with_extension("d");
     let bin = tree.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| step("create", e))?;
-    let mut bytes = capi_kit(&tree.join("capi"))?;
+    capi_kit(&tree.join("capi"))?;
+    if let Some(extra) = extra {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(extra.join("."))
+            .arg(&tree)
+            .status()
+            .map_err(|e| step("cannot start cp", e))?;
+        if !status.success() {
+            return Err(Error::Step(format!(
+                "tools disk: copying {}: {status}",
+                extra.display()
+            )));
+        }
+    }
+    let mut bytes = dir_bytes(&tree);
     for (src, name) in [
         (&artifacts.xxcap, "xxcap"),
         (&artifacts.xxcap_test, "xxcap-test"),
@@ -205,4 +225,17 @@ pub fn tools_disk(artifacts: &Artifacts, out: &Path) -> Result<()> {
     } else {
         Err(Error::Step(format!("tools disk: mke2fs failed ({status})")))
     }
+}
+
+/// The bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    })
 }
