@@ -87,12 +87,14 @@ static u32 xxcap_check_cmd(const struct xxcap_card *card,
 	const struct xxcap_reg_desc *desc;
 	bool addr_op;
 
-	if (cmd->op > XXCAP_OP_DMA_TRANSFER_NONBLOCK)
+	if (cmd->op > XXCAP_OP_DMA_BUFFER)
 		return XXCAP_TF_BAD_OP;
-	if (cmd->flags)
+	/* DMA_BUFFER: flags is the buffer id, checked with its owner. */
+	if (cmd->flags && cmd->op != XXCAP_OP_DMA_BUFFER)
 		return XXCAP_TF_RESERVED;
 	if (cmd->op == XXCAP_OP_DMA_TRANSFER_BLOCK ||
-	    cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK) {
+	    cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK ||
+	    cmd->op == XXCAP_OP_DMA_BUFFER) {
 		u64 end;
 
 		if (!card->dma)

@@ -103,6 +103,11 @@ fn drain_command_queue(
             }
             Disposition::Flushed(Ok(())) => debug!("request {head}: FLUSH_BUFFERS done"),
             Disposition::Flushed(Err(e)) => warn!("request {head}: FLUSH_BUFFERS: {e}"),
+            Disposition::Buffer {
+                register,
+                id,
+                result,
+            } => debug!("request {head}: buffer {id} (register: {register}): {result:?}"),
             Disposition::Rejected(e) => {
                 if e.status() == xxcapture_abi::vq_status::UNSUPPORTED {
                     Counters::bump(&counters.unsupported);

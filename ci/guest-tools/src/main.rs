@@ -8,6 +8,7 @@ mod crossings;
 mod flood;
 mod fuzz;
 mod irq;
+mod regbuf;
 mod selftest;
 mod selftest_dma;
 mod syncasync;
@@ -67,6 +68,11 @@ enum Command {
     FuzzDriver(fuzz::FuzzArgs),
     /// Hostile DMA cannot touch memory its caller does not own (canary check).
     CanaryTest(fuzz::CanaryArgs),
+    /// Registered buffers: round trip, canaries, foreign and stale ids,
+    /// limits, and nothing pinned after a kill.
+    RegbufTest(regbuf::RegbufArgs),
+    /// Register buffers and wait to be killed (for regbuf-test).
+    RegbufHold(regbuf::HoldArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +94,8 @@ fn main() -> ExitCode {
         Command::BenchSyncAsync(args) => syncasync::run(device, args),
         Command::FuzzDriver(args) => fuzz::run(device, args),
         Command::CanaryTest(args) => fuzz::canary_test(device, args),
+        Command::RegbufTest(args) => regbuf::run(device, args),
+        Command::RegbufHold(args) => regbuf::hold(device, args),
     };
     match result {
         Ok(code) => code,
