@@ -54,6 +54,9 @@ pub enum Mode {
     Reboot,
     /// Two cards capturing at the same time (needs `cards: 2`).
     TwoCards,
+    /// The driver's reaction to faults armed in `xxcapd` (`xxcap.fault=KIND`
+    /// names the one to check; see `xxcapd_args`).
+    Faults,
 }
 
 impl Mode {
@@ -72,6 +75,7 @@ impl Mode {
             Mode::BackendDeath => "backend-death",
             Mode::Reboot => "reboot",
             Mode::TwoCards => "two-cards",
+            Mode::Faults => "faults",
         }
     }
 }
@@ -130,6 +134,9 @@ pub struct VmOptions {
     /// A guest reboot resets the machine (a card reset on the same
     /// connection) instead of ending QEMU.
     pub allow_reboot: bool,
+    /// More `xxcapd` arguments (`--fault SPEC`, `--trace FILE`), for every
+    /// card the VM starts (and the supervisor's replacements).
+    pub xxcapd_args: Vec<String>,
 }
 
 impl Default for VmOptions {
@@ -151,6 +158,7 @@ impl Default for VmOptions {
             cards: 1,
             backend_socket: None,
             allow_reboot: false,
+            xxcapd_args: Vec::new(),
         }
     }
 }
@@ -266,7 +274,10 @@ impl Vm {
                 opts.card_ram.clone(),
                 "--exit-on-disconnect".into(),
                 "-v".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(opts.xxcapd_args.iter().cloned())
+            .collect(),
             dir: workdir.path().to_path_buf(),
             log: opts.log_dir.join("xxcapd.log"),
         };

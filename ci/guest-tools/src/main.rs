@@ -5,6 +5,7 @@
 
 mod bench;
 mod crossings;
+mod faults;
 mod flood;
 mod fuzz;
 mod irq;
@@ -67,6 +68,8 @@ enum Command {
     FuzzDriver(fuzz::FuzzArgs),
     /// Hostile DMA cannot touch memory its caller does not own (canary check).
     CanaryTest(fuzz::CanaryArgs),
+    /// The driver's reaction to a fault the host armed in xxcapd, repeated.
+    FaultLoop(faults::FaultLoopArgs),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::BenchSyncAsync(args) => syncasync::run(device, args),
         Command::FuzzDriver(args) => fuzz::run(device, args),
         Command::CanaryTest(args) => fuzz::canary_test(device, args),
+        Command::FaultLoop(args) => faults::run(device, args),
     };
     match result {
         Ok(code) => code,
