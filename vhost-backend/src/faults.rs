@@ -11,7 +11,7 @@
 //! The grammar (`FaultSpec::from_str`):
 //!
 //! ```text
-//! SPEC  := KIND ['=' VALUE] ['@' N ['..' M]] [',every=' P]
+//! SPEC  := KIND ['=' VALUE] ['@' N ['..' M]] [',every=' P] [',times=' C]
 //! dma-error@N          DMA transfer N fails: its command reports DMA_FAULT
 //! dma-latency=DUR      every DMA transfer (or those of @N..M) waits DUR
 //!                      (ns, us, ms or s; at most 10s) before moving data
@@ -29,7 +29,8 @@
 //! ```
 //!
 //! `@N..M` widens any of them to a range; `,every=P` repeats the window
-//! every P units (so `dma-error@3,every=10` fails transfers 3, 13, 23...).
+//! every P units (so `dma-error@3,every=10` fails transfers 3, 13, 23...),
+//! and `,times=C` ends it after C injections.
 //! Every injected fault bumps one counter, shown in the FAULTS_INJECTED
 //! register, and is logged (and traced).
 //!
@@ -149,6 +150,8 @@ pub struct FaultSpec {
     pub last: u64,
     /// The window repeats every `every` units.
     pub every: Option<u64>,
+    /// It fires at most `times` times.
+    pub times: Option<u64>,
     /// `dma-latency`: the wait per transfer.
     pub latency: Duration,
     /// `irq-storm`: extra notifications per firing.
@@ -209,15 +212,18 @@ impl FromStr for FaultSpec {
             spec: text.to_owned(),
             why,
         };
-        let (body, every) = match text.split_once(',') {
-            Some((body, opt)) => {
-                let p = opt
-                    .strip_prefix("every=")
-                    .ok_or_else(|| err(format!("unknown option {opt:?} (only every=P)")))?;
-                (body, Some(parse_count(p, "every").map_err(err)?))
+        let mut parts = text.split(',');
+        let body = parts.next().unwrap_or_default();
+        let (mut every, mut times) = (None, None);
+        for opt in parts {
+            if let Some(p) = opt.strip_prefix("every=") {
+                every = Some(parse_count(p, "every").map_err(err)?);
+            } else if let Some(c) = opt.strip_prefix("times=") {
+                times = Some(parse_count(c, "times").map_err(err)?);
+            } else {
+                return Err(err(format!("unknown option {opt:?} (every=P or times=C)")));
             }
-            None => (text, None),
-        };
+        }
         let (head, at) = match body.split_once('@') {
             Some((head, at)) => (head, Some(at)),
             None => (body, None),
@@ -256,6 +262,7 @@ impl FromStr for FaultSpec {
             first,
             last,
             every,
+            times,
             latency: Duration::ZERO,
             storm: 0,
         };
@@ -298,6 +305,9 @@ impl fmt::Display for FaultSpec {
         }
         if let Some(p) = self.every {
             write!(f, ",every={p}")?;
+        }
+        if let Some(c) = self.times {
+            write!(f, ",times={c}")?;
         }
         Ok(())
     }
@@ -463,7 +473,8 @@ impl Faults {
                         a.injected += 1;
                         names.push((a.spec.to_string(), nth));
                     }
-                    a.spent = a.spec.spent_after(nth);
+                    a.spent =
+                        a.spec.spent_after(nth) || a.spec.times.is_some_and(|c| a.injected >= c);
                 }
                 live |= !a.spent;
             }

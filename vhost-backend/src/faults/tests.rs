@@ -24,6 +24,7 @@ fn grammar_accepts_every_kind_and_prints_it_back() {
         "dma-latency=2000us",
         "dma-latency=500us@4..6",
         "dma-error@3,every=10",
+        "stuck@10,every=2,times=20",
     ] {
         assert_eq!(spec(text).to_string(), text);
     }
@@ -60,6 +61,8 @@ fn grammar_refuses_bad_specs_clearly() {
         ("irq-storm=100001@1", "K must be"),
         ("stuck@2,often", "unknown option"),
         ("stuck@2,every=0", "counts from 1"),
+        ("stuck@2,times=0", "counts from 1"),
+        ("stuck@2,every=2,twice", "unknown option"),
         ("drop-frames@1..5,every=3", "longer than the window"),
     ] {
         let e = refused(text);
@@ -127,4 +130,18 @@ fn armed_faults_are_bounded() {
     }
     let e = faults.arm(spec("stuck@1000")).expect_err("too many");
     assert!(e.contains("armed already"), "{e}");
+}
+
+#[test]
+fn times_ends_a_repeating_fault() {
+    let faults = Faults::default();
+    faults
+        .arm(spec("dma-error@2,every=2,times=3"))
+        .expect("arm");
+    let hits: Vec<u64> = (1..=10)
+        .filter(|_| faults.tick(Unit::DmaTransfer, 0).any())
+        .collect();
+    assert_eq!(hits, [2, 4, 6]);
+    assert!(!faults.is_live());
+    assert_eq!(faults.injected(), 3);
 }
