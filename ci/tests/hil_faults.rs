@@ -1,4 +1,5 @@
-//! Injected faults in a booted VM: xxcapd starts with a fault armed, the
+//! Injected faults in a booted VM (DMA errors, requests that never
+//! complete): xxcapd starts with a fault armed, the
 //! guest checks the driver's documented reaction 20 times in a row in one
 //! boot, then that the card still captures verified frames, that no page
 //! stays pinned and that the kernel log is clean. xxcapd writes a Perfetto
@@ -26,7 +27,7 @@ fn injected_dma_errors_reach_user_space_as_dma_fault_and_the_card_recovers() {
         kernel_args: vec!["xxcap.fault=dma-error".into()],
         xxcapd_args: vec![
             "--fault".into(),
-            "dma-error@2,every=2".into(),
+            "dma-error@2,every=2,times=20".into(),
             "--trace".into(),
             trace.to_string_lossy().into_owned(),
         ],
@@ -35,8 +36,8 @@ fn injected_dma_errors_reach_user_space_as_dma_fault_and_the_card_recovers() {
     let run = FinishedRun::boot(&artifacts, opts, log_name, Duration::from_secs(600));
     run.assert_steps_passed(&[
         "load-driver",
-        "info",
         "fault-loop",
+        "info",
         "capture-after-faults",
         "pins",
         "kernel-log",
@@ -50,7 +51,7 @@ fn injected_dma_errors_reach_user_space_as_dma_fault_and_the_card_recovers() {
     run.assert_clean_exit();
     assert!(
         run.backend_log
-            .contains("fault injected: dma-error@2,every=2 (DMA transfer 2)"),
+            .contains("fault injected: dma-error@2,every=2,times=20 (DMA transfer 2)"),
         "xxcapd did not log the first injected fault:\n{}",
         run.backend_log
     );
@@ -70,7 +71,11 @@ fn injected_dma_errors_reach_user_space_as_dma_fault_and_the_card_recovers() {
     }
     eprintln!("trace {}: {counts:#?}", trace.display());
     let count = |k: &str| counts.get(k).copied().unwrap_or(0);
-    assert_eq!(count("fault dma-error@2,every=2"), 20, "{counts:?}");
+    assert_eq!(
+        count("fault dma-error@2,every=2,times=20"),
+        20,
+        "{counts:?}"
+    );
     assert_eq!(count("dma from_card"), 20, "{counts:?}");
     assert_eq!(count("dma to_card"), 21, "{counts:?}");
     assert_eq!(count("task file DMA_FAULT"), 20, "{counts:?}");
@@ -84,4 +89,38 @@ fn injected_dma_errors_reach_user_space_as_dma_fault_and_the_card_recovers() {
         let prev = last.insert(tid, ts).unwrap_or(0.0);
         assert!(ts >= prev, "track {tid} goes back in time at {e}");
     }
+}
+
+#[test]
+#[ignore = "boots a VM: ci/test runs it with --ignored"]
+fn a_request_the_card_never_completes_times_out_and_the_next_one_works() {
+    let artifacts = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
+    let opts = VmOptions {
+        mode: Mode::Faults,
+        kernel_args: vec!["xxcap.fault=stuck".into()],
+        xxcapd_args: vec!["--fault".into(), "stuck@10,every=2,times=20".into()],
+        ..VmOptions::default()
+    };
+    let run = FinishedRun::boot(&artifacts, opts, "faults-stuck", Duration::from_secs(600));
+    run.assert_steps_passed(&[
+        "load-driver",
+        "fault-loop",
+        "info",
+        "capture-after-faults",
+        "pins",
+        "kernel-log",
+    ]);
+    let out = run.step("fault-loop").output.join("\n");
+    eprintln!("{out}");
+    assert!(
+        out.contains("fault-loop stuck: 20 requests never answered"),
+        "{out}"
+    );
+    run.assert_clean_exit();
+    assert!(
+        run.backend_log
+            .contains("will never complete (injected stuck)"),
+        "xxcapd did not log the stuck request:\n{}",
+        run.backend_log
+    );
 }
