@@ -9,6 +9,7 @@ use virtio_queue::QueueOwnedT;
 use vm_memory::GuestAddressSpace;
 
 use crate::device::{Batch, Counters, XxcapDevice};
+use crate::faults::{FaultKind, Unit};
 use crate::queue::DeviceQueue;
 use crate::request::{process_chain, Disposition};
 use crate::stream::{process_stream_chain, StreamChain};
@@ -67,6 +68,7 @@ fn drain_command_queue(
 ) -> Drained {
     let mem = atomic.memory();
     let counters = device.counters();
+    let faults = device.faults();
     loop {
         if device.is_quiescing() {
             debug!("quiescing: no more requests taken");
@@ -87,6 +89,16 @@ fn drain_command_queue(
             return Drained::Empty;
         };
         let head = chain.head_index();
+        if faults.is_live()
+            && faults
+                .tick(Unit::Request, device.device_now())
+                .has(FaultKind::Stuck)
+        {
+            // An injected stuck card: taken, never executed nor completed
+            // (until the device is reset and the driver reclaims it).
+            warn!("request {head} will never complete (injected stuck)");
+            continue;
+        }
         let completion = process_chain(batch, &chain);
         Counters::bump(&counters.requests);
         match completion.disposition {

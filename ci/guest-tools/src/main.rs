@@ -5,6 +5,7 @@
 
 mod bench;
 mod crossings;
+mod faults;
 mod flood;
 mod fuzz;
 mod irq;
@@ -73,6 +74,8 @@ enum Command {
     RegbufTest(regbuf::RegbufArgs),
     /// Register buffers and wait to be killed (for regbuf-test).
     RegbufHold(regbuf::HoldArgs),
+    /// The driver's reaction to a fault the host armed in xxcapd, repeated.
+    FaultLoop(faults::FaultLoopArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::CanaryTest(args) => fuzz::canary_test(device, args),
         Command::RegbufTest(args) => regbuf::run(device, args),
         Command::RegbufHold(args) => regbuf::hold(device, args),
+        Command::FaultLoop(args) => faults::run(device, args),
     };
     match result {
         Ok(code) => code,
