@@ -286,11 +286,8 @@ impl VhostUserBackend for XxcapBackend {
                 // return them too. The driver kicks the stream queue first,
                 // but this thread may read the two kicks in either order.
                 if let Some(stream) = vrings.get(usize::from(queue::STREAM)) {
-                    let live = {
-                        let state = stream.get_ref();
-                        state.is_enabled() && state.get_queue().ready()
-                    };
-                    if live {
+                    let mem = self.device.memory().get();
+                    if mem.is_some_and(|mem| has_available(stream, &mem)) {
                         process_stream_queue(&self.device, stream, self.event_idx());
                     }
                 }
@@ -318,6 +315,18 @@ impl VhostUserBackend for XxcapBackend {
         }
         Ok(())
     }
+}
+
+/// Whether `vring` is set up and holds chains the device has not taken
+/// (read without touching the ring's notification state).
+fn has_available(vring: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    state.is_enabled()
+        && queue.ready()
+        && queue
+            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != queue.next_avail())
 }
 
 #[cfg(test)]
