@@ -4,6 +4,12 @@
 //! task files), `map_card_ram` (the card's RAM in this process), and a frame
 //! iterator over the capture ring that follows the status block without a
 //! system call and fetches each frame by DMA or from the mapped RAM.
+//!
+//! A capture reader that finds no new frame sleeps until the card's
+//! FRAME_DONE record arrives on an observer open of its own (so it never
+//! takes records meant for the caller's open), and frames fetched by DMA
+//! land in a buffer registered with the card once, so no frame pays for
+//! pinning its pages.
 
 use std::fs::File;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
@@ -11,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use xxcapture_abi::{
-    caps, control, dma_dir, regs, slot_state, source, StatusBlock, TaskFile, TfError,
+    caps, control, dma_dir, irq, regs, slot_state, source, StatusBlock, TaskFile, TfError,
     MMAP_OFFSET_STATUS, STATUS_BLOCK_SIZE, STATUS_MAGIC,
 };
 use zerocopy::FromBytes;
 
-use crate::card::{Card, FrameFormat};
+use crate::card::{Access, Card, FrameFormat};
 use crate::error::{Error, Result};
+use crate::events::{Causes, Event};
+use crate::registered::RegisteredBuffer;
 
 /// Card RAM mapped into this process (writable on a controlling open).
 pub struct CardRam {
@@ -101,6 +109,61 @@ pub struct Frame {
     pub timestamp_ns: u64,
     pub data: Vec<u8>,
 }
+
+/// One captured frame, borrowed from the capture's own buffer until the
+/// next call (no copy, no allocation).
+#[derive(Debug)]
+pub struct FrameRef<'a> {
+    pub number: u64,
+    pub timestamp_ns: u64,
+    pub data: &'a [u8],
+}
+
+impl FrameRef<'_> {
+    pub fn to_owned_frame(&self) -> Frame {
+        Frame {
+            number: self.number,
+            timestamp_ns: self.timestamp_ns,
+            data: self.data.to_vec(),
+        }
+    }
+}
+
+/// Where a frame lands before the caller sees it.
+enum FrameBuf<'c> {
+    /// Registered with the card once: DMA names it by id and offset.
+    Registered(RegisteredBuffer<'c>),
+    /// Plain memory: copies from mapped card RAM, or DMA by address where
+    /// no buffer could be registered.
+    Plain(Vec<u8>),
+}
+
+impl FrameBuf<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            FrameBuf::Registered(b) => b.as_slice(),
+            FrameBuf::Plain(v) => v,
+        }
+    }
+}
+
+/// How a reader with no new frame waits for one.
+enum Waiter {
+    /// An observer open subscribed to FRAME_DONE: `poll()` until the
+    /// card's record for the next frame arrives.
+    Events { open: Card, batch: Vec<Event> },
+    /// No observer open could be made (a driver without SUBSCRIBE, a node
+    /// this process may not open twice): re-read the status block every
+    /// [`FALLBACK_POLL`].
+    Timer,
+}
+
+/// Status-block re-read interval of a reader without frame events.
+const FALLBACK_POLL: Duration = Duration::from_micros(200);
+/// Longest single sleep of a free-running reader waiting on events: a
+/// bound for a card whose records are held back by coalescing another
+/// client set, not a polling period (the record normally wakes it first).
+const FREE_RUNNING_MAX_WAIT: Duration = Duration::from_millis(10);
 
 /// What a capture saw so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -255,12 +318,27 @@ impl Card {
                 source::TEST_PATTERN
             },
         );
+        // Every completed frame becomes a FRAME_DONE record, which wakes a
+        // waiting reader (records go only to opens subscribed to them).
+        tf.set_to_register(regs::INT_MASK, u32::MAX, irq::FRAME_DONE);
         tf.set_to_register(regs::CONTROL, control::CAPTURE, control::CAPTURE);
-        self.run(&tf)?;
         let frame_size = format
             .pixel_format
             .frame_size(format.width, format.height)
             .ok_or_else(|| Error::BadFormat(format!("{}x{}", format.width, format.height)))?;
+        // Subscribed before capture starts, so the first frame's record is
+        // not missed.
+        let waiter = self.frame_waiter();
+        let buf = match mode {
+            CaptureMode::Dma => match self.register_buffer(frame_size) {
+                Ok(b) => FrameBuf::Registered(b),
+                // Over the registration limits (or a driver without them):
+                // DMA by address, pinning per frame.
+                Err(_) => FrameBuf::Plain(vec![0u8; frame_size]),
+            },
+            CaptureMode::Mapped => FrameBuf::Plain(vec![0u8; frame_size]),
+        };
+        self.run(&tf)?;
         Ok(Capture {
             card: self,
             mode,
@@ -270,9 +348,25 @@ impl Card {
             frame_size,
             next: 0,
             stats: CaptureStats::default(),
-            poll: Duration::from_micros(200),
+            waiter,
+            buf,
             lost_race: false,
         })
+    }
+
+    /// An observer open of this card subscribed to FRAME_DONE, or the
+    /// status-block timer where none can be made.
+    fn frame_waiter(&self) -> Waiter {
+        let Ok(open) = Card::open(self.path(), Access::Observe) else {
+            return Waiter::Timer;
+        };
+        match open.subscribe(Causes::FRAME_DONE) {
+            Ok(_) => Waiter::Events {
+                open,
+                batch: Vec::new(),
+            },
+            Err(_) => Waiter::Timer,
+        }
     }
 
     /// Stops capture.
@@ -293,7 +387,8 @@ pub struct Capture<'c> {
     frame_size: usize,
     next: u64,
     stats: CaptureStats,
-    poll: Duration,
+    waiter: Waiter,
+    buf: FrameBuf<'c>,
     /// The last copy lost the race with a paced card (overwritten while
     /// copied): the next one takes the newest frame, not the oldest.
     lost_race: bool,
@@ -312,55 +407,93 @@ impl Capture<'_> {
         self.status.snapshot()
     }
 
-    /// Copies frame `n`'s slot out. A free-running card waits for its
-    /// reader: frames up to `n` are released (RING_RELEASE) after the copy,
-    /// in the DMA's own task file, so that costs no extra crossing.
-    fn copy_slot(&self, n: u64, offset: u64, out: &mut [u8]) -> Result<()> {
+    /// Copies frame `n`'s slot into the capture's buffer. A free-running
+    /// card waits for its reader: frames up to `n` are released
+    /// (RING_RELEASE) after the copy, in the DMA's own task file, so that
+    /// costs no extra crossing.
+    fn copy_slot(&mut self, n: u64, offset: u64) -> Result<()> {
         let free_running = self.format.fps == 0;
         let release = u32::try_from(n + 1).unwrap_or(u32::MAX);
-        match (&self.mode, &self.ram) {
-            (CaptureMode::Mapped, Some(ram)) => {
-                let start = usize::try_from(offset).map_err(|_| Error::Protocol)?;
-                let src = ram
-                    .as_slice()
-                    .get(start..start + out.len())
-                    .ok_or(Error::Protocol)?;
-                out.copy_from_slice(src);
-                if free_running {
-                    self.card.write_register(regs::RING_RELEASE, release)?;
-                }
+        let len = self.frame_size;
+        if let (CaptureMode::Mapped, Some(ram), FrameBuf::Plain(out)) =
+            (&self.mode, &self.ram, &mut self.buf)
+        {
+            let start = usize::try_from(offset).map_err(|_| Error::Protocol)?;
+            let src = ram
+                .as_slice()
+                .get(start..start + len)
+                .ok_or(Error::Protocol)?;
+            out.copy_from_slice(src);
+            if free_running {
+                self.card.write_register(regs::RING_RELEASE, release)?;
+            }
+            return Ok(());
+        }
+        let mut tf = TaskFile::new();
+        let at = match &mut self.buf {
+            FrameBuf::Registered(b) => {
+                tf.dma_buffer(dma_dir::FROM_CARD, b.id(), 0, offset, len as u64)
+            }
+            FrameBuf::Plain(out) => tf.dma(
+                true,
+                dma_dir::FROM_CARD,
+                out.as_mut_ptr() as u64,
+                offset,
+                len as u64,
+            ),
+        };
+        if free_running {
+            tf.set_register(regs::RING_RELEASE, release);
+        }
+        let res = self.card.run(&tf)?;
+        let moved = res.commands.get(at).map(|c| c.length.get());
+        if moved != Some(len as u64) {
+            return Err(Error::Command {
+                index: 0,
+                code: TfError::DmaRange,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sleeps until the card reports a completed frame, `deadline`, or
+    /// (free-running, or without frame events) a short bound.
+    fn wait_for_frame(&mut self, deadline: Instant) -> Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match &mut self.waiter {
+            Waiter::Events { open, batch } => {
+                // A paced card completes a frame every period: a record
+                // held back (coalescing) costs at most one period.
+                let bound = match self.format.fps {
+                    0 => FREE_RUNNING_MAX_WAIT,
+                    fps => Duration::from_secs(1) / fps,
+                };
+                batch.clear();
+                open.wait_events(
+                    batch,
+                    256,
+                    Some(left.min(bound).max(Duration::from_millis(1))),
+                )?;
                 Ok(())
             }
-            _ => {
-                let mut tf = TaskFile::new();
-                let at = tf.dma(
-                    true,
-                    dma_dir::FROM_CARD,
-                    out.as_mut_ptr() as u64,
-                    offset,
-                    out.len() as u64,
-                );
-                if free_running {
-                    tf.set_register(regs::RING_RELEASE, release);
-                }
-                let res = self.card.run(&tf)?;
-                let moved = res.commands.get(at).map(|c| c.length.get());
-                if moved != Some(out.len() as u64) {
-                    return Err(Error::Command {
-                        index: 0,
-                        code: TfError::DmaRange,
-                    });
-                }
+            Waiter::Timer => {
+                std::thread::sleep(FALLBACK_POLL.min(left));
                 Ok(())
             }
         }
     }
 
-    /// Waits up to `timeout` for the next frame the card completes.
+    /// Waits up to `timeout` for the next frame the card completes and
+    /// returns a copy of it.
     pub fn next_frame(&mut self, timeout: Duration) -> Result<Frame> {
+        self.next_frame_ref(timeout).map(|f| f.to_owned_frame())
+    }
+
+    /// Waits up to `timeout` for the next frame the card completes; the
+    /// frame stays in the capture's buffer until the next call.
+    pub fn next_frame_ref(&mut self, timeout: Duration) -> Result<FrameRef<'_>> {
         let deadline = Instant::now() + timeout;
         let missed_before = self.stats.missed;
-        let mut data = vec![0u8; self.frame_size];
         loop {
             // Also bounds a reader that keeps losing the race with the card.
             if Instant::now() >= deadline {
@@ -404,7 +537,7 @@ impl Capture<'_> {
                 let slot = usize::try_from(n % slots).map_err(|_| Error::Protocol)?;
                 let offset = st.ring_offset.get() + (n % slots) * u64::from(st.slot_size.get());
                 let info = st.slots.get(slot).copied().ok_or(Error::Protocol)?;
-                self.copy_slot(n, offset, &mut data)?;
+                self.copy_slot(n, offset)?;
                 // A paced card may have overwritten the slot while we copied
                 // it; a flow-controlled one cannot, so skip the second read.
                 let overwritten =
@@ -419,13 +552,13 @@ impl Capture<'_> {
                     continue;
                 }
                 self.stats.delivered += 1;
-                return Ok(Frame {
+                return Ok(FrameRef {
                     number: n,
                     timestamp_ns: info.timestamp_ns.get(),
-                    data,
+                    data: self.buf.as_slice(),
                 });
             }
-            std::thread::sleep(self.poll);
+            self.wait_for_frame(deadline)?;
         }
     }
 

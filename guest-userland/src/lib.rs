@@ -16,7 +16,7 @@ mod registered;
 mod stream;
 mod sys;
 
-pub use capture::{Capture, CaptureMode, CaptureStats, CardRam, Frame, StatusView};
+pub use capture::{Capture, CaptureMode, CaptureStats, CardRam, Frame, FrameRef, StatusView};
 pub use card::{Access, Card, FrameFormat, Info, PixelFormat};
 pub use enumerate::{cards, cards_in, CardEntry, SYSFS_CLASS};
 pub use error::{Error, Result};

@@ -158,7 +158,7 @@ pub unsafe extern "C" fn xxcap_capture_next(
             .ok_or_else(|| Failure::inval("capture stopped"))?;
         // Forever is a very long time, in steps the library accepts.
         let wait = crate::timeout(timeout_ms).unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
-        let frame = capture.next_frame(wait)?;
+        let frame = capture.next_frame_ref(wait)?;
         let n = frame.data.len().min(out.len());
         out[..n].copy_from_slice(&frame.data[..n]);
         // SAFETY: the caller's contract.

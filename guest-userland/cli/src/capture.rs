@@ -246,10 +246,10 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
     let mut bytes = 0u64;
     let mut first_error: Option<String> = None;
     for index in 0..args.frames {
-        let frame = capture.next_frame(Duration::from_secs(args.frame_timeout))?;
+        let frame = capture.next_frame_ref(Duration::from_secs(args.frame_timeout))?;
         bytes += frame.data.len() as u64;
         if args.verify {
-            match verify(&frame.data, args.format, w, h) {
+            match verify(frame.data, args.format, w, h) {
                 Ok(stamp) if stamp.frame_number == frame.number => {}
                 Ok(stamp) => {
                     corrupt += 1;
@@ -265,10 +265,10 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
             }
         }
         if let Some(out) = y4m.as_mut() {
-            out.write(&frame.data)?;
+            out.write(frame.data)?;
         }
         if args.png.is_some() && index == args.png_frame {
-            let rgb = to_rgb(args.format, w as usize, h as usize, &frame.data);
+            let rgb = to_rgb(args.format, w as usize, h as usize, frame.data);
             if let Some(path) = &args.png {
                 write_png(path, w, h, &rgb).map_err(Error::BadFormat)?;
             }
