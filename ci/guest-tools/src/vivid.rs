@@ -1,11 +1,13 @@
 //! `xxcap-test bench-vivid`: frames per second and CPU per frame of the kernel's
 //! `vivid` virtual capture driver, the V4L2 device users would pick
 //! instead of this card, measured like our own capture (same formats and
-//! sizes, same VM).
+//! sizes, same VM); with `--card`, the same loop on the card's own V4L2
+//! node, so both drivers are compared through the same interface.
 //!
-//! A plain V4L2 streaming loop over raw ioctls: the HDMI input, the DV
-//! timings preset of the requested size with the highest frame rate, YUYV,
-//! mmap buffers, DQBUF/QBUF. The structures below are the kernel's UAPI
+//! A plain V4L2 streaming loop over raw ioctls: YUYV, mmap buffers,
+//! DQBUF/QBUF. vivid gets its HDMI input and the DV timings preset of the
+//! requested size with the highest frame rate; the card gets the frame
+//! rate by `S_PARM`. The structures below are the kernel's UAPI
 //! (`linux/videodev2.h`, x86_64); their sizes are checked at compile time
 //! and the ioctl numbers in the tests, against values from the C header.
 
@@ -123,7 +125,24 @@ struct EnumDvTimings {
     timings: DvTimings,
 }
 
+/// `struct v4l2_streamparm` for a capture queue: type, then
+/// `struct v4l2_captureparm` in a 200-byte union.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StreamParm {
+    type_: u32,
+    capability: u32,
+    capturemode: u32,
+    /// `timeperframe`: numerator, denominator.
+    timeperframe: [u32; 2],
+    extendedmode: u32,
+    readbuffers: u32,
+    reserved: [u32; 4],
+    _rest: [u8; 160],
+}
+
 const _: () = assert!(std::mem::size_of::<Format>() == 208);
+const _: () = assert!(std::mem::size_of::<StreamParm>() == 204);
 const _: () = assert!(std::mem::size_of::<RequestBuffers>() == 20);
 const _: () = assert!(std::mem::size_of::<Buffer>() == 88);
 const _: () = assert!(std::mem::size_of::<Input>() == 80);
@@ -166,6 +185,7 @@ nix::ioctl_readwrite!(vidioc_querybuf, b'V', 9, Buffer);
 nix::ioctl_readwrite!(vidioc_qbuf, b'V', 15, Buffer);
 nix::ioctl_readwrite!(vidioc_dqbuf, b'V', 17, Buffer);
 nix::ioctl_write_ptr!(vidioc_streamon, b'V', 18, u32);
+nix::ioctl_readwrite!(vidioc_s_parm, b'V', 22, StreamParm);
 nix::ioctl_write_ptr!(vidioc_streamoff, b'V', 19, u32);
 nix::ioctl_readwrite!(vidioc_enuminput, b'V', 26, Input);
 nix::ioctl_readwrite!(vidioc_s_input, b'V', 39, u32);
@@ -183,9 +203,14 @@ pub struct VividArgs {
     /// Highest frame rate to ask for; 0: the fastest preset of that size.
     #[arg(long, default_value_t = 0)]
     fps: u32,
-    /// Capture device; default: the node sysfs names `vivid-*-vid-cap`.
+    /// Capture device; default: the node sysfs names `vivid-*-vid-cap`
+    /// (with `--card`, `xxcapture*`).
     #[arg(long)]
     video: Option<PathBuf>,
+    /// Measure the card's own V4L2 node instead of vivid's: the frame rate
+    /// is set by S_PARM (`--fps`, required), not by DV timings.
+    #[arg(long)]
+    card: bool,
 }
 
 fn v4l2(call: &'static str) -> impl Fn(Errno) -> Error {
@@ -193,12 +218,17 @@ fn v4l2(call: &'static str) -> impl Fn(Errno) -> Error {
 }
 
 fn find_vivid_capture() -> Option<PathBuf> {
+    find_node(|n| n.starts_with("vivid") && n.ends_with("vid-cap"))
+}
+
+/// The first video node whose sysfs name `wanted` accepts.
+fn find_node(wanted: impl Fn(&str) -> bool) -> Option<PathBuf> {
     let mut nodes: Vec<PathBuf> = std::fs::read_dir("/sys/class/video4linux")
         .ok()?
         .filter_map(Result::ok)
         .filter(|e| {
             std::fs::read_to_string(e.path().join("name"))
-                .map(|n| n.trim().starts_with("vivid") && n.trim().ends_with("vid-cap"))
+                .map(|n| wanted(n.trim()))
                 .unwrap_or(false)
         })
         .map(|e| PathBuf::from("/dev").join(e.file_name()))
@@ -280,8 +310,21 @@ fn parse_size(text: &str) -> Result<(u32, u32), Error> {
 
 pub fn run(args: VividArgs) -> Result<ExitCode, Error> {
     let (width, height) = parse_size(&args.size)?;
-    let path = match args.video.clone().or_else(find_vivid_capture) {
+    let driver = if args.card { "xxcapture" } else { "vivid" };
+    let found = args.video.clone().or_else(|| {
+        if args.card {
+            find_node(|n| n.starts_with("xxcapture"))
+        } else {
+            find_vivid_capture()
+        }
+    });
+    let path = match found {
         Some(p) => p,
+        None if args.card => {
+            return Err(Error::Unsupported(
+                "a V4L2 node of the card (is videodev loaded?)",
+            ))
+        }
         None => {
             let reason = "no vivid capture node (is the vivid module loaded?)";
             println!("vivid: unavailable: {reason}");
@@ -303,13 +346,17 @@ pub fn run(args: VividArgs) -> Result<ExitCode, Error> {
         })?;
     let fd = file.as_raw_fd();
 
-    let mut input = hdmi_input(fd)?;
-    // SAFETY: `input` is a writable u32, the ioctl's argument.
-    unsafe { vidioc_s_input(fd, &mut input) }.map_err(v4l2("S_INPUT"))?;
-    let mut timings = pick_timings(fd, width.into(), height.into(), args.fps)?;
-    let timing_fps = timings.fps();
-    // SAFETY: `timings` is a writable struct of the size the ioctl encodes.
-    unsafe { vidioc_s_dv_timings(fd, &mut timings) }.map_err(v4l2("S_DV_TIMINGS"))?;
+    let timing_fps = if args.card {
+        f64::from(args.fps)
+    } else {
+        let mut input = hdmi_input(fd)?;
+        // SAFETY: `input` is a writable u32, the ioctl's argument.
+        unsafe { vidioc_s_input(fd, &mut input) }.map_err(v4l2("S_INPUT"))?;
+        let mut timings = pick_timings(fd, width.into(), height.into(), args.fps)?;
+        // SAFETY: `timings` is a writable struct of the size the ioctl encodes.
+        unsafe { vidioc_s_dv_timings(fd, &mut timings) }.map_err(v4l2("S_DV_TIMINGS"))?;
+        timings.fps()
+    };
 
     // SAFETY: all-zero is a valid `Format`.
     let mut fmt: Format = unsafe { std::mem::zeroed() };
@@ -322,11 +369,30 @@ pub fn run(args: VividArgs) -> Result<ExitCode, Error> {
     unsafe { vidioc_s_fmt(fd, &mut fmt) }.map_err(v4l2("S_FMT"))?;
     if (fmt.pix.width, fmt.pix.height, fmt.pix.pixelformat) != (width, height, PIX_FMT_YUYV) {
         return Err(Error::BadFormat(format!(
-            "vivid chose {}x{} fourcc {:#x} instead of {width}x{height} YUYV",
+            "{driver} chose {}x{} fourcc {:#x} instead of {width}x{height} YUYV",
             fmt.pix.width, fmt.pix.height, fmt.pix.pixelformat
         )));
     }
     let frame_size = fmt.pix.sizeimage;
+    if args.card {
+        if args.fps == 0 {
+            return Err(Error::BadFormat(
+                "--card needs --fps: the rate the node is asked for".into(),
+            ));
+        }
+        // SAFETY: all-zero is a valid `StreamParm`.
+        let mut parm: StreamParm = unsafe { std::mem::zeroed() };
+        parm.type_ = BUF_TYPE_VIDEO_CAPTURE;
+        parm.timeperframe = [1, args.fps];
+        // SAFETY: `parm` is a writable struct of the size the ioctl encodes.
+        unsafe { vidioc_s_parm(fd, &mut parm) }.map_err(v4l2("S_PARM"))?;
+        if parm.timeperframe != [1, args.fps] {
+            return Err(Error::BadFormat(format!(
+                "the node chose {}/{} s per frame instead of 1/{}",
+                parm.timeperframe[0], parm.timeperframe[1], args.fps
+            )));
+        }
+    }
 
     let mut req = RequestBuffers {
         count: 4,
@@ -408,6 +474,8 @@ pub fn run(args: VividArgs) -> Result<ExitCode, Error> {
         let buf = next(&mut touch)?;
         // vivid numbers frames by the clock: a gap is a frame period it
         // missed; the same number again is a frame it rendered to catch up.
+        // The card's node numbers by the card's frame counter: a gap is a
+        // frame dropped for want of a queued buffer.
         if let Some(prev) = last {
             match buf.sequence.wrapping_sub(prev) {
                 0 => repeated += 1,
@@ -432,6 +500,7 @@ pub fn run(args: VividArgs) -> Result<ExitCode, Error> {
     drop(maps);
     let frames = args.frames.max(1);
     let r = VividRun {
+        driver: driver.into(),
         width,
         height,
         format: "yuyv".into(),
@@ -447,7 +516,7 @@ pub fn run(args: VividArgs) -> Result<ExitCode, Error> {
         frame_bytes: u64::from(frame_size),
     };
     println!(
-        "vivid: size={width}x{height} format=yuyv timings_fps={timing_fps:.2} frames={frames} seconds={secs:.3} fps={:.2} skipped={skipped} repeated={repeated} short={short} cpu_ms_per_frame={:.3} guest_busy_ms_per_frame={:.3} frame_bytes={frame_size} touch={touch}",
+        "{driver}: size={width}x{height} format=yuyv timings_fps={timing_fps:.2} frames={frames} seconds={secs:.3} fps={:.2} skipped={skipped} repeated={repeated} short={short} cpu_ms_per_frame={:.3} guest_busy_ms_per_frame={:.3} frame_bytes={frame_size} touch={touch}",
         r.fps, r.cpu_ms_per_frame, r.guest_busy_ms_per_frame,
     );
     Record::Vivid(r).print();
@@ -475,6 +544,7 @@ mod tests {
         assert_eq!(rw(39, 4), 0xc004_5627);
         assert_eq!(rw(87, std::mem::size_of::<DvTimings>()), 0xc084_5657);
         assert_eq!(rw(98, std::mem::size_of::<EnumDvTimings>()), 0xc094_5662);
+        assert_eq!(rw(22, std::mem::size_of::<StreamParm>()), 0xc0cc_5616);
         assert_eq!(nix::request_code_write!(b'V', 18, 4) as u32, 0x4004_5612);
         assert_eq!(nix::request_code_write!(b'V', 19, 4) as u32, 0x4004_5613);
         assert_eq!(PIX_FMT_YUYV, 0x5659_5559);

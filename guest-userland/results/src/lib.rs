@@ -136,9 +136,17 @@ pub struct StreamSummary {
     pub pinned_after: Option<u64>,
 }
 
-/// One run of the kernel's vivid driver (`bench-vivid`).
+fn vivid_driver() -> String {
+    "vivid".into()
+}
+
+/// One V4L2 streaming run (`bench-vivid`): the kernel's vivid driver, or
+/// the card's own V4L2 node measured the same way.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VividRun {
+    /// `vivid` or `xxcapture`.
+    #[serde(default = "vivid_driver")]
+    pub driver: String,
     pub width: u32,
     pub height: u32,
     pub format: String,
