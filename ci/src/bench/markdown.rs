@@ -225,21 +225,22 @@ impl BenchReport {
         }
         let _ = writeln!(
             out,
-            "\n## vivid, the kernel's virtual capture driver (same VM, same run)\n"
+            "\n## vivid, the kernel's virtual capture driver, and the card through V4L2 (same VM, same run)\n"
         );
         if self.vivid.is_empty() {
             let _ = writeln!(out, "Not measured in this run.");
         } else {
             let _ = writeln!(
                 out,
-                "| run | preset fps | fps | distinct frames/s | periods skipped | catch-up frames | process CPU ms/frame | guest busy ms/frame |"
+                "| run | driver | fps asked | fps | distinct frames/s | periods skipped | catch-up frames | process CPU ms/frame | guest busy ms/frame |"
             );
-            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
             for v in &self.vivid {
                 let _ = writeln!(
                     out,
-                    "| {} ({}x{} YUYV) | {:.2} | {:.1} | {:.1} | {} | {} | {:.2} | {:.2} |",
+                    "| {} ({}x{} YUYV) | {} | {:.2} | {:.1} | {:.1} | {} | {} | {:.2} | {:.2} |",
                     v.step,
+                    v.driver,
                     v.width,
                     v.height,
                     v.timings_fps,
@@ -251,12 +252,15 @@ impl BenchReport {
                     v.guest_busy_ms_per_frame
                 );
             }
-            let _ = writeln!(out, "\n| size | vivid distinct frames/s | ours fps (same rate, DMA) | ours / vivid | ours free-running fps | vivid guest busy ms/frame | ours | vivid / ours |");
-            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(out, "\n| size | vivid distinct frames/s | ours fps (same rate, DMA) | ours / vivid | ours free-running fps | vivid guest busy ms/frame | ours | vivid / ours | ours by V4L2: frames/s | guest busy ms/frame | vivid / ours by V4L2 |");
+            let _ = writeln!(
+                out,
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
             for v in &self.vivid_comparison {
                 let _ = writeln!(
                     out,
-                    "| {}x{} | {:.1} | {:.1} | {:.2}x | {} | {:.2} | {} | {} |",
+                    "| {}x{} | {:.1} | {:.1} | {:.2}x | {} | {:.2} | {} | {} | {} | {} | {} |",
                     v.width,
                     v.height,
                     v.vivid_fps,
@@ -266,6 +270,10 @@ impl BenchReport {
                     v.vivid_guest_busy_ms_per_frame,
                     opt(v.ours_guest_busy_ms_per_frame, 2),
                     v.guest_cpu_ratio.map_or("—".into(), |r| format!("{r:.2}x")),
+                    opt(v.ours_v4l2_fps, 1),
+                    opt(v.ours_v4l2_guest_busy_ms_per_frame, 2),
+                    v.v4l2_guest_cpu_ratio
+                        .map_or("—".into(), |r| format!("{r:.2}x")),
                 );
             }
         }

@@ -133,6 +133,7 @@ mod tests {
             step(
                 "vivid-1080p60",
                 &[Record::Vivid(xxcapture_results::VividRun {
+                    driver: "vivid".into(),
                     width: 1920,
                     height: 1080,
                     format: "yuyv".into(),
@@ -145,6 +146,26 @@ mod tests {
                     short: 0,
                     cpu_ms_per_frame: 0.1,
                     guest_busy_ms_per_frame: 30.0,
+                    frame_bytes: 4_147_200,
+                })
+                .line()],
+            ),
+            step(
+                "v4l2-card-1080p60",
+                &[Record::Vivid(xxcapture_results::VividRun {
+                    driver: "xxcapture".into(),
+                    width: 1920,
+                    height: 1080,
+                    format: "yuyv".into(),
+                    timings_fps: 60.0,
+                    frames: 120,
+                    seconds: 4.0,
+                    fps: 60.0,
+                    skipped: 0,
+                    repeated: 0,
+                    short: 0,
+                    cpu_ms_per_frame: 0.1,
+                    guest_busy_ms_per_frame: 10.0,
                     frame_bytes: 4_147_200,
                 })
                 .line()],
@@ -187,6 +208,11 @@ mod tests {
         // 12 of 120 frames were catch-up repeats: 27 distinct frames/s.
         assert!((v.vivid_fps - 27.0).abs() < 1e-9);
         assert!((v.fps_ratio - 60.1 / 27.0).abs() < 1e-9);
+        // The card's own V4L2 node, matched by size and rate; it is not a
+        // vivid row of its own in the comparison.
+        assert_eq!(r.vivid_comparison.len(), 1);
+        assert_eq!(v.ours_v4l2_fps, Some(60.0));
+        assert_eq!(v.v4l2_guest_cpu_ratio, Some(3.0));
         assert!(r.markdown().contains("not reached"));
         let doc = r.document("2026-01-01 00:00 UTC", "a test host");
         assert!(doc.starts_with("# Benchmarks\n"), "{doc}");

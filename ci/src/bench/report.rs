@@ -44,6 +44,8 @@ pub struct CaptureRow {
 #[derive(Clone, Debug, Serialize)]
 pub struct VividRow {
     pub step: String,
+    /// `vivid`, or `xxcapture` for the card's own V4L2 node.
+    pub driver: String,
     pub width: u32,
     pub height: u32,
     /// Frame rate of the DV timings preset vivid was given.
@@ -77,6 +79,12 @@ pub struct VividComparison {
     pub ours_guest_busy_ms_per_frame: Option<f64>,
     /// vivid's guest CPU per frame / ours.
     pub guest_cpu_ratio: Option<f64>,
+    /// The card's V4L2 node at the same size and rate, measured by the
+    /// same streaming loop as vivid: its distinct frames per second.
+    pub ours_v4l2_fps: Option<f64>,
+    pub ours_v4l2_guest_busy_ms_per_frame: Option<f64>,
+    /// vivid's guest CPU per frame / the card's V4L2 node's.
+    pub v4l2_guest_cpu_ratio: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -274,6 +282,7 @@ fn vivid(step: &Step) -> Option<VividRow> {
     let frames = v.frames as f64;
     Some(VividRow {
         step: step.name.clone(),
+        driver: v.driver.clone(),
         width: v.width,
         height: v.height,
         timings_fps: v.timings_fps,
@@ -451,12 +460,18 @@ impl BenchReport {
             .collect();
         let vivid: Vec<VividRow> = steps
             .iter()
-            .filter(|s| s.name.starts_with("vivid-"))
+            .filter(|s| s.name.starts_with("vivid-") || s.name.starts_with("v4l2-"))
             .filter_map(vivid)
             .collect();
         let vivid_comparison = vivid
             .iter()
+            .filter(|v| v.driver == "vivid")
             .filter_map(|v| {
+                let node = vivid.iter().find(|n| {
+                    n.driver == "xxcapture"
+                        && (n.width, n.height) == (v.width, v.height)
+                        && n.timings_fps.round() == v.timings_fps.round()
+                });
                 let same = |c: &&CaptureRow| c.width == v.width && c.height == v.height;
                 let ours = capture
                     .iter()
@@ -481,6 +496,10 @@ impl BenchReport {
                     guest_cpu_ratio: ours
                         .guest_busy_ms_per_frame
                         .map(|o| v.guest_busy_ms_per_frame / o),
+                    ours_v4l2_fps: node.map(|n| n.fps_distinct),
+                    ours_v4l2_guest_busy_ms_per_frame: node.map(|n| n.guest_busy_ms_per_frame),
+                    v4l2_guest_cpu_ratio: node
+                        .map(|n| v.guest_busy_ms_per_frame / n.guest_busy_ms_per_frame),
                 })
             })
             .collect();
