@@ -195,7 +195,7 @@ fn lost_duplicated_storming_records_corrupt_dropped_frames_and_dma_latency_are_s
         "kernel-log",
     ]);
     for line in [
-        "fault-loop events: 20 rounds of 6 TEST records, each received as sequence s, s+1, s+3, s+3, s+4, s+5",
+        "fault-loop events: 20 rounds of 6 TEST records, each received as sequence s, s+1, s+3, s+4, s+5",
         "fault-loop frames: 20 windows of 8 consecutive frames",
         "fault-loop dma-latency: 20 transfers each OK",
     ] {
