@@ -159,6 +159,7 @@ struct xxcap_card {
 	unsigned long done_seq;		/* bumped whenever a request comes back */
 	struct list_head reap_list;	/* returned orphans and async requests */
 	struct list_head clients;	/* open files, for event routing */
+	struct xxcap_event evt_last;	/* under lock: the last record taken */
 
 	wait_queue_head_t slot_wq;	/* waiting for room in the queue */
 	struct work_struct reap_work;	/* retires reap_list */
@@ -172,6 +173,7 @@ struct xxcap_card {
 	atomic64_t dma_bytes;
 	atomic64_t events;		/* records received from the card */
 	atomic64_t events_dropped;	/* records a full open queue dropped */
+	atomic64_t events_repeated;	/* records equal to the one before */
 	atomic64_t completions;		/* completion records made */
 
 	/* Registered buffers (xxcap_regbuf.c) */

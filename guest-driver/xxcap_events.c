@@ -213,7 +213,11 @@ void xxcap_reap_work(struct work_struct *work)
 /*
  * Hands the records of one event buffer (@len bytes written) to every open
  * that subscribed to their cause; LOST records go to every open that
- * subscribed to anything. Under card->lock.
+ * subscribed to anything. A record equal to the one before it is dropped:
+ * the card numbers its records (a LOST record too), so no two in a row are
+ * equal unless one was written twice, and passing it on would show one
+ * event twice (a V4L2 node counting drops would count one drop twice).
+ * Under card->lock.
  */
 static void xxcap_evt_deliver(struct xxcap_card *card, const void *buf,
 			      unsigned int len)
@@ -231,8 +235,13 @@ static void xxcap_evt_deliver(struct xxcap_card *card, const void *buf,
 	now = ktime_get_ns();
 	for (off = 0; off < len; off += XXCAP_EVENT_SIZE) {
 		memcpy(&ev, buf + off, sizeof(ev));
-		ev.guest_time_ns = now;
 		atomic64_inc(&card->events);
+		if (!memcmp(&ev, &card->evt_last, sizeof(ev))) {
+			atomic64_inc(&card->events_repeated);
+			continue;
+		}
+		card->evt_last = ev;
+		ev.guest_time_ns = now;
 		if (card->v4l2_drops)
 			xxcap_vb2_event(card, &ev);
 		list_for_each_entry(client, &card->clients, node) {

@@ -181,6 +181,7 @@ static int xxcap_probe(struct virtio_device *vdev)
 	atomic64_set(&card->dma_bytes, 0);
 	atomic64_set(&card->events, 0);
 	atomic64_set(&card->events_dropped, 0);
+	atomic64_set(&card->events_repeated, 0);
 	atomic64_set(&card->completions, 0);
 
 	/* From here on the last put_device() frees the card. */

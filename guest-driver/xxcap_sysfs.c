@@ -64,6 +64,7 @@ XXCAP_COUNTER_ATTR(pinned_pages);
 XXCAP_COUNTER_ATTR(dma_bytes);
 XXCAP_COUNTER_ATTR(events);
 XXCAP_COUNTER_ATTR(events_dropped);
+XXCAP_COUNTER_ATTR(events_repeated);
 XXCAP_COUNTER_ATTR(completions);
 
 static ssize_t card_ram_mapped_show(struct device *dev,
@@ -90,6 +91,7 @@ static struct attribute *xxcap_attrs[] = {
 	&dev_attr_dma_bytes.attr,
 	&dev_attr_events.attr,
 	&dev_attr_events_dropped.attr,
+	&dev_attr_events_repeated.attr,
 	&dev_attr_completions.attr,
 	&dev_attr_card_ram_mapped.attr,
 	NULL,

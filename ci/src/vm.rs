@@ -66,7 +66,8 @@ pub enum Mode {
     /// archive appended to the initramfs (see `exec`).
     Exec,
     /// The driver's reaction to faults armed in `xxcapd` (`xxcap.fault=KIND`
-    /// names the one to check; see `xxcapd_args`).
+    /// names what to check, several kinds separated by commas, in turn; see
+    /// `xxcapd_args` and `xxcap-test fault-loop`).
     Faults,
 }
 
