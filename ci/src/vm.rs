@@ -72,6 +72,9 @@ pub enum Mode {
     /// The host removes the card over QMP and adds it back while a guest
     /// program captures and watches the uevents (needs `hotplug`).
     Hotplug,
+    /// The same with the V4L2 node streaming (needs `hotplug` and the
+    /// initramfs of `build::v4l2_initramfs`).
+    V4l2Hotplug,
 }
 
 impl Mode {
@@ -93,6 +96,7 @@ impl Mode {
             Mode::Exec => "exec",
             Mode::Faults => "faults",
             Mode::Hotplug => "hotplug",
+            Mode::V4l2Hotplug => "v4l2-hotplug",
         }
     }
 }
