@@ -105,6 +105,7 @@ pub fn measure(
     }
     let debugcon = debugcon_reader(&fifo);
     let opts = ExecOptions {
+        hotplug: Vec::new(),
         command: vec!["true".into()],
         puts: Vec::new(),
         gets: Vec::new(),

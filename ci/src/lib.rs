@@ -9,6 +9,7 @@ pub mod bench_events;
 pub mod boot_time;
 pub mod build;
 pub mod exec;
+pub mod hotplug;
 pub mod image;
 pub mod qmp;
 pub mod supervise;

@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 use xxcapture_results::Record;
 
 use crate::build::{repo_root, Artifacts};
+use crate::hotplug::CardSlot;
 use crate::qmp::Qmp;
 use crate::supervise::{
     BackendLauncher, CardSpec, Recovery, SuperviseError, Supervisor, SupervisorOptions,
@@ -69,6 +70,12 @@ pub enum Mode {
     /// names what to check, several kinds separated by commas, in turn; see
     /// `xxcapd_args` and `xxcap-test fault-loop`).
     Faults,
+    /// The host removes the card over QMP and adds it back while a guest
+    /// program captures and watches the uevents (needs `hotplug`).
+    Hotplug,
+    /// The same with the V4L2 node streaming (needs `hotplug` and the
+    /// initramfs of `build::v4l2_initramfs`).
+    V4l2Hotplug,
 }
 
 impl Mode {
@@ -89,6 +96,8 @@ impl Mode {
             Mode::TwoCards => "two-cards",
             Mode::Exec => "exec",
             Mode::Faults => "faults",
+            Mode::Hotplug => "hotplug",
+            Mode::V4l2Hotplug => "v4l2-hotplug",
         }
     }
 }
@@ -156,6 +165,11 @@ pub struct VmOptions {
     /// More `xxcapd` arguments (`--fault SPEC`, `--trace FILE`), for every
     /// card the VM starts (and the supervisor's replacements).
     pub xxcapd_args: Vec<String>,
+    /// The card can be removed and added back while the VM runs
+    /// ([`Vm::unplug_card`], [`Vm::plug_card`]): `xxcapd` keeps serving
+    /// after QEMU disconnects (no `--exit-on-disconnect`; stopped with
+    /// SIGTERM at the end). Needs `supervise: false` and one card.
+    pub hotplug: bool,
 }
 
 impl Default for VmOptions {
@@ -180,6 +194,7 @@ impl Default for VmOptions {
             card_xxcapd_args: Vec::new(),
             without_boot_args: false,
             xxcapd_args: Vec::new(),
+            hotplug: false,
         }
     }
 }
@@ -220,7 +235,10 @@ fn xxcapd_args(opts: &VmOptions, card: u32) -> Vec<String> {
     if !extra.iter().any(|a| a == "--card-ram-size") {
         args.extend(["--card-ram-size".to_string(), opts.card_ram.clone()]);
     }
-    args.extend(["--exit-on-disconnect".to_string(), "-v".to_string()]);
+    if !opts.hotplug {
+        args.push("--exit-on-disconnect".to_string());
+    }
+    args.push("-v".to_string());
     args.extend(extra);
     args.extend(opts.xxcapd_args.iter().cloned());
     args
@@ -245,6 +263,8 @@ pub struct Vm {
     supervisor: Option<Supervisor>,
     recoveries: Vec<Recovery>,
     supervisor_failure: Option<String>,
+    /// The card's slot, when it can be unplugged (`VmOptions::hotplug`).
+    card_slot: Option<CardSlot>,
     qemu: Option<Child>,
     console: Arc<Mutex<Vec<(Duration, String)>>>,
     /// Held by the console reader from each read() of QEMU's output until
@@ -312,6 +332,11 @@ impl Vm {
             dir: workdir.path().to_path_buf(),
             log: opts.log_dir.join("xxcapd.log"),
         };
+        if opts.hotplug && (opts.supervise || opts.cards != 1 || opts.backend_socket.is_some()) {
+            return Err(Error::Step(
+                "hotplug needs one card the VM started and supervise: false".into(),
+            ));
+        }
         if opts.supervise && (opts.cards != 1 || opts.backend_socket.is_some()) {
             return Err(Error::Step(
                 "the supervisor replaces one card the VM started: set supervise: false".into(),
@@ -323,7 +348,7 @@ impl Vm {
             .unwrap_or_else(|| launcher.socket(0));
         let mut card_args = card_qemu_args(&socket, opts.virtio_id, opts.guest_memory_mib);
         // Refuse before anything starts if the card cannot be re-created.
-        let card_spec = match opts.supervise {
+        let card_spec = match opts.supervise || opts.hotplug {
             true => {
                 Some(CardSpec::from_qemu_args(&card_args).map_err(|e| Error::Step(e.to_string()))?)
             }
@@ -461,6 +486,7 @@ impl Vm {
             supervisor: None,
             recoveries: Vec::new(),
             supervisor_failure: None,
+            card_slot: None,
             qemu: Some(qemu),
             console,
             console_lock,
@@ -469,8 +495,22 @@ impl Vm {
             started,
             log_dir: opts.log_dir.clone(),
         };
-        // card_spec is Some exactly when supervising: hand it the backend.
-        if let Some((card, first)) = card_spec.and_then(|c| Some((c, vm.xxcapd.take()?))) {
+        if opts.hotplug {
+            let slot = card_spec
+                .clone()
+                .ok_or(SuperviseError::MissingOption("-device"))
+                .and_then(|card| {
+                    let qmp = Qmp::connect(&qmp_socket, Duration::from_secs(10))?;
+                    CardSlot::new(qmp, card, socket.clone())
+                })
+                .map_err(|e| Error::Step(format!("card slot: {e}")))?;
+            vm.card_slot = Some(slot);
+        }
+        // Supervising: hand the supervisor the backend.
+        if let Some((card, first)) = card_spec
+            .filter(|_| opts.supervise)
+            .and_then(|c| Some((c, vm.xxcapd.take()?)))
+        {
             let mut options = SupervisorOptions::new(opts.log_dir.join("supervisor.log"));
             options.echo = opts.echo_supervisor;
             let _ = std::fs::remove_file(&options.log);
@@ -562,6 +602,27 @@ impl Vm {
         let raw = i32::try_from(pid).map_err(|_| Error::Step(format!("pid {pid}")))?;
         kill(Pid::from_raw(raw), signal).map_err(|e| Error::Step(format!("kill xxcapd: {e}")))?;
         Ok(pid)
+    }
+
+    /// Removes the card from the running VM (`device_del`), waits at most
+    /// `timeout` for the guest to release it, and disconnects its backend,
+    /// which stays up for [`Vm::plug_card`]. Returns how long the guest
+    /// took. Needs `VmOptions::hotplug`.
+    pub fn unplug_card(&mut self, timeout: Duration) -> Result<Duration> {
+        self.card_slot
+            .as_mut()
+            .ok_or_else(|| Error::Step("the VM was started without hotplug".into()))?
+            .unplug(timeout)
+            .map_err(|e| Error::Step(format!("unplug the card: {e}")))
+    }
+
+    /// Adds the card back, on the same backend socket.
+    pub fn plug_card(&mut self) -> Result<()> {
+        self.card_slot
+            .as_mut()
+            .ok_or_else(|| Error::Step("the VM was started without hotplug".into()))?
+            .plug()
+            .map_err(|e| Error::Step(format!("plug the card: {e}")))
     }
 
     /// The card replacements so far (supervised VMs).

@@ -68,6 +68,12 @@ pub enum Error {
     UnknownRequest(u64),
     #[error("no capture buffer is queued: requeue frames to keep the stream going")]
     NoBuffers,
+    /// The uevent socket of [`crate::Monitor`] failed.
+    #[error("uevent monitor: {call} failed: {source}")]
+    Monitor {
+        call: &'static str,
+        source: nix::Error,
+    },
     #[error("the card did not hand back {0} capture buffers (leaked, not freed)")]
     BuffersNotReturned(usize),
 }
@@ -85,7 +91,7 @@ impl Error {
     /// driver's contract (EBUSY, EBADF, EINVAL, ...).
     pub fn errno(&self) -> Option<nix::errno::Errno> {
         match self {
-            Error::Ioctl { source, .. } => Some(*source),
+            Error::Ioctl { source, .. } | Error::Monitor { source, .. } => Some(*source),
             Error::Open { source, .. } => source.raw_os_error().map(nix::errno::Errno::from_raw),
             Error::Busy { .. } => Some(nix::errno::Errno::EBUSY),
             Error::Map { source, .. } => source.raw_os_error().map(nix::errno::Errno::from_raw),

@@ -231,6 +231,11 @@ impl Stream<'_> {
                 ));
             }
             if self.queued.is_empty() {
+                // Buffers come back without a frame when the stream is
+                // flushed, or when the card is removed (the driver cancels
+                // them before files fail): then the card's error is the
+                // answer, not an empty pool.
+                self.card.nop()?;
                 return Err(Error::NoBuffers);
             }
             self.pump(Some(left))?;

@@ -8,6 +8,7 @@ mod crossings;
 mod faults;
 mod flood;
 mod fuzz;
+mod hotplug;
 mod irq;
 mod regbuf;
 mod selftest;
@@ -76,6 +77,10 @@ enum Command {
     RegbufHold(regbuf::HoldArgs),
     /// The driver's reaction to a fault the host armed in xxcapd, repeated.
     FaultLoop(faults::FaultLoopArgs),
+    /// Live through card removals: stream, DMA, a blocked reader and
+    /// mappings on the card until the host removes it, then wait for the
+    /// card added back (see `hotplug.rs`).
+    Hotplug(hotplug::HotplugArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +105,10 @@ fn main() -> ExitCode {
         Command::RegbufTest(args) => regbuf::run(device, args),
         Command::RegbufHold(args) => regbuf::hold(device, args),
         Command::FaultLoop(args) => faults::run(device, args),
+        Command::Hotplug(args) => Ok(hotplug::run(args).unwrap_or_else(|e| {
+            eprintln!("xxcap-test hotplug: {e}");
+            ExitCode::FAILURE
+        })),
     };
     match result {
         Ok(code) => code,

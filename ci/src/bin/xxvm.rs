@@ -152,6 +152,11 @@ struct ExecArgs {
     /// $XXVM_PROJECT, else the checkout xxvm was built from].
     #[arg(long, value_name = "DIR")]
     project: Option<std::path::PathBuf>,
+    /// Remove the card (`remove@SECS`) or add it back (`add@SECS`) over
+    /// QMP, SECS after the command started (repeatable, alternating, in
+    /// time order; one card only).
+    #[arg(long = "hotplug", value_name = "remove|add@SECS")]
+    hotplug: Vec<xxcapture_hil::exec::HotplugStep>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -404,6 +409,7 @@ fn exec(args: &ExecArgs) -> Result<ExitCode, xxcapture_hil::Error> {
         echo: true,
         extra_qemu_args: Vec::new(),
         baseline_boot: false,
+        hotplug: args.hotplug.clone(),
     };
     eprintln!(
         "xxvm: run directory {} ({}: {why})",

@@ -126,6 +126,65 @@ pub struct ExecOptions {
     /// Boot as the harness used to, for comparison: the compressed kernel,
     /// a gzip initramfs, no `vm::BOOT_ARGS`.
     pub baseline_boot: bool,
+    /// Removals and additions of the (one) card over QMP, at times after
+    /// the command started, in order.
+    pub hotplug: Vec<HotplugStep>,
+}
+
+/// What `--hotplug` does to the card.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CardAction {
+    /// `device_del`: the guest's driver lets go of the card (ACPI eject).
+    Remove,
+    /// `device_add` of the card again, on the same xxcapd.
+    Add,
+}
+
+/// One `--hotplug remove@SECS` or `add@SECS`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HotplugStep {
+    pub action: CardAction,
+    /// After the command started.
+    pub at: Duration,
+}
+
+impl std::str::FromStr for HotplugStep {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (action, at) = s
+            .split_once('@')
+            .ok_or_else(|| format!("{s:?}: expected remove@SECS or add@SECS"))?;
+        let action = match action {
+            "remove" => CardAction::Remove,
+            "add" => CardAction::Add,
+            other => return Err(format!("{other:?}: the card can be removed or added")),
+        };
+        let at = at
+            .parse::<f64>()
+            .ok()
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .ok_or_else(|| format!("{at:?}: not a number of seconds"))?;
+        Ok(HotplugStep { action, at })
+    }
+}
+
+/// Checks that a schedule alternates remove, add, ... in time order.
+pub fn check_hotplug(steps: &[HotplugStep]) -> std::result::Result<(), String> {
+    let mut plugged = true;
+    let mut last = Duration::ZERO;
+    for step in steps {
+        if step.at < last {
+            return Err(format!("--hotplug times go back at {:?}", step.at));
+        }
+        last = step.at;
+        match (step.action, plugged) {
+            (CardAction::Remove, true) | (CardAction::Add, false) => plugged = !plugged,
+            (CardAction::Remove, false) => return Err("the card is removed twice".into()),
+            (CardAction::Add, true) => return Err("the card is added while present".into()),
+        }
+    }
+    Ok(())
 }
 
 /// How a run ended.
@@ -253,8 +312,13 @@ pub fn run(artifacts: &Artifacts, opts: &ExecOptions) -> Result<ExecOutcome> {
             .collect(),
         extra_qemu_args: opts.extra_qemu_args.clone(),
         without_boot_args: opts.baseline_boot,
+        hotplug: !opts.hotplug.is_empty(),
         ..VmOptions::default()
     };
+    if !opts.hotplug.is_empty() && vm_opts.cards != 1 {
+        return Err(Error::Step("--hotplug works on one card".into()));
+    }
+    check_hotplug(&opts.hotplug).map_err(Error::Step)?;
     vm_opts
         .kernel_args
         .push(format!("xxcap.cards={}", vm_opts.cards));
@@ -365,7 +429,31 @@ fn follow(vm: &mut Vm, opts: &ExecOptions) -> ExecOutcome {
     };
     let pid = vm.qemu_pid();
     let mut timed_out = false;
+    let mut command_started = None;
+    let mut hotplug = opts.hotplug.iter().peekable();
     loop {
+        if let Some(at) = command_started {
+            while let Some(step) = hotplug.next_if(|s| Instant::now() >= at + s.at) {
+                let t = Instant::now();
+                let done = match step.action {
+                    CardAction::Remove => vm.unplug_card(Duration::from_secs(30)).map(|took| {
+                        format!(
+                            "card removed (the guest let go in {:.0} ms)",
+                            took.as_secs_f64() * 1e3
+                        )
+                    }),
+                    CardAction::Add => vm.plug_card().map(|()| "card added".to_string()),
+                };
+                let when = t.saturating_duration_since(at).as_secs_f64();
+                match done {
+                    Ok(what) => eprintln!("xxvm: {what} at command time {when:.3} s"),
+                    Err(e) => {
+                        eprintln!("xxvm: at command time {when:.3} s: {e}");
+                        outcome.failure.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+        }
         let running = vm.qemu_running();
         let lines = vm.console();
         for line in &lines[seen.min(lines.len())..] {
@@ -381,6 +469,7 @@ fn follow(vm: &mut Vm, opts: &ExecOptions) -> ExecOutcome {
                 outcome.output.push(line.clone());
             } else if line.starts_with("XXCAP-EXEC-BEGIN") {
                 inside = true;
+                command_started.get_or_insert_with(Instant::now);
                 outcome.qemu_cpu_to_command = pid.and_then(process_cpu);
             } else if let Some(why) = line.strip_prefix("XXCAP-EXEC-ERROR ") {
                 outcome.failure.get_or_insert_with(|| why.to_string());
@@ -511,6 +600,30 @@ pub fn missing_artifacts(e: Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hotplug_schedules_parse_and_alternate() {
+        let step = |s: &str| s.parse::<HotplugStep>();
+        assert_eq!(
+            step("remove@2.5"),
+            Ok(HotplugStep {
+                action: CardAction::Remove,
+                at: Duration::from_millis(2500)
+            })
+        );
+        for bad in ["remove", "unplug@1", "add@x", "add@-1", "add@inf", "@1"] {
+            assert!(step(bad).is_err(), "{bad}");
+        }
+        let plan = |list: &[&str]| {
+            let steps: Vec<HotplugStep> = list.iter().map(|s| step(s).expect("parses")).collect();
+            check_hotplug(&steps)
+        };
+        assert_eq!(plan(&["remove@1", "add@2", "remove@2", "add@5"]), Ok(()));
+        assert_eq!(plan(&["remove@1"]), Ok(()));
+        assert!(plan(&["add@1"]).is_err());
+        assert!(plan(&["remove@1", "remove@2"]).is_err());
+        assert!(plan(&["remove@2", "add@1"]).is_err());
+    }
 
     #[test]
     fn puts_and_gets_parse() {

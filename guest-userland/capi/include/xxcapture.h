@@ -153,6 +153,22 @@
 #define XXCAP_STATUS_DMA_ERROR (1 << 3)
 
 /**
+ * A card was probed: its node can be opened.
+ */
+#define XXCAP_CARD_ADDED 1
+
+/**
+ * A card was removed: files still open on it fail with -ENODEV.
+ */
+#define XXCAP_CARD_REMOVED 2
+
+/**
+ * Changes were lost (the socket overflowed): list the cards again with
+ * `xxcap_list_cards`. `index` is 0 and `dev_path` empty.
+ */
+#define XXCAP_CARDS_LOST 3
+
+/**
  * Buffers a stream lends the card at most.
  */
 #define XXCAP_MAX_STREAM_BUFFERS 32
@@ -181,6 +197,11 @@ struct xxcap_capture;
  * An open card (opaque).
  */
 struct xxcap_card;
+
+/**
+ * A uevent listener (opaque). Needs no udev daemon.
+ */
+struct xxcap_monitor;
 
 /**
  * Card RAM mapped into this process (opaque).
@@ -445,6 +466,31 @@ struct xxcap_stamp {
          */
         uint32_t checksum;
 };
+
+/**
+ * A change in the cards present, as `xxcap_monitor_fn` sees it.
+ */
+struct xxcap_card_change {
+        /**
+         * `XXCAP_CARD_ADDED`, `XXCAP_CARD_REMOVED` or `XXCAP_CARDS_LOST`.
+         */
+        uint32_t change;
+        /**
+         * N of /dev/xxcaptureN.
+         */
+        uint32_t index;
+        /**
+         * The device node, NUL-terminated.
+         */
+        char dev_path[XXCAP_PATH_LEN];
+};
+
+/**
+ * Called by `xxcap_monitor_dispatch` for each change, with its `refcon`.
+ * The change lives for the call only.
+ */
+typedef void (*xxcap_monitor_fn)(const struct xxcap_card_change *change,
+                                 void *refcon);
 
 /**
  * A frame the card wrote into one of the stream's buffers. `data` stays
@@ -922,6 +968,47 @@ int xxcap_status_read(struct xxcap_status_map *map,
  * `map` is NULL or a live status mapping, not used after this call.
  */
 void xxcap_status_unmap(struct xxcap_status_map *map);
+
+/**
+ * Opens a monitor of cards added and removed. Open it before listing the
+ * cards present (`xxcap_list_cards`), so that no card is missed between
+ * the two.
+ *
+ * # Safety
+ * `out` is writable.
+ */
+int xxcap_monitor_open(struct xxcap_monitor **out);
+
+/**
+ * The monitor's file descriptor, for the caller's own poll(): readable
+ * when a uevent (of any device) waits. Then call
+ * `xxcap_monitor_dispatch` with timeout 0.
+ *
+ * # Safety
+ * `monitor` is a live handle.
+ */
+int xxcap_monitor_fd(const struct xxcap_monitor *monitor);
+
+/**
+ * Waits up to `timeout_ms` (negative: for ever) for a change, then calls
+ * `callback` for it and for every further change already waiting. Returns
+ * how many changes were delivered (0: none in time).
+ *
+ * # Safety
+ * `monitor` is a live handle; `callback` is safe to call with `refcon`.
+ */
+int xxcap_monitor_dispatch(struct xxcap_monitor *monitor,
+                           int timeout_ms,
+                           xxcap_monitor_fn callback,
+                           void *refcon);
+
+/**
+ * Closes a monitor (NULL is ignored).
+ *
+ * # Safety
+ * `monitor` is NULL or a live handle, not used afterwards.
+ */
+void xxcap_monitor_close(struct xxcap_monitor *monitor);
 
 /**
  * Starts streaming capture in `format` into `buffers` buffers of one frame

@@ -39,6 +39,24 @@ enum Command {
     /// Exits non-zero if any frame was dropped, corrupt or out of order, or
     /// a page stayed pinned.
     Stream(stream::StreamArgs),
+    /// Print one line per card added or removed (kernel uevents; no udev
+    /// daemon needed): `added /dev/xxcaptureN`, `removed /dev/xxcaptureN`,
+    /// or `lost` when uevents were lost (list the cards again).
+    Monitor(MonitorArgs),
+}
+
+#[derive(clap::Args)]
+struct MonitorArgs {
+    /// First print `present /dev/xxcaptureN` for each card already there.
+    #[arg(long)]
+    present: bool,
+    /// Exit after this many changes.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Exit after this many seconds without a change (status 0 if
+    /// `--count` was not given, else 1).
+    #[arg(long)]
+    idle: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +105,7 @@ fn main() -> ExitCode {
         Command::Regs { action } => regs_cmd(&cli.device, action),
         Command::Capture(args) => capture::run(&cli.device, args),
         Command::Stream(args) => stream::run(&cli.device, args),
+        Command::Monitor(args) => monitor(args),
     };
     match result {
         Ok(code) => code,
@@ -95,6 +114,45 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn monitor(args: MonitorArgs) -> Result<ExitCode, Error> {
+    let idle = match args.idle {
+        Some(s) => Some(
+            std::time::Duration::try_from_secs_f64(s)
+                .map_err(|_| Error::BadFormat(format!("--idle {s}: not a duration")))?,
+        ),
+        None => None,
+    };
+    // Listening before listing: a card added in between is in both.
+    let mut monitor = xxcapture::Monitor::new()?;
+    if args.present {
+        for card in xxcapture::cards()? {
+            println!("present {}", card.dev_path.display());
+        }
+    }
+    let mut seen = 0u64;
+    if args.count == Some(0) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    monitor.watch(idle, |change| {
+        match change {
+            xxcapture::CardChange::Added(card) => println!("added {}", card.dev_path.display()),
+            xxcapture::CardChange::Removed(card) => {
+                println!("removed {}", card.dev_path.display())
+            }
+            xxcapture::CardChange::Lost => println!("lost"),
+        }
+        seen += 1;
+        match args.count.is_some_and(|n| seen >= n) {
+            true => std::ops::ControlFlow::Break(()),
+            false => std::ops::ControlFlow::Continue(()),
+        }
+    })?;
+    Ok(match args.count {
+        Some(n) if seen < n => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    })
 }
 
 fn caps_names(bits: u32) -> String {
