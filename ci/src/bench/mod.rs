@@ -213,7 +213,12 @@ mod tests {
         assert_eq!(r.vivid_comparison.len(), 1);
         assert_eq!(v.ours_v4l2_fps, Some(60.0));
         assert_eq!(v.v4l2_guest_cpu_ratio, Some(3.0));
-        assert!(r.markdown().contains("not reached"));
+        let md = r.markdown();
+        assert!(md.contains("not reached"));
+        assert!(
+            md.contains("| v4l2-card-1080p60 (1920x1080 YUYV) | xxcapture |"),
+            "{md}"
+        );
         let doc = r.document("2026-01-01 00:00 UTC", "a test host");
         assert!(doc.starts_with("# Benchmarks\n"), "{doc}");
         assert!(doc
