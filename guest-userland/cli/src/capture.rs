@@ -52,6 +52,10 @@ pub struct CaptureArgs {
     /// harness: one line, `@xxcap-result ` and a JSON object.
     #[arg(long)]
     results: bool,
+    /// No progress bar (on a serial console, drawing it costs guest CPU
+    /// that would count in the CPU per frame).
+    #[arg(long)]
+    quiet: bool,
 }
 
 pub(crate) fn parse_format(s: &str) -> Result<PixelFormat, String> {
@@ -234,7 +238,11 @@ pub fn run(device: &str, args: CaptureArgs) -> Result<ExitCode, Error> {
         .map(|path| Y4mOut::create(path, args.format, w, h, args.rate))
         .transpose()?;
 
-    let progress = ProgressBar::new(args.frames);
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.frames)
+    };
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} frames {per_sec} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
