@@ -77,6 +77,9 @@ pub struct Stream<'c> {
     batch: Vec<Event>,
     stats: StreamStats,
     stopped: bool,
+    /// Every record received, in order, once [`Stream::keep_records`] was
+    /// called.
+    log: Option<Vec<Event>>,
 }
 
 impl Card {
@@ -133,6 +136,7 @@ impl Card {
             batch: Vec::new(),
             stats: StreamStats::default(),
             stopped: false,
+            log: None,
         };
         // Buffers first, then start: the first frames find a buffer.
         for index in 0..buffers as u64 {
@@ -186,6 +190,12 @@ impl Stream<'_> {
         self.queued.len()
     }
 
+    /// Frames the card completed that [`Stream::next_frame`] has not
+    /// returned yet.
+    pub fn completed(&self) -> usize {
+        self.ready.len()
+    }
+
     fn lend(&mut self, index: u64, mut buffer: Vec<u8>) -> Result<()> {
         let mut arg = QueueBuffer {
             addr: (buffer.as_mut_ptr() as u64).into(),
@@ -206,6 +216,18 @@ impl Stream<'_> {
         })?;
         self.queued.insert(arg.request_id.get(), (index, buffer));
         Ok(())
+    }
+
+    /// Keeps every record the stream receives from now on (buffer
+    /// completions and device events, in the order the driver delivered
+    /// them), for [`Stream::take_records`].
+    pub fn keep_records(&mut self) {
+        self.log.get_or_insert_with(Vec::new);
+    }
+
+    /// The records kept since [`Stream::keep_records`] or the last call.
+    pub fn take_records(&mut self) -> Vec<Event> {
+        self.log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Gives a frame's buffer back to the card.
@@ -243,6 +265,9 @@ impl Stream<'_> {
         let now = monotonic_ns();
         // Taken and put back, so the batch's allocation is reused.
         let batch = std::mem::take(&mut self.batch);
+        if let Some(log) = self.log.as_mut() {
+            log.extend_from_slice(&batch);
+        }
         for &ev in &batch {
             match ev.cause {
                 Cause::Overflow if !ev.completion => self.stats.dropped += 1,

@@ -42,6 +42,12 @@ pub struct StreamArgs {
     /// Write the frames to a Y4M file.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Write every record the stream received to FILE, one line each in
+    /// the order the driver delivered them: cause, sequence, frame, device
+    /// time, count, status (no guest times: a deterministic run gives the
+    /// same file every time).
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
     /// No progress line (for logs).
     #[arg(long)]
     quiet: bool,
@@ -88,6 +94,9 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
     );
 
     let mut stream = card.start_stream(format, args.file_source, args.buffers)?;
+    if args.events.is_some() {
+        stream.keep_records();
+    }
     let started = Instant::now();
     let cpu_started = xxcapture::measure::cpu_time();
     let limit = Duration::from_secs_f64(args.seconds);
@@ -128,7 +137,14 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
         if let Some(out) = y4m.as_mut() {
             out.write(frame.data())?;
         }
-        stream.requeue(frame)?;
+        // With --frames, no buffer for a frame that would not be read: the
+        // card produces exactly the frames asked for.
+        if args
+            .frames
+            .is_none_or(|n| delivered + ((stream.queued() + stream.completed()) as u64) < n)
+        {
+            stream.requeue(frame)?;
+        }
         if last_report.elapsed() >= Duration::from_millis(500) {
             last_report = Instant::now();
             let s = stream.stats();
@@ -146,6 +162,9 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
         (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e3 / delivered.max(1) as f64,
         _ => f64::NAN,
     };
+    if let Some(path) = &args.events {
+        write_records(path, &stream.take_records())?;
+    }
     let dropped_register = card.read_register(xxcapture::abi::regs::DROPPED_FRAMES)?;
     let pinned_while_streaming = card.sysfs_attribute("pinned_pages").unwrap_or_default();
     let stats = stream.stop()?;
@@ -207,5 +226,28 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// `--events`: one line per record, without guest times.
+fn write_records(path: &std::path::Path, records: &[xxcapture::Event]) -> Result<(), Error> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for r in records {
+        let _ = writeln!(
+            text,
+            "{:?}{} seq={} frame={} device_ns={} count={} status={}",
+            r.cause,
+            if r.completion { " completion" } else { "" },
+            r.sequence,
+            r.frame_number,
+            r.device_time_ns,
+            r.count,
+            r.status
+        );
+    }
+    std::fs::write(path, text).map_err(|source| Error::Open {
+        path: path.to_path_buf(),
+        source,
     })
 }
