@@ -80,6 +80,8 @@ pub struct Stream<'c> {
     /// Every record received, in order, once [`Stream::keep_records`] was
     /// called.
     log: Option<Vec<Event>>,
+    /// Per OVERFLOW record, the number the next frame got.
+    overflows: Vec<u64>,
 }
 
 impl Card {
@@ -137,6 +139,7 @@ impl Card {
             stats: StreamStats::default(),
             stopped: false,
             log: None,
+            overflows: Vec::new(),
         };
         // Buffers first, then start: the first frames find a buffer.
         for index in 0..buffers as u64 {
@@ -218,6 +221,12 @@ impl Stream<'_> {
         Ok(())
     }
 
+    /// Frame periods the card dropped (OVERFLOW records received so far)
+    /// before it produced frame `frame`.
+    pub fn dropped_before(&self, frame: u64) -> u64 {
+        self.overflows.iter().filter(|&&n| n <= frame).count() as u64
+    }
+
     /// Keeps every record the stream receives from now on (buffer
     /// completions and device events, in the order the driver delivered
     /// them), for [`Stream::take_records`].
@@ -270,7 +279,10 @@ impl Stream<'_> {
         }
         for &ev in &batch {
             match ev.cause {
-                Cause::Overflow if !ev.completion => self.stats.dropped += 1,
+                Cause::Overflow if !ev.completion => {
+                    self.stats.dropped += 1;
+                    self.overflows.push(ev.frame_number);
+                }
                 Cause::Lost => self.stats.lost_records += u64::from(ev.count),
                 Cause::FrameDone if ev.completion => {
                     let Some((index, buffer)) = self.queued.remove(&ev.request_id) else {
