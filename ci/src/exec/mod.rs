@@ -142,7 +142,7 @@ pub struct ExecOptions {
 /// driver's and the application's timeouts before xxcapd could answer.
 pub const DETERMINISTIC_QEMU_ARGS: &[&str] = &[
     "-icount",
-    "shift=1,sleep=on",
+    "shift=3,sleep=on",
     "-rtc",
     "base=2026-01-01T00:00:00,clock=vm",
     "-cpu",
