@@ -378,13 +378,13 @@ fn exec(args: &ExecArgs) -> Result<ExitCode, xxcapture_hil::Error> {
             Err(e) => return Ok(usage(e)),
         }
     }
+    if args.deterministic && matches!(args.accel, AccelChoice::Kvm) {
+        return Ok(usage(
+            "--deterministic needs TCG (KVM cannot count instructions)".into(),
+        ));
+    }
     let artifacts = xxcapture_hil::Artifacts::locate().map_err(x::missing_artifacts)?;
     let (accel, why) = match (args.accel, args.deterministic) {
-        (AccelChoice::Kvm, true) => {
-            return Ok(usage(
-                "--deterministic needs TCG (KVM cannot count instructions)".into(),
-            ))
-        }
         (AccelChoice::Auto, true) => (Accel::Tcg, "deterministic".to_string()),
         (AccelChoice::Tcg, _) => (Accel::Tcg, "asked for".to_string()),
         (AccelChoice::Kvm, _) => (Accel::Kvm, "asked for".to_string()),
