@@ -125,6 +125,7 @@ pub fn measure(
             "isa-debugcon,iobase=0x402,chardev=debugcon".into(),
         ],
         baseline_boot: baseline,
+        deterministic: false,
     };
     let outcome = exec::run(artifacts, &opts)?;
     if outcome.exit != 0 {

@@ -187,6 +187,11 @@ fn bad_options_are_refused_before_anything_boots() {
             "not found",
         ),
         (&["--get", "relative:x", "--", "true"][..], 2, "absolute"),
+        (
+            &["--deterministic", "--accel", "kvm", "--", "true"][..],
+            2,
+            "--deterministic needs TCG",
+        ),
     ] {
         let out = xxvm_exec(dir.path(), args);
         let report = show(&out);

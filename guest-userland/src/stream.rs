@@ -77,6 +77,11 @@ pub struct Stream<'c> {
     batch: Vec<Event>,
     stats: StreamStats,
     stopped: bool,
+    /// Every record received, in order, once [`Stream::keep_records`] was
+    /// called.
+    log: Option<Vec<Event>>,
+    /// Per OVERFLOW record, the number the next frame got.
+    overflows: Vec<u64>,
 }
 
 impl Card {
@@ -133,6 +138,8 @@ impl Card {
             batch: Vec::new(),
             stats: StreamStats::default(),
             stopped: false,
+            log: None,
+            overflows: Vec::new(),
         };
         // Buffers first, then start: the first frames find a buffer.
         for index in 0..buffers as u64 {
@@ -186,6 +193,12 @@ impl Stream<'_> {
         self.queued.len()
     }
 
+    /// Frames the card completed that [`Stream::next_frame`] has not
+    /// returned yet.
+    pub fn completed(&self) -> usize {
+        self.ready.len()
+    }
+
     fn lend(&mut self, index: u64, mut buffer: Vec<u8>) -> Result<()> {
         let mut arg = QueueBuffer {
             addr: (buffer.as_mut_ptr() as u64).into(),
@@ -206,6 +219,24 @@ impl Stream<'_> {
         })?;
         self.queued.insert(arg.request_id.get(), (index, buffer));
         Ok(())
+    }
+
+    /// Frame periods the card dropped (OVERFLOW records received so far)
+    /// before it produced frame `frame`.
+    pub fn dropped_before(&self, frame: u64) -> u64 {
+        self.overflows.iter().filter(|&&n| n <= frame).count() as u64
+    }
+
+    /// Keeps every record the stream receives from now on (buffer
+    /// completions and device events, in the order the driver delivered
+    /// them), for [`Stream::take_records`].
+    pub fn keep_records(&mut self) {
+        self.log.get_or_insert_with(Vec::new);
+    }
+
+    /// The records kept since [`Stream::keep_records`] or the last call.
+    pub fn take_records(&mut self) -> Vec<Event> {
+        self.log.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Gives a frame's buffer back to the card.
@@ -248,9 +279,15 @@ impl Stream<'_> {
         let now = monotonic_ns();
         // Taken and put back, so the batch's allocation is reused.
         let batch = std::mem::take(&mut self.batch);
+        if let Some(log) = self.log.as_mut() {
+            log.extend_from_slice(&batch);
+        }
         for &ev in &batch {
             match ev.cause {
-                Cause::Overflow if !ev.completion => self.stats.dropped += 1,
+                Cause::Overflow if !ev.completion => {
+                    self.stats.dropped += 1;
+                    self.overflows.push(ev.frame_number);
+                }
                 Cause::Lost => self.stats.lost_records += u64::from(ev.count),
                 Cause::FrameDone if ev.completion => {
                     let Some((index, buffer)) = self.queued.remove(&ev.request_id) else {

@@ -25,6 +25,13 @@
 //! capture goes as fast as the reader takes frames, instead of burning a host
 //! core on frames nobody reads and starving the guest's vCPU of it.
 //!
+//! On virtual time (`--clock virtual`, see [`crate::clock`]) nothing is
+//! paced by the host: whatever the frame rate, frames come as the reader
+//! takes them (ring frames as RING_RELEASE allows, streamed frames as
+//! buffers are queued), none is dropped for lateness, and frame period `k`
+//! of the session is stamped `start + (k + 1) * period`: the same frames
+//! with the same timestamps on every run.
+//!
 //! Events: each ring frame raises FRAME_DONE, each dropped frame period
 //! OVERFLOW ([`Events::raise`], which also delivers what is due).
 //!
@@ -56,6 +63,7 @@ fn due(start: Instant, period: Duration, tick: u32) -> Instant {
 }
 
 use crate::card_ram::{filling, full, CardRam, SlotUpdate};
+use crate::clock::{Clock, FREE_RUN_PERIOD_NS};
 use crate::events::Events;
 use crate::faults::{FaultKind, Fired, Unit};
 use crate::queue::MemorySlot;
@@ -90,18 +98,29 @@ fn corrupt(frame: &mut [u8]) {
 }
 
 /// Device time: nanoseconds since the card's epoch, on the daemon's clock.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct DeviceClock {
-    /// The daemon's time zero.
-    pub origin: Instant,
+    /// The daemon's clock.
+    pub clock: Clock,
     /// The card's epoch (`Card::epoch_ns`) on the daemon's clock.
     pub card_epoch_ns: u64,
 }
 
 impl DeviceClock {
     pub fn now_ns(&self) -> u64 {
-        let since_origin = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        since_origin.saturating_sub(self.card_epoch_ns)
+        self.clock.now_ns().saturating_sub(self.card_epoch_ns)
+    }
+
+    /// On virtual time, the device time frame period `tick` of a session
+    /// that started at `start_ns` ends (the counter is moved there if it is
+    /// behind); on the host's clock, now.
+    fn frame_ns(&self, start_ns: u64, period_ns: u64, tick: u32) -> u64 {
+        if !self.clock.is_virtual() {
+            return self.now_ns();
+        }
+        let t = start_ns.saturating_add(period_ns.saturating_mul(u64::from(tick) + 1));
+        self.clock.reach(self.card_epoch_ns.saturating_add(t));
+        t
     }
 }
 
@@ -202,7 +221,8 @@ impl CaptureThread {
         clock: DeviceClock,
         io: CaptureIo,
     ) -> io::Result<CaptureThread> {
-        ram.status().begin(&session, clock.now_ns());
+        let start_ns = clock.now_ns();
+        ram.status().begin(&session, start_ns);
         let progress = Arc::new(Progress::default());
         let stop = Arc::new(StopSignal::default());
         let released = Arc::new(AtomicU64::new(0));
@@ -212,6 +232,7 @@ impl CaptureThread {
             ram,
             file,
             clock,
+            start_ns,
             progress: Arc::clone(&progress),
             stop: Arc::clone(&stop),
             io: io.clone(),
@@ -284,6 +305,8 @@ struct Worker {
     ram: Arc<CardRam>,
     file: Option<SharedFile>,
     clock: DeviceClock,
+    /// Device time when the session started.
+    start_ns: u64,
     progress: Arc<Progress>,
     stop: Arc<StopSignal>,
     io: CaptureIo,
@@ -326,10 +349,10 @@ impl Worker {
     }
 
     /// Counts one frame period for the armed faults.
-    fn frame_faults(&self) -> Fired {
+    fn frame_faults(&self, tick: u32) -> Fired {
         let faults = self.io.events.faults();
         if faults.is_live() {
-            faults.tick(Unit::Frame, self.clock.now_ns())
+            faults.tick(Unit::Frame, self.frame_ns(tick))
         } else {
             Fired::NONE
         }
@@ -350,10 +373,10 @@ impl Worker {
 
     /// An injected drop of the frame period that would produce `frame`:
     /// counted as dropped, with an OVERFLOW record.
-    fn drop_frame(&self, frame: u64, dropped: &mut u64) {
+    fn drop_frame(&self, frame: u64, tick: u32, dropped: &mut u64) {
         *dropped += 1;
         self.progress.dropped.store(*dropped, Ordering::Release);
-        let now_ns = self.clock.now_ns();
+        let now_ns = self.frame_ns(tick);
         self.trace_frame(frame, "dropped", now_ns);
         self.io.raise(irq::OVERFLOW, frame, 1, now_ns);
     }
@@ -371,6 +394,25 @@ impl Worker {
             0 => None,
             fps => Some(Duration::from_nanos(1_000_000_000 / u64::from(fps))),
         }
+    }
+
+    /// The host-clock pacing: the frame period, or none when frames come
+    /// as fast as the reader takes them. On virtual time frames always
+    /// come as the reader takes them (released ring slots, queued stream
+    /// buffers): the host's speed decides nothing.
+    fn pacing(&self) -> Option<Duration> {
+        match self.clock.clock.is_virtual() {
+            true => None,
+            false => self.period(),
+        }
+    }
+
+    /// Device time of frame period `tick` (see [`DeviceClock::frame_ns`]).
+    fn frame_ns(&self, tick: u32) -> u64 {
+        let period_ns = self.period().map_or(FREE_RUN_PERIOD_NS, |p| {
+            u64::try_from(p.as_nanos()).unwrap_or(u64::MAX)
+        });
+        self.clock.frame_ns(self.start_ns, period_ns, tick)
     }
 
     /// Whole periods that passed since frame `tick` fell due, once the
@@ -402,7 +444,7 @@ impl Worker {
     fn ring_frames(&self, source: &mut dyn VideoSource) {
         let ring = self.session.ring;
         let frame_size = source.frame_size();
-        let period = self.period();
+        let period = self.pacing();
         let start = Instant::now();
         // Index of the next frame period in the schedule.
         let mut tick: u32 = 0;
@@ -420,23 +462,26 @@ impl Worker {
                 }
                 continue;
             }
-            let fired = self.frame_faults();
+            let fired = self.frame_faults(tick);
             if fired.has(FaultKind::DropFrames) {
-                self.drop_frame(frame, &mut dropped);
+                self.drop_frame(frame, tick, &mut dropped);
                 self.ram.status().slot(&SlotUpdate {
                     slot: usize::MAX,
                     info: Default::default(),
                     frame_counter: frame,
                     dropped,
                     errors,
-                    device_time_ns: self.clock.now_ns(),
+                    device_time_ns: self.frame_ns(tick),
                 });
                 match period {
                     Some(p) => {
                         tick =
                             self.skip_missed(start, p, tick.saturating_add(1), frame, &mut dropped)
                     }
-                    None => thread::yield_now(),
+                    None => {
+                        tick = tick.saturating_add(1);
+                        thread::yield_now()
+                    }
                 }
                 continue;
             }
@@ -448,7 +493,7 @@ impl Worker {
                 frame_counter: frame,
                 dropped,
                 errors,
-                device_time_ns: self.clock.now_ns(),
+                device_time_ns: self.frame_ns(tick),
             });
             let rendered = self
                 .ram
@@ -459,7 +504,7 @@ impl Worker {
                     }
                     rendered
                 });
-            let now_ns = self.clock.now_ns();
+            let now_ns = self.frame_ns(tick);
             match rendered {
                 Some(Ok(_stamp)) => {
                     frame += 1;
@@ -508,7 +553,10 @@ impl Worker {
                     tick = self.skip_missed(start, p, tick.saturating_add(1), frame, &mut dropped)
                 }
                 // Let the other threads (DMA, the guest's vCPUs) in.
-                None => thread::yield_now(),
+                None => {
+                    tick = tick.saturating_add(1);
+                    thread::yield_now()
+                }
             }
         }
     }
@@ -517,7 +565,7 @@ impl Worker {
     fn stream_frames(&self, source: &mut dyn VideoSource) {
         let frame_size = source.frame_size();
         let mut staging = vec![0u8; frame_size];
-        let period = self.period();
+        let period = self.pacing();
         let start = Instant::now();
         let mut tick: u32 = 0;
         let (mut frame, mut dropped, mut errors) = (0u64, 0u64, 0u64);
@@ -536,15 +584,18 @@ impl Worker {
                     }
                 }
             }
-            let fired = self.frame_faults();
+            let fired = self.frame_faults(tick);
             if fired.has(FaultKind::DropFrames) {
-                self.drop_frame(frame, &mut dropped);
+                self.drop_frame(frame, tick, &mut dropped);
                 match period {
                     Some(p) => {
                         tick =
                             self.skip_missed(start, p, tick.saturating_add(1), frame, &mut dropped)
                     }
-                    None => thread::yield_now(),
+                    None => {
+                        tick = tick.saturating_add(1);
+                        thread::yield_now()
+                    }
                 }
                 continue;
             }
@@ -554,7 +605,7 @@ impl Worker {
                 None if period.is_none() => continue,
                 None => Err(TfError::DmaRange),
                 Some(buffer) if buffer.capacity < frame_size as u64 => {
-                    let now_ns = self.clock.now_ns();
+                    let now_ns = self.frame_ns(tick);
                     let outcome = Outcome {
                         error: TfError::DmaRange,
                         frame_number: frame,
@@ -586,7 +637,7 @@ impl Worker {
                             Err(TfError::Device)
                         }
                     };
-                    let now_ns = self.clock.now_ns();
+                    let now_ns = self.frame_ns(tick);
                     let outcome = Outcome {
                         error: written.err().unwrap_or(TfError::Ok),
                         frame_number: frame,
@@ -602,7 +653,7 @@ impl Worker {
                     written
                 }
             };
-            let now_ns = self.clock.now_ns();
+            let now_ns = self.frame_ns(tick);
             match delivered {
                 Ok(()) => {
                     self.trace_frame(frame, if bad { "corrupt" } else { "done" }, now_ns);
@@ -631,7 +682,10 @@ impl Worker {
                 Some(p) => {
                     tick = self.skip_missed(start, p, tick.saturating_add(1), frame, &mut dropped)
                 }
-                None => thread::yield_now(),
+                None => {
+                    tick = tick.saturating_add(1);
+                    thread::yield_now()
+                }
             }
         }
     }

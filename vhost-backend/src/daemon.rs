@@ -25,6 +25,7 @@ use xxcapture_model::{
     VideoSource, CAPTURE_CARD_CAPS,
 };
 
+use crate::clock::Clock;
 use crate::control;
 use crate::device::Counters;
 use crate::events::Events;
@@ -217,8 +218,14 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
     let (socket, listener) = open_listener(listen)?;
     let socket = Arc::new(socket);
 
-    let backend =
-        Arc::new(XxcapBackend::new(card, !cli.no_event_idx, source).map_err(DaemonError::CardRam)?);
+    let clock = match cli.clock.as_str() {
+        "virtual" => Clock::virtual_time(),
+        _ => Clock::host(),
+    };
+    let backend = Arc::new(
+        XxcapBackend::with_clock(card, !cli.no_event_idx, source, clock)
+            .map_err(DaemonError::CardRam)?,
+    );
     let counters = backend.device().counters();
     let events = backend.device().events();
     let extras = Arc::new(start_extras(&cli, &backend)?);
@@ -273,7 +280,11 @@ fn start_extras(cli: &Cli, backend: &XxcapBackend) -> Result<Extras, DaemonError
     let tracer = if cli.trace.is_empty() {
         None
     } else {
-        let tracer = Arc::new(Tracer::create(&cli.trace).map_err(DaemonError::Trace)?);
+        let tracer = match device.clock().is_virtual() {
+            true => Tracer::create_ordered(&cli.trace),
+            false => Tracer::create(&cli.trace),
+        };
+        let tracer = Arc::new(tracer.map_err(DaemonError::Trace)?);
         device.set_tracer(Arc::clone(&tracer));
         Some(tracer)
     };

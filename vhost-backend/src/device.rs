@@ -33,7 +33,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, error, info, warn};
 use vm_memory::GuestMemoryMmap;
@@ -42,6 +42,7 @@ use xxcapture_model::{CaptureSession, Card, DmaDirection, DmaFault, DmaPort, Fil
 
 use crate::capture::{CaptureIo, CaptureThread, DeviceClock, SharedFile};
 use crate::card_ram::{CardRam, GuestDma};
+use crate::clock::Clock;
 use crate::events::Events;
 use crate::faults::{FaultKind, Faults, Unit};
 use crate::queue::{DeviceQueue, MemorySlot};
@@ -125,7 +126,8 @@ pub struct XxcapDevice {
     /// counts from the start rather than from the stop.
     rebase_on_start: AtomicBool,
     counters: Arc<Counters>,
-    epoch: Instant,
+    /// Where device time comes from.
+    clock: Clock,
     capabilities: u32,
     /// Card RAM and the status block (the memfd of shared-memory region 0).
     ram: Arc<CardRam>,
@@ -152,7 +154,7 @@ impl XxcapDevice {
     /// The device for `card`; `file` is the file video source (its geometry
     /// must be the card's `file_source`). Creates card RAM (a memfd of the
     /// card's RAM size plus the status page).
-    pub fn new(card: Card, file: Option<FileSource>) -> io::Result<Self> {
+    pub fn new(card: Card, file: Option<FileSource>, clock: Clock) -> io::Result<Self> {
         let ram = Arc::new(CardRam::new(card.config().card_ram_size)?);
         let events = Arc::new(Events::new(card.interrupt_controller())?);
         Ok(XxcapDevice {
@@ -164,7 +166,7 @@ impl XxcapDevice {
             stream: Arc::new(StreamBuffers::default()),
             rebase_on_start: AtomicBool::new(true),
             counters: Arc::new(Counters::default()),
-            epoch: Instant::now(),
+            clock,
             ram,
             file: file.map(|f| Arc::new(Mutex::new(f))),
             mapper: Mutex::new(None),
@@ -288,9 +290,18 @@ impl XxcapDevice {
         self.events.deliver(self.device_now(), mem);
     }
 
-    /// The coalescing timer expired: records held for it become due.
-    pub(crate) fn timer_fired(&self) {
+    /// The coalescing timer expired: records held for it become due, and
+    /// are delivered. On virtual time the timer (which runs on the host's
+    /// clock) stands for the deadline having passed: what was held until it
+    /// goes out, with the timestamps it was raised with.
+    pub(crate) fn timer_fired(&self, mem: Option<&GuestMemoryMmap>) {
         self.events.timer_fired();
+        let now = self.device_now();
+        let now = match self.clock.is_virtual() {
+            true => now.max(self.events.armed_deadline().unwrap_or(0)),
+            false => now,
+        };
+        self.events.deliver(now, mem);
     }
 
     /// Holds a capture buffer from the stream queue.
@@ -358,7 +369,7 @@ impl XxcapDevice {
         }
         if let Some(session) = wanted {
             let clock = DeviceClock {
-                origin: self.epoch,
+                clock: self.clock.clone(),
                 card_epoch_ns: card.epoch_ns(),
             };
             let io = self.capture_io();
@@ -513,9 +524,14 @@ impl XxcapDevice {
         }
     }
 
-    /// Monotonic nanoseconds since the daemon started.
+    /// Nanoseconds since the daemon's time zero, on its clock.
     fn now_ns(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.clock.now_ns()
+    }
+
+    /// Where device time comes from.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The card; a poisoned lock is taken over (the model never panics, and a
@@ -624,7 +640,7 @@ impl DmaPort for WatchedPort<'_, '_> {
             crate::faults::Fired::NONE
         };
         if fired.has(FaultKind::DmaLatency) {
-            std::thread::sleep(fired.latency);
+            self.device.clock.spend(fired.latency);
         }
         let result = if fired.has(FaultKind::DmaError) {
             Err(DmaFault::Injected)

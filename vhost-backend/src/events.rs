@@ -425,6 +425,11 @@ impl Events {
         }
     }
 
+    /// When the coalescing timer is set to expire (device time), if it is.
+    pub fn armed_deadline(&self) -> Option<u64> {
+        self.lock().armed
+    }
+
     /// The delivery summary for the exit log.
     pub fn summary(&self) -> String {
         let mut st = self.lock();

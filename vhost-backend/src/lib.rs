@@ -29,10 +29,13 @@
 //!   [`control::ControlClient`] (`xxcapd ctl`, tests).
 //! - [`options`]: the command line (options, help text, usage errors),
 //!   value parsing and the QEMU command-line options.
+//! - [`clock`]: where device time comes from (the host's clock, or
+//!   virtual time that only the card's work moves: `--clock virtual`).
 //! - [`daemon`]: the daemon's life: start, serve QEMU, signals, shutdown.
 
 pub mod capture;
 pub mod card_ram;
+pub mod clock;
 pub mod control;
 pub mod daemon;
 pub mod device;

@@ -134,6 +134,15 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_FRAME_RATE)))]
     pub fps: u32,
 
+    /// Where device time comes from: `host` (the host's monotonic clock) or
+    /// `virtual` (moved only by the card's work: 1 us per request, one
+    /// frame period per frame; frames come as the guest takes them, never
+    /// on a host timer; --trace files are written at exit in device-time
+    /// order). The same requests and buffers in the same order then get the
+    /// same timestamps and frames on every run.
+    #[arg(long, value_name = "CLOCK", default_value = "host", value_parser = ["host", "virtual"])]
+    pub clock: String,
+
     /// Video file played when the guest selects FRAME_SOURCE = 1.
     #[arg(long, value_name = "PATH", requires = "source_format")]
     pub source_file: Option<PathBuf>,

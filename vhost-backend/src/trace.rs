@@ -22,6 +22,13 @@
 //! buffer under one lock; the file is complete once xxcapd has exited (the
 //! trace-event array is closed then). With no `--trace` the hooks cost one
 //! branch.
+//!
+//! In device-time order ([`Tracer::create_ordered`], xxcapd `--clock
+//! virtual`): events are held in memory and written at exit, ordered by
+//! device time and, at equal times, by their content. Events of different
+//! threads (requests, capture, event delivery) reach the tracer in whatever
+//! order the host ran those threads; ordered, the file is the same for the
+//! same events whatever that order was.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -229,6 +236,8 @@ pub fn trace_event(event: &TraceEvent) -> Value {
 pub struct Tracer {
     sinks: Mutex<Vec<Sink>>,
     paths: Vec<PathBuf>,
+    /// Events held until [`Tracer::finish`] (device-time order).
+    held: Option<Mutex<Vec<TraceEvent>>>,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -269,7 +278,16 @@ impl Tracer {
         Ok(Tracer {
             sinks: Mutex::new(sinks),
             paths: paths.to_vec(),
+            held: None,
         })
+    }
+
+    /// As [`Tracer::create`], the events written at [`Tracer::finish`] in
+    /// device-time order (see the module documentation).
+    pub fn create_ordered(paths: &[PathBuf]) -> io::Result<Tracer> {
+        let mut tracer = Tracer::create(paths)?;
+        tracer.held = Some(Mutex::new(Vec::new()));
+        Ok(tracer)
     }
 
     /// The files written.
@@ -280,9 +298,19 @@ impl Tracer {
     /// Traces `what` at device time `t_ns`.
     pub fn emit(&self, t_ns: u64, what: What) {
         let event = TraceEvent { t_ns, what };
+        if let Some(held) = &self.held {
+            held.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(event);
+            return;
+        }
         let mut sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::write(&mut sinks, &event);
+    }
+
+    fn write(sinks: &mut [Sink], event: &TraceEvent) {
         for sink in sinks.iter_mut() {
-            if let Err(e) = sink.write(&event) {
+            if let Err(e) = sink.write(event) {
                 log::warn!("trace: cannot write a {} event: {e}", event.what.name());
             }
         }
@@ -303,6 +331,20 @@ impl Tracer {
     /// Flushes the files and closes the trace-event arrays (at exit).
     pub fn finish(&self) {
         let mut sinks = self.sinks.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = &self.held {
+            let events = std::mem::take(&mut *held.lock().unwrap_or_else(PoisonError::into_inner));
+            let mut keyed: Vec<(u64, String, TraceEvent)> = events
+                .into_iter()
+                .map(|e| {
+                    let content = serde_json::to_string(&e.what).unwrap_or_default();
+                    (e.t_ns, content, e)
+                })
+                .collect();
+            keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            for (_, _, event) in &keyed {
+                Self::write(&mut sinks, event);
+            }
+        }
         for sink in sinks.iter_mut() {
             if let Err(e) = sink.finish() {
                 log::warn!("trace: cannot finish the file: {e}");

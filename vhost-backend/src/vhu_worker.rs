@@ -89,6 +89,8 @@ fn drain_command_queue(
             return Drained::Empty;
         };
         let head = chain.head_index();
+        // On virtual time the request's own time passes before it runs.
+        device.clock().request();
         if faults.is_live()
             && faults
                 .tick(Unit::Request, device.device_now())

@@ -38,6 +38,7 @@ use vmm_sys_util::event::{
 use xxcapture_abi::{caps, queue, CONFIG_SIZE};
 use xxcapture_model::{Card, FileSource};
 
+use crate::clock::Clock;
 use crate::device::{Counters, XxcapDevice};
 use crate::vhu_adapters::VringQueue;
 use crate::vhu_worker::{process_command_queue, process_stream_queue};
@@ -90,13 +91,23 @@ impl XxcapBackend {
     /// card's `file_source`). Creates card RAM (a memfd of the card's RAM
     /// size plus the status page).
     pub fn new(card: Card, event_idx: bool, file: Option<FileSource>) -> io::Result<Self> {
+        Self::with_clock(card, event_idx, file, Clock::host())
+    }
+
+    /// As [`Self::new`], with device time from `clock`.
+    pub fn with_clock(
+        card: Card,
+        event_idx: bool,
+        file: Option<FileSource>,
+        clock: Clock,
+    ) -> io::Result<Self> {
         let features = if event_idx {
             BASE_FEATURES | EVENT_IDX_FEATURE
         } else {
             BASE_FEATURES
         };
         Ok(XxcapBackend {
-            device: XxcapDevice::new(card, file)?,
+            device: XxcapDevice::new(card, file, clock)?,
             features,
             event_idx: AtomicBool::new(false),
             queues_bound: AtomicBool::new(false),
@@ -307,9 +318,8 @@ impl VhostUserBackend for XxcapBackend {
                 None => error!("stream vring missing"),
             },
             TIMER_EVENT => {
-                self.device.timer_fired();
                 let mem = self.device.memory().get();
-                self.device.deliver_events(mem.as_deref());
+                self.device.timer_fired(mem.as_deref());
             }
             other => warn!("unexpected device event {other}"),
         }

@@ -141,6 +141,11 @@ struct ExecArgs {
     /// Seconds the whole run may take, boot included (then exit 124).
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Deterministic mode: TCG with -icount (the guest's clocks count
+    /// instructions), a fixed RTC date, no RDRAND, and xxcapd on virtual
+    /// time (--clock virtual). See docs/xxvm.md, Determinism.
+    #[arg(long)]
+    deterministic: bool,
     /// Guest RAM in MiB [default: 512, with `--image debian` 1024].
     #[arg(long)]
     memory: Option<u32>,
@@ -378,11 +383,17 @@ fn exec(args: &ExecArgs) -> Result<ExitCode, xxcapture_hil::Error> {
             Err(e) => return Ok(usage(e)),
         }
     }
+    if args.deterministic && matches!(args.accel, AccelChoice::Kvm) {
+        return Ok(usage(
+            "--deterministic needs TCG (KVM cannot count instructions)".into(),
+        ));
+    }
     let artifacts = xxcapture_hil::Artifacts::locate().map_err(x::missing_artifacts)?;
-    let (accel, why) = match args.accel {
-        AccelChoice::Tcg => (Accel::Tcg, "asked for".to_string()),
-        AccelChoice::Kvm => (Accel::Kvm, "asked for".to_string()),
-        AccelChoice::Auto => xxcapture_hil::accel::auto(&artifacts),
+    let (accel, why) = match (args.accel, args.deterministic) {
+        (AccelChoice::Auto, true) => (Accel::Tcg, "deterministic".to_string()),
+        (AccelChoice::Tcg, _) => (Accel::Tcg, "asked for".to_string()),
+        (AccelChoice::Kvm, _) => (Accel::Kvm, "asked for".to_string()),
+        (AccelChoice::Auto, false) => xxcapture_hil::accel::auto(&artifacts),
     };
     let logs = match &args.logs {
         Some(dir) => dir.clone(),
@@ -410,6 +421,7 @@ fn exec(args: &ExecArgs) -> Result<ExitCode, xxcapture_hil::Error> {
         extra_qemu_args: Vec::new(),
         baseline_boot: false,
         hotplug: args.hotplug.clone(),
+        deterministic: args.deterministic,
     };
     eprintln!(
         "xxvm: run directory {} ({}: {why})",

@@ -129,6 +129,9 @@ pub struct ExecOptions {
     /// Removals and additions of the (one) card over QMP, at times after
     /// the command started, in order.
     pub hotplug: Vec<HotplugStep>,
+    /// Deterministic mode ([`DETERMINISTIC_QEMU_ARGS`], xxcapd `--clock
+    /// virtual`): TCG only.
+    pub deterministic: bool,
 }
 
 /// What `--hotplug` does to the card.
@@ -186,6 +189,24 @@ pub fn check_hotplug(steps: &[HotplugStep]) -> std::result::Result<(), String> {
     }
     Ok(())
 }
+
+/// QEMU's side of `xxvm exec --deterministic`: the guest's clocks count
+/// instructions instead of following the host (`-icount`, a fixed 2^shift
+/// ns per instruction, never adapted to the host's speed), the RTC starts
+/// at a fixed date and runs on that virtual clock, and the CPU offers no
+/// RDRAND/RDSEED (which TCG answers from the host's random source). With
+/// `sleep=on` an idle guest's clock still follows the host's while it
+/// waits: the guest waits for xxcapd, which runs on the host, and a guest
+/// clock that jumped ahead whenever the vCPU idled would expire the
+/// driver's and the application's timeouts before xxcapd could answer.
+pub const DETERMINISTIC_QEMU_ARGS: &[&str] = &[
+    "-icount",
+    "shift=3,sleep=on",
+    "-rtc",
+    "base=2026-01-01T00:00:00,clock=vm",
+    "-cpu",
+    "max,erms=off,fsrm=off,rdrand=off,rdseed=off",
+];
 
 /// How a run ended.
 #[derive(Clone, Debug)]
@@ -290,6 +311,11 @@ sh /opt/xxcapture/xxexec/exec.sh /opt/xxcapture/xxexec
 /// Boots, runs, collects. Harness failures that happen before the VM
 /// starts are errors; later ones are in the outcome.
 pub fn run(artifacts: &Artifacts, opts: &ExecOptions) -> Result<ExecOutcome> {
+    if opts.deterministic && opts.accel == Accel::Kvm {
+        return Err(Error::Step(
+            "deterministic mode needs TCG: KVM cannot count instructions (-icount)".into(),
+        ));
+    }
     std::fs::create_dir_all(&opts.logs)
         .map_err(|e| Error::Step(format!("run directory {}: {e}", opts.logs.display())))?;
     let scratch = tempfile::Builder::new()
@@ -308,9 +334,30 @@ pub fn run(artifacts: &Artifacts, opts: &ExecOptions) -> Result<ExecOutcome> {
         card_xxcapd_args: opts
             .cards
             .iter()
-            .map(|c| c.iter().chain(&opts.xxcapd_args).cloned().collect())
+            .map(|c| {
+                c.iter()
+                    .chain(&opts.xxcapd_args)
+                    .cloned()
+                    .chain(
+                        opts.deterministic
+                            .then(|| ["--clock".to_string(), "virtual".to_string()])
+                            .into_iter()
+                            .flatten(),
+                    )
+                    .collect()
+            })
             .collect(),
-        extra_qemu_args: opts.extra_qemu_args.clone(),
+        extra_qemu_args: opts
+            .extra_qemu_args
+            .iter()
+            .cloned()
+            .chain(
+                DETERMINISTIC_QEMU_ARGS
+                    .iter()
+                    .filter(|_| opts.deterministic)
+                    .map(|a| a.to_string()),
+            )
+            .collect(),
         without_boot_args: opts.baseline_boot,
         hotplug: !opts.hotplug.is_empty(),
         ..VmOptions::default()

@@ -18,7 +18,9 @@ pub struct StreamArgs {
     /// Seconds to stream (ends earlier with --frames).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// Stop after this many frames.
+    /// Stop after this many frames; the card gets buffers for this many
+    /// and no more (periods a paced card drops after the last one, for want
+    /// of a buffer, do not count as the stream's).
     #[arg(long)]
     frames: Option<u64>,
     /// Pixel format: yuyv, nv12 or rgb24.
@@ -42,6 +44,12 @@ pub struct StreamArgs {
     /// Write the frames to a Y4M file.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Write every record the stream received to FILE, one line each in
+    /// the order the driver delivered them: cause, sequence, frame, device
+    /// time, count, status (no guest times: a deterministic run gives the
+    /// same file every time).
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
     /// No progress line (for logs).
     #[arg(long)]
     quiet: bool,
@@ -88,6 +96,9 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
     );
 
     let mut stream = card.start_stream(format, args.file_source, args.buffers)?;
+    if args.events.is_some() {
+        stream.keep_records();
+    }
     let started = Instant::now();
     let cpu_started = xxcapture::measure::cpu_time();
     let limit = Duration::from_secs_f64(args.seconds);
@@ -128,7 +139,14 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
         if let Some(out) = y4m.as_mut() {
             out.write(frame.data())?;
         }
-        stream.requeue(frame)?;
+        // With --frames, no buffer for a frame that would not be read: the
+        // card produces exactly the frames asked for.
+        if args
+            .frames
+            .is_none_or(|n| delivered + ((stream.queued() + stream.completed()) as u64) < n)
+        {
+            stream.requeue(frame)?;
+        }
         if last_report.elapsed() >= Duration::from_millis(500) {
             last_report = Instant::now();
             let s = stream.stats();
@@ -145,6 +163,16 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
     let cpu_ms_per_frame = match (cpu_started, xxcapture::measure::cpu_time()) {
         (Some(a), Some(b)) => (b - a).as_secs_f64() * 1e3 / delivered.max(1) as f64,
         _ => f64::NAN,
+    };
+    if let Some(path) = &args.events {
+        write_records(path, &stream.take_records())?;
+    }
+    // With --frames the card gets no buffer past the last frame, and a
+    // paced card drops the periods from then until the stream stops: those
+    // drops are not the stream's, and DROPPED_FRAMES counts them too.
+    let dropped_while_reading = match (args.frames, expected_next) {
+        (Some(_), Some(next)) => stream.dropped_before(next - 1),
+        _ => stream.stats().dropped,
     };
     let dropped_register = card.read_register(xxcapture::abi::regs::DROPPED_FRAMES)?;
     let pinned_while_streaming = card.sysfs_attribute("pinned_pages").unwrap_or_default();
@@ -196,8 +224,8 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
         println!("stream: first bad frame: {e}");
     }
     let clean = corrupt == 0
-        && stats.dropped == 0
-        && dropped_register == 0
+        && dropped_while_reading == 0
+        && (dropped_register == 0 || (args.frames.is_some() && args.rate != 0))
         && skipped == 0
         && out_of_order == 0
         && stats.lost_records == 0
@@ -207,5 +235,28 @@ pub fn run(device: &str, args: StreamArgs) -> Result<ExitCode, Error> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// `--events`: one line per record, without guest times.
+fn write_records(path: &std::path::Path, records: &[xxcapture::Event]) -> Result<(), Error> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for r in records {
+        let _ = writeln!(
+            text,
+            "{:?}{} seq={} frame={} device_ns={} count={} status={}",
+            r.cause,
+            if r.completion { " completion" } else { "" },
+            r.sequence,
+            r.frame_number,
+            r.device_time_ns,
+            r.count,
+            r.status
+        );
+    }
+    std::fs::write(path, text).map_err(|source| Error::Open {
+        path: path.to_path_buf(),
+        source,
     })
 }

@@ -93,3 +93,68 @@ fn an_empty_trace_is_still_valid() {
     assert_eq!(all.len(), 1 + TRACKS.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_ordered_trace_is_the_same_whatever_order_events_came_in() {
+    let dir = temp("ordered");
+    let events = [
+        (
+            3000,
+            What::Frame {
+                frame: 1,
+                result: "done".into(),
+            },
+        ),
+        (
+            1000,
+            What::Frame {
+                frame: 0,
+                result: "done".into(),
+            },
+        ),
+        (
+            3000,
+            What::Irq {
+                cause: "OVERFLOW".into(),
+                sequence: 0,
+                frame: 1,
+            },
+        ),
+        (
+            2000,
+            What::Fault {
+                spec: "corrupt-frame@2".into(),
+                unit: "frame period".into(),
+                n: 2,
+            },
+        ),
+    ];
+    let mut texts = Vec::new();
+    for (i, order) in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]]
+        .iter()
+        .enumerate()
+    {
+        let path = dir.join(format!("t{i}.jsonl"));
+        let tracer = Tracer::create_ordered(std::slice::from_ref(&path)).expect("create");
+        for &k in order {
+            let (t, what) = &events[k];
+            tracer.emit(*t, what.clone());
+        }
+        // Nothing is written before the end.
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "");
+        tracer.finish();
+        texts.push(std::fs::read_to_string(&path).expect("read"));
+    }
+    assert_eq!(texts[0], texts[1]);
+    assert_eq!(texts[0], texts[2]);
+    let times: Vec<u64> = texts[0]
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["t_ns"]
+                .as_u64()
+                .expect("t")
+        })
+        .collect();
+    assert_eq!(times, [1000, 2000, 3000, 3000]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

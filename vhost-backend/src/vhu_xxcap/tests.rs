@@ -6,6 +6,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::*;
 use crate::card_ram::CardRam;
+use crate::clock::{Clock, REQUEST_NS};
 use crate::device::ShmemMapper;
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -533,6 +534,77 @@ fn paced_capture_keeps_to_the_frame_rate() {
     );
     assert!(frames >= 5);
     assert_eq!(sb.fps.get(), 50);
+}
+
+/// Each ring slot's (frame number, timestamp).
+type RingStamps = Vec<(u64, u64)>;
+
+/// A 50 fps ring capture on virtual time, driven by one fixed sequence of
+/// requests with host-time pauses in it: every ring slot's (frame,
+/// timestamp) after the first ring and after the second, and the status
+/// block's device time after the stop.
+fn virtual_ring_run() -> (RingStamps, RingStamps, u64) {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+    let evt = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+    let strq = MockSplitQueue::create(&mem, GuestAddress(0xc000), 16);
+    let config = CardConfig {
+        card_ram_size: 4 << 20,
+        capabilities: CAPTURE_CARD_CAPS,
+        ..CardConfig::default()
+    };
+    let card = Card::new(config).expect("card");
+    let b = XxcapBackend::with_clock(card, false, None, Clock::virtual_time()).expect("backend");
+    let mut g = Guest::new(&vq, &evt, &strq, &mem, &b);
+    let slots_of = |b: &XxcapBackend, n: u64| -> RingStamps {
+        let sb = b.device().card_ram().read_status().expect("status");
+        sb.slots
+            .iter()
+            .take(n as usize)
+            .map(|s| (s.frame_number.get(), s.timestamp_ns.get()))
+            .collect()
+    };
+    let mut tf = TaskFile::new();
+    tf.set_register(regs::FRAME_RATE, 50);
+    start_capture(&mut tf);
+    let slots = tf.get_register(regs::RING_SLOTS);
+    let ring_slots = g.exec(&vq, &b, &tf).value(slots).expect("slots");
+    wait_frames(&b, ring_slots);
+    // Host time passing while the reader holds the ring changes nothing:
+    // no frame is dropped, none is produced.
+    std::thread::sleep(Duration::from_millis(150));
+    let sb = b.device().card_ram().read_status().expect("status");
+    assert_eq!((sb.frame_counter.get(), sb.dropped.get()), (ring_slots, 0));
+    let first = slots_of(&b, ring_slots);
+    let mut tf = TaskFile::new();
+    tf.set_register(regs::RING_RELEASE, ring_slots as u32);
+    assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
+    wait_frames(&b, 2 * ring_slots);
+    let second = slots_of(&b, ring_slots);
+    let mut tf = TaskFile::new();
+    stop_capture(&mut tf);
+    assert_eq!(g.exec(&vq, &b, &tf).error, TfError::Ok);
+    let end = b.device().card_ram().read_status().expect("status");
+    (first, second, end.device_time_ns.get())
+}
+
+#[test]
+fn virtual_time_stamps_frames_by_their_number_and_repeats_exactly() {
+    let (first, second, end) = virtual_ring_run();
+    // The start request ran at 1 us (one request after time zero); frame
+    // k ends its 20 ms period at 1 us + (k + 1) * 20 ms.
+    let stamp = |k: u64| REQUEST_NS + (k + 1) * 20_000_000;
+    for (index, &(n, t)) in first.iter().enumerate() {
+        assert_eq!((n, t), (index as u64, stamp(index as u64)));
+    }
+    let ring = first.len() as u64;
+    for (index, &(n, t)) in second.iter().enumerate() {
+        assert_eq!((n, t), (ring + index as u64, stamp(ring + index as u64)));
+    }
+    // The stop request comes one request time after the last frame (the
+    // release request ran before the second ring was rendered).
+    assert_eq!(end, stamp(2 * ring - 1) + REQUEST_NS);
+    assert_eq!(virtual_ring_run(), (first, second, end));
 }
 
 /// Holds ATTACH inside SHMEM_MAP until released: a request in flight.
