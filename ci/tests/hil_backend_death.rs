@@ -118,7 +118,9 @@ struct Cycle {
     verified: Duration,
 }
 
-/// One VM at a time (the tests of this file run on parallel threads).
+/// One VM at a time: `cargo test` runs the tests of this file on parallel
+/// threads of one process. (nextest runs each in a process of its own and
+/// keeps them apart with the `vm` test group of .config/nextest.toml.)
 static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]

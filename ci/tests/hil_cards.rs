@@ -17,6 +17,9 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The tests of this file boot VMs of their own; one at a time is enough
 /// load for the machine (the cards test runs two VMs at once itself).
+/// Under `cargo test` they are threads of one process; nextest runs each
+/// in a process of its own, kept apart by the `vm` test group of
+/// .config/nextest.toml.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn capture_summary(step: &Step) -> CaptureSummary {

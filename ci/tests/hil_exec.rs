@@ -11,7 +11,9 @@ use xxcapture_hil::exec::{EXIT_HARNESS, EXIT_TIMEOUT};
 
 const XXVM: &str = env!("CARGO_BIN_EXE_xxvm");
 
-/// One VM of this file at a time is enough load for the machine.
+/// One VM of this file at a time is enough load for the machine (under
+/// `cargo test`; nextest's processes are kept apart by the `vm` test group
+/// of .config/nextest.toml).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The shell commands of the guide's worked example: the first `sh` block
