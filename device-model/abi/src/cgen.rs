@@ -175,6 +175,8 @@ pub fn uapi_header() -> String {
     );
     out.push_str("\n/* EXEC flags */\n");
     define(&mut out, "XXCAP_EXEC_POLL", crate::exec_flags::POLL);
+    out.push_str("\n/* ABORT flags */\n");
+    define(&mut out, "XXCAP_ABORT_ALL", crate::abort_flags::ALL);
     out.push('\n');
     out.push_str("/* Pixel formats (register FRAME_FORMAT) */\n");
     for (name, value) in [
@@ -261,6 +263,11 @@ pub fn uapi_header() -> String {
         "#define XXCAP_IOC_FLUSH_BUFFERS\t_IO(XXCAP_IOC_TYPE, 0x{:02x})",
         ioctl::FLUSH_BUFFERS_NR
     );
+    let _ = writeln!(
+        out,
+        "#define XXCAP_IOC_ABORT\t_IOW(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_abort)",
+        ioctl::ABORT_NR
+    );
     out.push_str("\n#endif /* _UAPI_LINUX_XXCAPTURE_H */\n");
     out
 }
@@ -305,6 +312,9 @@ pub fn device_header() -> String {
     define(&mut out, "XXCAP_REQ_ATTACH", req_type::ATTACH);
     define(&mut out, "XXCAP_REQ_STREAM_BUFFER", req_type::STREAM_BUFFER);
     define(&mut out, "XXCAP_REQ_FLUSH_BUFFERS", req_type::FLUSH_BUFFERS);
+    define(&mut out, "XXCAP_REQ_ABORT", req_type::ABORT);
+    define(&mut out, "XXCAP_VQ_FLAG_ASYNC", crate::vq_flags::ASYNC);
+    define(&mut out, "XXCAP_MAX_ABORT_TAGS", crate::MAX_ABORT_TAGS);
     define(
         &mut out,
         "XXCAP_EVENT_BUFFER_SIZE",
@@ -402,6 +412,7 @@ pub fn c_probe_source() -> String {
         "XXCAP_IOC_QUEUE_BUFFER",
         "XXCAP_IOC_SUBSCRIBE",
         "XXCAP_IOC_FLUSH_BUFFERS",
+        "XXCAP_IOC_ABORT",
     ] {
         let _ = writeln!(out, "\tprintf(\"{name} %lu\\n\", (unsigned long){name});");
     }
@@ -426,5 +437,6 @@ pub fn expected_probe_output() -> String {
     let _ = writeln!(out, "XXCAP_IOC_QUEUE_BUFFER {}", ioctl::QUEUE_BUFFER);
     let _ = writeln!(out, "XXCAP_IOC_SUBSCRIBE {}", ioctl::SUBSCRIBE);
     let _ = writeln!(out, "XXCAP_IOC_FLUSH_BUFFERS {}", ioctl::FLUSH_BUFFERS);
+    let _ = writeln!(out, "XXCAP_IOC_ABORT {}", ioctl::ABORT);
     out
 }

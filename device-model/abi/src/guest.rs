@@ -61,6 +61,23 @@ pub struct Subscribe {
     pub flags: U32,
 }
 
+/// Argument of the ABORT ioctl: cancels one request of this open (its
+/// `request_id` from SUBMIT or QUEUE_BUFFER), or with `abort_flags::ALL`
+/// every one this open has outstanding (`request_id` 0).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Abort {
+    pub request_id: U64,
+    pub flags: U32,
+    pub reserved: U32,
+}
+
+/// ABORT `flags`.
+pub mod abort_flags {
+    /// Cancel every request this open has outstanding.
+    pub const ALL: u32 = 1 << 0;
+}
+
 /// Most capture buffers one open may have queued at once.
 pub const MAX_QUEUED_BUFFERS: u32 = 32;
 
@@ -73,7 +90,7 @@ pub const MMAP_OFFSET_STATUS: u64 = 1 << 40;
 
 /// Guest ioctl numbers (the `x` type, Linux `_IOC` encoding).
 pub mod ioctl {
-    use super::{Exec, QueueBuffer, Submit, Subscribe};
+    use super::{Abort, Exec, QueueBuffer, Submit, Subscribe};
     use crate::Identity;
 
     pub const TYPE: u8 = b'x';
@@ -131,4 +148,7 @@ pub mod ioctl {
         core::mem::size_of::<Subscribe>(),
     );
     pub const FLUSH_BUFFERS: u32 = ioc(DIR_NONE, FLUSH_BUFFERS_NR, 0);
+    /// Cancels one outstanding request of this open, or all of them.
+    pub const ABORT_NR: u8 = 0x10;
+    pub const ABORT: u32 = ioc(DIR_WRITE, ABORT_NR, core::mem::size_of::<Abort>());
 }

@@ -68,6 +68,9 @@
 /* EXEC flags */
 #define XXCAP_EXEC_POLL	1
 
+/* ABORT flags */
+#define XXCAP_ABORT_ALL	1
+
 /* Pixel formats (register FRAME_FORMAT) */
 #define XXCAP_FORMAT_YUYV	1
 #define XXCAP_FORMAT_NV12	2
@@ -232,6 +235,17 @@ struct xxcap_subscribe {
 };
 
 /*
+ * Argument of XXCAP_IOC_ABORT: cancels one outstanding request of this
+ * open, or with XXCAP_ABORT_ALL all of them. Each cancelled request
+ * completes once, with status XXCAP_TF_CANCELLED.
+ */
+struct xxcap_abort {
+	__u64 request_id;	/* id from SUBMIT or QUEUE_BUFFER; 0 with ALL */
+	__u32 flags;	/* XXCAP_ABORT_* */
+	__u32 reserved;	/* zero */
+};
+
+/*
  * One event record, as read() returns it (and, little-endian, as the
  * device writes it on the event queue).
  */
@@ -295,5 +309,6 @@ struct xxcap_status_block {
 #define XXCAP_IOC_QUEUE_BUFFER	_IOWR(XXCAP_IOC_TYPE, 0x04, struct xxcap_queue_buffer)
 #define XXCAP_IOC_SUBSCRIBE	_IOWR(XXCAP_IOC_TYPE, 0x05, struct xxcap_subscribe)
 #define XXCAP_IOC_FLUSH_BUFFERS	_IO(XXCAP_IOC_TYPE, 0x06)
+#define XXCAP_IOC_ABORT	_IOW(XXCAP_IOC_TYPE, 0x10, struct xxcap_abort)
 
 #endif /* _UAPI_LINUX_XXCAPTURE_H */
