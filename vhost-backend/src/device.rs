@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use vm_memory::GuestMemoryMmap;
-use xxcapture_abi::{caps, regs, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
+use xxcapture_abi::{caps, regs, status, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
 use xxcapture_model::{CaptureSession, Card, FileSource, Outcome};
 
 use crate::capture::{CaptureIo, CaptureThread, DeviceClock, SharedFile};
@@ -354,6 +354,7 @@ impl XxcapDevice {
         task_file: &mut [u8],
         sg: &[SgEntry],
         mem: &GuestMemoryMmap,
+        asynchronous: bool,
     ) -> Outcome {
         self.sync_progress(card);
         let mut port = GuestDma {
@@ -362,8 +363,19 @@ impl XxcapDevice {
         };
         let outcome = {
             let mut events = self.events.lock();
-            card.execute_dma(task_file, sg, &mut port, &mut events.irq, self.now_ns())
+            card.execute_request(
+                task_file,
+                sg,
+                &mut port,
+                &mut events.irq,
+                self.now_ns(),
+                asynchronous,
+            )
         };
+        // The status block shows DMA_ERROR as the card latched it.
+        self.ram
+            .status()
+            .set_dma_error(card.status() & status::DMA_ERROR != 0);
         self.reconcile_capture(card);
         outcome
     }
@@ -506,9 +518,23 @@ impl Batch<'_> {
 }
 
 impl Device for Batch<'_> {
-    fn execute(&mut self, task_file: &mut [u8], sg: &[SgEntry], mem: &GuestMemoryMmap) -> Outcome {
+    fn execute(
+        &mut self,
+        task_file: &mut [u8],
+        sg: &[SgEntry],
+        mem: &GuestMemoryMmap,
+        asynchronous: bool,
+    ) -> Outcome {
         let device = self.device;
-        device.execute_locked(self.card(), task_file, sg, mem)
+        device.execute_locked(self.card(), task_file, sg, mem, asynchronous)
+    }
+
+    fn abort_buffers(&mut self, tags: &[u64]) -> usize {
+        let device = self.device;
+        let mem = device.mem.get();
+        device
+            .stream
+            .cancel_tags(tags, mem.as_deref(), device.device_now())
     }
 
     fn attach(&mut self) -> Result<(), String> {

@@ -43,8 +43,8 @@ use vm_memory::{
 };
 use vmm_sys_util::epoll::EventSet;
 use xxcapture_abi::{
-    caps, queue, req_type, vq_status, Command, Op, SgEntry, VqRequest, CONFIG_SIZE, MAX_SG_ENTRIES,
-    TF_HEADER_SIZE,
+    caps, queue, req_type, vq_flags, vq_status, Command, Op, SgEntry, VqRequest, CONFIG_SIZE,
+    MAX_ABORT_TAGS, MAX_SG_ENTRIES, TF_HEADER_SIZE,
 };
 use xxcapture_model::{Card, CardConfig, Outcome, MIN_CARD_RAM};
 use zerocopy::{FromBytes, IntoBytes};
@@ -200,6 +200,7 @@ fn payload(u: &mut Unstructured<'_>, alloc: &mut Alloc) -> Result<Payload> {
         req_type::ATTACH,
         req_type::STREAM_BUFFER,
         req_type::FLUSH_BUFFERS,
+        req_type::ABORT,
         0,
     ])?;
     let kind = if u.ratio(1u8, 32)? {
@@ -507,6 +508,8 @@ enum Expect {
     Attached,
     /// A FLUSH_BUFFERS answered.
     Flushed,
+    /// An ABORT answered.
+    Aborted,
     /// A task file of this many bytes executed.
     Executed { tf_len: usize, sg: Vec<SgEntry> },
 }
@@ -533,9 +536,15 @@ fn expected(walk: &Walk, mem: &GuestMemoryMmap, readable: Option<&[u8]>) -> Expe
     // STREAM_BUFFER belongs on the stream queue: unknown here (§11).
     let known = matches!(
         kind,
-        req_type::EXEC_TASK_FILE | req_type::ATTACH | req_type::FLUSH_BUFFERS
+        req_type::EXEC_TASK_FILE | req_type::ATTACH | req_type::FLUSH_BUFFERS | req_type::ABORT
     );
-    if !known || flags != 0 {
+    // Only a task file may say it is asynchronous (§4).
+    let allowed = if kind == req_type::EXEC_TASK_FILE {
+        vq_flags::ASYNC
+    } else {
+        0
+    };
+    if !known || flags & !allowed != 0 {
         return Expect::Rejected(vq_status::UNSUPPORTED);
     }
     if header.reserved.get() != 0 {
@@ -549,6 +558,17 @@ fn expected(walk: &Walk, mem: &GuestMemoryMmap, readable: Option<&[u8]>) -> Expe
             Expect::Flushed
         }
         req_type::FLUSH_BUFFERS => bad,
+        req_type::ABORT => {
+            // 1..=MAX_ABORT_TAGS tags of 8 bytes after the header (§4 Abort).
+            let tags = bytes.len() - REQUEST_HEADER_SIZE;
+            let n = tags / 8;
+            if sg_count == 0 && tags.is_multiple_of(8) && (1..=MAX_ABORT_TAGS as usize).contains(&n)
+            {
+                Expect::Aborted
+            } else {
+                bad
+            }
+        }
         _ => {
             if sg_count > MAX_SG_ENTRIES {
                 return bad;
@@ -660,7 +680,8 @@ fn check_completion(
             assert_eq!(used, writable);
         }
         (Disposition::Attached(_), Expect::Attached)
-        | (Disposition::Flushed(_), Expect::Flushed) => assert_eq!(used, STATUS_SIZE as u64),
+        | (Disposition::Flushed(_), Expect::Flushed)
+        | (Disposition::Aborted(_), Expect::Aborted) => assert_eq!(used, STATUS_SIZE as u64),
         (Disposition::Executed(o), Expect::Executed { tf_len, .. }) => {
             assert_eq!(used, (tf_len + STATUS_SIZE) as u64);
             assert!(o.executed == 0 || o.executed == o.index);
@@ -684,6 +705,7 @@ fn check_completion(
             };
             Some((0, code))
         }
+        (Disposition::Aborted(_), _) => Some((0, vq_status::OK)),
         (Disposition::Executed(o), Expect::Executed { tf_len, .. }) => {
             assert_eq!(le32(&stream, 0), o.error as u32, "result header error");
             assert_eq!(le32(&stream, 4), o.index, "result header count");
@@ -711,12 +733,18 @@ struct FuzzDevice<'a> {
 }
 
 impl Device for FuzzDevice<'_> {
-    fn execute(&mut self, task_file: &mut [u8], sg: &[SgEntry], mem: &GuestMemoryMmap) -> Outcome {
+    fn execute(
+        &mut self,
+        task_file: &mut [u8],
+        sg: &[SgEntry],
+        mem: &GuestMemoryMmap,
+        asynchronous: bool,
+    ) -> Outcome {
         self.executed.push((task_file.to_vec(), sg.to_vec()));
         let mut port = GuestDma { ram: self.ram, mem };
-        let outcome = self
-            .card
-            .execute_dma(task_file, sg, &mut port, &mut self.irq, 1_000);
+        let outcome =
+            self.card
+                .execute_request(task_file, sg, &mut port, &mut self.irq, 1_000, asynchronous);
         let _ = self.irq.take_due(1_000, usize::MAX);
         outcome
     }
@@ -732,6 +760,11 @@ impl Device for FuzzDevice<'_> {
     fn flush_buffers(&mut self) -> Result<(), String> {
         // This harness holds no stream buffers: nothing to return.
         Ok(())
+    }
+
+    fn abort_buffers(&mut self, _tags: &[u64]) -> usize {
+        // This harness holds no stream buffers: nothing to cancel.
+        0
     }
 
     fn device_time_ns(&self) -> u64 {
