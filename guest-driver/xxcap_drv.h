@@ -259,7 +259,7 @@ enum {
 /* xxcap_validate.c */
 void xxcap_index_regs(void);
 u32 xxcap_validate(const struct xxcap_card *card, const void *tf,
-		   size_t size, u32 *index);
+		   size_t size, bool async, u32 *index);
 
 /* xxcap_vq.c */
 void xxcap_req_free(struct xxcap_req *req);
@@ -331,6 +331,9 @@ int xxcap_exec_kernel(struct xxcap_card *card, struct xxcap_cmd *cmds,
 		      u32 count, u32 *err, u64 *device_time_ns);
 int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
 		    void __user *argp);
+
+/* xxcap_abort.c */
+int xxcap_abort(struct xxcap_client *client, void __user *argp);
 
 /* xxcap_v4l2.c */
 int xxcap_v4l2_register(struct xxcap_card *card);

@@ -138,6 +138,7 @@ static long xxcap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case XXCAP_IOC_SUBMIT:
 	case XXCAP_IOC_QUEUE_BUFFER:
 	case XXCAP_IOC_FLUSH_BUFFERS:
+	case XXCAP_IOC_ABORT:
 		break;
 	default:
 		return -ENOTTY;
@@ -153,6 +154,8 @@ static long xxcap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return xxcap_submit_tf(client, file, argp);
 	case XXCAP_IOC_QUEUE_BUFFER:
 		return xxcap_queue_buffer(client, argp);
+	case XXCAP_IOC_ABORT:
+		return xxcap_abort(client, argp);
 	default:
 		/* While the V4L2 node streams, its buffers are the card's. */
 		if (READ_ONCE(card->v4l2_streaming))

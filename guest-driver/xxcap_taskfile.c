@@ -60,10 +60,11 @@ static int xxcap_tf_prepare(struct xxcap_card *card, struct xxcap_req *req,
 {
 	struct xxcap_vq_request *vreq = req->in;
 	struct xxcap_tf_header *hdr = req->in + sizeof(*vreq);
+	bool async = req->kind == XXCAP_KIND_SUBMIT;
 	u32 index;
 	int ret;
 
-	*err = xxcap_validate(card, hdr, size, &index);
+	*err = xxcap_validate(card, hdr, size, async, &index);
 	if (*err != XXCAP_TF_OK) {
 		atomic64_inc(&card->rejected);
 		hdr->error = *err;
@@ -78,8 +79,10 @@ static int xxcap_tf_prepare(struct xxcap_card *card, struct xxcap_req *req,
 			return ret;
 	}
 
-	/* flags, reserved: zero (kvzalloc); tag: the request id */
+	/* reserved: zero (kvzalloc); tag: the request id */
 	vreq->req_type = cpu_to_le32(XXCAP_REQ_EXEC_TASK_FILE);
+	if (async)
+		vreq->flags = cpu_to_le32(XXCAP_VQ_FLAG_ASYNC);
 	vreq->sg_count = cpu_to_le32(req->n_sgt);
 	return xxcap_req_map(req);
 }

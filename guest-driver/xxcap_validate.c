@@ -82,12 +82,15 @@ static bool xxcap_value_allowed(const struct xxcap_card *card,
 }
 
 static u32 xxcap_check_cmd(const struct xxcap_card *card,
-			   const struct xxcap_cmd *cmd)
+			   const struct xxcap_cmd *cmd, bool async)
 {
 	const struct xxcap_reg_desc *desc;
 	bool addr_op;
 
 	if (cmd->op > XXCAP_OP_DMA_TRANSFER_NONBLOCK)
+		return XXCAP_TF_BAD_OP;
+	/* A caller that waits for the result cannot also not wait. */
+	if (cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK && !async)
 		return XXCAP_TF_BAD_OP;
 	if (cmd->flags)
 		return XXCAP_TF_RESERVED;
@@ -160,11 +163,13 @@ static u32 xxcap_check_cmd(const struct xxcap_card *card,
 }
 
 /*
- * Validates a task file of @size bytes. Returns XXCAP_TF_OK, or an error
- * code with the index of the failing command in @index.
+ * Validates a task file of @size bytes, submitted asynchronously if
+ * @async (only then may it hold DMA_TRANSFER_NONBLOCK). Returns
+ * XXCAP_TF_OK, or an error code with the index of the failing command in
+ * @index.
  */
 u32 xxcap_validate(const struct xxcap_card *card, const void *tf,
-		   size_t size, u32 *index)
+		   size_t size, bool async, u32 *index)
 {
 	const struct xxcap_tf_header *hdr = tf;
 	const struct xxcap_cmd *cmds = tf + XXCAP_HDR_SIZE;
@@ -178,7 +183,7 @@ u32 xxcap_validate(const struct xxcap_card *card, const void *tf,
 		return XXCAP_TF_BAD_COUNT;
 
 	for (i = 0; i < hdr->count; i++) {
-		err = xxcap_check_cmd(card, &cmds[i]);
+		err = xxcap_check_cmd(card, &cmds[i], async);
 		if (err != XXCAP_TF_OK) {
 			*index = i;
 			return err;
