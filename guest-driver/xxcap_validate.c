@@ -7,7 +7,6 @@
 
 #include <linux/bsearch.h>
 #include <linux/kernel.h>
-#include <linux/overflow.h>
 
 #include "xxcap_drv.h"
 
@@ -96,16 +95,18 @@ static u32 xxcap_check_cmd(const struct xxcap_card *card,
 		return XXCAP_TF_RESERVED;
 	if (cmd->op == XXCAP_OP_DMA_TRANSFER_BLOCK ||
 	    cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK) {
-		u64 end;
-
 		if (!card->dma)
 			return XXCAP_TF_NOT_SUPPORTED;
 		if (cmd->reg != XXCAP_DMA_TO_CARD &&
 		    cmd->reg != XXCAP_DMA_FROM_CARD)
 			return XXCAP_TF_BAD_VALUE;
-		if (!cmd->length ||
-		    check_add_overflow(cmd->mask, cmd->length, &end) ||
-		    end > card->id.card_ram_size)
+		/*
+		 * A length that can never fit is refused here. Where it goes
+		 * in card RAM is the card's to check: a transfer past the end
+		 * fails there with the same code and latches the card's
+		 * DMA_ERROR, as a DMA the card refused does.
+		 */
+		if (!cmd->length || cmd->length > card->id.card_ram_size)
 			return XXCAP_TF_DMA_RANGE;
 		/* The buffer (value) is checked when its pages are pinned. */
 		return XXCAP_TF_OK;
