@@ -775,6 +775,27 @@ int xxcap_submit(const struct xxcap_card *card,
                  uint64_t *request_id);
 
 /**
+ * Cancels the submitted task file or queued capture buffer `request_id`
+ * of this card handle if the card has not started it: its completion (a
+ * callback or record, exactly once) then has status `XXCAP_TF_CANCELLED`;
+ * one already started completes with its own result. Returns 0 when the
+ * card has answered, `-ENOENT` for an id that is not outstanding on this
+ * handle (completed, or another open's).
+ *
+ * # Safety
+ * `card` is a live handle.
+ */
+int xxcap_abort(const struct xxcap_card *card, uint64_t request_id);
+
+/**
+ * `xxcap_abort` of every request outstanding on this card handle.
+ *
+ * # Safety
+ * `card` is a live handle.
+ */
+int xxcap_abort_all(const struct xxcap_card *card);
+
+/**
  * Starts one DMA transfer of `len` bytes between `buffer` and card RAM at
  * `card_offset` without waiting (`XXCAP_DMA_TO_CARD` or
  * `XXCAP_DMA_FROM_CARD`): the non-blocking DMATransfer with a callback and
