@@ -29,6 +29,8 @@ fn events_streaming_and_killed_clients_in_vm() {
         "load-driver",
         "irq-test",
         "eintr-test",
+        "abort-test",
+        "pinned-after-abort",
         "dma-async",
         "completion-flood",
         "pinned-after-flood",
@@ -92,6 +94,39 @@ fn events_streaming_and_killed_clients_in_vm() {
 
     let eintr = run.step("eintr-test");
     eprintln!("{}", eintr.output.join("\n"));
+
+    // ABORT cancels held capture buffers (by id and all of an open's) and a
+    // task file queued behind a large DMA, each completing once with
+    // CANCELLED and nothing left pinned; a non-blocking DMA is refused in a
+    // synchronous EXEC; STATUS.DMA_BUSY shows during large transfers and
+    // DMA_ERROR latches until DMA_RESET.
+    let abort = run.step("abort-test");
+    eprintln!("{}", abort.output.join("\n"));
+    for check in [
+        "abort-buffers",
+        "abort-task-files",
+        "nonblock-in-exec",
+        "dma-busy",
+        "dma-error",
+    ] {
+        let prefix = format!("ok {check}:");
+        assert!(
+            abort.output.iter().any(|l| l.starts_with(&prefix)),
+            "{check} did not pass"
+        );
+    }
+    let cancelled = abort
+        .output
+        .iter()
+        .find_map(|l| l.strip_prefix("ok abort-task-files: task file behind a "))
+        .and_then(|l| l.split("cancelled ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(
+        cancelled > 0,
+        "no task file queued behind a large DMA was cancelled"
+    );
 
     let stream = stream_summary(run.step("stream-1080p30-60s"));
     eprintln!("{stream:?}");

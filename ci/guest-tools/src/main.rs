@@ -3,6 +3,7 @@
 //! `xxcap`. Records meant for the host are printed as result lines (see
 //! `xxcapture-results`).
 
+mod abort;
 mod bench;
 mod crossings;
 mod flood;
@@ -67,6 +68,8 @@ enum Command {
     FuzzDriver(fuzz::FuzzArgs),
     /// Hostile DMA cannot touch memory its caller does not own (canary check).
     CanaryTest(fuzz::CanaryArgs),
+    /// ABORT, DMA_TRANSFER_NONBLOCK in EXEC, STATUS.DMA_BUSY and DMA_ERROR.
+    AbortTest,
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::BenchSyncAsync(args) => syncasync::run(device, args),
         Command::FuzzDriver(args) => fuzz::run(device, args),
         Command::CanaryTest(args) => fuzz::canary_test(device, args),
+        Command::AbortTest => abort::run(device),
     };
     match result {
         Ok(code) => code,
