@@ -122,8 +122,8 @@ static int xxcap_dma_pin(struct xxcap_card *card, struct xxcap_req *req,
 	return 0;
 }
 
-static int xxcap_sg_emit(struct xxcap_req *req, unsigned int max,
-			 phys_addr_t addr, u64 len)
+int xxcap_sg_emit(struct xxcap_req *req, unsigned int max,
+		  phys_addr_t addr, u64 len)
 {
 	struct xxcap_sg_entry *e;
 
@@ -140,8 +140,8 @@ static int xxcap_sg_emit(struct xxcap_req *req, unsigned int max,
  * Adds the physically contiguous piece [@pa, @pa + @chunk) to the run
  * (*@addr, *@len), emitting the run when the piece does not extend it.
  */
-static int xxcap_sg_grow(struct xxcap_req *req, unsigned int max,
-			 phys_addr_t *addr, u64 *len, phys_addr_t pa, u64 chunk)
+int xxcap_sg_grow(struct xxcap_req *req, unsigned int max,
+		  phys_addr_t *addr, u64 *len, phys_addr_t pa, u64 chunk)
 {
 	int ret;
 

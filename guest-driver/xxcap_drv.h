@@ -31,7 +31,8 @@
  * are pinned before the request is sent and belong to the request: they are
  * unpinned exactly once, by xxcap_unpin(), before the request is freed, in
  * process context. So the device can never write to a page that has been
- * given back to the system.
+ * given back to the system. A registered buffer's pages belong to the
+ * buffer, which each request naming it references (xxcap_regbuf.c).
  *
  * Events: each file has a FIFO of records, filled under card->lock (queue
  * callbacks, reap work) and emptied by one reader at a time (read_mutex)
@@ -51,7 +52,9 @@
 #include <linux/completion.h>
 #include <linux/device.h>
 #include <linux/fs.h>
+#include <linux/idr.h>
 #include <linux/kfifo.h>
+#include <linux/kref.h>
 #include <linux/list.h>
 #include <linux/mm_types.h>
 #include <linux/mutex.h>
@@ -150,6 +153,7 @@ struct xxcap_card {
 	unsigned int n_stream;		/* capture buffers the device owns */
 	unsigned int n_vb2;		/* ... of them, the V4L2 node's */
 	bool v4l2_streaming;		/* the V4L2 node owns capture */
+	bool v4l2_drops;		/* ... and counts dropped frames */
 	unsigned int pollers;		/* EXEC_POLL callers: callbacks off */
 	unsigned int n_unrecorded;	/* async requests waiting for the work */
 	unsigned long done_seq;		/* bumped whenever a request comes back */
@@ -169,6 +173,12 @@ struct xxcap_card {
 	atomic64_t events;		/* records received from the card */
 	atomic64_t events_dropped;	/* records a full open queue dropped */
 	atomic64_t completions;		/* completion records made */
+
+	/* Registered buffers (xxcap_regbuf.c) */
+	struct ida regbuf_ida;		/* their ids, 1..PER_CARD */
+	unsigned int n_regbufs;		/* under lock: held, or being set up */
+	u64 regbuf_bytes;		/* under lock: their bytes */
+	struct list_head lost_regbufs;	/* under lock: the card may hold them */
 };
 
 /* One open file of a card */
@@ -193,6 +203,24 @@ struct xxcap_client {
 	unsigned int unread_buffers;	/* buffer completions queued, unread */
 	u64 bufs_queued;		/* capture buffers queued, ever */
 	u64 bufs_done;			/* ... and retired */
+	struct list_head regbufs;	/* its registered buffers */
+	unsigned int n_regbufs;		/* ... and those being registered */
+};
+
+/*
+ * A registered buffer: pinned, described to the card once, named by id.
+ * Referenced by its open and by each request that names it.
+ */
+struct xxcap_regbuf {
+	struct list_head node;		/* on client->regbufs, under card->lock */
+	struct kref ref;
+	struct xxcap_card *card;
+	u32 id;
+	u64 addr;			/* user address */
+	u64 length;
+	struct page **pages;
+	unsigned long n_pages;
+	unsigned long n_pinned;
 };
 
 /* A DMA command of a request and the user pages it pinned */
@@ -236,6 +264,8 @@ struct xxcap_req {
 	struct xxcap_dma *dma;		/* DMA commands, in command order */
 	unsigned int n_dma;
 	struct page **pages;		/* their pinned pages */
+	struct xxcap_regbuf **rbufs;	/* registered buffers it names */
+	unsigned int n_rbufs;
 	u32 used_len;
 	int result;			/* 0: returned by the device; or -ENODEV */
 	bool completed;			/* under card->lock */
@@ -291,6 +321,10 @@ void xxcap_shutdown(struct xxcap_card *card);
 
 /* xxcap_dma.c */
 void xxcap_unpin(struct xxcap_req *req);
+int xxcap_sg_emit(struct xxcap_req *req, unsigned int max,
+		  phys_addr_t addr, u64 len);
+int xxcap_sg_grow(struct xxcap_req *req, unsigned int max,
+		  phys_addr_t *addr, u64 *len, phys_addr_t pa, u64 chunk);
 int xxcap_buffer_from_sgt(struct xxcap_req *req, struct sg_table *sgt);
 int xxcap_dma_prepare(struct xxcap_card *card, struct xxcap_req *req,
 		      struct xxcap_cmd *cmds, u32 count);
@@ -310,6 +344,7 @@ void xxcap_retire(struct xxcap_card *card, struct list_head *list);
 void xxcap_reap_work(struct work_struct *work);
 void xxcap_evt_done(struct virtqueue *vq);
 void xxcap_evt_fill(struct xxcap_card *card);
+void xxcap_evt_poll(struct xxcap_card *card);
 ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
 		   loff_t *ppos);
 __poll_t xxcap_poll(struct file *file, poll_table *wait);
@@ -325,8 +360,18 @@ int xxcap_stream_send(struct xxcap_card *card, struct xxcap_req *req);
 int xxcap_flush_card(struct xxcap_card *card, unsigned long deadline,
 		     bool intr);
 
+/* xxcap_regbuf.c */
+void xxcap_regbuf_put(struct xxcap_regbuf *rb);
+void xxcap_regbuf_reclaim(struct xxcap_card *card);
+int xxcap_register_buffer(struct xxcap_client *client, void __user *argp);
+int xxcap_unregister_buffer(struct xxcap_client *client, void __user *argp);
+void xxcap_regbuf_release(struct xxcap_client *client);
+int xxcap_regbuf_resolve(struct xxcap_client *client, struct xxcap_req *req,
+			 const struct xxcap_cmd *cmds, u32 count, u32 *err,
+			 u32 *index);
+
 /* xxcap_taskfile.c */
-int xxcap_exec(struct xxcap_card *card, void __user *argp);
+int xxcap_exec(struct xxcap_client *client, void __user *argp);
 int xxcap_exec_kernel(struct xxcap_card *card, struct xxcap_cmd *cmds,
 		      u32 count, u32 *err, u64 *device_time_ns);
 int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
@@ -342,6 +387,7 @@ void xxcap_v4l2_unregister(struct xxcap_card *card);
 /* xxcap_vb2.c */
 void xxcap_vb2_done(struct xxcap_card *card, struct xxcap_req *req,
 		    const struct xxcap_event *ev);
+void xxcap_vb2_event(struct xxcap_card *card, const struct xxcap_event *ev);
 
 /* xxcap_shm.c */
 void xxcap_attach(struct xxcap_card *card);

@@ -233,6 +233,8 @@ static void xxcap_evt_deliver(struct xxcap_card *card, const void *buf,
 		memcpy(&ev, buf + off, sizeof(ev));
 		ev.guest_time_ns = now;
 		atomic64_inc(&card->events);
+		if (card->v4l2_drops)
+			xxcap_vb2_event(card, &ev);
 		list_for_each_entry(client, &card->clients, node) {
 			u32 want = ev.cause == XXCAP_EVENT_LOST ?
 				   client->mask : client->mask & ev.cause;
@@ -243,37 +245,64 @@ static void xxcap_evt_deliver(struct xxcap_card *card, const void *buf,
 	}
 }
 
-/* Event-queue callback (interrupt context): delivers, then reposts. */
-void xxcap_evt_done(struct virtqueue *vq)
+/*
+ * Delivers the event buffers the card has filled and reposts them. Returns
+ * whether the queue needs a kick. Under card->lock.
+ */
+static bool xxcap_evt_drain(struct xxcap_card *card)
 {
-	struct xxcap_card *card = vq->vdev->priv;
+	struct virtqueue *vq = card->evt_vq;
 	struct scatterlist sg;
-	unsigned long flags;
 	unsigned int len;
 	bool kick = false;
 	void *buf;
 
+	while ((buf = virtqueue_get_buf(vq, &len))) {
+		xxcap_evt_deliver(card, buf, len);
+		sg_init_one(&sg, buf, XXCAP_EVENT_BUFFER_SIZE);
+		if (virtqueue_add_inbuf(vq, &sg, 1, buf, GFP_ATOMIC)) {
+			/* Not expected: its own slot was just freed. */
+			dev_warn_ratelimited(&card->dev,
+					     "cannot repost an event buffer\n");
+			kfree(buf);
+			continue;
+		}
+		kick = true;
+	}
+	return kick;
+}
+
+/* Event-queue callback (interrupt context): delivers, then reposts. */
+void xxcap_evt_done(struct virtqueue *vq)
+{
+	struct xxcap_card *card = vq->vdev->priv;
+	unsigned long flags;
+	bool kick = false;
+
 	spin_lock_irqsave(&card->lock, flags);
 	do {
 		virtqueue_disable_cb(vq);
-		while ((buf = virtqueue_get_buf(vq, &len))) {
-			xxcap_evt_deliver(card, buf, len);
-			sg_init_one(&sg, buf, XXCAP_EVENT_BUFFER_SIZE);
-			if (virtqueue_add_inbuf(vq, &sg, 1, buf, GFP_ATOMIC)) {
-				/* Not expected: its own slot was just freed. */
-				dev_warn_ratelimited(&card->dev,
-						     "cannot repost an event buffer\n");
-				kfree(buf);
-				continue;
-			}
-			kick = true;
-		}
+		kick |= xxcap_evt_drain(card);
 		if (unlikely(virtqueue_is_broken(vq)))
 			break;
 	} while (!virtqueue_enable_cb(vq));
 	if (kick)
 		virtqueue_kick(vq);
 	spin_unlock_irqrestore(&card->lock, flags);
+}
+
+/*
+ * Takes the records the card has already delivered, from any context that
+ * holds card->lock: the stream queue's callback calls it for each buffer
+ * it takes back, so that the records the card made before that buffer's
+ * frame (its OVERFLOW records) are seen first, whichever queue's
+ * interrupt is handled first.
+ */
+void xxcap_evt_poll(struct xxcap_card *card)
+{
+	lockdep_assert_held(&card->lock);
+	if (xxcap_evt_drain(card))
+		virtqueue_kick(card->evt_vq);
 }
 
 /* Posts the buffers the card writes event records into. */

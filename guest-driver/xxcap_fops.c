@@ -48,6 +48,7 @@ static int xxcap_open(struct inode *inode, struct file *file)
 	mutex_init(&client->read_mutex);
 	init_waitqueue_head(&client->wq);
 	INIT_LIST_HEAD(&client->reqs);
+	INIT_LIST_HEAD(&client->regbufs);
 
 	spin_lock_irq(&card->lock);
 	if (card->gone) {
@@ -99,6 +100,9 @@ static int xxcap_release(struct inode *inode, struct file *file)
 					     ret);
 	}
 
+	/* Its task files are done with them once the card forgot them. */
+	xxcap_regbuf_release(client);
+
 	spin_lock_irq(&card->lock);
 	list_del(&client->node);
 	list_for_each_entry_safe(req, tmp, &client->reqs, client_node) {
@@ -138,6 +142,8 @@ static long xxcap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case XXCAP_IOC_SUBMIT:
 	case XXCAP_IOC_QUEUE_BUFFER:
 	case XXCAP_IOC_FLUSH_BUFFERS:
+	case XXCAP_IOC_REGISTER_BUFFER:
+	case XXCAP_IOC_UNREGISTER_BUFFER:
 	case XXCAP_IOC_ABORT:
 		break;
 	default:
@@ -149,11 +155,15 @@ static long xxcap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return -EBADF;
 	switch (cmd) {
 	case XXCAP_IOC_EXEC:
-		return xxcap_exec(card, argp);
+		return xxcap_exec(client, argp);
 	case XXCAP_IOC_SUBMIT:
 		return xxcap_submit_tf(client, file, argp);
 	case XXCAP_IOC_QUEUE_BUFFER:
 		return xxcap_queue_buffer(client, argp);
+	case XXCAP_IOC_REGISTER_BUFFER:
+		return xxcap_register_buffer(client, argp);
+	case XXCAP_IOC_UNREGISTER_BUFFER:
+		return xxcap_unregister_buffer(client, argp);
 	case XXCAP_IOC_ABORT:
 		return xxcap_abort(client, argp);
 	default:

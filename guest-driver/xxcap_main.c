@@ -76,6 +76,7 @@ static void xxcap_card_release(struct device *dev)
 	/* Last user gone: no mapping of the card is left. */
 	if (card->inode)
 		iput(card->inode);
+	ida_destroy(&card->regbuf_ida);
 	kfree(card);
 }
 
@@ -167,6 +168,8 @@ static int xxcap_probe(struct virtio_device *vdev)
 	init_rwsem(&card->map_rwsem);
 	INIT_LIST_HEAD(&card->reap_list);
 	INIT_LIST_HEAD(&card->clients);
+	INIT_LIST_HEAD(&card->lost_regbufs);
+	ida_init(&card->regbuf_ida);
 	init_waitqueue_head(&card->slot_wq);
 	INIT_WORK(&card->reap_work, xxcap_reap_work);
 	atomic64_set(&card->next_id, 0);
@@ -292,6 +295,8 @@ static void xxcap_remove(struct virtio_device *vdev)
 	cdev_device_del(&card->cdev, &card->dev);
 
 	xxcap_shutdown(card);
+	/* Reset: the card holds no registered buffer any more. */
+	xxcap_regbuf_reclaim(card);
 	/* Readers take the records of their reclaimed requests, then -ENODEV. */
 	xxcap_wake_clients(card);
 	xxcap_detach(card);

@@ -17,13 +17,16 @@
 
 /*
  * Sends ATTACH: the card maps card RAM and the status block into its
- * shared-memory region. Returns 0 once it says it has.
+ * shared-memory region. Returns 0 once it says it has. Not interruptible:
+ * probe runs in whichever process bound the device (a shell writing to
+ * sysfs, with a SIGCHLD pending), whose signals must not cost the card
+ * its mapping; timeout_ms bounds the wait.
  */
 static int xxcap_send_attach(struct xxcap_card *card)
 {
 	return xxcap_send_plain(card, XXCAP_REQ_ATTACH, "ATTACH",
 				jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms)),
-				true);
+				false);
 }
 
 /*

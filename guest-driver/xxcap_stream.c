@@ -26,6 +26,9 @@ void xxcap_stream_done(struct virtqueue *vq)
 		virtqueue_disable_cb(vq);
 		while ((req = virtqueue_get_buf(vq, &len))) {
 			card->n_stream--;
+			/* The frame's OVERFLOW records before the frame */
+			if (card->v4l2_drops)
+				xxcap_evt_poll(card);
 			xxcap_req_returned(card, req, len, 0, &card->reap_list);
 		}
 		if (unlikely(virtqueue_is_broken(vq)))

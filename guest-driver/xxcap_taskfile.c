@@ -51,12 +51,14 @@ static bool xxcap_tf_writes_capture(const struct xxcap_tf_header *hdr)
 
 /*
  * Validates the task file of @size bytes already in @req and, if it passes,
- * pins its DMA buffers (@dma) and maps the request. A task file refused by
- * validation keeps its request, with *@err and the failing index in its
- * header, and nothing pinned. On error the caller frees @req.
+ * checks that its registered buffers are @client's, pins its DMA buffers
+ * and maps the request (no DMA for the driver's own task files: @client
+ * NULL). A task file refused by validation keeps its request, with *@err
+ * and the failing index in its header, and nothing pinned. On error the
+ * caller frees @req.
  */
 static int xxcap_tf_prepare(struct xxcap_card *card, struct xxcap_req *req,
-			    u32 size, bool dma, u32 *err)
+			    u32 size, struct xxcap_client *client, u32 *err)
 {
 	struct xxcap_vq_request *vreq = req->in;
 	struct xxcap_tf_header *hdr = req->in + sizeof(*vreq);
@@ -65,6 +67,13 @@ static int xxcap_tf_prepare(struct xxcap_card *card, struct xxcap_req *req,
 	int ret;
 
 	*err = xxcap_validate(card, hdr, size, async, &index);
+	if (*err == XXCAP_TF_OK && client && card->dma) {
+		ret = xxcap_regbuf_resolve(client, req,
+					   (void *)hdr + XXCAP_HDR_SIZE,
+					   hdr->count, err, &index);
+		if (ret)
+			return ret;
+	}
 	if (*err != XXCAP_TF_OK) {
 		atomic64_inc(&card->rejected);
 		hdr->error = *err;
@@ -72,7 +81,7 @@ static int xxcap_tf_prepare(struct xxcap_card *card, struct xxcap_req *req,
 		return 0;
 	}
 
-	if (dma && card->dma) {
+	if (client && card->dma) {
 		ret = xxcap_dma_prepare(card, req, (void *)hdr + XXCAP_HDR_SIZE,
 					hdr->count);
 		if (ret)
@@ -100,10 +109,11 @@ static struct xxcap_req *xxcap_tf_alloc(struct xxcap_card *card,
  * and prepares it (xxcap_tf_prepare()). While the V4L2 node streams, a
  * task file that writes a capture register is refused with -EBUSY.
  */
-static int xxcap_tf_build(struct xxcap_card *card, enum xxcap_req_kind kind,
+static int xxcap_tf_build(struct xxcap_client *client, enum xxcap_req_kind kind,
 			  void __user *utf, u32 size, struct xxcap_req **reqp,
 			  u32 *err)
 {
+	struct xxcap_card *card = client->card;
 	struct xxcap_tf_header *hdr;
 	struct xxcap_req *req;
 	int ret;
@@ -116,7 +126,7 @@ static int xxcap_tf_build(struct xxcap_card *card, enum xxcap_req_kind kind,
 		ret = -EFAULT;
 		goto err_free;
 	}
-	ret = xxcap_tf_prepare(card, req, size, true, err);
+	ret = xxcap_tf_prepare(card, req, size, client, err);
 	if (ret)
 		goto err_free;
 	if (*err == XXCAP_TF_OK && READ_ONCE(card->v4l2_streaming) &&
@@ -197,8 +207,9 @@ out_free:
 	return ret;
 }
 
-int xxcap_exec(struct xxcap_card *card, void __user *argp)
+int xxcap_exec(struct xxcap_client *client, void __user *argp)
 {
+	struct xxcap_card *card = client->card;
 	struct xxcap_tf_header *hdr;
 	struct xxcap_exec arg;
 	struct xxcap_req *req;
@@ -214,7 +225,7 @@ int xxcap_exec(struct xxcap_card *card, void __user *argp)
 		return -EINVAL;
 	utf = u64_to_user_ptr(arg.task_file);
 
-	ret = xxcap_tf_build(card, XXCAP_KIND_SYNC, utf, arg.size, &req, &err);
+	ret = xxcap_tf_build(client, XXCAP_KIND_SYNC, utf, arg.size, &req, &err);
 	if (ret)
 		return ret;
 	hdr = req->in + sizeof(struct xxcap_vq_request);
@@ -260,7 +271,7 @@ int xxcap_exec_kernel(struct xxcap_card *card, struct xxcap_cmd *cmds,
 	hdr->count = count;
 	memcpy(hdr + 1, cmds, count * sizeof(*cmds));
 	*device_time_ns = 0;
-	ret = xxcap_tf_prepare(card, req, size, false, err);
+	ret = xxcap_tf_prepare(card, req, size, NULL, err);
 	if (ret || *err != XXCAP_TF_OK)
 		goto out_free;
 
@@ -305,7 +316,7 @@ int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
 			    &client->unread_submits, XXCAP_MAX_SUBMITTED);
 	if (ret)
 		return ret;
-	ret = xxcap_tf_build(card, XXCAP_KIND_SUBMIT,
+	ret = xxcap_tf_build(client, XXCAP_KIND_SUBMIT,
 			     u64_to_user_ptr(arg.task_file), arg.size, &req,
 			     &err);
 	if (ret)

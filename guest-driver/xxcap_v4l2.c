@@ -344,16 +344,33 @@ static int xxcap_qbuf(struct file *file, void *priv, struct v4l2_buffer *b)
 	return ret;
 }
 
-/* read() requeues the buffer it emptied: it goes to the card afterwards. */
+/*
+ * vb2_fop_read() with the buffers a call queues held back until it
+ * returns: the one it emptied and requeued, and, for a nonblocking call
+ * that starts streaming, the first ones too (xxcap_start_streaming()).
+ * Such a call therefore always finds no frame, however long the host
+ * took between the start and the dequeue, and the next call finds what
+ * the card delivered in between.
+ */
 static ssize_t xxcap_v4l2_read(struct file *file, char __user *buf,
 			       size_t count, loff_t *ppos)
 {
 	struct xxcap_v4l2 *v = xxcap_v4l2_of(file);
-	ssize_t ret;
+	struct vb2_queue *q = &v->queue;
+	bool nonblock = file->f_flags & O_NONBLOCK;
+	ssize_t ret = -EBUSY;
 
-	ret = vb2_fop_read(file, buf, count, ppos);
-	mutex_lock(&v->lock);
+	if (mutex_lock_interruptible(&v->lock))
+		return -ERESTARTSYS;
+	if (vb2_queue_is_busy(q, file))
+		goto out;
+	v->hold_start = nonblock;
+	ret = vb2_read(q, buf, count, ppos, nonblock);
+	v->hold_start = false;
+	if (vb2_fileio_is_active(q))
+		q->owner = file->private_data;
 	xxcap_vb2_send_pending(v);
+out:
 	mutex_unlock(&v->lock);
 	return ret;
 }

@@ -30,6 +30,9 @@
 #define XXCAP_MIN_FPS		1
 #define XXCAP_MAX_FPS		1000
 
+/* Gaps in frame numbers (dropped frames) not yet reached by a completion */
+#define XXCAP_DROPS_AHEAD	32
+
 /* The frame stamp at byte 0 of every frame */
 #define XXCAP_STAMP_MAGIC	0x52465858	/* "XXFR" little-endian */
 #define XXCAP_STAMP_VERSION	1
@@ -56,6 +59,7 @@ struct xxcap_v4l2 {
 	u32 fps;
 	u32 input;
 	bool sending;			/* streaming: buffers go to the card */
+	bool hold_start;		/* a nonblocking read() is starting */
 	struct list_head pending;	/* buffers queued before streaming */
 
 	/* Under card->lock */
@@ -63,6 +67,20 @@ struct xxcap_v4l2 {
 	struct list_head early;		/* buffers back during the start */
 	s64 time_offset;		/* CLOCK_MONOTONIC - device clock, ns */
 	wait_queue_head_t wq;		/* card->n_vb2 going down */
+	/*
+	 * Frames the card dropped since STREAMON (its OVERFLOW records), for
+	 * sequence numbers that count them: @drops before the last frame
+	 * completed, and per later frame number the drops before it.
+	 */
+	u32 drops;
+	struct {
+		u64 next;		/* the frame number after the gap */
+		u32 count;
+	} ahead[XXCAP_DROPS_AHEAD];
+	unsigned int ahead_first, n_ahead;
+	bool events_lost;		/* a LOST record: drops may be missing */
+
+	u32 int_mask;			/* INT_MASK before STREAMON */
 };
 
 /* A vb2 buffer of the node */

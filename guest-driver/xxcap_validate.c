@@ -86,15 +86,17 @@ static u32 xxcap_check_cmd(const struct xxcap_card *card,
 	const struct xxcap_reg_desc *desc;
 	bool addr_op;
 
-	if (cmd->op > XXCAP_OP_DMA_TRANSFER_NONBLOCK)
+	if (cmd->op > XXCAP_OP_DMA_BUFFER)
 		return XXCAP_TF_BAD_OP;
 	/* A caller that waits for the result cannot also not wait. */
 	if (cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK && !async)
 		return XXCAP_TF_BAD_OP;
-	if (cmd->flags)
+	/* DMA_BUFFER: flags is the buffer id, checked with its owner. */
+	if (cmd->flags && cmd->op != XXCAP_OP_DMA_BUFFER)
 		return XXCAP_TF_RESERVED;
 	if (cmd->op == XXCAP_OP_DMA_TRANSFER_BLOCK ||
-	    cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK) {
+	    cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK ||
+	    cmd->op == XXCAP_OP_DMA_BUFFER) {
 		if (!card->dma)
 			return XXCAP_TF_NOT_SUPPORTED;
 		if (cmd->reg != XXCAP_DMA_TO_CARD &&
@@ -108,7 +110,10 @@ static u32 xxcap_check_cmd(const struct xxcap_card *card,
 		 */
 		if (!cmd->length || cmd->length > card->id.card_ram_size)
 			return XXCAP_TF_DMA_RANGE;
-		/* The buffer (value) is checked when its pages are pinned. */
+		/*
+		 * The buffer (value) is checked when its pages are pinned, or
+		 * against the registered buffer it names.
+		 */
 		return XXCAP_TF_OK;
 	}
 

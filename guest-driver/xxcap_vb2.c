@@ -21,6 +21,17 @@ static struct xxcap_vbuf *to_xxcap_vbuf(struct vb2_buffer *vb)
 	return container_of(to_vb2_v4l2_buffer(vb), struct xxcap_vbuf, vb);
 }
 
+/*
+ * Sequence numbers that count the frames the card dropped (V4L2's
+ * convention). Off by default: the card drops every frame that finds no
+ * buffer, so a guest that falls behind (under TCG on a loaded host) makes
+ * v4l2-compliance warn about each gap. Read at STREAMON.
+ */
+static bool sequence_gaps;
+module_param(sequence_gaps, bool, 0644);
+MODULE_PARM_DESC(sequence_gaps,
+		 "V4L2 sequence numbers count the frames the card dropped (default: off)");
+
 static int xxcap_queue_setup(struct vb2_queue *q, unsigned int *nbuffers,
 			     unsigned int *nplanes, unsigned int sizes[],
 			     struct device *alloc_devs[])
@@ -145,6 +156,7 @@ static void xxcap_vb2_unclaim(struct xxcap_v4l2 *v)
 
 	spin_lock_irq(&card->lock);
 	card->v4l2_streaming = false;
+	card->v4l2_drops = false;
 	v->starting = false;
 	list_for_each_entry_safe(buf, tmp, &v->early, node) {
 		list_del(&buf->node);
@@ -161,17 +173,22 @@ static void xxcap_vb2_finish(struct xxcap_v4l2 *v, struct xxcap_vbuf *buf,
 	vb2_buffer_done(&buf->vb.vb2_buf, state);
 }
 
-/* Writes CONTROL = ENABLE: capture off, STREAM clear. */
+/*
+ * Writes CONTROL = ENABLE: capture off, STREAM clear; INT_MASK's OVERFLOW
+ * bit back to what it was before STREAMON (when the node counts drops).
+ */
 static int xxcap_vb2_capture_off(struct xxcap_v4l2 *v, u32 *err)
 {
-	struct xxcap_cmd cmd = {
-		.op = XXCAP_OP_SET_REGISTER,
-		.reg = XXCAP_REG_CONTROL,
-		.value = XXCAP_CONTROL_ENABLE,
+	struct xxcap_cmd cmds[] = {
+		{ .op = XXCAP_OP_SET_REGISTER, .reg = XXCAP_REG_CONTROL,
+		  .value = XXCAP_CONTROL_ENABLE },
+		{ .op = XXCAP_OP_SET_TO_REGISTER, .reg = XXCAP_REG_INT_MASK,
+		  .value = v->int_mask & XXCAP_IRQ_OVERFLOW,
+		  .mask = v->card->v4l2_drops ? XXCAP_IRQ_OVERFLOW : 0 },
 	};
 	u64 t;
 
-	return xxcap_exec_kernel(v->card, &cmd, 1, err, &t);
+	return xxcap_exec_kernel(v->card, cmds, ARRAY_SIZE(cmds), err, &t);
 }
 
 static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
@@ -189,14 +206,22 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 		  .value = v->fmt.height },
 		{ .op = XXCAP_OP_SET_REGISTER, .reg = XXCAP_REG_FRAME_RATE,
 		  .value = v->fps },
+		/* Counting drops: each one becomes an OVERFLOW record */
+		{ .op = XXCAP_OP_GET_REGISTER, .reg = XXCAP_REG_INT_MASK },
+		{ .op = XXCAP_OP_SET_TO_REGISTER, .reg = XXCAP_REG_INT_MASK,
+		  .value = XXCAP_IRQ_OVERFLOW },
 		{ .op = XXCAP_OP_SET_REGISTER, .reg = XXCAP_REG_CONTROL,
 		  .value = XXCAP_CONTROL_ENABLE | XXCAP_CONTROL_CAPTURE |
 			   XXCAP_CONTROL_STREAM },
 	};
 	struct xxcap_vbuf *buf, *tmp;
 	u64 t0, t1, dev_ns;
+	bool drops = READ_ONCE(sequence_gaps);
 	u32 err;
 	int ret = 0;
+
+	/* SET_TO_REGISTER with mask 0 changes nothing */
+	cmds[ARRAY_SIZE(cmds) - 2].mask = drops ? XXCAP_IRQ_OVERFLOW : 0;
 
 	/* Capture becomes the node's: task files and QUEUE_BUFFER get EBUSY. */
 	spin_lock_irq(&card->lock);
@@ -205,7 +230,13 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 	else if (card->v4l2_streaming || card->n_stream)
 		ret = -EBUSY;	/* an open file streams */
 	card->v4l2_streaming = !ret;
+	card->v4l2_drops = !ret && drops;
 	v->starting = true;
+	v->drops = 0;
+	v->ahead_first = 0;
+	v->n_ahead = 0;
+	v->events_lost = false;
+	v->int_mask = XXCAP_IRQ_OVERFLOW;	/* left alone at stop if unknown */
 	spin_unlock_irq(&card->lock);
 	if (ret)
 		goto err_return;
@@ -213,6 +244,8 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 	/* Held unused until capture starts with STREAM set */
 	v->sending = true;
 	list_for_each_entry_safe(buf, tmp, &v->pending, node) {
+		if (v->hold_start)
+			break;	/* xxcap_v4l2_read() sends them */
 		/* Off the list first: the card may give it back at once. */
 		list_del(&buf->node);
 		ret = xxcap_vb2_send(v, buf);
@@ -232,6 +265,7 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 	}
 	if (ret)
 		goto err_reclaim;
+	v->int_mask = (u32)cmds[ARRAY_SIZE(cmds) - 3].value;
 
 	spin_lock_irq(&card->lock);
 	/* The card's clock read half-way through the round trip */
@@ -309,6 +343,58 @@ static bool xxcap_stamp_ok(struct xxcap_v4l2 *v, struct vb2_buffer *vb,
 }
 
 /*
+ * A record of the card's event queue while the node streams: an OVERFLOW
+ * record is one dropped frame, and carries the number the next completed
+ * frame gets (device-model SPEC §10, §11). Records come in the card's
+ * order, so their numbers never go down. Under card->lock.
+ */
+void xxcap_vb2_event(struct xxcap_card *card, const struct xxcap_event *ev)
+{
+	struct xxcap_v4l2 *v = card->v4l2;
+	unsigned int last;
+
+	if (!v)
+		return;
+	if (ev->cause == XXCAP_EVENT_LOST) {
+		if (!v->events_lost)
+			dev_warn(&card->dev,
+				 "V4L2: event records lost: sequence numbers may miss dropped frames\n");
+		v->events_lost = true;
+		return;
+	}
+	if (ev->cause != XXCAP_IRQ_OVERFLOW)
+		return;
+	if (v->n_ahead) {
+		last = (v->ahead_first + v->n_ahead - 1) % XXCAP_DROPS_AHEAD;
+		/* Full: counted before the last gap's frame, a little early */
+		if (v->ahead[last].next == ev->frame_number ||
+		    v->n_ahead == XXCAP_DROPS_AHEAD) {
+			v->ahead[last].count++;
+			return;
+		}
+	}
+	last = (v->ahead_first + v->n_ahead) % XXCAP_DROPS_AHEAD;
+	v->ahead[last].next = ev->frame_number;
+	v->ahead[last].count = 1;
+	v->n_ahead++;
+}
+
+/*
+ * The V4L2 sequence number of the card's frame @number: its number plus
+ * the frames dropped before it, so that applications see drops as gaps.
+ * Frames complete in order. Under card->lock.
+ */
+static u32 xxcap_vb2_sequence(struct xxcap_v4l2 *v, u64 number)
+{
+	while (v->n_ahead && v->ahead[v->ahead_first].next <= number) {
+		v->drops += v->ahead[v->ahead_first].count;
+		v->ahead_first = (v->ahead_first + 1) % XXCAP_DROPS_AHEAD;
+		v->n_ahead--;
+	}
+	return (u32)number + v->drops;	/* 0 unless counting drops */
+}
+
+/*
  * The card gave back the buffer of @req, whose result is @ev (a completion
  * record as QUEUE_BUFFER would get). Under card->lock, any context.
  */
@@ -323,7 +409,7 @@ void xxcap_vb2_done(struct xxcap_card *card, struct xxcap_req *req,
 	lockdep_assert_held(&card->lock);
 	buf->device_time_ns = ev->device_time_ns;
 	if (ev->status == XXCAP_TF_OK) {
-		buf->vb.sequence = (u32)ev->frame_number;
+		buf->vb.sequence = xxcap_vb2_sequence(v, ev->frame_number);
 		buf->vb.field = V4L2_FIELD_NONE;
 		vb2_set_plane_payload(vb, 0, ev->count);
 		if (ev->count == v->fmt.sizeimage &&

@@ -20,7 +20,12 @@
 /* Process context only: unpinning may sleep. */
 void xxcap_req_free(struct xxcap_req *req)
 {
+	unsigned int i;
+
 	xxcap_unpin(req);
+	for (i = 0; i < req->n_rbufs; i++)
+		xxcap_regbuf_put(req->rbufs[i]);
+	kvfree(req->rbufs);
 	kvfree(req->pages);
 	kvfree(req->dma);
 	kvfree(req->sg_in);

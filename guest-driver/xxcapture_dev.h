@@ -28,9 +28,12 @@
 #define XXCAP_REQ_ATTACH	2
 #define XXCAP_REQ_STREAM_BUFFER	3
 #define XXCAP_REQ_FLUSH_BUFFERS	4
-#define XXCAP_REQ_ABORT	5
+#define XXCAP_REQ_REGISTER_BUFFER	5
+#define XXCAP_REQ_UNREGISTER_BUFFER	6
+#define XXCAP_REQ_ABORT	7
 #define XXCAP_VQ_FLAG_ASYNC	1
 #define XXCAP_MAX_ABORT_TAGS	1024
+#define XXCAP_MAX_REGISTERED_CARD	256
 #define XXCAP_EVENT_BUFFER_SIZE	4096
 #define XXCAP_SHM_ID_CARD_RAM	0
 #define XXCAP_VQ_OK	0
@@ -83,6 +86,16 @@ struct xxcap_stream_result {
 	__le64 device_time_ns;	/* device clock at completion or cancellation */
 	__le32 bytes;	/* bytes of frame data written */
 	__le32 reserved;	/* zero */
+};
+
+/*
+ * Follows the request header of XXCAP_REQ_REGISTER_BUFFER (then
+ * sg_count entries) and XXCAP_REQ_UNREGISTER_BUFFER.
+ */
+struct xxcap_buffer_desc {
+	__le32 id;	/* 1..XXCAP_MAX_REGISTERED_CARD, the driver's choice */
+	__le32 reserved;	/* zero */
+	__le64 length;	/* REGISTER: sum of the entries; UNREGISTER: 0 */
 };
 
 enum xxcap_access {

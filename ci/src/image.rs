@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::build::{cache_dir, repo_root, Artifacts};
+use crate::build::{cache_dir, repo_root, run, target_dir, Artifacts};
 use crate::vm::BootTarget;
 use crate::{Error, Result};
 
@@ -98,16 +98,96 @@ impl DebianImage {
     }
 }
 
+/// The files of the C library's installation kit, relative to
+/// `guest-userland/capi` (what its `install.sh` reads), and the examples.
+const CAPI_KIT: &[&str] = &[
+    "install.sh",
+    "Cargo.toml",
+    "xxcapture.pc.in",
+    "include/xxcapture.h",
+    "examples/capture.c",
+    "examples/api_tour.c",
+];
+
+/// Builds the C library (`libxxcapture.so` and `.a`, for the host's glibc,
+/// which the Debian images' is not older than) and copies it with its
+/// installation kit into `dir`: `install.sh --from dir/lib` installs it.
+/// Returns the bytes copied.
+fn capi_kit(dir: &Path) -> Result<u64> {
+    let step = |what: &str, e: std::io::Error| Error::Step(format!("C library kit: {what}: {e}"));
+    let root = repo_root();
+    run(
+        "building libxxcapture.so and libxxcapture.a (cargo build --release -p xxcapture-c)",
+        Command::new(env!("CARGO")).current_dir(&root).args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "xxcapture-c",
+        ]),
+    )?;
+    let capi = root.join("guest-userland/capi");
+    let mut bytes = 0;
+    for file in CAPI_KIT {
+        let dest = dir.join(file);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| step("create", e))?;
+        }
+        bytes += std::fs::copy(capi.join(file), &dest).map_err(|e| step(file, e))?;
+    }
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).map_err(|e| step("create", e))?;
+    for file in ["libxxcapture.so", "libxxcapture.a"] {
+        let src = target_dir().join("release").join(file);
+        bytes += std::fs::copy(&src, lib.join(file)).map_err(|e| step(file, e))?;
+    }
+    Ok(bytes)
+}
+
+/// The QEMU options of a raw disk `file` the guest sees as
+/// `/dev/disk/by-id/virtio-<serial>` (virtio-blk, by its serial, whatever
+/// the order of the other disks): where a guest application writes its
+/// output for the host to read.
+pub fn output_disk_args(file: &Path, serial: &str) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=none,id={serial}", file.display()),
+        "-device".into(),
+        format!("virtio-blk-pci,drive={serial},serial={serial}"),
+    ]
+}
+
 /// Writes `out`: a small read-only ext4 disk labelled `xxcap-tools` with
 /// the static guest tools in `bin/` (the image mounts it on
-/// `/opt/xxcapture` and puts `/opt/xxcapture/bin` in `PATH`). Per run, so
-/// the image need not be rebuilt when the tools change.
+/// `/opt/xxcapture` and puts `/opt/xxcapture/bin` in `PATH`) and the C
+/// library's kit in `capi/` (the image installs it into `/usr/local` at
+/// boot). Per run, so the image need not be rebuilt when they change.
 pub fn tools_disk(artifacts: &Artifacts, out: &Path) -> Result<()> {
+    tools_disk_with(artifacts, out, None)
+}
+
+/// [`tools_disk`] with the files of the folder `extra` added at its root.
+pub fn tools_disk_with(artifacts: &Artifacts, out: &Path, extra: Option<&Path>) -> Result<()> {
     let step = |what: &str, e: std::io::Error| Error::Step(format!("tools disk: {what}: {e}"));
     let tree = out.with_extension("d");
     let bin = tree.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| step("create", e))?;
-    let mut bytes = 0;
+    capi_kit(&tree.join("capi"))?;
+    if let Some(extra) = extra {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(extra.join("."))
+            .arg(&tree)
+            .status()
+            .map_err(|e| step("cannot start cp", e))?;
+        if !status.success() {
+            return Err(Error::Step(format!(
+                "tools disk: copying {}: {status}",
+                extra.display()
+            )));
+        }
+    }
+    let mut bytes = dir_bytes(&tree);
     for (src, name) in [
         (&artifacts.xxcap, "xxcap"),
         (&artifacts.xxcap_test, "xxcap-test"),
@@ -145,4 +225,17 @@ pub fn tools_disk(artifacts: &Artifacts, out: &Path) -> Result<()> {
     } else {
         Err(Error::Step(format!("tools disk: mke2fs failed ({status})")))
     }
+}
+
+/// The bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    })
 }

@@ -2,10 +2,13 @@
 //! pieces, boots QEMU (TCG by default) with `xxcapd` behind the card, and
 //! reads what the guest reports on its serial console.
 
+pub mod accel;
 pub mod activate;
 pub mod bench;
 pub mod bench_events;
+pub mod boot_time;
 pub mod build;
+pub mod exec;
 pub mod image;
 pub mod qmp;
 pub mod supervise;

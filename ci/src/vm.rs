@@ -22,6 +22,14 @@ use crate::supervise::{
 };
 use crate::{Error, Result};
 
+/// Kernel arguments that shorten the test guest's boot without changing
+/// what it runs: no crypto self-tests at boot, the TSC trusted (no
+/// clocksource watchdog or refined calibration in the emulated machine),
+/// no timer check, one serial port probed, and no PS/2 mouse, multiplexer
+/// or PnP probing.
+pub const BOOT_ARGS: &str = "cryptomgr.notests tsc=reliable no_timer_check 8250.nr_uarts=1 \
+i8042.noaux i8042.nomux i8042.nopnp";
+
 /// What the guest's /init does (`xxcap.mode=` on the kernel command line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -54,6 +62,9 @@ pub enum Mode {
     Reboot,
     /// Two cards capturing at the same time (needs `cards: 2`).
     TwoCards,
+    /// One `xxvm exec` command: the run's own files come in a second
+    /// archive appended to the initramfs (see `exec`).
+    Exec,
 }
 
 impl Mode {
@@ -72,6 +83,7 @@ impl Mode {
             Mode::BackendDeath => "backend-death",
             Mode::Reboot => "reboot",
             Mode::TwoCards => "two-cards",
+            Mode::Exec => "exec",
         }
     }
 }
@@ -130,6 +142,12 @@ pub struct VmOptions {
     /// A guest reboot resets the machine (a card reset on the same
     /// connection) instead of ending QEMU.
     pub allow_reboot: bool,
+    /// More `xxcapd` arguments per card (index 0: the first card), after
+    /// the harness's own; a card whose list has `--card-ram-size` gets that
+    /// instead of `card_ram`.
+    pub card_xxcapd_args: Vec<Vec<String>>,
+    /// Boot without [`BOOT_ARGS`] (`xxvm boot-time --baseline`).
+    pub without_boot_args: bool,
 }
 
 impl Default for VmOptions {
@@ -151,6 +169,8 @@ impl Default for VmOptions {
             cards: 1,
             backend_socket: None,
             allow_reboot: false,
+            card_xxcapd_args: Vec::new(),
+            without_boot_args: false,
         }
     }
 }
@@ -177,6 +197,23 @@ pub fn more_card_qemu_args(socket: &Path, id: &str, virtio_id: u32) -> Vec<Strin
         virtio_id,
         None,
     ))
+}
+
+/// The arguments of card `card`'s `xxcapd`: the harness's own, then the
+/// card's `card_xxcapd_args`.
+fn xxcapd_args(opts: &VmOptions, card: u32) -> Vec<String> {
+    let extra = usize::try_from(card)
+        .ok()
+        .and_then(|i| opts.card_xxcapd_args.get(i))
+        .cloned()
+        .unwrap_or_default();
+    let mut args = Vec::new();
+    if !extra.iter().any(|a| a == "--card-ram-size") {
+        args.extend(["--card-ram-size".to_string(), opts.card_ram.clone()]);
+    }
+    args.extend(["--exit-on-disconnect".to_string(), "-v".to_string()]);
+    args.extend(extra);
+    args
 }
 
 fn argv_words(lines: &[String]) -> Vec<String> {
@@ -261,12 +298,7 @@ impl Vm {
             .map_err(|e| Error::Step(format!("create {}: {e}", opts.log_dir.display())))?;
         let launcher = BackendLauncher {
             xxcapd: artifacts.xxcapd.clone(),
-            args: vec![
-                "--card-ram-size".into(),
-                opts.card_ram.clone(),
-                "--exit-on-disconnect".into(),
-                "-v".into(),
-            ],
+            args: xxcapd_args(opts, 0),
             dir: workdir.path().to_path_buf(),
             log: opts.log_dir.join("xxcapd.log"),
         };
@@ -301,7 +333,7 @@ impl Vm {
             let dir = workdir.path().join(&id);
             std::fs::create_dir(&dir)
                 .map_err(|e| Error::Step(format!("create {}: {e}", dir.display())))?;
-            let mut args = launcher.args.clone();
+            let mut args = xxcapd_args(opts, card);
             args.extend(["--id".to_string(), id.clone()]);
             let more = BackendLauncher {
                 xxcapd: launcher.xxcapd.clone(),
@@ -326,10 +358,14 @@ impl Vm {
         let (kernel, initrd, cmdline) = match &opts.boot {
             Some(b) => (&b.kernel, &b.initrd, b.cmdline.clone()),
             None => (
-                &p.kernel,
+                &artifacts.boot_kernel,
                 &artifacts.initramfs,
                 format!(
-                    "console=ttyS0 panic=-1 quiet loglevel=4 xxcap.mode={}",
+                    "console=ttyS0 panic=-1 quiet loglevel=4 {}xxcap.mode={}",
+                    match opts.without_boot_args {
+                        true => String::new(),
+                        false => format!("{BOOT_ARGS} "),
+                    },
                     opts.mode.as_str()
                 ),
             ),
@@ -359,7 +395,8 @@ impl Vm {
                     "-drive".to_string(),
                     format!("file={},format=raw,if=none,id=out0", disk.display()),
                     "-device".to_string(),
-                    "virtio-blk-pci,drive=out0".to_string(),
+                    // The serial names the disk in /sys/block/*/serial.
+                    "virtio-blk-pci,drive=out0,serial=xxcap-out".to_string(),
                 ]
             }))
             .arg("-initrd")
@@ -599,6 +636,11 @@ impl Vm {
             .ok_or_else(|| Error::Step("QEMU not running".into()))?;
         let pid = i32::try_from(qemu.id()).map_err(|_| Error::Step("QEMU pid".into()))?;
         kill(Pid::from_raw(pid), signal).map_err(|e| Error::Step(format!("{signal} QEMU: {e}")))
+    }
+
+    /// QEMU's process id while it runs.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        self.qemu.as_ref().map(Child::id)
     }
 
     /// QEMU still running?

@@ -1,5 +1,7 @@
 //! Untrusted guest user space, for real, in a booted VM: hostile DMA never
-//! touches memory its caller does not own (canaries), a multi-process
+//! touches memory its caller does not own (canaries), registered buffers
+//! keep that guarantee (foreign and stale ids refused, canaries intact,
+//! nothing pinned after a kill), a multi-process
 //! driver fuzzer leaves the kernel log clean, and 200 capture tools killed
 //! at random moments leave nothing pinned; then 300 frames verify.
 
@@ -20,6 +22,8 @@ fn hostile_clients_leave_nothing_behind_in_vm() {
     let names = [
         "load-driver",
         "canary-test",
+        "regbuf-test",
+        "pinned-after-regbuf",
         "fuzz-driver",
         "pinned-after-fuzz",
         "capture-after-fuzz",

@@ -52,6 +52,17 @@ pub enum DmaFault {
     /// An entry lies (partly) outside guest memory.
     #[error("scatter-gather entry {index} lies outside guest memory")]
     OutsideGuestMemory { index: usize },
+    /// A DMA_BUFFER command names a buffer the card does not hold.
+    #[error("no registered buffer {id}")]
+    UnknownBuffer { id: u32 },
+    /// A DMA_BUFFER command's range runs past the end of its buffer.
+    #[error("bytes {offset}+{length} lie outside registered buffer {id} of {size} bytes")]
+    OutsideBuffer {
+        id: u32,
+        offset: u64,
+        length: u64,
+        size: u64,
+    },
     /// The port cannot move data at all (no guest memory, no card RAM).
     #[error("the DMA engine has no memory to move data with")]
     Unavailable,
@@ -73,6 +84,19 @@ pub trait DmaPort {
         card_offset: u64,
         sg: &[SgEntry],
     ) -> Result<(), DmaFault>;
+
+    /// The entries covering `length` bytes (at least 1) from `offset` of
+    /// the registered buffer `id`: the table the card holds, cut to the
+    /// range. A port without registered buffers answers
+    /// [`DmaFault::UnknownBuffer`].
+    fn registered_entries(
+        &self,
+        id: u32,
+        _offset: u64,
+        _length: u64,
+    ) -> Result<Vec<SgEntry>, DmaFault> {
+        Err(DmaFault::UnknownBuffer { id })
+    }
 }
 
 /// A port with no memory behind it: every transfer faults. Used by
@@ -109,6 +133,73 @@ pub fn command_entries(sg: &[SgEntry], first: u64, length: u64) -> Result<&[SgEn
     Err(DmaFault::EntriesRunOut)
 }
 
+/// The scatter-gather table of a registered buffer as the card holds it,
+/// with each entry's offset in the buffer, so that a DMA_BUFFER command's
+/// range is found by binary search rather than by walking the table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegisteredTable {
+    entries: Vec<SgEntry>,
+    /// `starts[i]`: offset in the buffer of `entries[i]`.
+    starts: Vec<u64>,
+    length: u64,
+}
+
+impl RegisteredTable {
+    /// The table of `entries` (non-empty entries, checked by the caller).
+    pub fn new(entries: Vec<SgEntry>) -> Self {
+        let mut starts = Vec::with_capacity(entries.len());
+        let mut length = 0u64;
+        for e in &entries {
+            starts.push(length);
+            length = length.saturating_add(u64::from(e.len.get()));
+        }
+        RegisteredTable {
+            entries,
+            starts,
+            length,
+        }
+    }
+
+    /// Bytes the entries cover.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// Entries held.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The entries covering `[offset, offset + length)` of the buffer, the
+    /// first and last cut to the range. `None` when the range is empty or
+    /// runs past the buffer.
+    pub fn range(&self, offset: u64, length: u64) -> Option<Vec<SgEntry>> {
+        let end = offset.checked_add(length)?;
+        if length == 0 || end > self.length {
+            return None;
+        }
+        // The last entry starting at or before `offset`.
+        let first = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .checked_sub(1)?;
+        let mut out = Vec::new();
+        let mut at = offset;
+        for (e, &start) in self.entries[first..].iter().zip(&self.starts[first..]) {
+            if at >= end {
+                break;
+            }
+            let skip = at - start;
+            let take = (u64::from(e.len.get()) - skip).min(end - at);
+            // take <= e.len: fits u32.
+            let len = u32::try_from(take).ok()?;
+            out.push(SgEntry::new(e.addr.get().checked_add(skip)?, len));
+            at += take;
+        }
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +227,25 @@ mod tests {
         );
         assert!(command_entries(&sg, u64::MAX, 1).is_err());
         assert!(command_entries(&[], 0, 1).is_err());
+    }
+
+    #[test]
+    fn registered_ranges_cut_the_table() {
+        let t = RegisteredTable::new(vec![e(0x1000, 100), e(0x5000, 50), e(0x9000, 10)]);
+        assert_eq!(t.length(), 160);
+        assert_eq!(
+            t.range(0, 160),
+            Some(vec![e(0x1000, 100), e(0x5000, 50), e(0x9000, 10)])
+        );
+        assert_eq!(t.range(10, 20), Some(vec![e(0x100a, 20)]));
+        assert_eq!(t.range(90, 20), Some(vec![e(0x105a, 10), e(0x5000, 10)]));
+        assert_eq!(t.range(100, 50), Some(vec![e(0x5000, 50)]));
+        assert_eq!(t.range(149, 2), Some(vec![e(0x5031, 1), e(0x9000, 1)]));
+        assert_eq!(t.range(159, 1), Some(vec![e(0x9009, 1)]));
+        assert_eq!(t.range(0, 0), None);
+        assert_eq!(t.range(159, 2), None);
+        assert_eq!(t.range(160, 1), None);
+        assert_eq!(t.range(u64::MAX, 2), None);
+        assert_eq!(RegisteredTable::new(Vec::new()).range(0, 1), None);
     }
 }

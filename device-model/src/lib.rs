@@ -21,7 +21,7 @@ pub use card::{
     Card, CardConfig, ConfigError, FrameDefaults, ALL_CAPS, CAPTURE_CARD_CAPS, MAX_CARD_RAM,
     MIN_CARD_RAM,
 };
-pub use dma::{DmaDirection, DmaFault, DmaPort, NoDma};
+pub use dma::{DmaDirection, DmaFault, DmaPort, NoDma, RegisteredTable};
 pub use interrupts::{InterruptController, IrqConfig};
 pub use regfile::RegisterFile;
 pub use taskfile::Outcome;

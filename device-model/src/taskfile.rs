@@ -161,12 +161,20 @@ fn is_write(op: Op) -> bool {
     )
 }
 
+/// Where the guest side of a DMA command is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DmaBuffer {
+    /// Entries of the request, from this index (the wire `value`).
+    Entries { first_entry: u64 },
+    /// A registered buffer (`flags`) and the offset in it (`value`).
+    Registered { id: u32, offset: u64 },
+}
+
 /// A DMA command that passed the card's range checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DmaCommand {
     pub direction: DmaDirection,
-    /// Index of the command's first scatter-gather entry (the wire `value`).
-    pub first_entry: u64,
+    pub buffer: DmaBuffer,
     pub card_offset: u64,
     pub length: u64,
 }
@@ -184,6 +192,10 @@ pub(crate) fn check_static(cmd: &Command, limits: Limits) -> Result<Checked, TfE
     let op = Op::from_raw(cmd.op.get()).ok_or(TfError::BadOp)?;
     if op == Op::DmaTransferNonBlock && !limits.asynchronous {
         return Err(TfError::BadOp);
+    }
+    if op == Op::DmaBuffer {
+        // flags names the registered buffer.
+        return check_dma(cmd, limits).map(Checked::Dma);
     }
     if cmd.flags.get() != 0 {
         return Err(TfError::Reserved);
@@ -249,9 +261,19 @@ fn check_dma(cmd: &Command, limits: Limits) -> Result<DmaCommand, TfError> {
     if length == 0 || end.is_none_or(|end| end > limits.card_ram_size) {
         return Err(TfError::DmaRange);
     }
+    let buffer = if cmd.op.get() == Op::DmaBuffer as u16 {
+        DmaBuffer::Registered {
+            id: cmd.flags.get(),
+            offset: cmd.value.get(),
+        }
+    } else {
+        DmaBuffer::Entries {
+            first_entry: cmd.value.get(),
+        }
+    };
     Ok(DmaCommand {
         direction,
-        first_entry: cmd.value.get(),
+        buffer,
         card_offset,
         length,
     })
@@ -284,7 +306,7 @@ fn run_command(
     let checked = check_static(cmd, limits);
     let is_dma = matches!(
         Op::from_raw(cmd.op.get()),
-        Some(Op::DmaTransferBlock | Op::DmaTransferNonBlock)
+        Some(Op::DmaTransferBlock | Op::DmaTransferNonBlock | Op::DmaBuffer)
     );
     let (op, desc) = match checked {
         Ok(Checked::Register(op, desc)) => (op, desc),
@@ -318,7 +340,9 @@ fn run_command(
         Op::ClearRegister => (0, desc.writable),
         Op::SetToRegister => (value & mask, mask),
         // check_static answered these.
-        Op::DmaTransferBlock | Op::DmaTransferNonBlock => return Err(TfError::Device),
+        Op::DmaTransferBlock | Op::DmaTransferNonBlock | Op::DmaBuffer => {
+            return Err(TfError::Device)
+        }
     };
     match desc.access {
         Access::ReadOnly => Err(TfError::ReadOnly),
@@ -372,11 +396,24 @@ fn run_dma(
     dma: &mut Dma<'_>,
     command: DmaCommand,
 ) -> Result<Output, TfError> {
-    let entries = command_entries(dma.sg, command.first_entry, command.length)
-        .map_err(|_| TfError::DmaFault)?;
-    dma.port
-        .transfer(command.direction, command.card_offset, entries)
-        .map_err(|_| TfError::DmaFault)?;
+    match command.buffer {
+        DmaBuffer::Entries { first_entry } => {
+            let entries = command_entries(dma.sg, first_entry, command.length)
+                .map_err(|_| TfError::DmaFault)?;
+            dma.port
+                .transfer(command.direction, command.card_offset, entries)
+                .map_err(|_| TfError::DmaFault)?;
+        }
+        DmaBuffer::Registered { id, offset } => {
+            let entries = dma
+                .port
+                .registered_entries(id, offset, command.length)
+                .map_err(|_| TfError::DmaFault)?;
+            dma.port
+                .transfer(command.direction, command.card_offset, &entries)
+                .map_err(|_| TfError::DmaFault)?;
+        }
+    }
     let low = command.length & 0xffff_ffff;
     regs.store(regs::DMA_CARD_ADDR, command.card_offset);
     regs.store(regs::DMA_LENGTH, low);

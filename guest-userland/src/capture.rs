@@ -165,7 +165,11 @@ impl Card {
         // read back what moved, in one crossing.
         let mut tf = TaskFile::new();
         tf.set_to_register(regs::CONTROL, u32::MAX, control::DMA_RESET);
-        let at = tf.dma(true, direction, addr, card_offset, len as u64);
+        // Inside a buffer this handle registered: named by id, nothing to pin.
+        let at = match self.registered_at(addr, len as u64) {
+            Some((id, offset)) => tf.dma_buffer(direction, id, offset, card_offset, len as u64),
+            None => tf.dma(true, direction, addr, card_offset, len as u64),
+        };
         let res = self.run(&tf)?;
         let moved = res
             .commands
@@ -175,7 +179,30 @@ impl Card {
         Ok(moved)
     }
 
+    /// DMA between `len` bytes at `offset` of registered buffer `id` and
+    /// card RAM at `card_offset`; returns bytes moved.
+    pub(crate) fn dma_registered(
+        &self,
+        direction: u16,
+        id: u32,
+        offset: u64,
+        card_offset: u64,
+        len: u64,
+    ) -> Result<u64> {
+        self.require(caps::DMA, "DMA")?;
+        let mut tf = TaskFile::new();
+        tf.set_to_register(regs::CONTROL, u32::MAX, control::DMA_RESET);
+        let at = tf.dma_buffer(direction, id, offset, card_offset, len);
+        let res = self.run(&tf)?;
+        res.commands
+            .get(at)
+            .map(|c| c.length.get())
+            .ok_or(Error::Protocol)
+    }
+
     /// DMA from `data` into card RAM at `card_offset`; returns bytes moved.
+    /// A slice inside a [`crate::RegisteredBuffer`] of this handle goes by
+    /// its id (no pinning per transfer).
     pub fn write_blocks(&self, card_offset: u64, data: &[u8]) -> Result<u64> {
         self.dma(
             dma_dir::TO_CARD,
@@ -186,6 +213,8 @@ impl Card {
     }
 
     /// DMA from card RAM at `card_offset` into `buf`; returns bytes moved.
+    /// A slice inside a [`crate::RegisteredBuffer`] of this handle goes by
+    /// its id (no pinning per transfer).
     pub fn read_blocks(&self, card_offset: u64, buf: &mut [u8]) -> Result<u64> {
         self.dma(
             dma_dir::FROM_CARD,
@@ -349,7 +378,8 @@ impl Capture<'_> {
             let completed = st.frame_counter.get();
             let slots = u64::from(st.ring_slots.get());
             if slots == 0 {
-                return Err(Error::Protocol);
+                // Capture set the ring up; only a card reset takes it away.
+                return Err(Error::CardReset);
             }
             // A free-running card waits for RING_RELEASE: nothing from
             // `next` on is overwritten before this reader releases it.

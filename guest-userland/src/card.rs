@@ -1,6 +1,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use xxcapture_abi::frame::PixelFormat;
 use xxcapture_abi::{
@@ -9,6 +10,7 @@ use xxcapture_abi::{
 };
 
 use crate::error::{Error, Result};
+use crate::registered::Registration;
 use crate::sys;
 
 /// How a card is opened.
@@ -75,6 +77,8 @@ pub struct Card {
     pub(crate) file: File,
     path: PathBuf,
     info: Info,
+    /// Buffers this handle registered, for read/write_blocks to find.
+    registrations: Mutex<Vec<Registration>>,
 }
 
 impl AsRawFd for Card {
@@ -116,7 +120,18 @@ impl Card {
             }
         })?;
         let info = Info::from_identity(&identity)?;
-        Ok(Card { file, path, info })
+        Ok(Card {
+            file,
+            path,
+            info,
+            registrations: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(crate) fn registrations(&self) -> MutexGuard<'_, Vec<Registration>> {
+        self.registrations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn path(&self) -> &Path {

@@ -22,6 +22,11 @@ pub enum Error {
     Command { index: u32, code: TfError },
     #[error("the card returned a task file this library cannot read")]
     Protocol,
+    /// The card was reset (its backend went away, or it was unplugged)
+    /// while this process was capturing: the frame ring it read from no
+    /// longer exists.
+    #[error("the card was reset during capture: its frame ring is gone")]
+    CardReset,
     #[error("not an xxcapture card: magic {0:#010x}")]
     BadMagic(u32),
     #[error("card speaks ABI {card:#x}, this library speaks {library:#x}")]

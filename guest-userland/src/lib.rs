@@ -12,6 +12,7 @@ mod enumerate;
 mod error;
 mod events;
 pub mod measure;
+mod registered;
 mod stream;
 mod sys;
 
@@ -20,6 +21,7 @@ pub use card::{Access, Card, FrameFormat, Info, PixelFormat};
 pub use enumerate::{cards, cards_in, CardEntry, SYSFS_CLASS};
 pub use error::{Error, Result};
 pub use events::{monotonic_ns, AsyncDma, Cause, Causes, Completion, Direction, Event, Events};
+pub use registered::RegisteredBuffer;
 pub use stream::{Stream, StreamFrame, StreamStats};
 pub use xxcapture_abi as abi;
 pub use xxcapture_abi::{RegisterDesc, TaskFile, TaskFileResult, TfError};

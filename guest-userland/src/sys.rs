@@ -1,7 +1,7 @@
 //! The driver's ioctls. Numbers come from nix's `_IOC` encoding and a test
 //! checks them against the ABI crate, which generates the C header.
 
-use xxcapture_abi::{ioctl, Abort, Exec, Identity, QueueBuffer, Submit, Subscribe};
+use xxcapture_abi::{ioctl, Abort, Exec, Identity, QueueBuffer, RegisterBuffer, Submit, Subscribe};
 
 nix::ioctl_none!(xxcap_nop, ioctl::TYPE, ioctl::NOP_NR);
 nix::ioctl_read!(xxcap_get_info, ioctl::TYPE, ioctl::GET_INFO_NR, Identity);
@@ -15,6 +15,18 @@ nix::ioctl_readwrite!(
 );
 nix::ioctl_readwrite!(xxcap_subscribe, ioctl::TYPE, ioctl::SUBSCRIBE_NR, Subscribe);
 nix::ioctl_none!(xxcap_flush_buffers, ioctl::TYPE, ioctl::FLUSH_BUFFERS_NR);
+nix::ioctl_readwrite!(
+    xxcap_register_buffer,
+    ioctl::TYPE,
+    ioctl::REGISTER_BUFFER_NR,
+    RegisterBuffer
+);
+nix::ioctl_write_ptr!(
+    xxcap_unregister_buffer,
+    ioctl::TYPE,
+    ioctl::UNREGISTER_BUFFER_NR,
+    u32
+);
 nix::ioctl_write_ptr!(xxcap_abort, ioctl::TYPE, ioctl::ABORT_NR, Abort);
 
 #[cfg(test)]
@@ -56,6 +68,17 @@ mod tests {
         assert_eq!(
             nix::request_code_none!(ioctl::TYPE, ioctl::FLUSH_BUFFERS_NR) as u32,
             ioctl::FLUSH_BUFFERS
+        );
+        assert_eq!(
+            rw(
+                ioctl::REGISTER_BUFFER_NR,
+                core::mem::size_of::<RegisterBuffer>()
+            ),
+            ioctl::REGISTER_BUFFER
+        );
+        assert_eq!(
+            nix::request_code_write!(ioctl::TYPE, ioctl::UNREGISTER_BUFFER_NR, 4) as u32,
+            ioctl::UNREGISTER_BUFFER
         );
         assert_eq!(
             nix::request_code_write!(ioctl::TYPE, ioctl::ABORT_NR, core::mem::size_of::<Abort>())

@@ -13,7 +13,9 @@
 //! 2. `card`: the model; held for a batch except while an ATTACH talks to
 //!    QEMU, and by the frontend thread to reset the card or read config
 //!    space, so a reset waits for the requests in flight;
-//! 3. `capture`: the capture thread's slot, taken under `card`;
+//! 3. `capture`: the capture thread's slot, taken under `card`; or
+//!    `registered` (the registered buffers' tables), taken under `card`
+//!    and held through a task file's execution;
 //! 4. `events` (then the event vring), or `stream` (then the stream vring),
 //!    never both at once;
 //! 5. the card RAM bus lock, a leaf.
@@ -42,6 +44,7 @@ use crate::capture::{CaptureIo, CaptureThread, DeviceClock, SharedFile};
 use crate::card_ram::{CardRam, GuestDma};
 use crate::events::Events;
 use crate::queue::{DeviceQueue, MemorySlot};
+use crate::registered::{RegisterError, RegisteredBuffers, RegisteredPort};
 use crate::request::Device;
 use crate::stream::{HeldBuffer, StreamBuffers};
 
@@ -138,6 +141,9 @@ pub struct XxcapDevice {
     /// card lock), so that `quiesce` can wait for the batch in flight.
     /// Lock order: `batch` -> `card`.
     batch: Mutex<()>,
+    /// The registered buffers' tables (SPEC §12). Taken under `card`, a
+    /// leaf like the bus lock.
+    registered: Mutex<RegisteredBuffers>,
 }
 
 impl XxcapDevice {
@@ -164,6 +170,7 @@ impl XxcapDevice {
             capture: Mutex::new(None),
             quiescing: AtomicBool::new(false),
             batch: Mutex::new(()),
+            registered: Mutex::new(RegisteredBuffers::default()),
         })
     }
 
@@ -357,9 +364,14 @@ impl XxcapDevice {
         asynchronous: bool,
     ) -> Outcome {
         self.sync_progress(card);
-        let mut port = GuestDma {
+        let mut guest = GuestDma {
             ram: &self.ram,
             mem,
+        };
+        let registered = self.registered();
+        let mut port = RegisteredPort {
+            inner: &mut guest,
+            buffers: &registered,
         };
         let outcome = {
             let mut events = self.events.lock();
@@ -372,12 +384,20 @@ impl XxcapDevice {
                 asynchronous,
             )
         };
+        drop(registered);
         // The status block shows DMA_ERROR as the card latched it.
         self.ram
             .status()
             .set_dma_error(card.status() & status::DMA_ERROR != 0);
         self.reconcile_capture(card);
         outcome
+    }
+
+    /// The registered buffers' tables.
+    pub(crate) fn registered(&self) -> MutexGuard<'_, RegisteredBuffers> {
+        self.registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Maps region 0 unless mapped since the last reset. Called from the
@@ -437,6 +457,7 @@ impl XxcapDevice {
         // still allows; the driver reclaims what it does not get back.
         self.cancel_stream_buffers();
         self.reset_model(&mut card);
+        self.registered().clear();
         self.ram.status().init();
         self.mapped.store(false, Ordering::Release);
         Counters::bump(&self.counters.resets);
@@ -559,5 +580,22 @@ impl Device for Batch<'_> {
 
     fn device_time_ns(&self) -> u64 {
         self.device.device_now()
+    }
+
+    fn register_buffer(
+        &mut self,
+        id: u32,
+        length: u64,
+        entries: Vec<SgEntry>,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), RegisterError> {
+        // Under the card lock, as every request.
+        self.card();
+        self.device.registered().register(id, length, entries, mem)
+    }
+
+    fn unregister_buffer(&mut self, id: u32) -> Result<(), RegisterError> {
+        self.card();
+        self.device.registered().unregister(id)
     }
 }

@@ -13,6 +13,8 @@
 //! - [`stream`]: stream-queue chains parsed into capture buffers, and the
 //!   buffers held until a frame fills them.
 //! - [`queue`]: what those two need from a virtqueue, and guest memory.
+//! - [`registered`]: the registered buffers' tables the card holds, and
+//!   the DMA port that resolves DMA_BUFFER commands through them.
 //! - [`device`]: the card and its state as the daemon runs it (card RAM,
 //!   capture thread, events, stream buffers, counters), and its lock order.
 //! - [`vhu_xxcap`]: the `VhostUserBackend` implementation over the device;
@@ -32,6 +34,7 @@ pub mod device;
 pub mod events;
 pub mod options;
 pub mod queue;
+pub mod registered;
 pub mod request;
 pub mod socket;
 pub mod stream;

@@ -30,6 +30,10 @@
 //! * an EXEC_TASK_FILE that an ABORT cancelled ([`cancel_chain`]) is
 //!   answered like an executed one, its header saying CANCELLED (count 0),
 //!   without running;
+//! * a well-formed REGISTER_BUFFER or UNREGISTER_BUFFER goes to the
+//!   [`Device`] ([`crate::registered`] checks the rest); its status (`OK`,
+//!   or the refusal's `BAD_REQUEST` / `DEVICE_ERROR`) goes at the start of
+//!   the writable area, used length [`STATUS_SIZE`];
 //! * every status carries the device clock at completion.
 //!
 //! Stream-queue chains share the chain rules and are parsed with the stream
@@ -43,10 +47,12 @@ use thiserror::Error;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use xxcapture_abi::{
-    req_type, vq_flags, vq_status, SgEntry, TaskFileHeader, TfError, VqRequest, VqStatus,
-    MAX_ABORT_TAGS, MAX_SG_ENTRIES, MAX_TASK_FILE_SIZE, TF_HEADER_SIZE,
+    req_type, vq_flags, vq_status, BufferDesc, SgEntry, TaskFileHeader, TfError, VqRequest,
+    VqStatus, MAX_ABORT_TAGS, MAX_SG_ENTRIES, MAX_TASK_FILE_SIZE, TF_HEADER_SIZE,
 };
 use xxcapture_model::Outcome;
+
+use crate::registered::RegisterError;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Size of the request header at the start of the readable part.
@@ -89,6 +95,24 @@ pub trait Device {
 
     /// DEVICE_TIME_NS now: stamped into every status.
     fn device_time_ns(&self) -> u64;
+
+    /// Holds `entries` (non-empty, `reserved` 0) as registered buffer `id`
+    /// of `length` bytes, after checking them against `mem` and the card's
+    /// limits.
+    fn register_buffer(
+        &mut self,
+        _id: u32,
+        _length: u64,
+        _entries: Vec<SgEntry>,
+        _mem: &GuestMemoryMmap,
+    ) -> Result<(), RegisterError> {
+        Err(RegisterError::Unsupported)
+    }
+
+    /// Forgets registered buffer `id`.
+    fn unregister_buffer(&mut self, _id: u32) -> Result<(), RegisterError> {
+        Err(RegisterError::Unsupported)
+    }
 }
 
 /// Why a chain was not executed.
@@ -132,6 +156,14 @@ pub enum ChainError {
     ResultTooSmall { got: u64, need: u64 },
     #[error("writing the response to guest memory failed")]
     WriteFailed,
+    #[error("{req} with {readable} readable bytes, {sg_count} entries, reserved {reserved:#x}, length {length}")]
+    BadBufferRequest {
+        req: &'static str,
+        readable: u64,
+        sg_count: u32,
+        reserved: u32,
+        length: u64,
+    },
 }
 
 impl ChainError {
@@ -160,6 +192,13 @@ pub enum Disposition {
     /// A task file was returned CANCELLED without running (an ABORT named
     /// it, or the device stopped before running it).
     Cancelled,
+    /// A REGISTER_BUFFER (`true`) or UNREGISTER_BUFFER was answered with
+    /// `OK`, or with the status of the refusal.
+    Buffer {
+        register: bool,
+        id: u32,
+        result: Result<(), RegisterError>,
+    },
     /// The chain was refused with the status of `ChainError::status`.
     Rejected(ChainError),
     /// Nothing could be reported; completed with length 0.
@@ -230,6 +269,14 @@ enum Request {
     Attach,
     Flush,
     Abort(Vec<u64>),
+    Register {
+        id: u32,
+        length: u64,
+        sg: Vec<SgEntry>,
+    },
+    Unregister {
+        id: u32,
+    },
 }
 
 /// Processes one command-queue chain against `device`.
@@ -291,7 +338,11 @@ where
     let request = read_request(mem, chain, &layout).and_then(|req| {
         let result_len = match &req {
             Request::Exec { tf_end, .. } => tf_end - REQUEST_HEADER_SIZE,
-            Request::Attach | Request::Flush | Request::Abort(_) => 0,
+            Request::Attach
+            | Request::Flush
+            | Request::Abort(_)
+            | Request::Register { .. }
+            | Request::Unregister { .. } => 0,
         };
         let need = (result_len + STATUS_SIZE) as u64;
         let got = writer.available_bytes() as u64;
@@ -349,10 +400,44 @@ where
                 ..completion
             }
         }
+        Ok(Request::Register { id, length, sg }) => {
+            let result = device.register_buffer(id, length, sg, mem);
+            answer_buffer(device, &mut writer, true, id, result)
+        }
+        Ok(Request::Unregister { id }) => {
+            let result = device.unregister_buffer(id);
+            answer_buffer(device, &mut writer, false, id, result)
+        }
         Err(error) => {
             let now = device.device_time_ns();
             reject(writer, error, now)
         }
+    }
+}
+
+/// Writes the status of a REGISTER_BUFFER or UNREGISTER_BUFFER at the
+/// start of the writable area.
+fn answer_buffer(
+    device: &mut dyn Device,
+    writer: &mut Writer<'_>,
+    register: bool,
+    id: u32,
+    result: Result<(), RegisterError>,
+) -> Completion {
+    let code = match result {
+        Ok(()) => vq_status::OK,
+        Err(e) => e.status(),
+    };
+    match writer.write_all(status(code, device.device_time_ns()).as_bytes()) {
+        Ok(()) => Completion {
+            used_len: STATUS_SIZE as u32,
+            disposition: Disposition::Buffer {
+                register,
+                id,
+                result,
+            },
+        },
+        Err(_) => Completion::dropped(ChainError::WriteFailed),
     }
 }
 
@@ -418,7 +503,12 @@ where
     let (req, flags) = (header.req_type.get(), header.flags.get());
     let known = matches!(
         req,
-        req_type::EXEC_TASK_FILE | req_type::ATTACH | req_type::FLUSH_BUFFERS | req_type::ABORT
+        req_type::EXEC_TASK_FILE
+            | req_type::ATTACH
+            | req_type::FLUSH_BUFFERS
+            | req_type::REGISTER_BUFFER
+            | req_type::UNREGISTER_BUFFER
+            | req_type::ABORT
     );
     let allowed_flags = if req == req_type::EXEC_TASK_FILE {
         vq_flags::ASYNC
@@ -472,6 +562,9 @@ where
             .collect();
         return Ok(Request::Abort(tags));
     }
+    if req == req_type::REGISTER_BUFFER || req == req_type::UNREGISTER_BUFFER {
+        return read_buffer_request(&buf, req, sg_count, layout.readable);
+    }
     if sg_count > MAX_SG_ENTRIES {
         return Err(ChainError::TooManyEntries(sg_count));
     }
@@ -493,6 +586,60 @@ where
     let sg = entries.to_vec();
     buf.truncate(tf_end);
     Ok(Request::Exec { buf, tf_end, sg })
+}
+
+/// Checks the framing of a REGISTER_BUFFER (header, `BufferDesc`, exactly
+/// `sg_count` entries, 1..=MAX_SG_ENTRIES of them, each non-empty with
+/// `reserved` 0) or UNREGISTER_BUFFER (header and `BufferDesc` with length
+/// 0, no entries). The device checks ids, guest memory and its limits.
+fn read_buffer_request(
+    buf: &[u8],
+    req: u32,
+    sg_count: u32,
+    readable: u64,
+) -> Result<Request, ChainError> {
+    let register = req == req_type::REGISTER_BUFFER;
+    let rest = &buf[REQUEST_HEADER_SIZE..];
+    let (desc, entries) = BufferDesc::read_from_prefix(rest).unwrap_or_default();
+    let (reserved, length) = (desc.reserved.get(), desc.length.get());
+    let framing_ok = rest.len() >= size_of::<BufferDesc>()
+        && reserved == 0
+        && if register {
+            (1..=MAX_SG_ENTRIES).contains(&sg_count)
+                // sg_count <= 2^16: the product is small.
+                && entries.len() == sg_count as usize * SG_ENTRY_SIZE
+        } else {
+            sg_count == 0 && entries.is_empty() && length == 0
+        };
+    if !framing_ok {
+        return Err(ChainError::BadBufferRequest {
+            req: if register {
+                "REGISTER_BUFFER"
+            } else {
+                "UNREGISTER_BUFFER"
+            },
+            readable,
+            sg_count,
+            reserved,
+            length,
+        });
+    }
+    let id = desc.id.get();
+    if !register {
+        return Ok(Request::Unregister { id });
+    }
+    let table = <[SgEntry]>::ref_from_bytes(entries).map_err(|_| ChainError::ReadFailed)?;
+    if let Some(bad) = table
+        .iter()
+        .position(|e| e.len.get() == 0 || e.reserved.get() != 0)
+    {
+        return Err(ChainError::BadEntry(u32::try_from(bad).unwrap_or(u32::MAX)));
+    }
+    Ok(Request::Register {
+        id,
+        length,
+        sg: table.to_vec(),
+    })
 }
 
 /// Writes the error status into the last bytes of the writable area.

@@ -219,6 +219,11 @@ fn finish(
             debug!("request {head}: ABORT done, {buffers} stream buffers cancelled")
         }
         Disposition::Cancelled => debug!("request {head}: task file cancelled"),
+        Disposition::Buffer {
+            register,
+            id,
+            result,
+        } => debug!("request {head}: buffer {id} (register: {register}): {result:?}"),
         Disposition::Rejected(e) => {
             if e.status() == xxcapture_abi::vq_status::UNSUPPORTED {
                 Counters::bump(&counters.unsupported);

@@ -9,6 +9,7 @@ mod crossings;
 mod flood;
 mod fuzz;
 mod irq;
+mod regbuf;
 mod selftest;
 mod selftest_dma;
 mod syncasync;
@@ -70,6 +71,11 @@ enum Command {
     CanaryTest(fuzz::CanaryArgs),
     /// ABORT, DMA_TRANSFER_NONBLOCK in EXEC, STATUS.DMA_BUSY and DMA_ERROR.
     AbortTest,
+    /// Registered buffers: round trip, canaries, foreign and stale ids,
+    /// limits, and nothing pinned after a kill.
+    RegbufTest(regbuf::RegbufArgs),
+    /// Register buffers and wait to be killed (for regbuf-test).
+    RegbufHold(regbuf::HoldArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +98,8 @@ fn main() -> ExitCode {
         Command::FuzzDriver(args) => fuzz::run(device, args),
         Command::CanaryTest(args) => fuzz::canary_test(device, args),
         Command::AbortTest => abort::run(device),
+        Command::RegbufTest(args) => regbuf::run(device, args),
+        Command::RegbufHold(args) => regbuf::hold(device, args),
     };
     match result {
         Ok(code) => code,

@@ -72,6 +72,89 @@ enum Cmd {
     /// executor; writes target/bench/{bench.md,bench.json,crossings.png}
     /// and the generated docs/benchmarks.md with docs/crossings.png.
     Bench(VmArgs),
+    /// Boot a fresh VM with the card(s), copy files in, run one command
+    /// with the driver loaded, copy files out, and exit with the command's
+    /// status (124: timeout, 125: the harness failed). See docs/xxvm.md.
+    Exec(ExecArgs),
+    /// Measure where the seconds go from QEMU's start to the first user
+    /// command of `xxvm exec` (firmware, kernel, initramfs, modules,
+    /// driver), over a few boots; prints a table with the median.
+    BootTime(BootTimeArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct BootTimeArgs {
+    /// How many boots.
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "tcg")]
+    accel: AccelChoice,
+    /// Boot as the harness used to, for comparison: the compressed kernel,
+    /// a gzip initramfs and none of the boot-shortening kernel arguments.
+    #[arg(long)]
+    baseline: bool,
+    /// Where each boot's run directory goes [default:
+    /// target/hil-logs/boot-time].
+    #[arg(long, value_name = "DIR")]
+    logs: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelChoice {
+    /// KVM where /dev/kvm opens and a KVM guest boots, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(clap::Args, Clone)]
+struct ExecArgs {
+    /// Copy a host file or folder into the guest at DEST (repeatable).
+    #[arg(long = "put", value_name = "SRC:DEST")]
+    puts: Vec<String>,
+    /// Copy a guest file or folder to the host after the command
+    /// (repeatable); a missing path fails a command that succeeded (125).
+    #[arg(long = "get", value_name = "GUEST_PATH:HOST_PATH")]
+    gets: Vec<String>,
+    /// What the VM boots: the busybox initramfs, or the Debian image of
+    /// images/mkdebian (must be built already).
+    #[arg(long, value_enum, default_value = "initramfs")]
+    image: ImageArg,
+    /// The Debian release of `--image debian`.
+    #[arg(long, default_value = "bookworm")]
+    dist: String,
+    /// One card and its options, `key=value,...` (repeatable: one card
+    /// each; none: one card with xxcapd's defaults). Keys: card-ram, size,
+    /// fps, format, serial, revision, source-file, source-format,
+    /// source-size, source-pixel-format, no-event-idx,
+    /// reset-card-ram-on-reconnect.
+    #[arg(long = "card", value_name = "KEY=VALUE,...")]
+    cards: Vec<String>,
+    /// One more argument for every card's xxcapd (repeatable), after the
+    /// card's own.
+    #[arg(long = "xxcapd-arg", value_name = "ARG", allow_hyphen_values = true)]
+    xxcapd_args: Vec<String>,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelChoice,
+    /// Seconds the whole run may take, boot included (then exit 124).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Guest RAM in MiB [default: 512, with `--image debian` 1024].
+    #[arg(long)]
+    memory: Option<u32>,
+    /// The run directory for console.log, kernel.log, xxcapd*.log and
+    /// status [default: a new /tmp/xxvm-run-* folder, kept].
+    #[arg(long, value_name = "DIR")]
+    logs: Option<std::path::PathBuf>,
+    /// The xxcapture checkout whose built pieces to use [default:
+    /// $XXVM_PROJECT, else the checkout xxvm was built from].
+    #[arg(long, value_name = "DIR")]
+    project: Option<std::path::PathBuf>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
 }
 
 fn options(args: &VmArgs, mode: Mode) -> VmOptions {
@@ -255,6 +338,131 @@ fn bench(args: &VmArgs) -> Result<ExitCode, xxcapture_hil::Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn exec(args: &ExecArgs) -> Result<ExitCode, xxcapture_hil::Error> {
+    use xxcapture_hil::exec::{self as x, Get, Image, Put};
+    let usage = |e: String| {
+        eprintln!("xxvm exec: {e}");
+        ExitCode::from(2)
+    };
+    if let Some(dir) = &args.project {
+        xxcapture_hil::build::set_repo_root(std::path::absolute(dir).unwrap_or(dir.clone()));
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut puts = Vec::new();
+    for p in &args.puts {
+        match Put::parse(p) {
+            Ok(p) => puts.push(p),
+            Err(e) => return Ok(usage(e)),
+        }
+    }
+    let mut gets = Vec::new();
+    for g in &args.gets {
+        match Get::parse(g) {
+            Ok(g) => gets.push(g),
+            Err(e) => return Ok(usage(e)),
+        }
+    }
+    let specs = match args.cards.is_empty() {
+        true => vec![String::new()],
+        false => args.cards.clone(),
+    };
+    let mut cards = Vec::new();
+    for spec in &specs {
+        match x::card::parse(spec, &cwd, &args.xxcapd_args) {
+            Ok(c) => cards.push(c),
+            Err(e) => return Ok(usage(e)),
+        }
+    }
+    let artifacts = xxcapture_hil::Artifacts::locate().map_err(x::missing_artifacts)?;
+    let (accel, why) = match args.accel {
+        AccelChoice::Tcg => (Accel::Tcg, "asked for".to_string()),
+        AccelChoice::Kvm => (Accel::Kvm, "asked for".to_string()),
+        AccelChoice::Auto => xxcapture_hil::accel::auto(&artifacts),
+    };
+    let logs = match &args.logs {
+        Some(dir) => dir.clone(),
+        None => x::default_run_dir()?,
+    };
+    let image = match args.image {
+        ImageArg::Initramfs => Image::Initramfs,
+        ImageArg::Debian => Image::Debian(args.dist.clone()),
+    };
+    let opts = x::ExecOptions {
+        command: args.command.clone(),
+        puts,
+        gets,
+        guest_memory_mib: args.memory.unwrap_or(match image {
+            Image::Initramfs => 512,
+            Image::Debian(_) => 1024,
+        }),
+        image,
+        cards,
+        xxcapd_args: args.xxcapd_args.clone(),
+        accel,
+        timeout: Duration::from_secs(args.timeout),
+        logs: logs.clone(),
+        echo: true,
+        extra_qemu_args: Vec::new(),
+        baseline_boot: false,
+    };
+    eprintln!(
+        "xxvm: run directory {} ({}: {why})",
+        logs.display(),
+        match accel {
+            Accel::Tcg => "TCG",
+            Accel::Kvm => "KVM",
+        }
+    );
+    let outcome = x::run(&artifacts, &opts)?;
+    if let Some(why) = &outcome.failure {
+        eprintln!("xxvm: {why} (logs in {})", logs.display());
+    }
+    eprintln!(
+        "xxvm: exit {} (command: {}), {:.1} s",
+        outcome.exit,
+        outcome
+            .command_status
+            .map_or_else(|| "did not finish".to_string(), |s| s.to_string()),
+        outcome.wall.as_secs_f64()
+    );
+    Ok(ExitCode::from(outcome.exit))
+}
+
+fn boot_time(args: &BootTimeArgs) -> Result<ExitCode, xxcapture_hil::Error> {
+    let artifacts = build_all()?;
+    let accel = match args.accel {
+        AccelChoice::Tcg => Accel::Tcg,
+        AccelChoice::Kvm => Accel::Kvm,
+        AccelChoice::Auto => xxcapture_hil::accel::auto(&artifacts).0,
+    };
+    let logs = args
+        .logs
+        .clone()
+        .unwrap_or_else(|| xxcapture_hil::build::repo_root().join("target/hil-logs/boot-time"));
+    let load_before = xxcapture_hil::bench::host_loadavg();
+    let mut runs = Vec::new();
+    for run in 1..=args.runs.max(1) {
+        eprintln!("xxvm: boot {run} of {}", args.runs.max(1));
+        runs.push(xxcapture_hil::boot_time::measure(
+            &artifacts,
+            accel,
+            &logs.join(format!("run-{run}")),
+            args.baseline,
+        )?);
+    }
+    println!("{}", xxcapture_hil::boot_time::table(&runs));
+    println!(
+        "{} on QEMU {}; host load {load_before} before, {} after",
+        match accel {
+            Accel::Tcg => "TCG",
+            Accel::Kvm => "KVM",
+        },
+        artifacts.provisioned.qemu_version,
+        xxcapture_hil::bench::host_loadavg()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -279,6 +487,13 @@ fn main() -> ExitCode {
         Cmd::Run(args) => boot(&args, Mode::Run),
         Cmd::Shell(args) => boot(&args, Mode::Shell),
         Cmd::Bench(args) => bench(&args),
+        Cmd::BootTime(args) => boot_time(&args),
+        Cmd::Exec(args) => {
+            return exec(&args).unwrap_or_else(|err| {
+                eprintln!("xxvm: {err}");
+                ExitCode::from(xxcapture_hil::exec::EXIT_HARNESS)
+            })
+        }
     };
     result.unwrap_or_else(|err| {
         eprintln!("xxvm: {err}");

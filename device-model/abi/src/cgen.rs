@@ -173,6 +173,27 @@ pub fn uapi_header() -> String {
         "XXCAP_MAX_BUFFER_SIZE",
         format!("0x{:x}ULL", crate::MAX_BUFFER_SIZE),
     );
+    out.push_str("\n/* Registered buffers: limits of the driver */\n");
+    define(
+        &mut out,
+        "XXCAP_MAX_REGISTERED_PER_OPEN",
+        crate::MAX_REGISTERED_PER_OPEN,
+    );
+    define(
+        &mut out,
+        "XXCAP_MAX_REGISTERED_PER_CARD",
+        crate::MAX_REGISTERED_PER_CARD,
+    );
+    define(
+        &mut out,
+        "XXCAP_MAX_REGISTERED_SIZE",
+        format!("0x{:x}ULL", crate::MAX_REGISTERED_SIZE),
+    );
+    define(
+        &mut out,
+        "XXCAP_MAX_REGISTERED_BYTES",
+        format!("0x{:x}ULL", crate::MAX_REGISTERED_BYTES),
+    );
     out.push_str("\n/* EXEC flags */\n");
     define(&mut out, "XXCAP_EXEC_POLL", crate::exec_flags::POLL);
     out.push_str("\n/* ABORT flags */\n");
@@ -265,6 +286,16 @@ pub fn uapi_header() -> String {
     );
     let _ = writeln!(
         out,
+        "#define XXCAP_IOC_REGISTER_BUFFER\t_IOWR(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_register_buffer)",
+        ioctl::REGISTER_BUFFER_NR
+    );
+    let _ = writeln!(
+        out,
+        "#define XXCAP_IOC_UNREGISTER_BUFFER\t_IOW(XXCAP_IOC_TYPE, 0x{:02x}, __u32)",
+        ioctl::UNREGISTER_BUFFER_NR
+    );
+    let _ = writeln!(
+        out,
         "#define XXCAP_IOC_ABORT\t_IOW(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_abort)",
         ioctl::ABORT_NR
     );
@@ -312,9 +343,24 @@ pub fn device_header() -> String {
     define(&mut out, "XXCAP_REQ_ATTACH", req_type::ATTACH);
     define(&mut out, "XXCAP_REQ_STREAM_BUFFER", req_type::STREAM_BUFFER);
     define(&mut out, "XXCAP_REQ_FLUSH_BUFFERS", req_type::FLUSH_BUFFERS);
+    define(
+        &mut out,
+        "XXCAP_REQ_REGISTER_BUFFER",
+        req_type::REGISTER_BUFFER,
+    );
+    define(
+        &mut out,
+        "XXCAP_REQ_UNREGISTER_BUFFER",
+        req_type::UNREGISTER_BUFFER,
+    );
     define(&mut out, "XXCAP_REQ_ABORT", req_type::ABORT);
     define(&mut out, "XXCAP_VQ_FLAG_ASYNC", crate::vq_flags::ASYNC);
     define(&mut out, "XXCAP_MAX_ABORT_TAGS", crate::MAX_ABORT_TAGS);
+    define(
+        &mut out,
+        "XXCAP_MAX_REGISTERED_CARD",
+        crate::registered::MAX_BUFFERS,
+    );
     define(
         &mut out,
         "XXCAP_EVENT_BUFFER_SIZE",
@@ -412,6 +458,8 @@ pub fn c_probe_source() -> String {
         "XXCAP_IOC_QUEUE_BUFFER",
         "XXCAP_IOC_SUBSCRIBE",
         "XXCAP_IOC_FLUSH_BUFFERS",
+        "XXCAP_IOC_REGISTER_BUFFER",
+        "XXCAP_IOC_UNREGISTER_BUFFER",
         "XXCAP_IOC_ABORT",
     ] {
         let _ = writeln!(out, "\tprintf(\"{name} %lu\\n\", (unsigned long){name});");
@@ -437,6 +485,12 @@ pub fn expected_probe_output() -> String {
     let _ = writeln!(out, "XXCAP_IOC_QUEUE_BUFFER {}", ioctl::QUEUE_BUFFER);
     let _ = writeln!(out, "XXCAP_IOC_SUBSCRIBE {}", ioctl::SUBSCRIBE);
     let _ = writeln!(out, "XXCAP_IOC_FLUSH_BUFFERS {}", ioctl::FLUSH_BUFFERS);
+    let _ = writeln!(out, "XXCAP_IOC_REGISTER_BUFFER {}", ioctl::REGISTER_BUFFER);
+    let _ = writeln!(
+        out,
+        "XXCAP_IOC_UNREGISTER_BUFFER {}",
+        ioctl::UNREGISTER_BUFFER
+    );
     let _ = writeln!(out, "XXCAP_IOC_ABORT {}", ioctl::ABORT);
     out
 }

@@ -78,6 +78,31 @@ pub mod abort_flags {
     pub const ALL: u32 = 1 << 0;
 }
 
+/// Argument of the REGISTER_BUFFER ioctl: a buffer of the caller's that
+/// the driver pins and describes to the card once; DMA_BUFFER commands then
+/// name it by `id` (valid for this open only) and an offset.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct RegisterBuffer {
+    pub addr: U64,
+    pub length: U64,
+    pub flags: U32,
+    /// Out: the buffer's id.
+    pub id: U32,
+}
+
+/// Registered buffers one open may hold at once.
+pub const MAX_REGISTERED_PER_OPEN: u32 = 16;
+
+/// Registered buffers all opens of one card may hold at once.
+pub const MAX_REGISTERED_PER_CARD: u32 = 64;
+
+/// Largest registered buffer (bytes).
+pub const MAX_REGISTERED_SIZE: u64 = 256 << 20;
+
+/// Bytes all registered buffers of one card may pin together.
+pub const MAX_REGISTERED_BYTES: u64 = 1 << 30;
+
 /// Most capture buffers one open may have queued at once.
 pub const MAX_QUEUED_BUFFERS: u32 = 32;
 
@@ -90,7 +115,7 @@ pub const MMAP_OFFSET_STATUS: u64 = 1 << 40;
 
 /// Guest ioctl numbers (the `x` type, Linux `_IOC` encoding).
 pub mod ioctl {
-    use super::{Abort, Exec, QueueBuffer, Submit, Subscribe};
+    use super::{Abort, Exec, QueueBuffer, RegisterBuffer, Submit, Subscribe};
     use crate::Identity;
 
     pub const TYPE: u8 = b'x';
@@ -148,6 +173,16 @@ pub mod ioctl {
         core::mem::size_of::<Subscribe>(),
     );
     pub const FLUSH_BUFFERS: u32 = ioc(DIR_NONE, FLUSH_BUFFERS_NR, 0);
+    /// Registers a buffer for DMA_BUFFER commands.
+    pub const REGISTER_BUFFER_NR: u8 = 0x07;
+    /// Unregisters a buffer (argument: its id, a `u32`).
+    pub const UNREGISTER_BUFFER_NR: u8 = 0x08;
+    pub const REGISTER_BUFFER: u32 = ioc(
+        DIR_READ | DIR_WRITE,
+        REGISTER_BUFFER_NR,
+        core::mem::size_of::<RegisterBuffer>(),
+    );
+    pub const UNREGISTER_BUFFER: u32 = ioc(DIR_WRITE, UNREGISTER_BUFFER_NR, 4);
     /// Cancels one outstanding request of this open, or all of them.
     pub const ABORT_NR: u8 = 0x10;
     pub const ABORT: u32 = ioc(DIR_WRITE, ABORT_NR, core::mem::size_of::<Abort>());

@@ -164,11 +164,11 @@ pub const TASK_FILE_HEADER: StructDef = StructDef {
 
 pub const COMMAND: StructDef = StructDef {
     name: "xxcap_cmd",
-    doc: "One task-file command. Register ops use reg/value/mask; DMA ops use\n * reg as the direction, value as the buffer address, mask as the card-RAM\n * offset and length as the byte count (out: bytes transferred).\n * Unused fields must be zero.",
+    doc: "One task-file command. Register ops use reg/value/mask; DMA ops use\n * reg as the direction, value as the buffer address, mask as the card-RAM\n * offset and length as the byte count (out: bytes transferred).\n * XXCAP_OP_DMA_BUFFER: flags is a registered buffer's id, value the offset\n * in it. Unused fields must be zero.",
     fields: &[
         f("op", U16, "XXCAP_OP_*"),
         f("reg", U16, "XXCAP_REG_* offset, or XXCAP_DMA_* direction"),
-        f("flags", U32, "zero"),
+        f("flags", U32, "zero; DMA_BUFFER: registered buffer id"),
         f("value", U64, "in/out value, or DMA buffer address"),
         f("mask", U64, "SET_TO_REGISTER mask, or DMA card-RAM offset"),
         f("length", U64, "DMA byte count; zero otherwise"),
@@ -214,6 +214,27 @@ pub const SG_ENTRY: StructDef = StructDef {
         f("addr", Le64, "guest-physical address"),
         f("len", Le32, "bytes"),
         f("reserved", Le32, "zero"),
+    ],
+};
+
+pub const BUFFER_DESC: StructDef = StructDef {
+    name: "xxcap_buffer_desc",
+    doc: "Follows the request header of XXCAP_REQ_REGISTER_BUFFER (then\n * sg_count entries) and XXCAP_REQ_UNREGISTER_BUFFER.",
+    fields: &[
+        f("id", Le32, "1..XXCAP_MAX_REGISTERED_CARD, the driver's choice"),
+        f("reserved", Le32, "zero"),
+        f("length", Le64, "REGISTER: sum of the entries; UNREGISTER: 0"),
+    ],
+};
+
+pub const REGISTER_BUFFER: StructDef = StructDef {
+    name: "xxcap_register_buffer",
+    doc: "Argument of XXCAP_IOC_REGISTER_BUFFER: a buffer pinned and described\n * to the card once, until XXCAP_IOC_UNREGISTER_BUFFER or close.\n * XXCAP_OP_DMA_BUFFER commands of the same open name it by id (in flags)\n * and an offset (in value).",
+    fields: &[
+        f("addr", U64, "user address of the buffer"),
+        f("length", U64, "its length in bytes"),
+        f("flags", U32, "zero"),
+        f("id", U32, "out: the buffer's id"),
     ],
 };
 
@@ -383,13 +404,15 @@ pub const UAPI_STRUCTS: &[StructDef] = &[
     SUBMIT,
     QUEUE_BUFFER,
     SUBSCRIBE,
+    REGISTER_BUFFER,
     ABORT,
     EVENT,
     SLOT_INFO,
     STATUS_BLOCK,
 ];
 /// Device-facing structs (driver-private header).
-pub const DEVICE_STRUCTS: &[StructDef] = &[VQ_REQUEST, VQ_STATUS, SG_ENTRY, STREAM_RESULT];
+pub const DEVICE_STRUCTS: &[StructDef] =
+    &[VQ_REQUEST, VQ_STATUS, SG_ENTRY, STREAM_RESULT, BUFFER_DESC];
 
 #[cfg(test)]
 mod tests {
@@ -511,6 +534,15 @@ mod tests {
             reserved
         );
         assert_layout!(crate::Subscribe, SUBSCRIBE, mask, flags);
+        assert_layout!(crate::BufferDesc, BUFFER_DESC, id, reserved, length);
+        assert_layout!(
+            crate::RegisterBuffer,
+            REGISTER_BUFFER,
+            addr,
+            length,
+            flags,
+            id
+        );
         assert_layout!(
             crate::Event,
             EVENT,

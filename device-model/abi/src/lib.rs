@@ -40,7 +40,7 @@ pub const MAGIC: u32 = 0x5043_5858;
 
 /// ABI version: major in the high half, minor in the low half. A driver must
 /// refuse a card whose major differs from its own.
-pub const ABI_VERSION: u32 = 0x0002_0000;
+pub const ABI_VERSION: u32 = 0x0002_0002;
 
 pub const ABI_VERSION_MAJOR: u32 = ABI_VERSION >> 16;
 
@@ -179,10 +179,12 @@ pub enum Op {
     SetToRegister = 5,
     DmaTransferBlock = 6,
     DmaTransferNonBlock = 7,
+    /// DMA between card RAM and a registered buffer, named by id and offset.
+    DmaBuffer = 8,
 }
 
 impl Op {
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
         Op::GetAddress,
         Op::GetRegister,
         Op::SetAddress,
@@ -191,6 +193,7 @@ impl Op {
         Op::SetToRegister,
         Op::DmaTransferBlock,
         Op::DmaTransferNonBlock,
+        Op::DmaBuffer,
     ];
 
     pub fn from_raw(raw: u16) -> Option<Op> {
@@ -208,6 +211,7 @@ impl Op {
             Op::SetToRegister => "SET_TO_REGISTER",
             Op::DmaTransferBlock => "DMA_TRANSFER_BLOCK",
             Op::DmaTransferNonBlock => "DMA_TRANSFER_NONBLOCK",
+            Op::DmaBuffer => "DMA_BUFFER",
         }
     }
 }
@@ -353,6 +357,8 @@ pub struct TaskFileHeader {
 /// - SetToRegister: `reg`, `value`, `mask`: bits in `mask` take `value`'s bits.
 /// - DMA ops: `reg` is the direction, `value` the caller's buffer address,
 ///   `mask` the card-RAM offset, `length` the byte count (out: transferred).
+/// - DmaBuffer: as the DMA ops, but `flags` is the id of a registered
+///   buffer and `value` the offset inside it.
 ///
 /// Unused fields must be zero.
 #[derive(
@@ -418,6 +424,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<QueueBuffer>(), 40);
         assert_eq!(core::mem::size_of::<Subscribe>(), 8);
         assert_eq!(core::mem::size_of::<StreamResult>(), 32);
+        assert_eq!(core::mem::size_of::<BufferDesc>(), 16);
+        assert_eq!(core::mem::size_of::<RegisterBuffer>(), 24);
         assert_eq!(event::PER_BUFFER, 64);
         assert_eq!(MAX_TASK_FILE_SIZE, 16 + 4096 * 32);
     }
@@ -432,7 +440,8 @@ mod tests {
         for op in Op::ALL {
             assert_eq!(Op::from_raw(op as u16), Some(op));
         }
-        assert_eq!(Op::from_raw(8), None);
+        assert_eq!(Op::from_raw(8), Some(Op::DmaBuffer));
+        assert_eq!(Op::from_raw(9), None);
         for e in TfError::ALL {
             assert_eq!(TfError::from_raw(e as u32), Some(e));
         }

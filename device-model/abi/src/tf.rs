@@ -97,6 +97,26 @@ impl TaskFile {
         })
     }
 
+    /// A DMA transfer between `length` bytes at `buffer_offset` of the
+    /// registered buffer `id` and card RAM at `card_offset`.
+    pub fn dma_buffer(
+        &mut self,
+        direction: u16,
+        id: u32,
+        buffer_offset: u64,
+        card_offset: u64,
+        length: u64,
+    ) -> usize {
+        self.push_raw(Command {
+            op: (Op::DmaBuffer as u16).into(),
+            reg: direction.into(),
+            flags: id.into(),
+            value: buffer_offset.into(),
+            mask: card_offset.into(),
+            length: length.into(),
+        })
+    }
+
     /// Serializes header and commands into the wire format.
     pub fn to_bytes(&self) -> Vec<u8> {
         let count = u32::try_from(self.commands.len()).unwrap_or(u32::MAX);

@@ -80,12 +80,41 @@ pub mod req_type {
     /// payload; the reply is a `VqStatus` written after the buffers are
     /// returned.
     pub const FLUSH_BUFFERS: u32 = 4;
+    /// Hold a registered buffer: a `BufferDesc` (id, length) and
+    /// `sg_count` entries follow the header; the reply is a `VqStatus`.
+    pub const REGISTER_BUFFER: u32 = 5;
+    /// Forget a registered buffer: a `BufferDesc` (id, length 0) follows
+    /// the header, `sg_count` 0; the reply is a `VqStatus`.
+    pub const UNREGISTER_BUFFER: u32 = 6;
     /// Cancel the requests named by the tags that follow the header (`n`
     /// little-endian u64s, 1..=[`MAX_ABORT_TAGS`](super::MAX_ABORT_TAGS)):
     /// task files waiting on the command queue and held stream buffers.
     /// The reply is a `VqStatus`, written after the cancelled requests were
     /// returned.
-    pub const ABORT: u32 = 5;
+    pub const ABORT: u32 = 7;
+}
+
+/// The card side of registered buffers: what one card holds at most.
+pub mod registered {
+    /// Registered buffers one card holds at once (ids are 1..=this).
+    pub const MAX_BUFFERS: u32 = 256;
+    /// Scatter-gather entries one card holds for all its registered
+    /// buffers together (16 MiB of tables; 4 GiB of scattered pages).
+    pub const MAX_TOTAL_ENTRIES: u64 = 1 << 20;
+}
+
+/// Follows the request header of REGISTER_BUFFER and UNREGISTER_BUFFER.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+#[repr(C)]
+pub struct BufferDesc {
+    /// 1..=`registered::MAX_BUFFERS`, chosen by the driver.
+    pub id: U32,
+    pub reserved: U32,
+    /// REGISTER: the buffer's length, which its entries sum to exactly;
+    /// UNREGISTER: 0.
+    pub length: U64,
 }
 
 /// `VqRequest::flags` of a command-queue request.

@@ -15,6 +15,8 @@ struct FakePort {
     card: Vec<u8>,
     guest: Vec<u8>,
     calls: Vec<(DmaDirection, u64, Vec<SgEntry>)>,
+    /// Registered buffer 7, if set.
+    registered: Option<crate::RegisteredTable>,
 }
 
 impl FakePort {
@@ -23,6 +25,7 @@ impl FakePort {
             card: vec![0; RAM as usize],
             guest: (0..GUEST).map(|i| (i % 251) as u8).collect(),
             calls: Vec::new(),
+            registered: None,
         }
     }
 }
@@ -55,6 +58,25 @@ impl DmaPort for FakePort {
             at += n;
         }
         Ok(())
+    }
+
+    fn registered_entries(
+        &self,
+        id: u32,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<SgEntry>, DmaFault> {
+        let table = self
+            .registered
+            .as_ref()
+            .filter(|_| id == 7)
+            .ok_or(DmaFault::UnknownBuffer { id })?;
+        table.range(offset, length).ok_or(DmaFault::OutsideBuffer {
+            id,
+            offset,
+            length,
+            size: table.length(),
+        })
     }
 }
 
@@ -358,4 +380,60 @@ proptest! {
             prop_assert_eq!(c.registers().peek(regs::SCRATCH), 0);
         }
     }
+}
+
+#[test]
+fn registered_buffer_commands_use_the_held_table() {
+    let mut c = card();
+    let mut port = FakePort::new();
+    port.registered = Some(crate::RegisteredTable::new(vec![
+        sg(0x100, 3000),
+        sg(0x4000, 4096),
+    ]));
+    let mut tf = TaskFile::new();
+    let a = tf.dma_buffer(dma_dir::TO_CARD, 7, 1000, 0x2000, 5000);
+    let transferred = tf.get_register(regs::DMA_TRANSFERRED);
+    let res = run(&mut c, &mut port, &tf, &[]);
+    assert_eq!((res.error, res.index), (TfError::Ok, 2));
+    assert_eq!(res.commands[a].length.get(), 5000);
+    assert_eq!(res.commands[a].flags.get(), 7);
+    assert_eq!(res.commands[a].value.get(), 1000);
+    assert_eq!(res.value(transferred), Some(5000));
+    assert_eq!(
+        port.calls,
+        vec![(
+            DmaDirection::ToCard,
+            0x2000,
+            vec![sg(0x100 + 1000, 2000), sg(0x4000, 3000)]
+        )]
+    );
+    let mut expected = port.guest[0x100 + 1000..0x100 + 3000].to_vec();
+    expected.extend_from_slice(&port.guest[0x4000..0x4000 + 3000]);
+    assert_eq!(&port.card[0x2000..0x2000 + 5000], &expected[..]);
+
+    // Unknown id, a range past the buffer's end, an offset that overflows:
+    // DMA_FAULT, nothing moves.
+    for (id, offset, length) in [(8, 0, 1), (7, 7000, 97), (7, u64::MAX, 1)] {
+        let mut bad = TaskFile::new();
+        bad.get_register(regs::ID);
+        bad.dma_buffer(dma_dir::FROM_CARD, id, offset, 0, length);
+        let calls = port.calls.len();
+        let res = run(&mut c, &mut port, &bad, &[]);
+        assert_eq!(
+            (res.error, res.index),
+            (TfError::DmaFault, 1),
+            "{id} {offset} {length}"
+        );
+        assert_eq!(port.calls.len(), calls);
+    }
+    // The card-RAM range and the direction are checked first.
+    let mut bad = TaskFile::new();
+    bad.dma_buffer(dma_dir::FROM_CARD, 7, 0, RAM, 1);
+    assert_eq!(run(&mut c, &mut port, &bad, &[]).error, TfError::DmaRange);
+    let mut bad = TaskFile::new();
+    bad.dma_buffer(2, 7, 0, 0, 1);
+    assert_eq!(run(&mut c, &mut port, &bad, &[]).error, TfError::BadValue);
+    let mut bad = TaskFile::new();
+    bad.dma_buffer(dma_dir::FROM_CARD, 7, 0, 0, 0);
+    assert_eq!(run(&mut c, &mut port, &bad, &[]).error, TfError::DmaRange);
 }

@@ -111,7 +111,7 @@ fn interrupt_raise_and_ack() {
 #[test]
 fn each_invalid_command_gets_its_code_and_index() {
     let cases: Vec<(Command, TfError)> = vec![
-        (raw(8, regs::SCRATCH, 0, 0), TfError::BadOp),
+        (raw(9, regs::SCRATCH, 0, 0), TfError::BadOp),
         (raw(0xffff, regs::SCRATCH, 0, 0), TfError::BadOp),
         (raw(1, 0x002, 0, 0), TfError::BadRegister),
         (raw(1, 0xfff0, 0, 0), TfError::BadRegister),
@@ -133,6 +133,7 @@ fn each_invalid_command_gets_its_code_and_index() {
         (raw(4, regs::SCRATCH, 1, 0), TfError::Reserved),
         (raw(6, 0, 0, 0), TfError::NotSupported),
         (raw(7, 1, 0, 0), TfError::NotSupported),
+        (raw(8, 1, 0, 0), TfError::NotSupported),
     ];
     for (bad, expected) in cases {
         for position in [0usize, 3, 63] {

@@ -43,14 +43,15 @@ use vm_memory::{
 };
 use vmm_sys_util::epoll::EventSet;
 use xxcapture_abi::{
-    caps, queue, req_type, vq_flags, vq_status, Command, Op, SgEntry, VqRequest, CONFIG_SIZE,
-    MAX_ABORT_TAGS, MAX_SG_ENTRIES, TF_HEADER_SIZE,
+    caps, queue, registered, req_type, vq_flags, vq_status, BufferDesc, Command, Op, SgEntry,
+    VqRequest, CONFIG_SIZE, MAX_ABORT_TAGS, MAX_SG_ENTRIES, TF_HEADER_SIZE,
 };
 use xxcapture_model::{Card, CardConfig, Outcome, MIN_CARD_RAM};
 use zerocopy::{FromBytes, IntoBytes};
 
 use xxcapd::card_ram::{CardRam, GuestDma};
 use xxcapd::device::ShmemMapper;
+use xxcapd::registered::{RegisterError, RegisteredBuffers, RegisteredPort};
 use xxcapd::request::{
     process_chain, Completion, Device, Disposition, MAX_READABLE, REQUEST_HEADER_SIZE,
     SG_ENTRY_SIZE, STATUS_SIZE,
@@ -200,6 +201,8 @@ fn payload(u: &mut Unstructured<'_>, alloc: &mut Alloc) -> Result<Payload> {
         req_type::ATTACH,
         req_type::STREAM_BUFFER,
         req_type::FLUSH_BUFFERS,
+        req_type::REGISTER_BUFFER,
+        req_type::UNREGISTER_BUFFER,
         req_type::ABORT,
         0,
     ])?;
@@ -209,12 +212,36 @@ fn payload(u: &mut Unstructured<'_>, alloc: &mut Alloc) -> Result<Payload> {
         kind
     };
     let header_only = kind != req_type::EXEC_TASK_FILE && !u.ratio(1u8, 8)?;
-    let entries = if header_only && kind != req_type::STREAM_BUFFER {
-        Vec::new()
-    } else {
-        sg_entries(u, alloc)?
-    };
-    let tf = if header_only {
+    let entries =
+        if header_only && kind != req_type::STREAM_BUFFER && kind != req_type::REGISTER_BUFFER {
+            Vec::new()
+        } else {
+            sg_entries(u, alloc)?
+        };
+    let buffer_request = matches!(
+        kind,
+        req_type::REGISTER_BUFFER | req_type::UNREGISTER_BUFFER
+    );
+    let tf = if buffer_request {
+        // The buffer's description: mostly the entries' own sum.
+        let sum: u64 = entries.iter().map(|e| u64::from(e.len.get())).sum();
+        let desc = BufferDesc {
+            id: u.int_in_range(0..=3u32)?.into(),
+            reserved: if u.ratio(1u8, 16)? {
+                u.arbitrary::<u32>()?
+            } else {
+                0
+            }
+            .into(),
+            length: if kind == req_type::UNREGISTER_BUFFER || u.ratio(1u8, 8)? {
+                u.arbitrary::<u64>()? % 3
+            } else {
+                sum
+            }
+            .into(),
+        };
+        desc.as_bytes().to_vec()
+    } else if header_only {
         Vec::new()
     } else if u.ratio(1u8, 4)? {
         let len = u.int_in_range(0..=200usize)?;
@@ -510,6 +537,9 @@ enum Expect {
     Flushed,
     /// An ABORT answered.
     Aborted,
+    /// A REGISTER_BUFFER or UNREGISTER_BUFFER answered with this status at
+    /// the start of the writable part.
+    Buffer(u32),
     /// A task file of this many bytes executed.
     Executed { tf_len: usize, sg: Vec<SgEntry> },
 }
@@ -536,7 +566,12 @@ fn expected(walk: &Walk, mem: &GuestMemoryMmap, readable: Option<&[u8]>) -> Expe
     // STREAM_BUFFER belongs on the stream queue: unknown here (§11).
     let known = matches!(
         kind,
-        req_type::EXEC_TASK_FILE | req_type::ATTACH | req_type::FLUSH_BUFFERS | req_type::ABORT
+        req_type::EXEC_TASK_FILE
+            | req_type::ATTACH
+            | req_type::FLUSH_BUFFERS
+            | req_type::REGISTER_BUFFER
+            | req_type::UNREGISTER_BUFFER
+            | req_type::ABORT
     );
     // Only a task file may say it is asynchronous (§4).
     let allowed = if kind == req_type::EXEC_TASK_FILE {
@@ -569,6 +604,9 @@ fn expected(walk: &Walk, mem: &GuestMemoryMmap, readable: Option<&[u8]>) -> Expe
                 bad
             }
         }
+        req_type::REGISTER_BUFFER | req_type::UNREGISTER_BUFFER => {
+            expect_buffer(kind == req_type::REGISTER_BUFFER, bytes, sg_count, mem)
+        }
         _ => {
             if sg_count > MAX_SG_ENTRIES {
                 return bad;
@@ -597,6 +635,47 @@ fn expected(walk: &Walk, mem: &GuestMemoryMmap, readable: Option<&[u8]>) -> Expe
             }
         }
     }
+}
+
+/// SPEC §12 for a REGISTER_BUFFER (`register`) or UNREGISTER_BUFFER, sent
+/// to a card that holds no buffer yet.
+fn expect_buffer(register: bool, bytes: &[u8], sg_count: u32, mem: &GuestMemoryMmap) -> Expect {
+    let bad = Expect::Rejected(vq_status::BAD_REQUEST);
+    let Ok((desc, entries)) = BufferDesc::read_from_prefix(&bytes[REQUEST_HEADER_SIZE..]) else {
+        return bad;
+    };
+    if desc.reserved.get() != 0 {
+        return bad;
+    }
+    if !register {
+        if sg_count != 0 || !entries.is_empty() || desc.length.get() != 0 {
+            return bad;
+        }
+        // Nothing registered: the id is unknown.
+        return Expect::Buffer(vq_status::BAD_REQUEST);
+    }
+    if !(1..=MAX_SG_ENTRIES).contains(&sg_count)
+        || entries.len() != sg_count as usize * SG_ENTRY_SIZE
+    {
+        return bad;
+    }
+    let Ok(sg) = <[SgEntry]>::ref_from_bytes(entries) else {
+        return bad;
+    };
+    if sg.iter().any(|e| e.len.get() == 0 || e.reserved.get() != 0) {
+        return bad;
+    }
+    let id = desc.id.get();
+    let sum: u64 = sg.iter().map(|e| u64::from(e.len.get())).sum();
+    let inside = sg
+        .iter()
+        .all(|e| Walk::inside(mem, &[(e.addr.get(), e.len.get())]));
+    let good = (1..=registered::MAX_BUFFERS).contains(&id) && inside && sum == desc.length.get();
+    Expect::Buffer(if good {
+        vq_status::OK
+    } else {
+        vq_status::BAD_REQUEST
+    })
 }
 
 /// Reads the readable part of `chain` (`None` when a buffer lies outside
@@ -682,6 +761,14 @@ fn check_completion(
         (Disposition::Attached(_), Expect::Attached)
         | (Disposition::Flushed(_), Expect::Flushed)
         | (Disposition::Aborted(_), Expect::Aborted) => assert_eq!(used, STATUS_SIZE as u64),
+        (Disposition::Buffer { result, .. }, Expect::Buffer(status)) => {
+            assert_eq!(used, STATUS_SIZE as u64);
+            let got = match result {
+                Ok(()) => vq_status::OK,
+                Err(e) => e.status(),
+            };
+            assert_eq!(got, *status, "{result:?}");
+        }
         (Disposition::Executed(o), Expect::Executed { tf_len, .. }) => {
             assert_eq!(used, (tf_len + STATUS_SIZE) as u64);
             assert!(o.executed == 0 || o.executed == o.index);
@@ -706,6 +793,9 @@ fn check_completion(
             Some((0, code))
         }
         (Disposition::Aborted(_), _) => Some((0, vq_status::OK)),
+        (Disposition::Buffer { result, .. }, _) => {
+            Some((0, result.map_or_else(|e| e.status(), |()| vq_status::OK)))
+        }
         (Disposition::Executed(o), Expect::Executed { tf_len, .. }) => {
             assert_eq!(le32(&stream, 0), o.error as u32, "result header error");
             assert_eq!(le32(&stream, 4), o.index, "result header count");
@@ -730,6 +820,7 @@ struct FuzzDevice<'a> {
     ram: &'a CardRam,
     attach_fails: bool,
     executed: Vec<(Vec<u8>, Vec<SgEntry>)>,
+    registered: RegisteredBuffers,
 }
 
 impl Device for FuzzDevice<'_> {
@@ -741,7 +832,11 @@ impl Device for FuzzDevice<'_> {
         asynchronous: bool,
     ) -> Outcome {
         self.executed.push((task_file.to_vec(), sg.to_vec()));
-        let mut port = GuestDma { ram: self.ram, mem };
+        let mut guest = GuestDma { ram: self.ram, mem };
+        let mut port = RegisteredPort {
+            inner: &mut guest,
+            buffers: &self.registered,
+        };
         let outcome =
             self.card
                 .execute_request(task_file, sg, &mut port, &mut self.irq, 1_000, asynchronous);
@@ -769,6 +864,20 @@ impl Device for FuzzDevice<'_> {
 
     fn device_time_ns(&self) -> u64 {
         1_000
+    }
+
+    fn register_buffer(
+        &mut self,
+        id: u32,
+        length: u64,
+        entries: Vec<SgEntry>,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), RegisterError> {
+        self.registered.register(id, length, entries, mem)
+    }
+
+    fn unregister_buffer(&mut self, id: u32) -> Result<(), RegisterError> {
+        self.registered.unregister(id)
     }
 }
 
@@ -827,6 +936,7 @@ fn chain_inner(u: &mut Unstructured<'_>) -> Result<()> {
             ram,
             attach_fails,
             executed: Vec::new(),
+            registered: RegisteredBuffers::default(),
         };
         let completion = process_chain(&mut device, &chain);
         check_completion(&mem, &walk, &expect, &completion, &before);

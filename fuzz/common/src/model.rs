@@ -368,10 +368,15 @@ fn grammar_command(u: &mut Unstructured<'_>, sg: &[SgEntry], ram: u64) -> Result
     let op = if u.ratio(1u8, 32)? {
         u.arbitrary::<u16>()?
     } else {
-        u.int_in_range(0..=7u16)?
+        u.int_in_range(0..=8u16)?
     };
     let mut cmd = if op == Op::DmaTransferBlock as u16 || op == Op::DmaTransferNonBlock as u16 {
         dma_command(u, op, sg, ram)?
+    } else if op == Op::DmaBuffer as u16 {
+        // A registered buffer's id (the harnesses register none).
+        let mut cmd = dma_command(u, op, sg, ram)?;
+        cmd.flags = u.int_in_range(0..=3u32)?.into();
+        cmd
     } else {
         let desc = u.choose(REGISTERS)?;
         let value = register_value(u, desc)?;
@@ -624,14 +629,17 @@ impl Check<'_> {
     fn plausible_error(&self, cmd: &Command) {
         let error = self.outcome.error;
         let op = Op::from_raw(cmd.op.get());
-        let is_dma = matches!(op, Some(Op::DmaTransferBlock | Op::DmaTransferNonBlock));
+        let is_dma = matches!(
+            op,
+            Some(Op::DmaTransferBlock | Op::DmaTransferNonBlock | Op::DmaBuffer)
+        );
         let desc = regs::find(cmd.reg.get());
         let caps = self.before.capabilities();
         let ok = match error {
             TfError::BadOp => op.is_none(),
             TfError::Reserved => {
                 op.is_some()
-                    && (cmd.flags.get() != 0
+                    && ((cmd.flags.get() != 0 && op != Some(Op::DmaBuffer))
                         || (!is_dma
                             && (cmd.length.get() != 0
                                 || (cmd.mask.get() != 0 && op != Some(Op::SetToRegister))
@@ -662,7 +670,8 @@ impl Check<'_> {
             TfError::BadCount | TfError::Ok | TfError::Device | TfError::Cancelled => false,
         };
         assert!(ok, "{error:?} is not an error {cmd:?} can fail with");
-        if error == TfError::DmaFault {
+        // No harness registers a buffer: every DMA_BUFFER faults.
+        if error == TfError::DmaFault && op != Some(Op::DmaBuffer) {
             // A fault found before the port moved anything, or by the port.
             let first = usize::try_from(cmd.value.get()).ok();
             let in_table = first.is_some_and(|f| f < self.sg.len());
@@ -716,6 +725,7 @@ impl Check<'_> {
                     }
                     expected.value = out.value;
                 }
+                Op::DmaBuffer => panic!("a DMA_BUFFER committed without a registered buffer"),
                 Op::DmaTransferBlock | Op::DmaTransferNonBlock => {
                     let Some(&(direction, offset, total)) = transfers.next() else {
                         panic!("a committed DMA command did not reach the port");

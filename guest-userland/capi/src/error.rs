@@ -41,6 +41,7 @@ fn errno_of(e: &xx::Error) -> c_int {
     match e {
         E::Command { .. } => libc::EIO,
         E::Protocol => libc::EPROTO,
+        E::CardReset => libc::ECONNRESET,
         E::BadMagic(_) | E::AbiMismatch { .. } => libc::ENOTSUP,
         E::UnknownRegister(_) => libc::ENOENT,
         E::RegisterWidth { .. } | E::BadFormat(_) => libc::EINVAL,

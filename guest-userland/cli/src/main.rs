@@ -6,6 +6,7 @@ mod stream;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use nix::sys::signal::{signal, SigHandler, Signal};
 use xxcapture::abi::{caps, regs, Access as RegAccess, Width, MAGIC};
 use xxcapture::{Access, Card, Error, TaskFile};
 
@@ -57,6 +58,12 @@ enum RegsAction {
 }
 
 fn main() -> ExitCode {
+    // A reader that goes away (`xxcap regs list | head`) ends the tool
+    // quietly, as it does any Unix filter, instead of a panic in println!.
+    // SAFETY: no other thread exists yet, and SIG_DFL installs no handler.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        eprintln!("xxcap: cannot restore SIGPIPE: {e}");
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {

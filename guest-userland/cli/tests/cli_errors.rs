@@ -86,3 +86,24 @@ fn help_and_version_succeed() {
     assert_eq!(code, 0);
     assert!(out.starts_with("xxcap "));
 }
+
+/// A reader that has gone away ends the tool like any Unix filter (killed
+/// by SIGPIPE), with no panic on stderr.
+#[test]
+fn a_closed_pipe_ends_the_tool_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    // The read end is closed before the tool starts: its first write fails.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    drop(read_end);
+    let out = Command::new(env!("CARGO_BIN_EXE_xxcap"))
+        .args(["regs", "list"])
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run xxcap");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(nix::libc::SIGPIPE), "{err}");
+}

@@ -12,6 +12,7 @@ use xxcapture_abi::{
 use xxcapture_model::{Card, CardConfig, InterruptController, CAPTURE_CARD_CAPS};
 
 use crate::card_ram::{CardRam, GuestDma};
+use crate::registered::{RegisteredBuffers, RegisteredPort};
 
 const MEM_SIZE: u64 = 8 << 20;
 const QUEUE_SIZE: u16 = 256;
@@ -32,6 +33,7 @@ struct TestDevice {
     attach_fails: bool,
     flushes: u32,
     aborted: Vec<Vec<u64>>,
+    registered: RegisteredBuffers,
 }
 
 impl TestDevice {
@@ -52,9 +54,13 @@ impl Device for TestDevice {
         mem: &GuestMemoryMmap,
         asynchronous: bool,
     ) -> Outcome {
-        let mut port = GuestDma {
+        let mut guest = GuestDma {
             ram: &self.ram,
             mem,
+        };
+        let mut port = RegisteredPort {
+            inner: &mut guest,
+            buffers: &self.registered,
         };
         self.card
             .execute_request(tf, sg, &mut port, &mut self.irq, 42, asynchronous)
@@ -63,6 +69,20 @@ impl Device for TestDevice {
     fn abort_buffers(&mut self, tags: &[u64]) -> usize {
         self.aborted.push(tags.to_vec());
         0
+    }
+
+    fn register_buffer(
+        &mut self,
+        id: u32,
+        length: u64,
+        entries: Vec<SgEntry>,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), RegisterError> {
+        self.registered.register(id, length, entries, mem)
+    }
+
+    fn unregister_buffer(&mut self, id: u32) -> Result<(), RegisterError> {
+        self.registered.unregister(id)
     }
 
     fn flush_buffers(&mut self) -> Result<(), String> {
@@ -101,6 +121,7 @@ fn card() -> TestDevice {
         attach_fails: false,
         flushes: 0,
         aborted: Vec::new(),
+        registered: RegisteredBuffers::default(),
     }
 }
 
@@ -436,12 +457,15 @@ fn unknown_request_type_or_flags_are_unsupported() {
     for (req_type, flags) in [
         (0u32, 0u32),
         (3, 0),
+        (8, 0),
         (u32::MAX, 0),
         // Bit 0 (ASYNC) is the only flag, and only a task file's.
         (req_type::EXEC_TASK_FILE, 2),
         (req_type::EXEC_TASK_FILE, 3),
         (req_type::ATTACH, 1),
         (req_type::FLUSH_BUFFERS, 1),
+        (req_type::REGISTER_BUFFER, 1),
+        (req_type::UNREGISTER_BUFFER, 1),
         (req_type::ABORT, 1),
     ] {
         let req = request(req_type, flags, &tf);
@@ -871,6 +895,31 @@ fn abort_request(tags: &[u64], sg_count: u32) -> Vec<u8> {
     buf
 }
 
+/// REGISTER_BUFFER (`register`) or UNREGISTER_BUFFER request bytes.
+fn buffer_request(register: bool, id: u32, length: u64, table: &[SgEntry]) -> Vec<u8> {
+    let header = VqRequest {
+        req_type: if register {
+            req_type::REGISTER_BUFFER
+        } else {
+            req_type::UNREGISTER_BUFFER
+        }
+        .into(),
+        sg_count: (table.len() as u32).into(),
+        ..VqRequest::default()
+    };
+    let desc = BufferDesc {
+        id: id.into(),
+        reserved: 0.into(),
+        length: length.into(),
+    };
+    let mut buf = header.as_bytes().to_vec();
+    buf.extend_from_slice(desc.as_bytes());
+    for e in table {
+        buf.extend_from_slice(e.as_bytes());
+    }
+    buf
+}
+
 #[test]
 fn abort_names_tags_and_answers_ok() {
     let mem = memory();
@@ -975,4 +1024,162 @@ fn nonblock_dma_needs_an_asynchronous_request() {
         let res = tf_result(&mem, out_at(req.len()), tf_len);
         assert_eq!((res.error, res.index), want, "flags {flags}");
     }
+}
+
+/// Sends a buffer request; returns the completion and the status written
+/// at the start of its 16-byte writable part.
+fn send_buffer(mem: &GuestMemoryMmap, dev: &mut TestDevice, req: &[u8]) -> (Completion, u32) {
+    let c = send(mem, dev, req, STATUS_SIZE);
+    let status = status_at(mem, out_at(req.len()));
+    (c, status)
+}
+
+fn buffer_dma(dir: u16, id: u32, offset: u64, card_offset: u64, length: u64) -> Command {
+    Command {
+        op: (Op::DmaBuffer as u16).into(),
+        reg: dir.into(),
+        flags: id.into(),
+        value: offset.into(),
+        mask: card_offset.into(),
+        length: length.into(),
+    }
+}
+
+#[test]
+fn registered_buffer_round_trip_leaves_the_bytes_around_it_alone() {
+    let mem = memory();
+    let mut dev = card();
+    // Buffer 5: 0x1800 bytes in two pieces, each between canaries.
+    let table = [sg(BUF + 0x100, 0x800), sg(BUF + 0x3000, 0x1000)];
+    let canary = [0xc5u8; 0x100];
+    for at in [BUF, BUF + 0x900, BUF + 0x2f00, BUF + 0x4000] {
+        put(&mem, at, &canary);
+    }
+    let (c, status) = send_buffer(&mem, &mut dev, &buffer_request(true, 5, 0x1800, &table));
+    assert_eq!(status, vq_status::OK, "{c:?}");
+    assert_eq!(c.used_len, STATUS_SIZE as u32);
+    assert!(matches!(
+        c.disposition,
+        Disposition::Buffer {
+            register: true,
+            id: 5,
+            result: Ok(())
+        }
+    ));
+    assert_eq!(dev.request_count(), 0, "REGISTER runs no task file");
+
+    let data: Vec<u8> = (0..0x1000u32).map(|i| (i * 7 % 253) as u8).collect();
+    dev.ram.write(0x1_0000, &data).expect("card RAM");
+    // FROM_CARD into bytes 0x400..0x1400 of the buffer (across both pieces),
+    // then TO_CARD back out of them elsewhere in card RAM.
+    let cmds = [
+        buffer_dma(1, 5, 0x400, 0x1_0000, 0x1000),
+        buffer_dma(0, 5, 0x400, 0x2_0000, 0x1000),
+    ];
+    let (req, tf_len) = dma_request(&cmds, &[], 0);
+    let c = send(&mem, &mut dev, &req, tf_len + STATUS_SIZE);
+    assert!(
+        matches!(c.disposition, Disposition::Executed(o) if o.error == TfError::Ok),
+        "{c:?}"
+    );
+    let res = tf_result(&mem, out_at(req.len()), tf_len);
+    assert_eq!(res.commands[0].flags.get(), 5);
+    assert_eq!(res.commands[0].value.get(), 0x400);
+    let mut back = get(&mem, BUF + 0x100 + 0x400, 0x400);
+    back.extend_from_slice(&get(&mem, BUF + 0x3000, 0xc00));
+    assert_eq!(back, data);
+    assert_eq!(dev.ram.read(0x2_0000, 0x1000).expect("card RAM"), data);
+    for at in [BUF, BUF + 0x900, BUF + 0x2f00, BUF + 0x4000] {
+        assert_eq!(get(&mem, at, 0x100), canary, "canary at {at:#x}");
+    }
+    assert_eq!(get(&mem, BUF + 0x100, 0x400), vec![0u8; 0x400]);
+
+    // Past the end, an unknown id: DMA_FAULT, nothing written.
+    for cmd in [
+        buffer_dma(1, 5, 0x1000, 0, 0x801),
+        buffer_dma(1, 6, 0, 0, 1),
+        buffer_dma(1, 5, u64::MAX, 0, 1),
+    ] {
+        let (req, tf_len) = dma_request(&[cmd], &[], 0);
+        let c = send(&mem, &mut dev, &req, tf_len + STATUS_SIZE);
+        assert!(
+            matches!(c.disposition, Disposition::Executed(o) if o.error == TfError::DmaFault),
+            "{cmd:?}: {c:?}"
+        );
+    }
+    assert_eq!(get(&mem, BUF + 0x100, 0x400), vec![0u8; 0x400]);
+
+    // Unregistered: the id faults, and a second UNREGISTER is refused.
+    let (c, status) = send_buffer(&mem, &mut dev, &buffer_request(false, 5, 0, &[]));
+    assert_eq!(status, vq_status::OK, "{c:?}");
+    let (req, tf_len) = dma_request(&cmds[..1], &[], 0);
+    let c = send(&mem, &mut dev, &req, tf_len + STATUS_SIZE);
+    assert!(matches!(c.disposition, Disposition::Executed(o) if o.error == TfError::DmaFault));
+    let (c, status) = send_buffer(&mem, &mut dev, &buffer_request(false, 5, 0, &[]));
+    assert_eq!(status, vq_status::BAD_REQUEST, "{c:?}");
+    assert!(dev.registered.is_empty());
+}
+
+#[test]
+fn malformed_buffer_requests_are_refused() {
+    let mem = memory();
+    let mut dev = card();
+    let good = [sg(BUF, 0x1000)];
+    let mut cases: Vec<(Vec<u8>, u32)> = vec![
+        // Wrong length, id 0, id too big, entries outside guest memory.
+        (
+            buffer_request(true, 1, 0xfff, &good),
+            vq_status::BAD_REQUEST,
+        ),
+        (
+            buffer_request(true, 0, 0x1000, &good),
+            vq_status::BAD_REQUEST,
+        ),
+        (
+            buffer_request(true, 257, 0x1000, &good),
+            vq_status::BAD_REQUEST,
+        ),
+        (
+            buffer_request(true, 1, 0x1000, &[sg(MEM_SIZE - 0x800, 0x1000)]),
+            vq_status::BAD_REQUEST,
+        ),
+        // No entries; an empty entry; UNREGISTER with entries or a length.
+        (buffer_request(true, 1, 0, &[]), vq_status::BAD_REQUEST),
+        (
+            buffer_request(true, 1, 0x1000, &[sg(BUF, 0x1000), sg(BUF, 0)]),
+            vq_status::BAD_REQUEST,
+        ),
+        (buffer_request(false, 1, 0, &good), vq_status::BAD_REQUEST),
+        (buffer_request(false, 1, 5, &[]), vq_status::BAD_REQUEST),
+    ];
+    // sg_count disagreeing with the entries that follow.
+    let mut short = buffer_request(true, 1, 0x2000, &[sg(BUF, 0x1000), sg(BUF, 0x1000)]);
+    short.truncate(short.len() - SG_ENTRY_SIZE);
+    cases.push((short, vq_status::BAD_REQUEST));
+    // Non-zero reserved field, and flags.
+    let mut reserved = buffer_request(true, 1, 0x1000, &good);
+    reserved[REQUEST_HEADER_SIZE + 4] = 1;
+    cases.push((reserved, vq_status::BAD_REQUEST));
+    let mut flags = buffer_request(true, 1, 0x1000, &good);
+    flags[4] = 1;
+    cases.push((flags, vq_status::UNSUPPORTED));
+    // Header only.
+    cases.push((
+        buffer_request(false, 1, 0, &[])[..REQUEST_HEADER_SIZE].to_vec(),
+        vq_status::BAD_REQUEST,
+    ));
+    for (req, expected) in cases {
+        let out = out_at(req.len());
+        put(&mem, DATA, &req);
+        let (descs, _) = split_layout(&req, 100, STATUS_SIZE, 64);
+        let c = run(&mem, &mut dev, &descs);
+        assert_eq!(status_at(&mem, out), expected, "{c:?}");
+        assert!(dev.registered.is_empty(), "{c:?}");
+    }
+    // An id already held is refused; the first registration stays.
+    let (_, status) = send_buffer(&mem, &mut dev, &buffer_request(true, 9, 0x1000, &good));
+    assert_eq!(status, vq_status::OK);
+    let (_, status) = send_buffer(&mem, &mut dev, &buffer_request(true, 9, 0x1000, &good));
+    assert_eq!(status, vq_status::BAD_REQUEST);
+    assert_eq!(dev.registered.len(), 1);
 }

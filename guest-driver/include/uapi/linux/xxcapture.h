@@ -14,7 +14,7 @@
 #include <linux/types.h>
 
 #define XXCAP_MAGIC	0x50435858U
-#define XXCAP_ABI_VERSION	0x00020000U
+#define XXCAP_ABI_VERSION	0x00020002U
 #define XXCAP_MODEL_DOUBLE_X	0x0000d0b1U
 #define XXCAP_MAX_COMMANDS	4096
 #define XXCAP_TF_HEADER_SIZE	16
@@ -64,6 +64,12 @@
 #define XXCAP_EVENT_SIZE	64
 #define XXCAP_MAX_QUEUED_BUFFERS	32
 #define XXCAP_MAX_BUFFER_SIZE	0x4000000ULL
+
+/* Registered buffers: limits of the driver */
+#define XXCAP_MAX_REGISTERED_PER_OPEN	16
+#define XXCAP_MAX_REGISTERED_PER_CARD	64
+#define XXCAP_MAX_REGISTERED_SIZE	0x10000000ULL
+#define XXCAP_MAX_REGISTERED_BYTES	0x40000000ULL
 
 /* EXEC flags */
 #define XXCAP_EXEC_POLL	1
@@ -128,6 +134,7 @@
 #define XXCAP_OP_SET_TO_REGISTER	5
 #define XXCAP_OP_DMA_TRANSFER_BLOCK	6
 #define XXCAP_OP_DMA_TRANSFER_NONBLOCK	7
+#define XXCAP_OP_DMA_BUFFER	8
 
 /* Task-file error codes (header.error) */
 #define XXCAP_TF_OK	0	/* success */
@@ -177,12 +184,13 @@ struct xxcap_tf_header {
  * One task-file command. Register ops use reg/value/mask; DMA ops use
  * reg as the direction, value as the buffer address, mask as the card-RAM
  * offset and length as the byte count (out: bytes transferred).
- * Unused fields must be zero.
+ * XXCAP_OP_DMA_BUFFER: flags is a registered buffer's id, value the offset
+ * in it. Unused fields must be zero.
  */
 struct xxcap_cmd {
 	__u16 op;	/* XXCAP_OP_* */
 	__u16 reg;	/* XXCAP_REG_* offset, or XXCAP_DMA_* direction */
-	__u32 flags;	/* zero */
+	__u32 flags;	/* zero; DMA_BUFFER: registered buffer id */
 	__u64 value;	/* in/out value, or DMA buffer address */
 	__u64 mask;	/* SET_TO_REGISTER mask, or DMA card-RAM offset */
 	__u64 length;	/* DMA byte count; zero otherwise */
@@ -232,6 +240,19 @@ struct xxcap_queue_buffer {
 struct xxcap_subscribe {
 	__u32 mask;	/* in: new mask; out: previous mask */
 	__u32 flags;	/* zero */
+};
+
+/*
+ * Argument of XXCAP_IOC_REGISTER_BUFFER: a buffer pinned and described
+ * to the card once, until XXCAP_IOC_UNREGISTER_BUFFER or close.
+ * XXCAP_OP_DMA_BUFFER commands of the same open name it by id (in flags)
+ * and an offset (in value).
+ */
+struct xxcap_register_buffer {
+	__u64 addr;	/* user address of the buffer */
+	__u64 length;	/* its length in bytes */
+	__u32 flags;	/* zero */
+	__u32 id;	/* out: the buffer's id */
 };
 
 /*
@@ -309,6 +330,8 @@ struct xxcap_status_block {
 #define XXCAP_IOC_QUEUE_BUFFER	_IOWR(XXCAP_IOC_TYPE, 0x04, struct xxcap_queue_buffer)
 #define XXCAP_IOC_SUBSCRIBE	_IOWR(XXCAP_IOC_TYPE, 0x05, struct xxcap_subscribe)
 #define XXCAP_IOC_FLUSH_BUFFERS	_IO(XXCAP_IOC_TYPE, 0x06)
+#define XXCAP_IOC_REGISTER_BUFFER	_IOWR(XXCAP_IOC_TYPE, 0x07, struct xxcap_register_buffer)
+#define XXCAP_IOC_UNREGISTER_BUFFER	_IOW(XXCAP_IOC_TYPE, 0x08, __u32)
 #define XXCAP_IOC_ABORT	_IOW(XXCAP_IOC_TYPE, 0x10, struct xxcap_abort)
 
 #endif /* _UAPI_LINUX_XXCAPTURE_H */
