@@ -352,4 +352,32 @@ mod tests {
         assert_eq!(cancelled_by(&[2, 3], &headers), vec![3, 4]);
         assert!(cancelled_by(&[7], &headers).is_empty());
     }
+
+    /// Only an ABORT overtakes: REGISTER_BUFFER and UNREGISTER_BUFFER keep
+    /// their place among the task files (a task file queued after a
+    /// REGISTER may name the buffer; once an UNREGISTER is answered no
+    /// earlier task file may still use its pages), and an ABORT never
+    /// cancels them, whatever their tags.
+    #[test]
+    fn registered_buffer_requests_keep_their_order_and_are_not_cancelled() {
+        let ex = Some(req_type::EXEC_TASK_FILE);
+        let reg = Some(req_type::REGISTER_BUFFER);
+        let unreg = Some(req_type::UNREGISTER_BUFFER);
+        assert_eq!(next_request([reg, ex, unreg].into_iter()), 0);
+        assert_eq!(next_request([unreg, ex].into_iter()), 0);
+        assert_eq!(next_request([ex, reg, ex].into_iter()), 0);
+        let req = |kind: u32, tag: u64| {
+            Some(VqRequest {
+                req_type: kind.into(),
+                tag: tag.into(),
+                ..VqRequest::default()
+            })
+        };
+        let headers = [
+            req(req_type::REGISTER_BUFFER, 4),
+            req(req_type::EXEC_TASK_FILE, 4),
+            req(req_type::UNREGISTER_BUFFER, 4),
+        ];
+        assert_eq!(cancelled_by(&[4], &headers), vec![1]);
+    }
 }
