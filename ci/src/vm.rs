@@ -65,6 +65,9 @@ pub enum Mode {
     /// One `xxvm exec` command: the run's own files come in a second
     /// archive appended to the initramfs (see `exec`).
     Exec,
+    /// The driver's reaction to faults armed in `xxcapd` (`xxcap.fault=KIND`
+    /// names the one to check; see `xxcapd_args`).
+    Faults,
 }
 
 impl Mode {
@@ -84,6 +87,7 @@ impl Mode {
             Mode::Reboot => "reboot",
             Mode::TwoCards => "two-cards",
             Mode::Exec => "exec",
+            Mode::Faults => "faults",
         }
     }
 }
@@ -148,6 +152,9 @@ pub struct VmOptions {
     pub card_xxcapd_args: Vec<Vec<String>>,
     /// Boot without [`BOOT_ARGS`] (`xxvm boot-time --baseline`).
     pub without_boot_args: bool,
+    /// More `xxcapd` arguments (`--fault SPEC`, `--trace FILE`), for every
+    /// card the VM starts (and the supervisor's replacements).
+    pub xxcapd_args: Vec<String>,
 }
 
 impl Default for VmOptions {
@@ -171,6 +178,7 @@ impl Default for VmOptions {
             allow_reboot: false,
             card_xxcapd_args: Vec::new(),
             without_boot_args: false,
+            xxcapd_args: Vec::new(),
         }
     }
 }
@@ -200,7 +208,7 @@ pub fn more_card_qemu_args(socket: &Path, id: &str, virtio_id: u32) -> Vec<Strin
 }
 
 /// The arguments of card `card`'s `xxcapd`: the harness's own, then the
-/// card's `card_xxcapd_args`.
+/// card's `card_xxcapd_args`, then the `xxcapd_args` of every card.
 fn xxcapd_args(opts: &VmOptions, card: u32) -> Vec<String> {
     let extra = usize::try_from(card)
         .ok()
@@ -213,6 +221,7 @@ fn xxcapd_args(opts: &VmOptions, card: u32) -> Vec<String> {
     }
     args.extend(["--exit-on-disconnect".to_string(), "-v".to_string()]);
     args.extend(extra);
+    args.extend(opts.xxcapd_args.iter().cloned());
     args
 }
 

@@ -426,6 +426,13 @@ impl Card {
         })
     }
 
+    /// Records in FAULTS_INJECTED (low 32 bits) how many faults the backend
+    /// injected (a test-and-CI feature of the backend, not of the card).
+    pub fn set_faults_injected(&mut self, injected: u64) {
+        self.regs
+            .store(regs::FAULTS_INJECTED, injected & 0xffff_ffff);
+    }
+
     /// Records the progress of capture session `generation` in
     /// FRAME_COUNTER and DROPPED_FRAMES (low 32 bits). Also accepted after
     /// that session stopped (its final counts), but ignored once a newer

@@ -66,6 +66,10 @@ pub enum DmaFault {
     /// The port cannot move data at all (no guest memory, no card RAM).
     #[error("the DMA engine has no memory to move data with")]
     Unavailable,
+    /// The backend injected an error into this transfer (fault injection,
+    /// armed by whoever runs the backend); nothing moved.
+    #[error("injected DMA error")]
+    Injected,
 }
 
 /// Moves DMA data for the card.

@@ -57,8 +57,10 @@ fn due(start: Instant, period: Duration, tick: u32) -> Instant {
 
 use crate::card_ram::{filling, full, CardRam, SlotUpdate};
 use crate::events::Events;
+use crate::faults::{FaultKind, Fired, Unit};
 use crate::queue::MemorySlot;
 use crate::stream::{write_frame, Outcome, StreamBuffers};
+use crate::trace::What;
 
 /// Where the capture thread reports: event records, the stream queue's
 /// buffers, and the guest memory they live in.
@@ -76,6 +78,14 @@ impl CaptureIo {
         let mem = self.mem.get();
         self.events
             .raise_many(cause, frame_number, count, now_ns, mem.as_deref());
+    }
+}
+
+/// Flips the last byte of a rendered frame: its stamp's CRC no longer
+/// matches (an injected corrupt frame).
+fn corrupt(frame: &mut [u8]) {
+    if let Some(last) = frame.last_mut() {
+        *last ^= 0xff;
     }
 }
 
@@ -315,6 +325,39 @@ impl Worker {
         );
     }
 
+    /// Counts one frame period for the armed faults.
+    fn frame_faults(&self) -> Fired {
+        let faults = self.io.events.faults();
+        if faults.is_live() {
+            faults.tick(Unit::Frame, self.clock.now_ns())
+        } else {
+            Fired::NONE
+        }
+    }
+
+    /// Traces frame `frame`'s `result` (`--trace`).
+    fn trace_frame(&self, frame: u64, result: &str, now_ns: u64) {
+        if let Some(tracer) = self.io.events.tracer() {
+            tracer.emit(
+                now_ns,
+                What::Frame {
+                    frame,
+                    result: result.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// An injected drop of the frame period that would produce `frame`:
+    /// counted as dropped, with an OVERFLOW record.
+    fn drop_frame(&self, frame: u64, dropped: &mut u64) {
+        *dropped += 1;
+        self.progress.dropped.store(*dropped, Ordering::Release);
+        let now_ns = self.clock.now_ns();
+        self.trace_frame(frame, "dropped", now_ns);
+        self.io.raise(irq::OVERFLOW, frame, 1, now_ns);
+    }
+
     fn frames(&self, source: &mut dyn VideoSource) {
         if self.session.stream {
             self.stream_frames(source);
@@ -377,6 +420,27 @@ impl Worker {
                 }
                 continue;
             }
+            let fired = self.frame_faults();
+            if fired.has(FaultKind::DropFrames) {
+                self.drop_frame(frame, &mut dropped);
+                self.ram.status().slot(&SlotUpdate {
+                    slot: usize::MAX,
+                    info: Default::default(),
+                    frame_counter: frame,
+                    dropped,
+                    errors,
+                    device_time_ns: self.clock.now_ns(),
+                });
+                match period {
+                    Some(p) => {
+                        tick =
+                            self.skip_missed(start, p, tick.saturating_add(1), frame, &mut dropped)
+                    }
+                    None => thread::yield_now(),
+                }
+                continue;
+            }
+            let bad = fired.has(FaultKind::CorruptFrame);
             let slot = ring.slot_index(frame);
             self.ram.status().slot(&SlotUpdate {
                 slot,
@@ -389,7 +453,11 @@ impl Worker {
             let rendered = self
                 .ram
                 .with_slot(ring.slot_offset(frame), frame_size, |buf| {
-                    source.render(frame, buf)
+                    let rendered = source.render(frame, buf);
+                    if bad {
+                        corrupt(buf);
+                    }
+                    rendered
                 });
             let now_ns = self.clock.now_ns();
             match rendered {
@@ -404,9 +472,11 @@ impl Worker {
                         device_time_ns: now_ns,
                     });
                     self.progress.frames.store(frame, Ordering::Release);
+                    self.trace_frame(frame - 1, if bad { "corrupt" } else { "done" }, now_ns);
                     self.io.raise(irq::FRAME_DONE, frame - 1, 1, now_ns);
                 }
                 failed => {
+                    self.trace_frame(frame, "failed", now_ns);
                     errors += 1;
                     self.progress.errors.store(errors, Ordering::Release);
                     if errors == 1 || errors.is_power_of_two() {
@@ -466,6 +536,19 @@ impl Worker {
                     }
                 }
             }
+            let fired = self.frame_faults();
+            if fired.has(FaultKind::DropFrames) {
+                self.drop_frame(frame, &mut dropped);
+                match period {
+                    Some(p) => {
+                        tick =
+                            self.skip_missed(start, p, tick.saturating_add(1), frame, &mut dropped)
+                    }
+                    None => thread::yield_now(),
+                }
+                continue;
+            }
+            let bad = fired.has(FaultKind::CorruptFrame);
             let delivered = match self.io.stream.take() {
                 // Flushed between the wait and the take.
                 None if period.is_none() => continue,
@@ -485,6 +568,9 @@ impl Worker {
                 Some(buffer) => {
                     let written = match source.render(frame, &mut staging) {
                         Ok(_stamp) => {
+                            if bad {
+                                corrupt(&mut staging);
+                            }
                             let mem = self.io.mem.get();
                             match mem.as_deref() {
                                 Some(m) => write_frame(m, &buffer.sg, &staging),
@@ -519,6 +605,7 @@ impl Worker {
             let now_ns = self.clock.now_ns();
             match delivered {
                 Ok(()) => {
+                    self.trace_frame(frame, if bad { "corrupt" } else { "done" }, now_ns);
                     frame += 1;
                     self.progress.frames.store(frame, Ordering::Release);
                     // The buffer's completion is the notification.
@@ -526,6 +613,7 @@ impl Worker {
                 }
                 Err(_) => {
                     // No buffer, too small, or unwritable: the frame is lost.
+                    self.trace_frame(frame, "dropped", now_ns);
                     dropped += 1;
                     self.progress.dropped.store(dropped, Ordering::Release);
                     self.io.raise(irq::OVERFLOW, frame, 1, now_ns);

@@ -25,10 +25,12 @@ use xxcapture_model::{
     VideoSource, CAPTURE_CARD_CAPS,
 };
 
+use crate::control;
 use crate::device::Counters;
 use crate::events::Events;
 use crate::options::{check_socket_path, qemu_args, Cli, EXIT_USAGE};
 use crate::socket::{activation_fd, inherited_listener, OwnedSocket, SocketError};
+use crate::trace::Tracer;
 use crate::vhu_xxcap::{XxcapBackend, TIMER_EVENT};
 
 /// Why the daemon could not start or ended in error.
@@ -46,6 +48,10 @@ pub enum DaemonError {
     Socket(#[from] SocketError),
     #[error("{0}")]
     BadSocket(SocketError),
+    #[error("--trace: {0}")]
+    Trace(io::Error),
+    #[error("--control-socket: {0}")]
+    Control(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
     #[error("cannot start the vhost-user daemon: {0}")]
@@ -215,8 +221,9 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
         Arc::new(XxcapBackend::new(card, !cli.no_event_idx, source).map_err(DaemonError::CardRam)?);
     let counters = backend.device().counters();
     let events = backend.device().events();
+    let extras = Arc::new(start_extras(&cli, &backend)?);
     let shutdown = Arc::new(Shutdown::default());
-    watch_signals(&shutdown, &socket, &counters, &events, &backend)?;
+    watch_signals(&shutdown, &socket, &counters, &events, &backend, &extras)?;
 
     match socket.as_ref() {
         Some(s) => info!(
@@ -236,8 +243,57 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
     };
     let result = serve(&backend, &mut listener, &shutdown, policy);
     backend.device().shutdown();
-    finish(&counters, &events, &socket);
+    finish(&counters, &events, &socket, &extras);
     result
+}
+
+/// What the daemon runs besides the card: the control socket, the trace.
+struct Extras {
+    control: Option<OwnedSocket>,
+    tracer: Option<Arc<Tracer>>,
+}
+
+impl Extras {
+    fn finish(&self) {
+        if let Some(control) = &self.control {
+            control.remove();
+        }
+        if let Some(tracer) = &self.tracer {
+            tracer.finish();
+            for path in tracer.paths() {
+                info!("trace written to {}", path.display());
+            }
+        }
+    }
+}
+
+/// Arms `--fault`s, opens the `--trace` files, starts the control socket.
+fn start_extras(cli: &Cli, backend: &XxcapBackend) -> Result<Extras, DaemonError> {
+    let device = backend.device();
+    let tracer = if cli.trace.is_empty() {
+        None
+    } else {
+        let tracer = Arc::new(Tracer::create(&cli.trace).map_err(DaemonError::Trace)?);
+        device.set_tracer(Arc::clone(&tracer));
+        Some(tracer)
+    };
+    let faults = device.faults();
+    for spec in &cli.faults {
+        faults.arm(spec.clone()).map_err(DaemonError::Usage)?;
+    }
+    let control = match &cli.control_socket {
+        Some(path) => {
+            check_socket_path(path).map_err(DaemonError::Usage)?;
+            let (socket, listener) =
+                OwnedSocket::bind(path).map_err(|e| DaemonError::Control(e.to_string()))?;
+            control::serve(listener, faults)
+                .map_err(|e| DaemonError::Control(format!("cannot start its thread: {e}")))?;
+            info!("control socket on {}", socket.path().display());
+            Some(socket)
+        }
+        None => None,
+    };
+    Ok(Extras { control, tracer })
 }
 
 /// What happens when a frontend goes away.
@@ -319,9 +375,14 @@ fn wait(daemon: &mut VhostUserDaemon<Arc<XxcapBackend>>) -> Result<(), DaemonErr
     }
 }
 
-fn finish(counters: &Counters, events: &Events, socket: &Option<OwnedSocket>) {
+fn finish(counters: &Counters, events: &Events, socket: &Option<OwnedSocket>, extras: &Extras) {
     info!("exiting: {}", counters.summary());
     info!("{}", events.summary());
+    let injected = events.faults().injected();
+    if injected > 0 {
+        info!("faults injected: {injected}");
+    }
+    extras.finish();
     if let Some(socket) = socket {
         socket.remove();
     }
@@ -382,10 +443,11 @@ fn watch_signals(
     counters: &Arc<Counters>,
     events: &Arc<Events>,
     backend: &Arc<XxcapBackend>,
+    extras: &Arc<Extras>,
 ) -> Result<(), DaemonError> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(DaemonError::Signals)?;
     let (shutdown, socket, counters) = (shutdown.clone(), socket.clone(), counters.clone());
-    let (events, backend) = (events.clone(), backend.clone());
+    let (events, backend, extras) = (events.clone(), backend.clone(), extras.clone());
     thread::Builder::new()
         .name("signals".to_owned())
         .spawn(move || {
@@ -402,7 +464,7 @@ fn watch_signals(
                 info!("requests in flight completed: {}", counters.summary());
                 if !shutdown.request() {
                     debug!("no frontend connected");
-                    finish(&counters, &events, &socket);
+                    finish(&counters, &events, &socket, &extras);
                     std::process::exit(0);
                 }
             }

@@ -38,15 +38,17 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use vm_memory::GuestMemoryMmap;
 use xxcapture_abi::{caps, regs, status, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
-use xxcapture_model::{CaptureSession, Card, FileSource, Outcome};
+use xxcapture_model::{CaptureSession, Card, DmaDirection, DmaFault, DmaPort, FileSource, Outcome};
 
 use crate::capture::{CaptureIo, CaptureThread, DeviceClock, SharedFile};
 use crate::card_ram::{CardRam, GuestDma};
 use crate::events::Events;
+use crate::faults::{FaultKind, Faults, Unit};
 use crate::queue::{DeviceQueue, MemorySlot};
 use crate::registered::{RegisterError, RegisteredBuffers, RegisteredPort};
 use crate::request::Device;
 use crate::stream::{HeldBuffer, StreamBuffers};
+use crate::trace::{Tracer, What};
 
 /// How long FLUSH_BUFFERS waits for the buffer the capture thread is
 /// filling (one frame copy; generous for a loaded host).
@@ -217,6 +219,17 @@ impl XxcapDevice {
         self.events.timer_fd()
     }
 
+    /// The card's armed faults (`--fault`, the control socket).
+    pub fn faults(&self) -> Arc<Faults> {
+        Arc::clone(self.events.faults())
+    }
+
+    /// Traces what the card does into `tracer` from now on (set once,
+    /// before the first connection).
+    pub fn set_tracer(&self, tracer: Arc<Tracer>) {
+        self.events.set_tracer(tracer);
+    }
+
     /// Event delivery (statistics for the exit log; tests).
     pub fn events(&self) -> Arc<Events> {
         Arc::clone(&self.events)
@@ -304,8 +317,10 @@ impl XxcapDevice {
         self.capture.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Copies the capture thread's progress into the card's registers.
+    /// Copies the capture thread's progress and the injected-fault count
+    /// into the card's registers.
     fn sync_progress(&self, card: &mut Card) {
+        card.set_faults_injected(self.events.faults().injected());
         if let Some(thread) = self.capture_slot().as_ref() {
             let (frames, dropped) = thread.progress();
             card.set_capture_progress(thread.generation(), frames, dropped);
@@ -363,17 +378,38 @@ impl XxcapDevice {
         mem: &GuestMemoryMmap,
         asynchronous: bool,
     ) -> Outcome {
+        let faults = self.events.faults();
+        let tracer = self.events.tracer();
+        // Registers before the request, for the trace: what the card
+        // changed since the last request (capture progress included).
+        let before: Vec<u64> = match tracer {
+            Some(_) => regs::REGISTERS
+                .iter()
+                .map(|r| card.registers().peek(r.offset))
+                .collect(),
+            None => Vec::new(),
+        };
         self.sync_progress(card);
         let mut guest = GuestDma {
             ram: &self.ram,
             mem,
         };
         let registered = self.registered();
-        let mut port = RegisteredPort {
-            inner: &mut guest,
-            buffers: &registered,
-        };
-        let outcome = {
+        let outcome = if faults.is_live() || tracer.is_some() {
+            self.execute_watched(
+                card,
+                task_file,
+                sg,
+                asynchronous,
+                &mut guest,
+                &registered,
+                before,
+            )
+        } else {
+            let mut port = RegisteredPort {
+                inner: &mut guest,
+                buffers: &registered,
+            };
             let mut events = self.events.lock();
             card.execute_request(
                 task_file,
@@ -398,6 +434,79 @@ impl XxcapDevice {
         self.registered
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// [`Self::execute_locked`] with faults armed or tracing on: DMA
+    /// transfers go through [`WatchedPort`]; the task file and the
+    /// registers it changed are traced.
+    // The arguments of Card::execute_request, and what the watch needs.
+    #[allow(clippy::too_many_arguments)]
+    fn execute_watched(
+        &self,
+        card: &mut Card,
+        task_file: &mut [u8],
+        sg: &[SgEntry],
+        asynchronous: bool,
+        port: &mut GuestDma<'_>,
+        buffers: &RegisteredBuffers,
+        before: Vec<u64>,
+    ) -> Outcome {
+        let tracer = self.events.tracer();
+        let commands = task_file
+            .get(4..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes);
+        let start = self.device_now();
+        let mut watched = WatchedPort {
+            inner: port,
+            faults: self.events.faults(),
+            tracer,
+            device: self,
+        };
+        // Transfers into registered buffers go through the same watch.
+        let mut port = RegisteredPort {
+            inner: &mut watched,
+            buffers,
+        };
+        let outcome = {
+            let mut events = self.events.lock();
+            card.execute_request(
+                task_file,
+                sg,
+                &mut port,
+                &mut events.irq,
+                self.now_ns(),
+                asynchronous,
+            )
+        };
+        if let Some(tracer) = tracer {
+            let end = self.device_now();
+            tracer.emit(
+                start,
+                What::TaskFile {
+                    request: card.request_count(),
+                    commands,
+                    error: outcome.error.c_name().to_owned(),
+                    index: outcome.index,
+                    dur_ns: end.saturating_sub(start),
+                },
+            );
+            for (desc, old) in regs::REGISTERS.iter().zip(before) {
+                let new = card.registers().peek(desc.offset);
+                // The clock moves with every request: not a change.
+                if new != old && desc.offset != regs::DEVICE_TIME_NS {
+                    tracer.emit(
+                        end,
+                        What::Register {
+                            name: desc.name.to_owned(),
+                            old,
+                            new,
+                        },
+                    );
+                }
+            }
+        }
+        outcome
     }
 
     /// Maps region 0 unless mapped since the last reset. Called from the
@@ -519,6 +628,57 @@ impl XxcapDevice {
             debug!("device started");
         }
         Some(batch)
+    }
+}
+
+/// The DMA port with faults armed or tracing on: counts each transfer for
+/// the faults (`dma-error`, `dma-latency`) and traces it.
+struct WatchedPort<'a, 'm> {
+    inner: &'a mut GuestDma<'m>,
+    faults: &'a Faults,
+    tracer: Option<&'a Arc<Tracer>>,
+    device: &'a XxcapDevice,
+}
+
+impl DmaPort for WatchedPort<'_, '_> {
+    fn transfer(
+        &mut self,
+        direction: DmaDirection,
+        card_offset: u64,
+        sg: &[SgEntry],
+    ) -> Result<(), DmaFault> {
+        let start = self.device.device_now();
+        let fired = if self.faults.is_live() {
+            self.faults.tick(Unit::DmaTransfer, start)
+        } else {
+            crate::faults::Fired::NONE
+        };
+        if fired.has(FaultKind::DmaLatency) {
+            std::thread::sleep(fired.latency);
+        }
+        let result = if fired.has(FaultKind::DmaError) {
+            Err(DmaFault::Injected)
+        } else {
+            self.inner.transfer(direction, card_offset, sg)
+        };
+        if let Some(tracer) = self.tracer {
+            let end = self.device.device_now();
+            tracer.emit(
+                start,
+                What::Dma {
+                    direction: match direction {
+                        DmaDirection::ToCard => "to_card",
+                        DmaDirection::FromCard => "from_card",
+                    }
+                    .to_owned(),
+                    card_offset,
+                    bytes: sg.iter().map(|e| u64::from(e.len.get())).sum(),
+                    ok: result.is_ok(),
+                    dur_ns: end.saturating_sub(start),
+                },
+            );
+        }
+        result
     }
 }
 

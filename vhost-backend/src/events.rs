@@ -20,7 +20,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -29,12 +29,15 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use virtio_queue::{DescriptorChain, Writer};
 use vm_memory::GuestMemoryMmap;
+use xxcapture_abi::event::LOST as EVENT_LOST;
 use xxcapture_abi::event::{PER_BUFFER, SIZE as RECORD_SIZE};
 use xxcapture_abi::Event;
 use xxcapture_model::InterruptController;
 use zerocopy::IntoBytes;
 
+use crate::faults::{FaultKind, Faults, Unit};
 use crate::queue::DeviceQueue;
+use crate::trace::{cause_name, Tracer, What};
 
 /// What delivery counted since the daemon started (resets do not clear it).
 #[derive(Debug)]
@@ -99,6 +102,10 @@ pub struct EventState {
 pub struct Events {
     state: Mutex<EventState>,
     timer: TimerFd,
+    /// The card's armed faults (event records are one of their units).
+    faults: Arc<Faults>,
+    /// `--trace`: every record written is traced.
+    tracer: OnceLock<Arc<Tracer>>,
 }
 
 /// Why a posted event buffer cannot take records.
@@ -144,7 +151,67 @@ impl Events {
                 lost_seen: 0,
             }),
             timer,
+            faults: Arc::default(),
+            tracer: OnceLock::new(),
         })
+    }
+
+    /// The card's armed faults.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// Traces into `tracer` from now on (set once).
+    pub fn set_tracer(&self, tracer: Arc<Tracer>) {
+        self.faults.set_tracer(Some(Arc::clone(&tracer)));
+        let _ = self.tracer.set(tracer);
+    }
+
+    /// The tracer, with `--trace`.
+    pub fn tracer(&self) -> Option<&Arc<Tracer>> {
+        self.tracer.get()
+    }
+
+    /// Applies the armed event-record faults to `records` about to go into
+    /// a buffer of `capacity` records: lost ones are removed, duplicated
+    /// ones repeated while room is left. Returns the storm's extra
+    /// notifications.
+    fn inject(&self, records: Vec<Event>, capacity: usize) -> (Vec<Event>, u32) {
+        let mut out = Vec::with_capacity(capacity);
+        let mut storm = 0u32;
+        let total = records.len();
+        for (i, r) in records.into_iter().enumerate() {
+            if r.cause.get() == EVENT_LOST {
+                out.push(r);
+                continue;
+            }
+            let fired = self.faults.tick(Unit::EventRecord, r.device_time_ns.get());
+            storm = storm.saturating_add(fired.storm);
+            if fired.has(FaultKind::IrqLost) {
+                continue;
+            }
+            let dup = fired.has(FaultKind::IrqDup);
+            out.push(r);
+            // Room for the copy without pushing a later record out.
+            if dup && out.len() + (total - i - 1) < capacity {
+                out.push(r);
+            }
+        }
+        (out, storm)
+    }
+
+    fn trace_records(tracer: &Tracer, records: &[Event]) {
+        for r in records {
+            let cause = r.cause.get();
+            tracer.emit(
+                r.device_time_ns.get(),
+                What::Irq {
+                    cause: cause_name(cause).to_owned(),
+                    sequence: r.sequence.get(),
+                    frame: r.frame_number.get(),
+                },
+            );
+        }
     }
 
     /// The controller and statistics, locked.
@@ -227,6 +294,7 @@ impl Events {
         if let (Some(queue), Some(mem)) = (st.queue.clone(), mem) {
             let mut written: Vec<Event> = Vec::new();
             let mut returned = false;
+            let mut storm = 0u32;
             loop {
                 if st.irq.due(now_ns) == 0 {
                     break;
@@ -258,7 +326,12 @@ impl Events {
                         continue;
                     }
                 };
-                let records = st.irq.take_due(now_ns, capacity);
+                let mut records = st.irq.take_due(now_ns, capacity);
+                if self.faults.is_live() {
+                    let (kept, extra) = self.inject(records, capacity);
+                    records = kept;
+                    storm = storm.saturating_add(extra);
+                }
                 let mut bytes = Vec::with_capacity(records.len() * RECORD_SIZE);
                 for r in &records {
                     bytes.extend_from_slice(r.as_bytes());
@@ -283,12 +356,21 @@ impl Events {
                 }
                 returned = true;
                 if used > 0 {
+                    if let Some(tracer) = self.tracer.get() {
+                        Self::trace_records(tracer, &records);
+                    }
                     written.extend(records);
                 }
             }
             if returned {
                 if let Err(e) = queue.notify() {
                     warn!("event queue: cannot notify the driver: {e}");
+                }
+            }
+            for _ in 0..storm {
+                if let Err(e) = queue.interrupt() {
+                    warn!("event queue: injected interrupt storm: {e}");
+                    break;
                 }
             }
             if !written.is_empty() {

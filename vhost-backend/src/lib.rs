@@ -23,21 +23,28 @@
 //!   them), the only code that knows the vhost-user protocol.
 //! - [`socket`]: creating the listening socket and removing it (and only it)
 //!   on exit.
+//! - [`faults`]: faults armed by count (`--fault`, the control socket) and
+//!   where they fire; [`trace`]: `--trace` files (JSON lines, trace events).
+//! - [`control`]: the control socket (`--control-socket`) and its client,
+//!   [`control::ControlClient`] (`xxcapd ctl`, tests).
 //! - [`options`]: the command line (options, help text, usage errors),
 //!   value parsing and the QEMU command-line options.
 //! - [`daemon`]: the daemon's life: start, serve QEMU, signals, shutdown.
 
 pub mod capture;
 pub mod card_ram;
+pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod events;
+pub mod faults;
 pub mod options;
 pub mod queue;
 pub mod registered;
 pub mod request;
 pub mod socket;
 pub mod stream;
+pub mod trace;
 mod vhu_adapters;
 mod vhu_worker;
 pub mod vhu_xxcap;

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+mod ctl;
+
 use clap::{CommandFactory, Parser};
 use xxcapd::daemon;
 use xxcapd::options::{capabilities_json, usage_error, Cli};
@@ -14,6 +16,9 @@ fn main() -> ExitCode {
     {
         println!("{}", capabilities_json());
         return ExitCode::SUCCESS;
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
+        return ctl::main();
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -12,6 +12,8 @@ use xxcapture_abi::regs::MAX_FRAME_RATE;
 use xxcapture_abi::{queue, regs, CONFIG_SIZE, VIRTIO_ID};
 use xxcapture_model::{CardConfig, FrameDefaults};
 
+use crate::faults::FaultSpec;
+
 /// The `vq_size` xxcapd asks QEMU for (the backend accepts up to 1024).
 pub const QEMU_VQ_SIZE: u32 = 256;
 
@@ -149,6 +151,24 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT", value_parser = parse_pixel_format)]
     pub source_pixel_format: Option<PixelFormat>,
 
+    /// Arm a fault at start (repeatable), triggered by counts:
+    /// dma-error@N, dma-latency=DUR[@N..M], corrupt-frame@N,
+    /// drop-frames@N..M, irq-lost@N, irq-dup@N, irq-storm=K@N, stuck@N;
+    /// `,every=P` repeats it every P (see the README).
+    #[arg(long = "fault", value_name = "SPEC", value_parser = parse_fault)]
+    pub faults: Vec<FaultSpec>,
+
+    /// Listen for fault commands on this Unix socket (`xxcapd ctl`).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Trace task files, register changes, DMA transfers, event records,
+    /// frames and injected faults into FILE: Chrome trace-event JSON when
+    /// FILE ends in .json (opens in ui.perfetto.dev), else JSON lines.
+    /// Repeatable.
+    #[arg(long = "trace", value_name = "FILE")]
+    pub trace: Vec<PathBuf>,
+
     /// Print the card's QEMU options for --socket-path and exit.
     #[arg(long)]
     pub print_qemu_args: bool,
@@ -230,6 +250,10 @@ pub fn check_socket_path(path: &Path) -> Result<(), String> {
         return Err("socket path is empty".into());
     }
     Ok(())
+}
+
+fn parse_fault(text: &str) -> Result<FaultSpec, String> {
+    text.parse().map_err(|e: crate::faults::SpecError| e.why)
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {

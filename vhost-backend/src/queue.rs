@@ -34,6 +34,11 @@ pub trait DeviceQueue: Send + Sync {
     fn enable_notification(&self) -> io::Result<bool>;
     /// Asks the driver not to kick while the device is processing anyway.
     fn disable_notification(&self) -> io::Result<()>;
+    /// Sends a used-buffer notification whether or not the driver wants one
+    /// (an injected interrupt storm).
+    fn interrupt(&self) -> io::Result<()> {
+        self.notify()
+    }
 }
 
 /// Guest memory as the frontend last described it (SET_MEM_TABLE), shared

@@ -48,6 +48,10 @@ impl DeviceQueue for VringQueue {
         Ok(())
     }
 
+    fn interrupt(&self) -> io::Result<()> {
+        self.0.signal_used_queue()
+    }
+
     fn enable_notification(&self) -> io::Result<bool> {
         self.0
             .enable_notification()

@@ -13,6 +13,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
 use xxcapture_abi::{req_type, VqRequest};
 
 use crate::device::{Batch, Counters, XxcapDevice};
+use crate::faults::{FaultKind, Unit};
 use crate::queue::DeviceQueue;
 use crate::request::{
     abort_tags, cancel_chain, peek_header, process_chain, Completion, Disposition,
@@ -168,6 +169,20 @@ fn drain_command_queue(
         let Some(chain) = pending.remove(index) else {
             return Drained::Empty;
         };
+        let faults = device.faults();
+        if faults.is_live()
+            && faults
+                .tick(Unit::Request, device.device_now())
+                .has(FaultKind::Stuck)
+        {
+            // An injected stuck card: taken, never executed nor completed
+            // (until the device is reset and the driver reclaims it).
+            warn!(
+                "request {} will never complete (injected stuck)",
+                chain.head_index()
+            );
+            continue;
+        }
         if let Some(tags) = abort_tags(&chain) {
             let mut headers = headers;
             headers.remove(index);

@@ -24,11 +24,12 @@ use vhost::vhost_user::message::{
     VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::Backend;
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use virtio_queue::QueueT;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -279,10 +280,22 @@ impl VhostUserBackend for XxcapBackend {
         }
         self.bind_queues(vrings);
         match device_event {
-            queue::COMMAND => match vrings.get(usize::from(queue::COMMAND)) {
-                Some(vring) => process_command_queue(&self.device, vring, self.event_idx()),
-                None => error!("command vring missing"),
-            },
+            queue::COMMAND => {
+                // Stream buffers made available before a request was are
+                // held before it runs: a capture stop or FLUSH_BUFFERS must
+                // return them too. The driver kicks the stream queue first,
+                // but this thread may read the two kicks in either order.
+                if let Some(stream) = vrings.get(usize::from(queue::STREAM)) {
+                    let mem = self.device.memory().get();
+                    if mem.is_some_and(|mem| has_available(stream, &mem)) {
+                        process_stream_queue(&self.device, stream, self.event_idx());
+                    }
+                }
+                match vrings.get(usize::from(queue::COMMAND)) {
+                    Some(vring) => process_command_queue(&self.device, vring, self.event_idx()),
+                    None => error!("command vring missing"),
+                }
+            }
             // New event buffers: the backlog may go out now.
             queue::EVENT => {
                 trace!("event queue kick");
@@ -302,6 +315,18 @@ impl VhostUserBackend for XxcapBackend {
         }
         Ok(())
     }
+}
+
+/// Whether `vring` is set up and holds chains the device has not taken
+/// (read without touching the ring's notification state).
+fn has_available(vring: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    state.is_enabled()
+        && queue.ready()
+        && queue
+            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != queue.next_avail())
 }
 
 #[cfg(test)]

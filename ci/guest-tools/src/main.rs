@@ -6,6 +6,7 @@
 mod abort;
 mod bench;
 mod crossings;
+mod faults;
 mod flood;
 mod fuzz;
 mod irq;
@@ -76,6 +77,8 @@ enum Command {
     RegbufTest(regbuf::RegbufArgs),
     /// Register buffers and wait to be killed (for regbuf-test).
     RegbufHold(regbuf::HoldArgs),
+    /// The driver's reaction to a fault the host armed in xxcapd, repeated.
+    FaultLoop(faults::FaultLoopArgs),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::AbortTest => abort::run(device),
         Command::RegbufTest(args) => regbuf::run(device, args),
         Command::RegbufHold(args) => regbuf::hold(device, args),
+        Command::FaultLoop(args) => faults::run(device, args),
     };
     match result {
         Ok(code) => code,

@@ -144,6 +144,7 @@ pub const DROPPED_FRAMES: u16 = 0x068;
 pub const RING_RELEASE: u16 = 0x06C;
 pub const EVENT_COUNT: u16 = 0x070;
 pub const EVENTS_LOST: u16 = 0x074;
+pub const FAULTS_INJECTED: u16 = 0x078;
 pub const DMA_CARD_ADDR: u16 = 0x100;
 pub const SCRATCH64: u16 = 0x108;
 pub const DEVICE_TIME_NS: u16 = 0x110;
@@ -287,6 +288,14 @@ pub const REGISTERS: &[RegisterDesc] = &[
     ),
     reg32("EVENT_COUNT", EVENT_COUNT, ReadOnly, 0, Any, "Event records generated since reset (posted or lost)"),
     reg32("EVENTS_LOST", EVENTS_LOST, ReadOnly, 0, Any, "Event records lost since reset: no event buffer and the backlog full"),
+    reg32(
+        "FAULTS_INJECTED",
+        FAULTS_INJECTED,
+        ReadOnly,
+        0,
+        Any,
+        "Faults the backend injected since it started (0 unless faults were armed)",
+    ),
     reg64(
         "DMA_CARD_ADDR",
         DMA_CARD_ADDR,

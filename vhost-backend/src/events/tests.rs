@@ -240,3 +240,31 @@ fn reset_drops_the_backlog() {
     assert_eq!(ev.lock().irq.held(), 0);
     assert_eq!(ev.lock().irq.next_sequence(), 0);
 }
+
+#[test]
+fn injected_record_faults_lose_duplicate_and_storm() {
+    let mem = mem();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+    let q = Arc::new(MockQueue::new(&mem, &vq));
+    let ev = events(irq::ALL, 1, 0);
+    ev.set_queue(q.clone());
+    for spec in ["irq-lost@2", "irq-dup@4", "irq-storm=5@5"] {
+        ev.faults().arm(spec.parse().expect("spec")).expect("armed");
+    }
+    // Raised in a burst, delivered in one buffer.
+    for n in 0..6 {
+        ev.lock().irq.raise(irq::FRAME_DONE, n, 10);
+    }
+    post(&vq, 0, 1, 4096);
+    ev.deliver(20, Some(&mem));
+    assert_eq!(q.used(&vq), vec![(0, 6 * 64)]);
+    let seqs: Vec<u64> = records(&mem, 0, 6)
+        .iter()
+        .map(|e| e.sequence.get())
+        .collect();
+    // Record 2 (sequence 1) lost, record 4 (sequence 3) twice.
+    assert_eq!(seqs, [0, 2, 3, 3, 4, 5]);
+    assert_eq!(q.notifications(), 1 + 5, "one batch plus the storm");
+    assert_eq!(ev.faults().injected(), 3);
+    assert!(!ev.faults().is_live());
+}

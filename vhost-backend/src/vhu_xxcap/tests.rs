@@ -875,3 +875,5 @@ fn disconnect_resets_the_card_and_keeps_card_ram_unless_asked() {
         crate::card_ram::STATUS_BLOCK_VERSION
     );
 }
+
+mod faults;
