@@ -69,9 +69,11 @@ pub mod status {
     pub const READY: u32 = 1 << 0;
     /// Capture is running.
     pub const CAPTURING: u32 = 1 << 1;
-    /// A DMA transfer is in progress.
+    /// A DMA command is moving data (seen in the status block; a task file
+    /// always reads 0, its DMA having ended before the next command).
     pub const DMA_BUSY: u32 = 1 << 2;
-    /// The last DMA transfer failed.
+    /// A DMA command failed since the last CONTROL.DMA_RESET or device
+    /// reset: latched, later successful transfers leave it set.
     pub const DMA_ERROR: u32 = 1 << 3;
 }
 

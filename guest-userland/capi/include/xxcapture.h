@@ -143,12 +143,14 @@
 #define XXCAP_STATUS_CAPTURING (1 << 1)
 
 /**
- * A DMA transfer is in progress.
+ * A DMA command is moving data (seen in the status block; a task file
+ * always reads 0, its DMA having ended before the next command).
  */
 #define XXCAP_STATUS_DMA_BUSY (1 << 2)
 
 /**
- * The last DMA transfer failed.
+ * A DMA command failed since the last `CONTROL.DMA_RESET` or device reset:
+ * latched, later successful transfers leave it set.
  */
 #define XXCAP_STATUS_DMA_ERROR (1 << 3)
 
