@@ -84,7 +84,7 @@ int xxcap_abort(struct xxcap_client *client, void __user *argp)
 	if (ret)
 		goto out_free;
 
-	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
+	deadline = jiffies + msecs_to_jiffies(xxcap_card_timeout_ms(card));
 	ret = xxcap_submit(card, req, 0, deadline, 0);
 	if (ret) {
 		if (ret == -ETIMEDOUT)

@@ -19,7 +19,7 @@ static int xxcap_open(struct inode *inode, struct file *file)
 {
 	struct xxcap_card *card = container_of(inode->i_cdev,
 					       struct xxcap_card, cdev);
-	unsigned int depth = READ_ONCE(xxcap_event_queue_depth);
+	unsigned int depth = xxcap_card_depth(card);
 	unsigned int slots = roundup_pow_of_two(depth + XXCAP_COMPLETION_SLOTS);
 	bool writer = file->f_mode & FMODE_WRITE;
 	struct xxcap_client *client;

@@ -156,7 +156,7 @@ static int xxcap_tf_run(struct xxcap_card *card, struct xxcap_req *req,
 	u32 status;
 	int ret;
 
-	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
+	deadline = jiffies + msecs_to_jiffies(xxcap_card_timeout_ms(card));
 	if (poll)
 		xxcap_poll_begin(card);
 	ret = xxcap_submit(card, req, count, deadline,
@@ -349,7 +349,7 @@ int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
 	}
 
 	req->client = client;
-	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
+	deadline = jiffies + msecs_to_jiffies(xxcap_card_timeout_ms(card));
 	ret = xxcap_submit(card, req, hdr->count, deadline,
 			   file->f_flags & O_NONBLOCK ?
 			   XXCAP_SUBMIT_NONBLOCK : 0);
