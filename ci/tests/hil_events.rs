@@ -1,8 +1,9 @@
 //! Interrupts to user threads, for real, in a booted VM: 10,000 TEST
 //! interrupts each delivered exactly once, signals interrupting blocking
-//! waits, every completion arriving while device events overflow an open's
-//! queue, a minute of verified 1080p30 streaming into user buffers, and 200
-//! capture tools killed at random moments with nothing left behind.
+//! waits, the card's writable properties acting, every completion arriving
+//! while device events overflow an open's queue, a minute of verified
+//! 1080p30 streaming into user buffers, and 200 capture tools killed at
+//! random moments with nothing left behind.
 
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ fn events_streaming_and_killed_clients_in_vm() {
         "eintr-test",
         "abort-test",
         "pinned-after-abort",
+        "props-test",
+        "pinned-after-props",
         "dma-async",
         "completion-flood",
         "pinned-after-flood",
@@ -126,6 +129,31 @@ fn events_streaming_and_killed_clients_in_vm() {
     assert!(
         cancelled > 0,
         "no task file queued behind a large DMA was cancelled"
+    );
+
+    // The writable properties: each one set through sysfs changes what the
+    // card or the driver does (records kept before a LOST record, a DMA
+    // timing out, FRAME_DONE batches), bad values and writes under a
+    // controlling open or by another user are refused.
+    let props = run.step("props-test");
+    eprintln!("{}", props.output.join("\n"));
+    for check in [
+        "bad-values",
+        "exclusive",
+        "root-only",
+        "event-queue-depth",
+        "timeout-ms",
+        "coalescing",
+    ] {
+        let prefix = format!("ok {check}:");
+        assert!(
+            props.output.iter().any(|l| l.starts_with(&prefix)),
+            "{check} did not pass"
+        );
+    }
+    assert!(
+        props.output.iter().any(|l| l == "restored"),
+        "the properties were not put back"
     );
 
     let stream = stream_summary(run.step("stream-1080p30-60s"));

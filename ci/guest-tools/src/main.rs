@@ -10,6 +10,7 @@ mod faults;
 mod flood;
 mod fuzz;
 mod irq;
+mod props;
 mod regbuf;
 mod selftest;
 mod selftest_dma;
@@ -72,6 +73,9 @@ enum Command {
     CanaryTest(fuzz::CanaryArgs),
     /// ABORT, DMA_TRANSFER_NONBLOCK in EXEC, STATUS.DMA_BUSY and DMA_ERROR.
     AbortTest,
+    /// The card's writable properties: each set and shown to act, bad
+    /// values and writes under a controlling open refused.
+    PropsTest,
     /// Registered buffers: round trip, canaries, foreign and stale ids,
     /// limits, and nothing pinned after a kill.
     RegbufTest(regbuf::RegbufArgs),
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Command::FuzzDriver(args) => fuzz::run(device, args),
         Command::CanaryTest(args) => fuzz::canary_test(device, args),
         Command::AbortTest => abort::run(device),
+        Command::PropsTest => props::run(device),
         Command::RegbufTest(args) => regbuf::run(device, args),
         Command::RegbufHold(args) => regbuf::hold(device, args),
         Command::FaultLoop(args) => faults::run(device, args),
