@@ -324,15 +324,38 @@ fn pinned_pages(card: &Card) -> Result<u64, String> {
         .map_err(|e| format!("pinned_pages {raw:?}: {e}"))
 }
 
-/// The same task file (8 DMA transfers of up to 32 MiB from card RAM) ends
-/// ETIMEDOUT, counted in `timeouts`, with a time limit of 1 ms, and
-/// completes with the module's limit.
-fn timeout_ms(props: &Properties, device: &str) -> Check {
+/// Task files queued on the card ahead of an EXEC, each moving as much
+/// from card RAM as one task file may (twice the card RAM).
+const AHEAD: usize = 4;
+
+/// Waits for the completions of `ids` (records of this open).
+fn wait_completions(card: &Card, ids: &[u64]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = 0;
+    let mut batch = Vec::new();
+    while seen < ids.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("{seen} of {} completions in 60 s", ids.len()));
+        }
+        batch.clear();
+        card.wait_events(&mut batch, 64, Some(left)).map_err(err)?;
+        seen += batch
+            .iter()
+            .filter(|e| e.completion && ids.contains(&e.request_id))
+            .count();
+    }
+    Ok(())
+}
+
+/// One EXEC of a large DMA behind `AHEAD` submitted ones of the same size
+/// (the card runs them in order): how it ended, and how long it took.
+fn exec_behind(device: &str, buf: &mut [u8]) -> Result<(Result<(), Error>, Duration), String> {
     let card = Card::open(device, Access::Control).map_err(err)?;
-    let len = card.info().card_ram_size.min(32 << 20) as usize;
-    let mut buf = vec![0u8; len];
+    card.subscribe(Causes::empty()).map_err(err)?;
+    let len = buf.len();
     let mut tf = TaskFile::new();
-    for _ in 0..8 {
+    for _ in 0..2 {
         tf.dma(
             true,
             dma_dir::FROM_CARD,
@@ -341,52 +364,67 @@ fn timeout_ms(props: &Properties, device: &str) -> Check {
             len as u64,
         );
     }
-    // The property cannot change while this open controls the card.
-    drop(card);
-    props.set_timeout_ms(1).map_err(err)?;
-    let shown = props.timeout_ms().map_err(err)?;
-    let card = Card::open(device, Access::Control).map_err(err)?;
-    let before = timeouts(&card)?;
+    let mut ids = Vec::new();
+    for refcon in 0..AHEAD as u64 {
+        // SAFETY: `buf` outlives the completions waited for below and is
+        // not touched until then (the card only writes into it).
+        ids.push(unsafe { card.submit(&tf, refcon) }.map_err(err)?);
+    }
     let start = Instant::now();
-    let short = card.execute(&tf);
-    let short_took = start.elapsed();
-    let after = timeouts(&card)?;
-    // The card finishes the orphaned request; its pages go back then.
+    let outcome = card.execute(&tf).map(drop);
+    let took = start.elapsed();
+    wait_completions(&card, &ids)?;
+    // A timed-out EXEC is left to the card; its pages go back when it ends.
     let deadline = Instant::now() + Duration::from_secs(30);
     while pinned_pages(&card)? != 0 {
         if Instant::now() > deadline {
-            return Err("pages still pinned 30 s after the timed-out request".into());
+            return Err("pages still pinned 30 s after the requests ended".into());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(card);
-    props.set_timeout_ms(0).map_err(err)?;
-    let module = props.timeout_ms().map_err(err)?;
-    let card = Card::open(device, Access::Control).map_err(err)?;
-    let start = Instant::now();
-    let long = card.run(&tf);
-    let long_took = start.elapsed();
-    drop(card);
+    Ok((outcome, took))
+}
+
+/// The same EXEC, queued behind large DMA transfers, ends ETIMEDOUT
+/// (counted in `timeouts`) with a time limit of 1 ms, and completes with
+/// the module's limit.
+fn timeout_ms(props: &Properties, device: &str) -> Check {
+    let (ram, before) = {
+        let card = Card::open(device, Access::Control).map_err(err)?;
+        (card.info().card_ram_size, timeouts(&card)?)
+    };
+    let mut buf = vec![0u8; ram.min(64 << 20) as usize];
+    let mib = ((AHEAD + 1) * 2 * buf.len()) >> 20;
+
+    props.set_timeout_ms(1).map_err(err)?;
+    let shown = props.timeout_ms().map_err(err)?;
     if shown != 1 {
         return Err(format!("timeout_ms reads {shown} after writing 1"));
     }
+    let (short, short_took) = exec_behind(device, &mut buf)?;
+    let after = {
+        let card = Card::open(device, Access::Observe).map_err(err)?;
+        timeouts(&card)?
+    };
     match short {
         Err(e) if e.errno() == Some(Errno::ETIMEDOUT) => {}
         Err(e) => return Err(format!("with 1 ms: {e}, not ETIMEDOUT")),
-        Ok(_) => {
+        Ok(()) => {
             return Err(format!(
-                "with 1 ms the {} MiB task file completed in {short_took:?}",
-                (8 * len) >> 20
+                "with 1 ms the EXEC behind {mib} MiB of DMA completed in {short_took:?}"
             ))
         }
     }
     if after != before + 1 {
         return Err(format!("timeouts went from {before} to {after}, not by 1"));
     }
+
+    props.set_timeout_ms(0).map_err(err)?;
+    let module = props.timeout_ms().map_err(err)?;
+    let (long, long_took) = exec_behind(device, &mut buf)?;
     long.map_err(|e| format!("with the module's {module} ms: {e}"))?;
     Ok(format!(
-        "{} MiB: ETIMEDOUT after {short_took:?} at 1 ms (timeouts +1), done in {long_took:?} at {module} ms",
-        (8 * len) >> 20
+        "EXEC behind {mib} MiB of DMA: ETIMEDOUT after {short_took:?} at 1 ms (timeouts +1), done in {long_took:?} at {module} ms"
     ))
 }
 
@@ -400,6 +438,9 @@ fn capture_records(
     let card = Card::open(device, Access::Control).map_err(err)?;
     card.subscribe(Causes::FRAME_DONE).map_err(err)?;
     let old_mask = card.read_register(regs::INT_MASK).map_err(err)?;
+    // Records an earlier capture left in the card, delivered by the
+    // property write before this open subscribed, are not this capture's.
+    drain(&card, Duration::from_millis(200), Duration::from_secs(2))?;
     let mut start = TaskFile::new();
     start.set_register(regs::FRAME_FORMAT, format::YUYV);
     start.set_register(regs::FRAME_WIDTH, 320);
