@@ -155,6 +155,28 @@
 #define XXCAP_STATUS_DMA_ERROR (1 << 3)
 
 /**
+ * Property: the driver's time limit of this card's requests, in ms
+ * (1..3600000; writing 0 follows the module parameter again).
+ */
+#define XXCAP_PROP_TIMEOUT_MS 0
+
+/**
+ * Property: device events each later open of this card queues
+ * (16..65536; writing 0 follows the module parameter again).
+ */
+#define XXCAP_PROP_EVENT_QUEUE_DEPTH 1
+
+/**
+ * Property: the card's INT_COALESCE_COUNT (0..65535).
+ */
+#define XXCAP_PROP_INT_COALESCE_COUNT 2
+
+/**
+ * Property: the card's INT_COALESCE_USEC (0..1000000).
+ */
+#define XXCAP_PROP_INT_COALESCE_USEC 3
+
+/**
  * Buffers a stream lends the card at most.
  */
 #define XXCAP_MAX_STREAM_BUFFERS 32
@@ -945,6 +967,24 @@ int xxcap_status_read(struct xxcap_status_map *map,
  * `map` is NULL or a live status mapping, not used after this call.
  */
 void xxcap_status_unmap(struct xxcap_status_map *map);
+
+/**
+ * Reads property `prop` (`XXCAP_PROP_*`) of card `index` into `*value`.
+ * `-EINVAL` for an unknown property; the two interrupt properties ask the
+ * card (`-ETIMEDOUT`, `-EIO`, `-ENODEV` as the driver says).
+ *
+ * # Safety
+ * `value` is valid for writing a `uint32_t`.
+ */
+int xxcap_get_property(uint32_t index, uint32_t prop, uint32_t *value);
+
+/**
+ * Sets property `prop` (`XXCAP_PROP_*`) of card `index` to `value`.
+ * `-EINVAL` for an unknown property or a value out of its range (nothing
+ * changes), `-EBUSY` while a controlling open holds the card (this
+ * process's included), `-EACCES` without root.
+ */
+int xxcap_set_property(uint32_t index, uint32_t prop, uint32_t value);
 
 /**
  * Starts streaming capture in `format` into `buffers` buffers of one frame

@@ -19,6 +19,7 @@ mod error;
 mod events;
 mod frame;
 mod mem;
+mod props;
 mod stream;
 mod taskfile;
 
@@ -31,6 +32,7 @@ pub use error::{xxcap_last_error, xxcap_strerror};
 pub use events::*;
 pub use frame::*;
 pub use mem::*;
+pub use props::*;
 pub use stream::*;
 pub use taskfile::*;
 
