@@ -99,7 +99,7 @@ fn bad_values(props: &Properties, _device: &str) -> Check {
     let cases: [(&str, &[&str]); 4] = [
         (
             name::TIMEOUT_MS,
-            &["3600001", "-1", "abc", "", "4294967296"],
+            &["3600001", "-1", "abc", "\n", "4294967296"],
         ),
         (name::EVENT_QUEUE_DEPTH, &["15", "1", "65537", "16x"]),
         (name::INT_COALESCE_COUNT, &["65536", "4294967296", "one"]),
