@@ -110,6 +110,10 @@
 #define XXCAP_MAX_DMA_BYTES	SZ_1G
 /* Longest scatter-gather entry */
 #define XXCAP_MAX_SG_LEN	U32_MAX
+/* Ranges of the time limit and of an open's event queue depth */
+#define XXCAP_TIMEOUT_MAX_MS	3600000U
+#define XXCAP_DEPTH_MIN		16U
+#define XXCAP_DEPTH_MAX		65536U
 /* Causes an open may subscribe to */
 #define XXCAP_IRQ_CAUSES	(XXCAP_IRQ_FRAME_DONE | XXCAP_IRQ_DMA_DONE | \
 				 XXCAP_IRQ_DMA_ERROR | XXCAP_IRQ_OVERFLOW | \
@@ -163,6 +167,10 @@ struct xxcap_card {
 
 	wait_queue_head_t slot_wq;	/* waiting for room in the queue */
 	struct work_struct reap_work;	/* retires reap_list */
+
+	/* Writable properties (sysfs); 0: the module parameter's value */
+	unsigned int timeout_ms;
+	unsigned int event_queue_depth;	/* of opens made later */
 
 	atomic64_t next_id;		/* request ids (and wire tags) */
 	atomic64_t requests;
@@ -291,7 +299,7 @@ enum {
 /* xxcap_validate.c */
 void xxcap_index_regs(void);
 u32 xxcap_validate(const struct xxcap_card *card, const void *tf,
-		   size_t size, u32 *index);
+		   size_t size, bool async, u32 *index);
 
 /* xxcap_vq.c */
 void xxcap_req_free(struct xxcap_req *req);
@@ -379,6 +387,9 @@ int xxcap_exec_kernel(struct xxcap_card *card, struct xxcap_cmd *cmds,
 int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
 		    void __user *argp);
 
+/* xxcap_abort.c */
+int xxcap_abort(struct xxcap_client *client, void __user *argp);
+
 /* xxcap_v4l2.c */
 int xxcap_v4l2_register(struct xxcap_card *card);
 void xxcap_v4l2_unregister(struct xxcap_card *card);
@@ -401,8 +412,10 @@ extern const struct file_operations xxcap_fops;
 extern const struct attribute_group *xxcap_groups[];
 size_t xxcap_str_len(const u8 *s, size_t max);
 
-/* xxcap_main.c: module parameters */
+/* xxcap_main.c: module parameters, and a card's own values of them */
 extern unsigned int xxcap_timeout_ms;
 extern unsigned int xxcap_event_queue_depth;
+unsigned int xxcap_card_timeout_ms(const struct xxcap_card *card);
+unsigned int xxcap_card_depth(const struct xxcap_card *card);
 
 #endif /* _XXCAP_DRV_H */

@@ -19,7 +19,7 @@ static int xxcap_open(struct inode *inode, struct file *file)
 {
 	struct xxcap_card *card = container_of(inode->i_cdev,
 					       struct xxcap_card, cdev);
-	unsigned int depth = READ_ONCE(xxcap_event_queue_depth);
+	unsigned int depth = xxcap_card_depth(card);
 	unsigned int slots = roundup_pow_of_two(depth + XXCAP_COMPLETION_SLOTS);
 	bool writer = file->f_mode & FMODE_WRITE;
 	struct xxcap_client *client;
@@ -144,6 +144,7 @@ static long xxcap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case XXCAP_IOC_FLUSH_BUFFERS:
 	case XXCAP_IOC_REGISTER_BUFFER:
 	case XXCAP_IOC_UNREGISTER_BUFFER:
+	case XXCAP_IOC_ABORT:
 		break;
 	default:
 		return -ENOTTY;
@@ -163,6 +164,8 @@ static long xxcap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return xxcap_register_buffer(client, argp);
 	case XXCAP_IOC_UNREGISTER_BUFFER:
 		return xxcap_unregister_buffer(client, argp);
+	case XXCAP_IOC_ABORT:
+		return xxcap_abort(client, argp);
 	default:
 		/* While the V4L2 node streams, its buffers are the card's. */
 		if (READ_ONCE(card->v4l2_streaming))

@@ -28,10 +28,6 @@
 /* Magic of the pseudo file system holding the cards' address_spaces */
 #define XXCAP_FS_MAGIC		0x78786366
 
-#define XXCAP_TIMEOUT_MAX_MS	3600000U
-#define XXCAP_DEPTH_MIN		16U
-#define XXCAP_DEPTH_MAX		65536U
-
 unsigned int xxcap_timeout_ms = 5000;
 
 static int xxcap_timeout_set(const char *val, const struct kernel_param *kp)
@@ -63,6 +59,19 @@ static const struct kernel_param_ops xxcap_depth_ops = {
 module_param_cb(event_queue_depth, &xxcap_depth_ops, &xxcap_event_queue_depth, 0644);
 MODULE_PARM_DESC(event_queue_depth,
 		 "Event records queued per open file (16..65536, default 4096; applies to later opens)");
+
+/* The time limit of @card's requests: its own, else the module's. */
+unsigned int xxcap_card_timeout_ms(const struct xxcap_card *card)
+{
+	return READ_ONCE(card->timeout_ms) ?: READ_ONCE(xxcap_timeout_ms);
+}
+
+/* The event queue depth of an open of @card made now. */
+unsigned int xxcap_card_depth(const struct xxcap_card *card)
+{
+	return READ_ONCE(card->event_queue_depth) ?:
+	       READ_ONCE(xxcap_event_queue_depth);
+}
 
 static dev_t xxcap_devt;
 static struct class *xxcap_class;

@@ -73,7 +73,7 @@ static int xxcap_regbuf_send(struct xxcap_card *card, struct xxcap_req *req,
 	if (ret)
 		goto out_free;
 
-	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
+	deadline = jiffies + msecs_to_jiffies(xxcap_card_timeout_ms(card));
 	ret = xxcap_submit(card, req, 0, deadline, XXCAP_SUBMIT_UNINTR);
 	if (ret)
 		goto out_free;

@@ -25,7 +25,7 @@
 static int xxcap_send_attach(struct xxcap_card *card)
 {
 	return xxcap_send_plain(card, XXCAP_REQ_ATTACH, "ATTACH",
-				jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms)),
+				jiffies + msecs_to_jiffies(xxcap_card_timeout_ms(card)),
 				false);
 }
 

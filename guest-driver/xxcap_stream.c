@@ -197,7 +197,7 @@ int xxcap_flush(struct xxcap_client *client, bool intr)
 	target = client->bufs_queued;
 	spin_unlock_irq(&card->lock);
 
-	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
+	deadline = jiffies + msecs_to_jiffies(xxcap_card_timeout_ms(card));
 	ret = xxcap_flush_card(card, deadline, intr);
 	if (ret)
 		return ret;

@@ -62,10 +62,11 @@ static int xxcap_tf_prepare(struct xxcap_card *card, struct xxcap_req *req,
 {
 	struct xxcap_vq_request *vreq = req->in;
 	struct xxcap_tf_header *hdr = req->in + sizeof(*vreq);
+	bool async = req->kind == XXCAP_KIND_SUBMIT;
 	u32 index;
 	int ret;
 
-	*err = xxcap_validate(card, hdr, size, &index);
+	*err = xxcap_validate(card, hdr, size, async, &index);
 	if (*err == XXCAP_TF_OK && client && card->dma) {
 		ret = xxcap_regbuf_resolve(client, req,
 					   (void *)hdr + XXCAP_HDR_SIZE,
@@ -87,8 +88,10 @@ static int xxcap_tf_prepare(struct xxcap_card *card, struct xxcap_req *req,
 			return ret;
 	}
 
-	/* flags, reserved: zero (kvzalloc); tag: the request id */
+	/* reserved: zero (kvzalloc); tag: the request id */
 	vreq->req_type = cpu_to_le32(XXCAP_REQ_EXEC_TASK_FILE);
+	if (async)
+		vreq->flags = cpu_to_le32(XXCAP_VQ_FLAG_ASYNC);
 	vreq->sg_count = cpu_to_le32(req->n_sgt);
 	return xxcap_req_map(req);
 }
@@ -153,7 +156,7 @@ static int xxcap_tf_run(struct xxcap_card *card, struct xxcap_req *req,
 	u32 status;
 	int ret;
 
-	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
+	deadline = jiffies + msecs_to_jiffies(xxcap_card_timeout_ms(card));
 	if (poll)
 		xxcap_poll_begin(card);
 	ret = xxcap_submit(card, req, count, deadline,
@@ -346,7 +349,7 @@ int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
 	}
 
 	req->client = client;
-	deadline = jiffies + msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
+	deadline = jiffies + msecs_to_jiffies(xxcap_card_timeout_ms(card));
 	ret = xxcap_submit(card, req, hdr->count, deadline,
 			   file->f_flags & O_NONBLOCK ?
 			   XXCAP_SUBMIT_NONBLOCK : 0);

@@ -7,7 +7,6 @@
 
 #include <linux/bsearch.h>
 #include <linux/kernel.h>
-#include <linux/overflow.h>
 
 #include "xxcap_drv.h"
 
@@ -82,12 +81,15 @@ static bool xxcap_value_allowed(const struct xxcap_card *card,
 }
 
 static u32 xxcap_check_cmd(const struct xxcap_card *card,
-			   const struct xxcap_cmd *cmd)
+			   const struct xxcap_cmd *cmd, bool async)
 {
 	const struct xxcap_reg_desc *desc;
 	bool addr_op;
 
 	if (cmd->op > XXCAP_OP_DMA_BUFFER)
+		return XXCAP_TF_BAD_OP;
+	/* A caller that waits for the result cannot also not wait. */
+	if (cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK && !async)
 		return XXCAP_TF_BAD_OP;
 	/* DMA_BUFFER: flags is the buffer id, checked with its owner. */
 	if (cmd->flags && cmd->op != XXCAP_OP_DMA_BUFFER)
@@ -95,18 +97,23 @@ static u32 xxcap_check_cmd(const struct xxcap_card *card,
 	if (cmd->op == XXCAP_OP_DMA_TRANSFER_BLOCK ||
 	    cmd->op == XXCAP_OP_DMA_TRANSFER_NONBLOCK ||
 	    cmd->op == XXCAP_OP_DMA_BUFFER) {
-		u64 end;
-
 		if (!card->dma)
 			return XXCAP_TF_NOT_SUPPORTED;
 		if (cmd->reg != XXCAP_DMA_TO_CARD &&
 		    cmd->reg != XXCAP_DMA_FROM_CARD)
 			return XXCAP_TF_BAD_VALUE;
-		if (!cmd->length ||
-		    check_add_overflow(cmd->mask, cmd->length, &end) ||
-		    end > card->id.card_ram_size)
+		/*
+		 * A length that can never fit is refused here. Where it goes
+		 * in card RAM is the card's to check: a transfer past the end
+		 * fails there with the same code and latches the card's
+		 * DMA_ERROR, as a DMA the card refused does.
+		 */
+		if (!cmd->length || cmd->length > card->id.card_ram_size)
 			return XXCAP_TF_DMA_RANGE;
-		/* The buffer (value) is checked when its pages are pinned. */
+		/*
+		 * The buffer (value) is checked when its pages are pinned, or
+		 * against the registered buffer it names.
+		 */
 		return XXCAP_TF_OK;
 	}
 
@@ -162,11 +169,13 @@ static u32 xxcap_check_cmd(const struct xxcap_card *card,
 }
 
 /*
- * Validates a task file of @size bytes. Returns XXCAP_TF_OK, or an error
- * code with the index of the failing command in @index.
+ * Validates a task file of @size bytes, submitted asynchronously if
+ * @async (only then may it hold DMA_TRANSFER_NONBLOCK). Returns
+ * XXCAP_TF_OK, or an error code with the index of the failing command in
+ * @index.
  */
 u32 xxcap_validate(const struct xxcap_card *card, const void *tf,
-		   size_t size, u32 *index)
+		   size_t size, bool async, u32 *index)
 {
 	const struct xxcap_tf_header *hdr = tf;
 	const struct xxcap_cmd *cmds = tf + XXCAP_HDR_SIZE;
@@ -180,7 +189,7 @@ u32 xxcap_validate(const struct xxcap_card *card, const void *tf,
 		return XXCAP_TF_BAD_COUNT;
 
 	for (i = 0; i < hdr->count; i++) {
-		err = xxcap_check_cmd(card, &cmds[i]);
+		err = xxcap_check_cmd(card, &cmds[i], async);
 		if (err != XXCAP_TF_OK) {
 			*index = i;
 			return err;

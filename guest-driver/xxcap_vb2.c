@@ -132,7 +132,7 @@ static void xxcap_return_pending(struct xxcap_v4l2 *v,
 static void xxcap_vb2_reclaim(struct xxcap_v4l2 *v)
 {
 	struct xxcap_card *card = v->card;
-	unsigned long timeout = msecs_to_jiffies(READ_ONCE(xxcap_timeout_ms));
+	unsigned long timeout = msecs_to_jiffies(xxcap_card_timeout_ms(card));
 	int ret;
 
 	ret = xxcap_flush_card(card, jiffies + timeout, false);

@@ -161,6 +161,8 @@ pub struct Card {
     /// Whether progress reports for `capture_generation` still count (until
     /// the next reset).
     progress_open: bool,
+    /// STATUS.DMA_ERROR, latched by a failed DMA command until DMA_RESET.
+    dma_error: bool,
 }
 
 impl Card {
@@ -175,6 +177,7 @@ impl Card {
             requests: 0,
             commands: 0,
             capture_generation: 0,
+            dma_error: false,
             progress_open: false,
         };
         card.reset(0);
@@ -194,6 +197,7 @@ impl Card {
     pub fn reset(&mut self, now_ns: u64) {
         self.epoch_ns = now_ns;
         self.progress_open = false;
+        self.dma_error = false;
         self.requests = 0;
         self.commands = 0;
         let mut r = RegisterFile::default();
@@ -245,6 +249,18 @@ impl Card {
         &self.regs
     }
 
+    /// STATUS as a reader sees it: the register with the DMA_ERROR latch
+    /// (as a task file's GET of STATUS reads it). DMA_BUSY is the
+    /// transfer's own (the backend shows it in the status block).
+    pub fn status(&self) -> u32 {
+        let st = u32::try_from(self.regs.peek(regs::STATUS)).unwrap_or(0);
+        if self.dma_error {
+            st | status::DMA_ERROR
+        } else {
+            st
+        }
+    }
+
     /// Task files received since reset.
     pub fn request_count(&self) -> u64 {
         self.requests
@@ -285,6 +301,9 @@ impl Card {
     /// EVENTS_LOST from it and, when it commits, updates INT_STATUS and the
     /// coalescing registers and raises its TEST records there (released at
     /// once: the end of a task file delivers its records).
+    ///
+    /// The request counts as an asynchronous submission (DMA_TRANSFER_NONBLOCK
+    /// allowed); [`Card::execute_request`] says which it is.
     pub fn execute_dma(
         &mut self,
         buf: &mut [u8],
@@ -292,6 +311,21 @@ impl Card {
         port: &mut dyn DmaPort,
         irq: &mut InterruptController,
         now_ns: u64,
+    ) -> Outcome {
+        self.execute_request(buf, sg, port, irq, now_ns, true)
+    }
+
+    /// As [`Card::execute_dma`], for a request that is an asynchronous
+    /// submission (`asynchronous`, the request's `XXCAP_VQ_FLAG_ASYNC`) or
+    /// not: only the former may hold DMA_TRANSFER_NONBLOCK (else BAD_OP).
+    pub fn execute_request(
+        &mut self,
+        buf: &mut [u8],
+        sg: &[SgEntry],
+        port: &mut dyn DmaPort,
+        irq: &mut InterruptController,
+        now_ns: u64,
+        asynchronous: bool,
     ) -> Outcome {
         self.requests = self.requests.wrapping_add(1);
         // The card's own registers reflect this request before it runs, so a
@@ -304,7 +338,11 @@ impl Card {
         self.regs
             .store(regs::EVENT_COUNT, irq.generated() & 0xffff_ffff);
         self.regs.store(regs::EVENTS_LOST, irq.lost() & 0xffff_ffff);
-        let limits = self.limits();
+        let limits = taskfile::Limits {
+            asynchronous,
+            dma_error: self.dma_error,
+            ..self.limits()
+        };
         let mut dma = taskfile::Dma {
             sg,
             port,
@@ -333,6 +371,16 @@ impl Card {
         } else {
             irq.latch(dma.latched);
         }
+        // STATUS.DMA_ERROR: set by a failed DMA command, also when the task
+        // file fails (outside the transaction, like INT_STATUS.DMA_ERROR);
+        // cleared only by a committed DMA_RESET (or a device reset). It
+        // lives beside the register file, which never holds it, and is
+        // merged into every read of STATUS.
+        if dma.latched & irq::DMA_ERROR != 0 {
+            self.dma_error = true;
+        } else if effects.dma_reset {
+            self.dma_error = false;
+        }
         self.regs
             .store(regs::COMMAND_COUNT, self.commands & 0xffff_ffff);
         outcome
@@ -343,6 +391,8 @@ impl Card {
             card_ram_size: self.config.card_ram_size,
             capabilities: self.capabilities,
             file_source: self.config.file_source,
+            asynchronous: true,
+            dma_error: false,
         }
     }
 

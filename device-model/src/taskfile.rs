@@ -26,6 +26,12 @@ pub(crate) struct Limits {
     pub card_ram_size: u64,
     pub capabilities: u32,
     pub file_source: Option<FrameGeometry>,
+    /// The request is an asynchronous submission: DMA_TRANSFER_NONBLOCK is
+    /// allowed (elsewhere BAD_OP: a waiting caller cannot also not wait).
+    pub asynchronous: bool,
+    /// STATUS.DMA_ERROR latched by the card when the request started:
+    /// reads of STATUS show it until a DMA_RESET in this task file.
+    pub dma_error: bool,
 }
 
 /// The DMA engine of one request: its scatter-gather table and the port
@@ -46,6 +52,8 @@ pub(crate) struct Effects {
     /// Writes of 1 to INT_RAISE.TEST while INT_MASK enabled TEST: each one
     /// event record, in command order.
     pub test_records: u32,
+    /// CONTROL.DMA_RESET was written: the card's DMA_ERROR latch clears.
+    pub dma_reset: bool,
 }
 
 /// Result of one task file.
@@ -182,6 +190,9 @@ pub(crate) enum Checked {
 /// command, the register table and the card's fixed limits.
 pub(crate) fn check_static(cmd: &Command, limits: Limits) -> Result<Checked, TfError> {
     let op = Op::from_raw(cmd.op.get()).ok_or(TfError::BadOp)?;
+    if op == Op::DmaTransferNonBlock && !limits.asynchronous {
+        return Err(TfError::BadOp);
+    }
     if op == Op::DmaBuffer {
         // flags names the registered buffer.
         return check_dma(cmd, limits).map(Checked::Dma);
@@ -319,7 +330,11 @@ fn run_command(
     // The bits the command writes, and which bits it touches.
     let (bits, touched) = match op {
         Op::GetRegister | Op::GetAddress => {
-            return Ok(Some(Output::Value(regs.read(offset).unwrap_or(0))));
+            let mut value = regs.read(offset).unwrap_or(0);
+            if offset == regs::STATUS && limits.dma_error && !effects.dma_reset {
+                value |= u64::from(status::DMA_ERROR);
+            }
+            return Ok(Some(Output::Value(value)));
         }
         Op::SetRegister | Op::SetAddress => (value, desc.writable),
         Op::ClearRegister => (0, desc.writable),
@@ -361,6 +376,8 @@ fn run_command(
 
 /// DMA_DONE or DMA_ERROR for one DMA command, in the transaction's
 /// INT_STATUS and (for a task file that fails later) outside it.
+/// A failure also sets STATUS.DMA_ERROR, which the card latches outside
+/// the transaction (see `Card::execute_request`).
 fn latch_dma(regs: &mut RegisterFile, dma: &mut Dma<'_>, ok: bool) {
     let cause = if ok { irq::DMA_DONE } else { irq::DMA_ERROR };
     dma.latched |= cause;
@@ -452,6 +469,7 @@ fn write_control(
         return Err(TfError::Busy);
     }
     if bits & control::DMA_RESET != 0 {
+        effects.dma_reset = true;
         regs.store(regs::DMA_TRANSFERRED, 0);
         let st = regs.peek(regs::STATUS);
         regs.store(

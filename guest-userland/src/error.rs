@@ -48,6 +48,14 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A property write the driver refused (`EINVAL`: a bad value,
+    /// `EBUSY`: a controlling open holds the card, `EACCES`: not root).
+    #[error("cannot set {path} to {value:?}: {source}")]
+    Property {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
     #[error("invalid frame format: {0}")]
     BadFormat(String),
     #[error("cannot map {what}: {source}")]
@@ -95,6 +103,9 @@ impl Error {
             Error::Open { source, .. } => source.raw_os_error().map(nix::errno::Errno::from_raw),
             Error::Busy { .. } => Some(nix::errno::Errno::EBUSY),
             Error::Map { source, .. } => source.raw_os_error().map(nix::errno::Errno::from_raw),
+            Error::Sysfs { source, .. } | Error::Property { source, .. } => {
+                source.raw_os_error().map(nix::errno::Errno::from_raw)
+            }
             _ => None,
         }
     }

@@ -247,6 +247,38 @@ impl Card {
         self.submit_raw(&bytes, refcon)
     }
 
+    /// Cancels the request `id` of this open (a [`Card::submit`] task file
+    /// or a queued capture buffer) if the card has not started it: its one
+    /// completion record then says CANCELLED (`TfError::Cancelled`), and
+    /// its pages are unpinned. One the card already started completes
+    /// with its own result. Returns when the card has answered; the record
+    /// follows through [`Card::read_events`]. An id that is not one of this
+    /// open's outstanding requests (completed, or another open's) is
+    /// `ENOENT`.
+    pub fn abort(&self, id: u64) -> Result<()> {
+        self.abort_raw(id, 0)
+    }
+
+    /// [`Card::abort`] of every request this open has outstanding (none is
+    /// fine).
+    pub fn abort_all(&self) -> Result<()> {
+        self.abort_raw(0, xxcapture_abi::abort_flags::ALL)
+    }
+
+    fn abort_raw(&self, id: u64, flags: u32) -> Result<()> {
+        let arg = xxcapture_abi::Abort {
+            request_id: id.into(),
+            flags: flags.into(),
+            reserved: 0.into(),
+        };
+        // SAFETY: `arg` lives for the call; the driver only reads it.
+        unsafe { sys::xxcap_abort(self.as_raw_fd(), &arg) }.map_err(|source| Error::Ioctl {
+            call: "ABORT",
+            source,
+        })?;
+        Ok(())
+    }
+
     /// SUBMIT of raw bytes (tests of malformed input). Same contract as
     /// [`Card::submit`].
     ///

@@ -1,7 +1,7 @@
 //! The driver's ioctls. Numbers come from nix's `_IOC` encoding and a test
 //! checks them against the ABI crate, which generates the C header.
 
-use xxcapture_abi::{ioctl, Exec, Identity, QueueBuffer, RegisterBuffer, Submit, Subscribe};
+use xxcapture_abi::{ioctl, Abort, Exec, Identity, QueueBuffer, RegisterBuffer, Submit, Subscribe};
 
 nix::ioctl_none!(xxcap_nop, ioctl::TYPE, ioctl::NOP_NR);
 nix::ioctl_read!(xxcap_get_info, ioctl::TYPE, ioctl::GET_INFO_NR, Identity);
@@ -27,6 +27,7 @@ nix::ioctl_write_ptr!(
     ioctl::UNREGISTER_BUFFER_NR,
     u32
 );
+nix::ioctl_write_ptr!(xxcap_abort, ioctl::TYPE, ioctl::ABORT_NR, Abort);
 
 #[cfg(test)]
 mod tests {
@@ -78,6 +79,11 @@ mod tests {
         assert_eq!(
             nix::request_code_write!(ioctl::TYPE, ioctl::UNREGISTER_BUFFER_NR, 4) as u32,
             ioctl::UNREGISTER_BUFFER
+        );
+        assert_eq!(
+            nix::request_code_write!(ioctl::TYPE, ioctl::ABORT_NR, core::mem::size_of::<Abort>())
+                as u32,
+            ioctl::ABORT
         );
     }
 }

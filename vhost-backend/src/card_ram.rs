@@ -203,6 +203,8 @@ impl CardRam {
             return Err(DmaFault::Unavailable);
         }
         let _bus = self.bus();
+        // STATUS.DMA_BUSY while the data moves, however the copy ends.
+        let _busy = DmaBusy::new(self.status());
         let mut at = usize::try_from(card_offset).map_err(|_| DmaFault::Unavailable)?;
         for (index, e) in sg.iter().enumerate() {
             let fault = DmaFault::OutsideGuestMemory { index };
@@ -268,6 +270,22 @@ impl CardRam {
     }
 }
 
+/// Sets STATUS.DMA_BUSY in the status block while it lives.
+struct DmaBusy<'a>(StatusWriter<'a>);
+
+impl<'a> DmaBusy<'a> {
+    fn new(writer: StatusWriter<'a>) -> Self {
+        writer.set_dma_busy(true);
+        DmaBusy(writer)
+    }
+}
+
+impl Drop for DmaBusy<'_> {
+    fn drop(&mut self) {
+        self.0.set_dma_busy(false);
+    }
+}
+
 /// [`DmaPort`] over card RAM and the guest memory of one request.
 pub struct GuestDma<'a> {
     /// The card side of every transfer.
@@ -330,6 +348,33 @@ impl StatusWriter<'_> {
             .atomic32(self.base() + offset_of!(StatusBlock, seq))
     }
 
+    /// The `status` word. The DMA bits change in it with one atomic
+    /// read-modify-write, outside the sequence lock (a reader always sees
+    /// the word whole), so the DMA engine and the capture thread never
+    /// overwrite each other's bits.
+    fn status_word(&self) -> &AtomicU32 {
+        self.ram
+            .atomic32(self.base() + offset_of!(StatusBlock, status))
+    }
+
+    fn set_status_bits(&self, bits: u32, on: bool) {
+        if on {
+            self.status_word().fetch_or(bits, Ordering::Release);
+        } else {
+            self.status_word().fetch_and(!bits, Ordering::Release);
+        }
+    }
+
+    /// STATUS.DMA_BUSY: a DMA command is moving data.
+    pub fn set_dma_busy(&self, on: bool) {
+        self.set_status_bits(status::DMA_BUSY, on);
+    }
+
+    /// STATUS.DMA_ERROR, as the card latched it.
+    pub fn set_dma_error(&self, on: bool) {
+        self.set_status_bits(status::DMA_ERROR, on);
+    }
+
     /// Runs `f` inside one seqlock write section.
     fn update(&self, f: impl FnOnce(&Self)) {
         let seq = self.seq();
@@ -382,7 +427,7 @@ impl StatusWriter<'_> {
     pub fn begin(&self, session: &CaptureSession, device_time_ns: u64) {
         self.update(|w| {
             let g = session.geometry;
-            field!(w, status, u32, status::READY | status::CAPTURING);
+            w.set_status_bits(status::READY | status::CAPTURING, true);
             field!(w, frame_counter, u64, 0);
             field!(w, dropped, u64, 0);
             field!(w, errors, u64, 0);
@@ -417,7 +462,7 @@ impl StatusWriter<'_> {
     /// Capture stopped: CAPTURING clears, the rest stays for late readers.
     pub fn end(&self, device_time_ns: u64) {
         self.update(|w| {
-            field!(w, status, u32, status::READY);
+            w.set_status_bits(status::CAPTURING, false);
             field!(w, device_time_ns, u64, device_time_ns);
         });
     }

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use log::{debug, error, info, warn};
 use vm_memory::GuestMemoryMmap;
-use xxcapture_abi::{caps, regs, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
+use xxcapture_abi::{caps, regs, status, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
 use xxcapture_model::{CaptureSession, Card, DmaDirection, DmaFault, DmaPort, FileSource, Outcome};
 
 use crate::capture::{CaptureIo, CaptureThread, DeviceClock, SharedFile};
@@ -387,6 +387,7 @@ impl XxcapDevice {
         task_file: &mut [u8],
         sg: &[SgEntry],
         mem: &GuestMemoryMmap,
+        asynchronous: bool,
     ) -> Outcome {
         let faults = self.events.faults();
         let tracer = self.events.tracer();
@@ -406,16 +407,35 @@ impl XxcapDevice {
         };
         let registered = self.registered();
         let outcome = if faults.is_live() || tracer.is_some() {
-            self.execute_watched(card, task_file, sg, &mut guest, &registered, before)
+            self.execute_watched(
+                card,
+                task_file,
+                sg,
+                asynchronous,
+                &mut guest,
+                &registered,
+                before,
+            )
         } else {
             let mut port = RegisteredPort {
                 inner: &mut guest,
                 buffers: &registered,
             };
             let mut events = self.events.lock();
-            card.execute_dma(task_file, sg, &mut port, &mut events.irq, self.now_ns())
+            card.execute_request(
+                task_file,
+                sg,
+                &mut port,
+                &mut events.irq,
+                self.now_ns(),
+                asynchronous,
+            )
         };
         drop(registered);
+        // The status block shows DMA_ERROR as the card latched it.
+        self.ram
+            .status()
+            .set_dma_error(card.status() & status::DMA_ERROR != 0);
         self.reconcile_capture(card);
         outcome
     }
@@ -430,11 +450,14 @@ impl XxcapDevice {
     /// [`Self::execute_locked`] with faults armed or tracing on: DMA
     /// transfers go through [`WatchedPort`]; the task file and the
     /// registers it changed are traced.
+    // The arguments of Card::execute_request, and what the watch needs.
+    #[allow(clippy::too_many_arguments)]
     fn execute_watched(
         &self,
         card: &mut Card,
         task_file: &mut [u8],
         sg: &[SgEntry],
+        asynchronous: bool,
         port: &mut GuestDma<'_>,
         buffers: &RegisteredBuffers,
         before: Vec<u64>,
@@ -458,7 +481,14 @@ impl XxcapDevice {
         };
         let outcome = {
             let mut events = self.events.lock();
-            card.execute_dma(task_file, sg, &mut port, &mut events.irq, self.now_ns())
+            card.execute_request(
+                task_file,
+                sg,
+                &mut port,
+                &mut events.irq,
+                self.now_ns(),
+                asynchronous,
+            )
         };
         if let Some(tracer) = tracer {
             let end = self.device_now();
@@ -685,9 +715,23 @@ impl Batch<'_> {
 }
 
 impl Device for Batch<'_> {
-    fn execute(&mut self, task_file: &mut [u8], sg: &[SgEntry], mem: &GuestMemoryMmap) -> Outcome {
+    fn execute(
+        &mut self,
+        task_file: &mut [u8],
+        sg: &[SgEntry],
+        mem: &GuestMemoryMmap,
+        asynchronous: bool,
+    ) -> Outcome {
         let device = self.device;
-        device.execute_locked(self.card(), task_file, sg, mem)
+        device.execute_locked(self.card(), task_file, sg, mem, asynchronous)
+    }
+
+    fn abort_buffers(&mut self, tags: &[u64]) -> usize {
+        let device = self.device;
+        let mem = device.mem.get();
+        device
+            .stream
+            .cancel_tags(tags, mem.as_deref(), device.device_now())
     }
 
     fn attach(&mut self) -> Result<(), String> {

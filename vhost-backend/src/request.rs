@@ -24,8 +24,12 @@
 //!   file goes at the start of the writable area, the `OK` status right after
 //!   it, and the used length is task-file length + [`STATUS_SIZE`];
 //! * a good ATTACH asks the [`Device`] to map card RAM, a good FLUSH_BUFFERS
-//!   to return the held stream buffers; the status (`OK` or `DEVICE_ERROR`)
+//!   to return the held stream buffers, a good ABORT to return the held
+//!   stream buffers it names; the status (`OK` or `DEVICE_ERROR`)
 //!   goes at the start of the writable area, used length [`STATUS_SIZE`];
+//! * an EXEC_TASK_FILE that an ABORT cancelled ([`cancel_chain`]) is
+//!   answered like an executed one, its header saying CANCELLED (count 0),
+//!   without running;
 //! * a well-formed REGISTER_BUFFER or UNREGISTER_BUFFER goes to the
 //!   [`Device`] ([`crate::registered`] checks the rest); its status (`OK`,
 //!   or the refusal's `BAD_REQUEST` / `DEVICE_ERROR`) goes at the start of
@@ -43,8 +47,8 @@ use thiserror::Error;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use xxcapture_abi::{
-    req_type, vq_status, BufferDesc, SgEntry, VqRequest, VqStatus, MAX_SG_ENTRIES,
-    MAX_TASK_FILE_SIZE, TF_HEADER_SIZE,
+    req_type, vq_flags, vq_status, BufferDesc, SgEntry, TaskFileHeader, TfError, VqRequest,
+    VqStatus, MAX_ABORT_TAGS, MAX_SG_ENTRIES, MAX_TASK_FILE_SIZE, TF_HEADER_SIZE,
 };
 use xxcapture_model::Outcome;
 
@@ -67,8 +71,15 @@ pub const MAX_READABLE: usize =
 /// What a request asks of the card.
 pub trait Device {
     /// Executes `task_file` in place; its DMA commands use the entries of
-    /// `sg` and the guest memory `mem`.
-    fn execute(&mut self, task_file: &mut [u8], sg: &[SgEntry], mem: &GuestMemoryMmap) -> Outcome;
+    /// `sg` and the guest memory `mem`. `asynchronous`: the request carries
+    /// `XXCAP_VQ_FLAG_ASYNC` (DMA_TRANSFER_NONBLOCK allowed).
+    fn execute(
+        &mut self,
+        task_file: &mut [u8],
+        sg: &[SgEntry],
+        mem: &GuestMemoryMmap,
+        asynchronous: bool,
+    ) -> Outcome;
 
     /// Maps card RAM and the status block into shared-memory region 0 if
     /// not mapped since the last reset. `Err` describes why mapping failed.
@@ -77,6 +88,10 @@ pub trait Device {
     /// Returns every held stream buffer with CANCELLED, and waits for the
     /// one being filled. `Err` describes why that failed.
     fn flush_buffers(&mut self) -> Result<(), String>;
+
+    /// Returns the held stream buffers whose tags are in `tags` with
+    /// CANCELLED (not one the engine is filling). Returns how many.
+    fn abort_buffers(&mut self, tags: &[u64]) -> usize;
 
     /// DEVICE_TIME_NS now: stamped into every status.
     fn device_time_ns(&self) -> u64;
@@ -129,6 +144,8 @@ pub enum ChainError {
     BadAttach { readable: u64, sg_count: u32 },
     #[error("FLUSH_BUFFERS with {readable} readable bytes and {sg_count} scatter-gather entries")]
     BadFlush { readable: u64, sg_count: u32 },
+    #[error("ABORT with {readable} readable bytes and {sg_count} scatter-gather entries")]
+    BadAbort { readable: u64, sg_count: u32 },
     #[error("stream buffer with {0} scatter-gather entries (1..={MAX_SG_ENTRIES})")]
     BadEntryCount(u32),
     #[error("stream buffer of {readable} readable bytes for {sg_count} scatter-gather entries")]
@@ -169,6 +186,12 @@ pub enum Disposition {
     Attached(Result<(), String>),
     /// A FLUSH_BUFFERS was answered (`Err`: `DEVICE_ERROR`).
     Flushed(Result<(), String>),
+    /// An ABORT was answered; this many held stream buffers were cancelled
+    /// (the task files it cancelled were answered before it).
+    Aborted(usize),
+    /// A task file was returned CANCELLED without running (an ABORT named
+    /// it, or the device stopped before running it).
+    Cancelled,
     /// A REGISTER_BUFFER (`true`) or UNREGISTER_BUFFER was answered with
     /// `OK`, or with the status of the refusal.
     Buffer {
@@ -245,6 +268,7 @@ enum Request {
     },
     Attach,
     Flush,
+    Abort(Vec<u64>),
     Register {
         id: u32,
         length: u64,
@@ -257,6 +281,49 @@ enum Request {
 
 /// Processes one command-queue chain against `device`.
 pub fn process_chain<M>(device: &mut dyn Device, chain: &DescriptorChain<M>) -> Completion
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    handle_chain(device, chain, false)
+}
+
+/// Answers one command-queue chain without running it: a well-formed
+/// EXEC_TASK_FILE comes back as sent, with CANCELLED and count 0 in its
+/// header and status `OK`. Any other chain is processed as usual (only
+/// task files are cancelled).
+pub fn cancel_chain<M>(device: &mut dyn Device, chain: &DescriptorChain<M>) -> Completion
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    handle_chain(device, chain, true)
+}
+
+/// The request type, flags and tag of a chain, read without judging the
+/// rest of it; `None` when its first 24 readable bytes cannot be read.
+pub fn peek_header<M>(chain: &DescriptorChain<M>) -> Option<VqRequest>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let mut reader = Reader::new(chain.memory(), chain.clone()).ok()?;
+    let mut raw = [0u8; REQUEST_HEADER_SIZE];
+    reader.read_exact(&mut raw).ok()?;
+    VqRequest::read_from_bytes(&raw).ok()
+}
+
+/// The tags of a well-formed ABORT chain (`None` for anything else, which
+/// [`process_chain`] then answers as it deserves).
+pub fn abort_tags<M>(chain: &DescriptorChain<M>) -> Option<Vec<u64>>
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let layout = Layout::scan(chain.clone());
+    match read_request(chain.memory(), chain, &layout) {
+        Ok(Request::Abort(tags)) => Some(tags),
+        _ => None,
+    }
+}
+
+fn handle_chain<M>(device: &mut dyn Device, chain: &DescriptorChain<M>, cancel: bool) -> Completion
 where
     M: Deref<Target = GuestMemoryMmap> + Clone,
 {
@@ -273,6 +340,7 @@ where
             Request::Exec { tf_end, .. } => tf_end - REQUEST_HEADER_SIZE,
             Request::Attach
             | Request::Flush
+            | Request::Abort(_)
             | Request::Register { .. }
             | Request::Unregister { .. } => 0,
         };
@@ -290,8 +358,17 @@ where
             tf_end,
             sg,
         }) => {
+            let asynchronous = buf[4..8] == vq_flags::ASYNC.to_le_bytes();
             let tf = &mut buf[REQUEST_HEADER_SIZE..tf_end];
-            let outcome = device.execute(tf, &sg, mem);
+            let outcome = if cancel {
+                if let Ok((header, _)) = TaskFileHeader::mut_from_prefix(tf) {
+                    header.error = (TfError::Cancelled as u32).into();
+                    header.count = 0.into();
+                }
+                None
+            } else {
+                Some(device.execute(tf, &sg, mem, asynchronous))
+            };
             let done = status(vq_status::OK, device.device_time_ns());
             let written = writer
                 .write_all(tf)
@@ -299,7 +376,7 @@ where
             match written {
                 Ok(()) => Completion {
                     used_len: u32::try_from(tf.len() + STATUS_SIZE).unwrap_or(u32::MAX),
-                    disposition: Disposition::Executed(outcome),
+                    disposition: outcome.map_or(Disposition::Cancelled, Disposition::Executed),
                 },
                 Err(_) => Completion::dropped(ChainError::WriteFailed),
             }
@@ -311,6 +388,17 @@ where
         Ok(Request::Flush) => {
             let result = device.flush_buffers();
             answer(device, &mut writer, result, Disposition::Flushed)
+        }
+        Ok(Request::Abort(tags)) => {
+            let cancelled = device.abort_buffers(&tags);
+            let completion = answer(device, &mut writer, Ok(()), Disposition::Flushed);
+            Completion {
+                disposition: match completion.disposition {
+                    Disposition::Flushed(_) => Disposition::Aborted(cancelled),
+                    other => other,
+                },
+                ..completion
+            }
         }
         Ok(Request::Register { id, length, sg }) => {
             let result = device.register_buffer(id, length, sg, mem);
@@ -420,8 +508,14 @@ where
             | req_type::FLUSH_BUFFERS
             | req_type::REGISTER_BUFFER
             | req_type::UNREGISTER_BUFFER
+            | req_type::ABORT
     );
-    if !known || flags != 0 {
+    let allowed_flags = if req == req_type::EXEC_TASK_FILE {
+        vq_flags::ASYNC
+    } else {
+        0
+    };
+    if !known || flags & !allowed_flags != 0 {
         return Err(ChainError::Unsupported {
             req_type: req,
             flags,
@@ -448,6 +542,25 @@ where
             });
         }
         return Ok(Request::Flush);
+    }
+    if req == req_type::ABORT {
+        let payload = &buf[REQUEST_HEADER_SIZE..];
+        let n = payload.len() / 8;
+        if sg_count != 0
+            || !payload.len().is_multiple_of(8)
+            || n == 0
+            || n > MAX_ABORT_TAGS as usize
+        {
+            return Err(ChainError::BadAbort {
+                readable: layout.readable,
+                sg_count,
+            });
+        }
+        let tags = payload
+            .chunks_exact(8)
+            .map(|t| u64::from_le_bytes(t.try_into().unwrap_or_default()))
+            .collect();
+        return Ok(Request::Abort(tags));
     }
     if req == req_type::REGISTER_BUFFER || req == req_type::UNREGISTER_BUFFER {
         return read_buffer_request(&buf, req, sg_count, layout.readable);

@@ -317,6 +317,39 @@ impl StreamBuffers {
         held.len()
     }
 
+    /// ABORT: returns the held buffers whose tags are in `tags` with
+    /// CANCELLED (one notification); the others stay held, in order. A
+    /// buffer the capture thread took is no longer held: its frame
+    /// completes it. Returns how many were cancelled.
+    pub fn cancel_tags(
+        &self,
+        tags: &[u64],
+        mem: Option<&GuestMemoryMmap>,
+        device_time_ns: u64,
+    ) -> usize {
+        let mut st = self.lock();
+        let (cancelled, kept): (Vec<HeldBuffer>, Vec<HeldBuffer>) =
+            st.held.drain(..).partition(|b| tags.contains(&b.tag));
+        st.held.extend(kept);
+        st.stats.cancelled += cancelled.len() as u64;
+        if let Some(queue) = st.queue.clone() {
+            let outcome = Outcome::cancelled(device_time_ns);
+            for buffer in &cancelled {
+                Self::give_back(&*queue, buffer, &outcome, mem);
+            }
+            if !cancelled.is_empty() {
+                if let Err(e) = queue.notify() {
+                    warn!("stream queue: cannot notify the driver: {e}");
+                }
+            }
+        }
+        if !cancelled.is_empty() {
+            debug!("{} stream buffers aborted", cancelled.len());
+        }
+        self.cv.notify_all();
+        cancelled.len()
+    }
+
     /// FLUSH_BUFFERS: cancels what is held, then waits (at most `limit`)
     /// for a buffer the capture thread is filling. False on timeout.
     pub fn flush(

@@ -3,15 +3,21 @@
 //! capture buffers of the stream queue ([`process_stream_chain`]). Guest
 //! mistakes are answered on the queue; a broken ring ends the kick.
 
+use std::collections::VecDeque;
+
 use log::{debug, error, trace, warn};
 use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::DescriptorChain;
 use virtio_queue::QueueOwnedT;
-use vm_memory::GuestAddressSpace;
+use vm_memory::{GuestAddressSpace, GuestMemoryLoadGuard, GuestMemoryMmap};
+use xxcapture_abi::{req_type, VqRequest};
 
 use crate::device::{Batch, Counters, XxcapDevice};
 use crate::faults::{FaultKind, Unit};
 use crate::queue::DeviceQueue;
-use crate::request::{process_chain, Disposition};
+use crate::request::{
+    abort_tags, cancel_chain, peek_header, process_chain, Completion, Disposition,
+};
 use crate::stream::{process_stream_chain, StreamChain};
 use crate::vhu_adapters::VringQueue;
 use crate::vhu_xxcap::GuestMemory;
@@ -60,20 +66,20 @@ pub(crate) fn process_command_queue(device: &XxcapDevice, vring: &VringRwLock, e
     }
 }
 
-fn drain_command_queue(
-    device: &XxcapDevice,
+/// Guest memory as the worker holds it for one drain.
+type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
+/// A command-queue chain taken off the ring.
+type Chain = DescriptorChain<MemGuard>;
+
+/// Takes the available chains of the command queue into `pending`: all
+/// of them, or with `one` just the next.
+fn take_available(
     vring: &VringRwLock,
-    atomic: &GuestMemory,
-    batch: &mut Batch<'_>,
-) -> Drained {
-    let mem = atomic.memory();
-    let counters = device.counters();
-    let faults = device.faults();
+    mem: &MemGuard,
+    pending: &mut VecDeque<Chain>,
+    one: bool,
+) -> Result<(), ()> {
     loop {
-        if device.is_quiescing() {
-            debug!("quiescing: no more requests taken");
-            return Drained::Empty;
-        }
         // Hold the vring lock only to pop: the frontend thread needs it too.
         let chain = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
             Ok(mut chains) => chains.next(),
@@ -82,15 +88,90 @@ fn drain_command_queue(
                 // not set up: the driver broke the ring. Its requests
                 // stay unanswered until it resets the device.
                 error!("command queue unusable: {e}");
-                return Drained::RingBroken;
+                return Err(());
             }
         };
-        let Some(chain) = chain else {
+        match chain {
+            Some(chain) => pending.push_back(chain),
+            None => return Ok(()),
+        }
+        if one {
+            return Ok(());
+        }
+    }
+}
+
+/// The request the card answers next: the first ABORT waiting (an ABORT
+/// overtakes the task files ahead of it), else the oldest request.
+fn next_request(kinds: impl Iterator<Item = Option<u32>>) -> usize {
+    let mut first_abort = None;
+    for (index, kind) in kinds.enumerate() {
+        if kind == Some(req_type::ABORT) {
+            first_abort = Some(index);
+            break;
+        }
+    }
+    first_abort.unwrap_or(0)
+}
+
+/// The pending chains an ABORT naming `tags` cancels: task files with one
+/// of the tags (by position in `headers`).
+fn cancelled_by(tags: &[u64], headers: &[Option<VqRequest>]) -> Vec<usize> {
+    headers
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            h.is_some_and(|h| {
+                h.req_type.get() == req_type::EXEC_TASK_FILE && tags.contains(&h.tag.get())
+            })
+        })
+        .map(|(index, _)| index)
+        .collect()
+}
+
+/// Answers the command queue: before it runs a task file it takes every
+/// available request, so that an ABORT cancels the task files queued ahead
+/// of it (see [`next_request`]). Other requests are taken one at a time. A
+/// request taken is always answered: when the device quiesces, the task
+/// files taken but not run go back CANCELLED.
+fn drain_command_queue(
+    device: &XxcapDevice,
+    vring: &VringRwLock,
+    atomic: &GuestMemory,
+    batch: &mut Batch<'_>,
+) -> Drained {
+    let mem = atomic.memory();
+    let mut pending: VecDeque<Chain> = VecDeque::new();
+    loop {
+        if device.is_quiescing() {
+            debug!("quiescing: no more requests taken");
+            while let Some(chain) = pending.pop_front() {
+                let completion = cancel_chain(batch, &chain);
+                if finish(device, vring, &mem, &chain, completion).is_err() {
+                    return Drained::RingBroken;
+                }
+            }
+            return Drained::Empty;
+        }
+        if pending.is_empty() && take_available(vring, &mem, &mut pending, true).is_err() {
+            return Drained::RingBroken;
+        }
+        let Some(front) = pending.front() else {
             return Drained::Empty;
         };
-        let head = chain.head_index();
+        let front_is_task_file =
+            peek_header(front).is_some_and(|h| h.req_type.get() == req_type::EXEC_TASK_FILE);
+        if front_is_task_file && take_available(vring, &mem, &mut pending, false).is_err() {
+            return Drained::RingBroken;
+        }
+        let headers: Vec<Option<VqRequest>> = pending.iter().map(peek_header).collect();
+        let index = next_request(headers.iter().map(|h| h.map(|h| h.req_type.get())));
+        let Some(chain) = pending.remove(index) else {
+            return Drained::Empty;
+        };
         // On virtual time the request's own time passes before it runs.
         device.clock().request();
+        let faults = device.faults();
         if faults.is_live()
             && faults
                 .tick(Unit::Request, device.device_now())
@@ -98,60 +179,98 @@ fn drain_command_queue(
         {
             // An injected stuck card: taken, never executed nor completed
             // (until the device is reset and the driver reclaims it).
-            warn!("request {head} will never complete (injected stuck)");
+            warn!(
+                "request {} will never complete (injected stuck)",
+                chain.head_index()
+            );
             continue;
         }
-        let completion = process_chain(batch, &chain);
-        Counters::bump(&counters.requests);
-        match completion.disposition {
-            Disposition::Executed(outcome) => {
-                trace!("request {head}: {outcome:?}, {} bytes", completion.used_len)
-            }
-            Disposition::Attached(Ok(())) => {
-                Counters::bump(&counters.attaches);
-                debug!("request {head}: ATTACH done");
-            }
-            Disposition::Attached(Err(e)) => {
-                Counters::bump(&counters.attach_failures);
-                warn!("request {head}: ATTACH failed: {e}");
-            }
-            Disposition::Flushed(Ok(())) => debug!("request {head}: FLUSH_BUFFERS done"),
-            Disposition::Flushed(Err(e)) => warn!("request {head}: FLUSH_BUFFERS: {e}"),
-            Disposition::Buffer {
-                register,
-                id,
-                result,
-            } => debug!("request {head}: buffer {id} (register: {register}): {result:?}"),
-            Disposition::Rejected(e) => {
-                if e.status() == xxcapture_abi::vq_status::UNSUPPORTED {
-                    Counters::bump(&counters.unsupported);
-                } else {
-                    Counters::bump(&counters.bad_requests);
+        if let Some(tags) = abort_tags(&chain) {
+            let mut headers = headers;
+            headers.remove(index);
+            // Back to front, so that the positions stay valid.
+            for at in cancelled_by(&tags, &headers).into_iter().rev() {
+                let Some(victim) = pending.remove(at) else {
+                    continue;
+                };
+                let completion = cancel_chain(batch, &victim);
+                if finish(device, vring, &mem, &victim, completion).is_err() {
+                    return Drained::RingBroken;
                 }
-                debug!("request {head} rejected: {e}");
-            }
-            Disposition::Dropped(e) => {
-                Counters::bump(&counters.bad_requests);
-                debug!("request {head} dropped: {e}");
             }
         }
-        // Records the request raised go out before its completion, so
-        // the driver has them when the request returns.
-        device.deliver_events(Some(&mem));
-        if let Err(e) = vring.add_used(head, completion.used_len) {
-            error!("command queue: add_used({head}) failed: {e}");
+        let completion = process_chain(batch, &chain);
+        if finish(device, vring, &mem, &chain, completion).is_err() {
             return Drained::RingBroken;
         }
-        match vring.needs_notification() {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = vring.signal_used_queue() {
-                    error!("command queue: cannot signal the guest: {e}");
-                }
+    }
+}
+
+/// Counts and logs one answered request, delivers the records it raised,
+/// then marks it used and signals the guest.
+fn finish(
+    device: &XxcapDevice,
+    vring: &VringRwLock,
+    mem: &MemGuard,
+    chain: &Chain,
+    completion: Completion,
+) -> Result<(), ()> {
+    let counters = device.counters();
+    let head = chain.head_index();
+    Counters::bump(&counters.requests);
+    match completion.disposition {
+        Disposition::Executed(outcome) => {
+            trace!("request {head}: {outcome:?}, {} bytes", completion.used_len)
+        }
+        Disposition::Attached(Ok(())) => {
+            Counters::bump(&counters.attaches);
+            debug!("request {head}: ATTACH done");
+        }
+        Disposition::Attached(Err(e)) => {
+            Counters::bump(&counters.attach_failures);
+            warn!("request {head}: ATTACH failed: {e}");
+        }
+        Disposition::Flushed(Ok(())) => debug!("request {head}: FLUSH_BUFFERS done"),
+        Disposition::Flushed(Err(e)) => warn!("request {head}: FLUSH_BUFFERS: {e}"),
+        Disposition::Aborted(buffers) => {
+            debug!("request {head}: ABORT done, {buffers} stream buffers cancelled")
+        }
+        Disposition::Cancelled => debug!("request {head}: task file cancelled"),
+        Disposition::Buffer {
+            register,
+            id,
+            result,
+        } => debug!("request {head}: buffer {id} (register: {register}): {result:?}"),
+        Disposition::Rejected(e) => {
+            if e.status() == xxcapture_abi::vq_status::UNSUPPORTED {
+                Counters::bump(&counters.unsupported);
+            } else {
+                Counters::bump(&counters.bad_requests);
             }
-            Err(e) => error!("command queue: cannot read the used event: {e}"),
+            debug!("request {head} rejected: {e}");
+        }
+        Disposition::Dropped(e) => {
+            Counters::bump(&counters.bad_requests);
+            debug!("request {head} dropped: {e}");
         }
     }
+    // Records the request raised go out before its completion, so
+    // the driver has them when the request returns.
+    device.deliver_events(Some(mem));
+    if let Err(e) = vring.add_used(head, completion.used_len) {
+        error!("command queue: add_used({head}) failed: {e}");
+        return Err(());
+    }
+    match vring.needs_notification() {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Err(e) = vring.signal_used_queue() {
+                error!("command queue: cannot signal the guest: {e}");
+            }
+        }
+        Err(e) => error!("command queue: cannot read the used event: {e}"),
+    }
+    Ok(())
 }
 
 /// Holds the capture buffers the driver queued; answers malformed ones.
@@ -213,5 +332,69 @@ pub(crate) fn process_stream_queue(device: &XxcapDevice, vring: &VringRwLock, ev
         if let Err(e) = vring.notify() {
             error!("stream queue: cannot signal the guest: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_abort_is_answered_before_the_requests_ahead_of_it() {
+        let ex = Some(req_type::EXEC_TASK_FILE);
+        let ab = Some(req_type::ABORT);
+        assert_eq!(next_request([ex, ex, ab, ex, ab].into_iter()), 2);
+        assert_eq!(next_request([ex, None, ex].into_iter()), 0);
+        assert_eq!(next_request([ab].into_iter()), 0);
+        assert_eq!(next_request(std::iter::empty()), 0);
+    }
+
+    #[test]
+    fn an_abort_cancels_only_task_files_with_its_tags() {
+        let req = |kind: u32, tag: u64| {
+            Some(VqRequest {
+                req_type: kind.into(),
+                tag: tag.into(),
+                ..VqRequest::default()
+            })
+        };
+        let headers = [
+            req(req_type::EXEC_TASK_FILE, 1),
+            req(req_type::FLUSH_BUFFERS, 2),
+            None,
+            req(req_type::EXEC_TASK_FILE, 2),
+            req(req_type::EXEC_TASK_FILE, 3),
+            req(req_type::ABORT, 2),
+        ];
+        assert_eq!(cancelled_by(&[2, 3], &headers), vec![3, 4]);
+        assert!(cancelled_by(&[7], &headers).is_empty());
+    }
+
+    /// Only an ABORT overtakes: REGISTER_BUFFER and UNREGISTER_BUFFER keep
+    /// their place among the task files (a task file queued after a
+    /// REGISTER may name the buffer; once an UNREGISTER is answered no
+    /// earlier task file may still use its pages), and an ABORT never
+    /// cancels them, whatever their tags.
+    #[test]
+    fn registered_buffer_requests_keep_their_order_and_are_not_cancelled() {
+        let ex = Some(req_type::EXEC_TASK_FILE);
+        let reg = Some(req_type::REGISTER_BUFFER);
+        let unreg = Some(req_type::UNREGISTER_BUFFER);
+        assert_eq!(next_request([reg, ex, unreg].into_iter()), 0);
+        assert_eq!(next_request([unreg, ex].into_iter()), 0);
+        assert_eq!(next_request([ex, reg, ex].into_iter()), 0);
+        let req = |kind: u32, tag: u64| {
+            Some(VqRequest {
+                req_type: kind.into(),
+                tag: tag.into(),
+                ..VqRequest::default()
+            })
+        };
+        let headers = [
+            req(req_type::REGISTER_BUFFER, 4),
+            req(req_type::EXEC_TASK_FILE, 4),
+            req(req_type::UNREGISTER_BUFFER, 4),
+        ];
+        assert_eq!(cancelled_by(&[4], &headers), vec![1]);
     }
 }

@@ -3,6 +3,7 @@
 //! `xxcap`. Records meant for the host are printed as result lines (see
 //! `xxcapture-results`).
 
+mod abort;
 mod bench;
 mod crossings;
 mod faults;
@@ -10,6 +11,7 @@ mod flood;
 mod fuzz;
 mod hotplug;
 mod irq;
+mod props;
 mod regbuf;
 mod selftest;
 mod selftest_dma;
@@ -70,6 +72,11 @@ enum Command {
     FuzzDriver(fuzz::FuzzArgs),
     /// Hostile DMA cannot touch memory its caller does not own (canary check).
     CanaryTest(fuzz::CanaryArgs),
+    /// ABORT, DMA_TRANSFER_NONBLOCK in EXEC, STATUS.DMA_BUSY and DMA_ERROR.
+    AbortTest,
+    /// The card's writable properties: each set and shown to act, bad
+    /// values and writes under a controlling open refused.
+    PropsTest,
     /// Registered buffers: round trip, canaries, foreign and stale ids,
     /// limits, and nothing pinned after a kill.
     RegbufTest(regbuf::RegbufArgs),
@@ -102,6 +109,8 @@ fn main() -> ExitCode {
         Command::BenchSyncAsync(args) => syncasync::run(device, args),
         Command::FuzzDriver(args) => fuzz::run(device, args),
         Command::CanaryTest(args) => fuzz::canary_test(device, args),
+        Command::AbortTest => abort::run(device),
+        Command::PropsTest => props::run(device),
         Command::RegbufTest(args) => regbuf::run(device, args),
         Command::RegbufHold(args) => regbuf::hold(device, args),
         Command::FaultLoop(args) => faults::run(device, args),

@@ -167,14 +167,42 @@ pub fn nonblocking(card: &Card) -> Check {
         5000,
         10_000,
     );
-    let res = card.run(&tf).map_err(err)?;
-    if back != data || res.commands.iter().any(|c| c.length.get() != 10_000) {
-        return Err("non-blocking round trip differs".into());
+    // A synchronous EXEC waits for its result: it cannot also not wait.
+    match card.run(&tf) {
+        Err(xxcapture::Error::Command {
+            index: 0,
+            code: TfError::BadOp,
+        }) => {}
+        other => {
+            return Err(format!(
+                "EXEC with non-blocking DMA: {other:?}, expected BAD_OP at 0"
+            ))
+        }
     }
-    Ok(
-        "two non-blocking transfers in one task file (complete synchronously in this revision)"
-            .into(),
-    )
+    if back.iter().any(|&b| b != 0) {
+        return Err("a refused non-blocking transfer moved data".into());
+    }
+    // Submitted, the caller does not wait: both run, in order.
+    // SAFETY: `data` and `back` outlive the completion awaited below.
+    let id = unsafe { card.submit(&tf, 0) }.map_err(err)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut records = Vec::new();
+    let done = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err("submitted non-blocking transfers never completed".into());
+        }
+        records.clear();
+        card.wait_events(&mut records, 16, Some(left))
+            .map_err(err)?;
+        if let Some(e) = records.iter().find(|e| e.completion && e.request_id == id) {
+            break *e;
+        }
+    };
+    if done.status != TfError::Ok as u32 || back != data {
+        return Err(format!("submitted non-blocking round trip: {done:?}"));
+    }
+    Ok("refused in a synchronous EXEC (BAD_OP, nothing moved); two submitted non-blocking transfers round-trip".into())
 }
 
 pub fn observer_mappings(device: &str) -> Check {

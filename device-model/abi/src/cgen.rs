@@ -196,6 +196,8 @@ pub fn uapi_header() -> String {
     );
     out.push_str("\n/* EXEC flags */\n");
     define(&mut out, "XXCAP_EXEC_POLL", crate::exec_flags::POLL);
+    out.push_str("\n/* ABORT flags */\n");
+    define(&mut out, "XXCAP_ABORT_ALL", crate::abort_flags::ALL);
     out.push('\n');
     out.push_str("/* Pixel formats (register FRAME_FORMAT) */\n");
     for (name, value) in [
@@ -292,6 +294,11 @@ pub fn uapi_header() -> String {
         "#define XXCAP_IOC_UNREGISTER_BUFFER\t_IOW(XXCAP_IOC_TYPE, 0x{:02x}, __u32)",
         ioctl::UNREGISTER_BUFFER_NR
     );
+    let _ = writeln!(
+        out,
+        "#define XXCAP_IOC_ABORT\t_IOW(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_abort)",
+        ioctl::ABORT_NR
+    );
     out.push_str("\n#endif /* _UAPI_LINUX_XXCAPTURE_H */\n");
     out
 }
@@ -346,6 +353,9 @@ pub fn device_header() -> String {
         "XXCAP_REQ_UNREGISTER_BUFFER",
         req_type::UNREGISTER_BUFFER,
     );
+    define(&mut out, "XXCAP_REQ_ABORT", req_type::ABORT);
+    define(&mut out, "XXCAP_VQ_FLAG_ASYNC", crate::vq_flags::ASYNC);
+    define(&mut out, "XXCAP_MAX_ABORT_TAGS", crate::MAX_ABORT_TAGS);
     define(
         &mut out,
         "XXCAP_MAX_REGISTERED_CARD",
@@ -450,6 +460,7 @@ pub fn c_probe_source() -> String {
         "XXCAP_IOC_FLUSH_BUFFERS",
         "XXCAP_IOC_REGISTER_BUFFER",
         "XXCAP_IOC_UNREGISTER_BUFFER",
+        "XXCAP_IOC_ABORT",
     ] {
         let _ = writeln!(out, "\tprintf(\"{name} %lu\\n\", (unsigned long){name});");
     }
@@ -480,5 +491,6 @@ pub fn expected_probe_output() -> String {
         "XXCAP_IOC_UNREGISTER_BUFFER {}",
         ioctl::UNREGISTER_BUFFER
     );
+    let _ = writeln!(out, "XXCAP_IOC_ABORT {}", ioctl::ABORT);
     out
 }

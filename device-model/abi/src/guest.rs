@@ -61,6 +61,23 @@ pub struct Subscribe {
     pub flags: U32,
 }
 
+/// Argument of the ABORT ioctl: cancels one request of this open (its
+/// `request_id` from SUBMIT or QUEUE_BUFFER), or with `abort_flags::ALL`
+/// every one this open has outstanding (`request_id` 0).
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Abort {
+    pub request_id: U64,
+    pub flags: U32,
+    pub reserved: U32,
+}
+
+/// ABORT `flags`.
+pub mod abort_flags {
+    /// Cancel every request this open has outstanding.
+    pub const ALL: u32 = 1 << 0;
+}
+
 /// Argument of the REGISTER_BUFFER ioctl: a buffer of the caller's that
 /// the driver pins and describes to the card once; DMA_BUFFER commands then
 /// name it by `id` (valid for this open only) and an offset.
@@ -98,7 +115,7 @@ pub const MMAP_OFFSET_STATUS: u64 = 1 << 40;
 
 /// Guest ioctl numbers (the `x` type, Linux `_IOC` encoding).
 pub mod ioctl {
-    use super::{Exec, QueueBuffer, RegisterBuffer, Submit, Subscribe};
+    use super::{Abort, Exec, QueueBuffer, RegisterBuffer, Submit, Subscribe};
     use crate::Identity;
 
     pub const TYPE: u8 = b'x';
@@ -166,4 +183,7 @@ pub mod ioctl {
         core::mem::size_of::<RegisterBuffer>(),
     );
     pub const UNREGISTER_BUFFER: u32 = ioc(DIR_WRITE, UNREGISTER_BUFFER_NR, 4);
+    /// Cancels one outstanding request of this open, or all of them.
+    pub const ABORT_NR: u8 = 0x10;
+    pub const ABORT: u32 = ioc(DIR_WRITE, ABORT_NR, core::mem::size_of::<Abort>());
 }

@@ -343,6 +343,16 @@ pub const QUEUE_BUFFER: StructDef = StructDef {
     ],
 };
 
+pub const ABORT: StructDef = StructDef {
+    name: "xxcap_abort",
+    doc: "Argument of XXCAP_IOC_ABORT: cancels one outstanding request of this\n * open, or with XXCAP_ABORT_ALL all of them. Each cancelled request\n * completes once, with status XXCAP_TF_CANCELLED.",
+    fields: &[
+        f("request_id", U64, "id from SUBMIT or QUEUE_BUFFER; 0 with ALL"),
+        f("flags", U32, "XXCAP_ABORT_*"),
+        f("reserved", U32, "zero"),
+    ],
+};
+
 pub const SUBSCRIBE: StructDef = StructDef {
     name: "xxcap_subscribe",
     doc: "Argument of XXCAP_IOC_SUBSCRIBE: the XXCAP_IRQ_* causes this open\n * receives from the event queue (out: the previous mask).",
@@ -395,6 +405,7 @@ pub const UAPI_STRUCTS: &[StructDef] = &[
     QUEUE_BUFFER,
     SUBSCRIBE,
     REGISTER_BUFFER,
+    ABORT,
     EVENT,
     SLOT_INFO,
     STATUS_BLOCK,
@@ -511,6 +522,7 @@ mod tests {
             refcon,
             request_id
         );
+        assert_layout!(crate::Abort, ABORT, request_id, flags, reserved);
         assert_layout!(
             crate::QueueBuffer,
             QUEUE_BUFFER,

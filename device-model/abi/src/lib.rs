@@ -40,7 +40,7 @@ pub const MAGIC: u32 = 0x5043_5858;
 
 /// ABI version: major in the high half, minor in the low half. A driver must
 /// refuse a card whose major differs from its own.
-pub const ABI_VERSION: u32 = 0x0002_0001;
+pub const ABI_VERSION: u32 = 0x0002_0002;
 
 pub const ABI_VERSION_MAJOR: u32 = ABI_VERSION >> 16;
 
@@ -69,9 +69,11 @@ pub mod status {
     pub const READY: u32 = 1 << 0;
     /// Capture is running.
     pub const CAPTURING: u32 = 1 << 1;
-    /// A DMA transfer is in progress.
+    /// A DMA command is moving data (seen in the status block; a task file
+    /// always reads 0, its DMA having ended before the next command).
     pub const DMA_BUSY: u32 = 1 << 2;
-    /// The last DMA transfer failed.
+    /// A DMA command failed since the last CONTROL.DMA_RESET or device
+    /// reset: latched, later successful transfers leave it set.
     pub const DMA_ERROR: u32 = 1 << 3;
 }
 

@@ -86,6 +86,12 @@ pub mod req_type {
     /// Forget a registered buffer: a `BufferDesc` (id, length 0) follows
     /// the header, `sg_count` 0; the reply is a `VqStatus`.
     pub const UNREGISTER_BUFFER: u32 = 6;
+    /// Cancel the requests named by the tags that follow the header (`n`
+    /// little-endian u64s, 1..=[`MAX_ABORT_TAGS`](super::MAX_ABORT_TAGS)):
+    /// task files waiting on the command queue and held stream buffers.
+    /// The reply is a `VqStatus`, written after the cancelled requests were
+    /// returned.
+    pub const ABORT: u32 = 7;
 }
 
 /// The card side of registered buffers: what one card holds at most.
@@ -110,6 +116,17 @@ pub struct BufferDesc {
     /// UNREGISTER: 0.
     pub length: U64,
 }
+
+/// `VqRequest::flags` of a command-queue request.
+pub mod vq_flags {
+    /// EXEC_TASK_FILE: the driver does not wait for this request (an
+    /// asynchronous submission). Only then may the task file hold
+    /// DMA_TRANSFER_NONBLOCK commands.
+    pub const ASYNC: u32 = 1 << 0;
+}
+
+/// Most tags one ABORT request may name.
+pub const MAX_ABORT_TAGS: u32 = 1024;
 
 /// Most scatter-gather entries one request may carry (all its DMA
 /// commands together): 256 MiB of scattered 4 KiB pages.

@@ -253,6 +253,98 @@ fn plain_execute_faults_dma() {
     assert_eq!(res.error, TfError::DmaFault);
 }
 
+fn status_bits(c: &Card) -> u32 {
+    c.status()
+}
+
+#[test]
+fn nonblock_dma_is_refused_in_a_synchronous_request() {
+    let table = [sg(0, 4096)];
+    let nonblock = Command {
+        op: (Op::DmaTransferNonBlock as u16).into(),
+        ..dma(dma_dir::TO_CARD, 0, 0, 4096)
+    };
+    let mut tf = TaskFile::new();
+    tf.set_register(regs::SCRATCH, 1);
+    tf.push_raw(nonblock);
+    for asynchronous in [false, true] {
+        let mut c = card();
+        let mut port = FakePort::new();
+        let mut bytes = tf.to_bytes();
+        let mut irq = c.interrupt_controller();
+        c.execute_request(&mut bytes, &table, &mut port, &mut irq, 1_000, asynchronous);
+        let res = TaskFileResult::parse(&bytes).expect("result parses");
+        if asynchronous {
+            assert_eq!((res.error, res.index), (TfError::Ok, 2));
+            assert_eq!(port.calls.len(), 1);
+        } else {
+            // Check 1 of the validation order: before the DMA checks, no
+            // data moved, nothing latched.
+            assert_eq!((res.error, res.index), (TfError::BadOp, 1));
+            assert!(port.calls.is_empty());
+            assert_eq!(status_bits(&c) & xxcapture_abi::status::DMA_ERROR, 0);
+            assert_eq!(c.registers().peek(regs::SCRATCH), 0);
+        }
+    }
+    // DMA_TRANSFER_BLOCK is fine in both.
+    let mut c = card();
+    let mut port = FakePort::new();
+    let mut tf = TaskFile::new();
+    tf.push_raw(dma(dma_dir::TO_CARD, 0, 0, 4096));
+    let mut bytes = tf.to_bytes();
+    let mut irq = c.interrupt_controller();
+    c.execute_request(&mut bytes, &table, &mut port, &mut irq, 1_000, false);
+    assert_eq!(
+        TaskFileResult::parse(&bytes).expect("parse").error,
+        TfError::Ok
+    );
+}
+
+#[test]
+fn dma_error_latches_in_status_until_dma_reset() {
+    use xxcapture_abi::{control, status};
+    let table = [sg(0, 4096)];
+    let mut c = card();
+    let mut port = FakePort::new();
+    assert_eq!(status_bits(&c) & status::DMA_ERROR, 0);
+    // An out-of-range transfer fails: the task file commits nothing, but
+    // DMA_ERROR is set and stays.
+    let mut bad = TaskFile::new();
+    bad.set_register(regs::SCRATCH, 1);
+    bad.push_raw(dma(dma_dir::TO_CARD, 0, RAM, 4096));
+    assert_eq!(
+        run(&mut c, &mut port, &bad, &table).error,
+        TfError::DmaRange
+    );
+    assert_eq!(c.registers().peek(regs::SCRATCH), 0);
+    assert_ne!(status_bits(&c) & status::DMA_ERROR, 0);
+    // A later good transfer leaves it set, and a task file reads it.
+    let mut good = TaskFile::new();
+    good.push_raw(dma(dma_dir::TO_CARD, 0, 0, 4096));
+    let st = good.get_register(regs::STATUS);
+    let res = run(&mut c, &mut port, &good, &table);
+    assert_eq!(res.error, TfError::Ok);
+    let read = res.value(st).expect("status read") as u32;
+    assert_ne!(read & status::DMA_ERROR, 0);
+    // A task file never sees DMA_BUSY: the transfer ended before it.
+    assert_eq!(read & status::DMA_BUSY, 0);
+    // A guest fault latches it too; DMA_RESET clears it.
+    let mut reset = TaskFile::new();
+    reset.set_register(regs::CONTROL, control::ENABLE | control::DMA_RESET);
+    assert_eq!(run(&mut c, &mut port, &reset, &[]).error, TfError::Ok);
+    assert_eq!(status_bits(&c) & status::DMA_ERROR, 0);
+    let mut fault = TaskFile::new();
+    fault.push_raw(dma(dma_dir::TO_CARD, 0, 0, 4096));
+    let far = [sg(GUEST as u64, 4096)];
+    assert_eq!(
+        run(&mut c, &mut port, &fault, &far).error,
+        TfError::DmaFault
+    );
+    assert_ne!(status_bits(&c) & status::DMA_ERROR, 0);
+    c.reset(2_000);
+    assert_eq!(status_bits(&c) & status::DMA_ERROR, 0);
+}
+
 proptest! {
     /// Whatever the command and table, the port only ever sees entries of
     /// the table whose lengths sum to the command's length, inside the

@@ -43,8 +43,8 @@ use vm_memory::{
 };
 use vmm_sys_util::epoll::EventSet;
 use xxcapture_abi::{
-    caps, queue, registered, req_type, vq_status, BufferDesc, Command, Op, SgEntry, VqRequest,
-    CONFIG_SIZE, MAX_SG_ENTRIES, TF_HEADER_SIZE,
+    caps, queue, registered, req_type, vq_flags, vq_status, BufferDesc, Command, Op, SgEntry,
+    VqRequest, CONFIG_SIZE, MAX_ABORT_TAGS, MAX_SG_ENTRIES, TF_HEADER_SIZE,
 };
 use xxcapture_model::{Card, CardConfig, Outcome, MIN_CARD_RAM};
 use zerocopy::{FromBytes, IntoBytes};
@@ -203,6 +203,7 @@ fn payload(u: &mut Unstructured<'_>, alloc: &mut Alloc) -> Result<Payload> {
         req_type::FLUSH_BUFFERS,
         req_type::REGISTER_BUFFER,
         req_type::UNREGISTER_BUFFER,
+        req_type::ABORT,
         0,
     ])?;
     let kind = if u.ratio(1u8, 32)? {
@@ -534,6 +535,8 @@ enum Expect {
     Attached,
     /// A FLUSH_BUFFERS answered.
     Flushed,
+    /// An ABORT answered.
+    Aborted,
     /// A REGISTER_BUFFER or UNREGISTER_BUFFER answered with this status at
     /// the start of the writable part.
     Buffer(u32),
@@ -568,8 +571,15 @@ fn expected(walk: &Walk, mem: &GuestMemoryMmap, readable: Option<&[u8]>) -> Expe
             | req_type::FLUSH_BUFFERS
             | req_type::REGISTER_BUFFER
             | req_type::UNREGISTER_BUFFER
+            | req_type::ABORT
     );
-    if !known || flags != 0 {
+    // Only a task file may say it is asynchronous (§4).
+    let allowed = if kind == req_type::EXEC_TASK_FILE {
+        vq_flags::ASYNC
+    } else {
+        0
+    };
+    if !known || flags & !allowed != 0 {
         return Expect::Rejected(vq_status::UNSUPPORTED);
     }
     if header.reserved.get() != 0 {
@@ -583,6 +593,17 @@ fn expected(walk: &Walk, mem: &GuestMemoryMmap, readable: Option<&[u8]>) -> Expe
             Expect::Flushed
         }
         req_type::FLUSH_BUFFERS => bad,
+        req_type::ABORT => {
+            // 1..=MAX_ABORT_TAGS tags of 8 bytes after the header (§4 Abort).
+            let tags = bytes.len() - REQUEST_HEADER_SIZE;
+            let n = tags / 8;
+            if sg_count == 0 && tags.is_multiple_of(8) && (1..=MAX_ABORT_TAGS as usize).contains(&n)
+            {
+                Expect::Aborted
+            } else {
+                bad
+            }
+        }
         req_type::REGISTER_BUFFER | req_type::UNREGISTER_BUFFER => {
             expect_buffer(kind == req_type::REGISTER_BUFFER, bytes, sg_count, mem)
         }
@@ -738,7 +759,8 @@ fn check_completion(
             assert_eq!(used, writable);
         }
         (Disposition::Attached(_), Expect::Attached)
-        | (Disposition::Flushed(_), Expect::Flushed) => assert_eq!(used, STATUS_SIZE as u64),
+        | (Disposition::Flushed(_), Expect::Flushed)
+        | (Disposition::Aborted(_), Expect::Aborted) => assert_eq!(used, STATUS_SIZE as u64),
         (Disposition::Buffer { result, .. }, Expect::Buffer(status)) => {
             assert_eq!(used, STATUS_SIZE as u64);
             let got = match result {
@@ -770,6 +792,7 @@ fn check_completion(
             };
             Some((0, code))
         }
+        (Disposition::Aborted(_), _) => Some((0, vq_status::OK)),
         (Disposition::Buffer { result, .. }, _) => {
             Some((0, result.map_or_else(|e| e.status(), |()| vq_status::OK)))
         }
@@ -801,16 +824,22 @@ struct FuzzDevice<'a> {
 }
 
 impl Device for FuzzDevice<'_> {
-    fn execute(&mut self, task_file: &mut [u8], sg: &[SgEntry], mem: &GuestMemoryMmap) -> Outcome {
+    fn execute(
+        &mut self,
+        task_file: &mut [u8],
+        sg: &[SgEntry],
+        mem: &GuestMemoryMmap,
+        asynchronous: bool,
+    ) -> Outcome {
         self.executed.push((task_file.to_vec(), sg.to_vec()));
         let mut guest = GuestDma { ram: self.ram, mem };
         let mut port = RegisteredPort {
             inner: &mut guest,
             buffers: &self.registered,
         };
-        let outcome = self
-            .card
-            .execute_dma(task_file, sg, &mut port, &mut self.irq, 1_000);
+        let outcome =
+            self.card
+                .execute_request(task_file, sg, &mut port, &mut self.irq, 1_000, asynchronous);
         let _ = self.irq.take_due(1_000, usize::MAX);
         outcome
     }
@@ -826,6 +855,11 @@ impl Device for FuzzDevice<'_> {
     fn flush_buffers(&mut self) -> Result<(), String> {
         // This harness holds no stream buffers: nothing to return.
         Ok(())
+    }
+
+    fn abort_buffers(&mut self, _tags: &[u64]) -> usize {
+        // This harness holds no stream buffers: nothing to cancel.
+        0
     }
 
     fn device_time_ns(&self) -> u64 {

@@ -143,12 +143,14 @@
 #define XXCAP_STATUS_CAPTURING (1 << 1)
 
 /**
- * A DMA transfer is in progress.
+ * A DMA command is moving data (seen in the status block; a task file
+ * always reads 0, its DMA having ended before the next command).
  */
 #define XXCAP_STATUS_DMA_BUSY (1 << 2)
 
 /**
- * The last DMA transfer failed.
+ * A DMA command failed since the last `CONTROL.DMA_RESET` or device reset:
+ * latched, later successful transfers leave it set.
  */
 #define XXCAP_STATUS_DMA_ERROR (1 << 3)
 
@@ -167,6 +169,28 @@
  * `xxcap_list_cards`. `index` is 0 and `dev_path` empty.
  */
 #define XXCAP_CARDS_LOST 3
+
+/**
+ * Property: the driver's time limit of this card's requests, in ms
+ * (1..3600000; writing 0 follows the module parameter again).
+ */
+#define XXCAP_PROP_TIMEOUT_MS 0
+
+/**
+ * Property: device events each later open of this card queues
+ * (16..65536; writing 0 follows the module parameter again).
+ */
+#define XXCAP_PROP_EVENT_QUEUE_DEPTH 1
+
+/**
+ * Property: the card's INT_COALESCE_COUNT (0..65535).
+ */
+#define XXCAP_PROP_INT_COALESCE_COUNT 2
+
+/**
+ * Property: the card's INT_COALESCE_USEC (0..1000000).
+ */
+#define XXCAP_PROP_INT_COALESCE_USEC 3
 
 /**
  * Buffers a stream lends the card at most.
@@ -821,6 +845,27 @@ int xxcap_submit(const struct xxcap_card *card,
                  uint64_t *request_id);
 
 /**
+ * Cancels the submitted task file or queued capture buffer `request_id`
+ * of this card handle if the card has not started it: its completion (a
+ * callback or record, exactly once) then has status `XXCAP_TF_CANCELLED`;
+ * one already started completes with its own result. Returns 0 when the
+ * card has answered, `-ENOENT` for an id that is not outstanding on this
+ * handle (completed, or another open's).
+ *
+ * # Safety
+ * `card` is a live handle.
+ */
+int xxcap_abort(const struct xxcap_card *card, uint64_t request_id);
+
+/**
+ * `xxcap_abort` of every request outstanding on this card handle.
+ *
+ * # Safety
+ * `card` is a live handle.
+ */
+int xxcap_abort_all(const struct xxcap_card *card);
+
+/**
  * Starts one DMA transfer of `len` bytes between `buffer` and card RAM at
  * `card_offset` without waiting (`XXCAP_DMA_TO_CARD` or
  * `XXCAP_DMA_FROM_CARD`): the non-blocking DMATransfer with a callback and
@@ -1009,6 +1054,24 @@ int xxcap_monitor_dispatch(struct xxcap_monitor *monitor,
  * `monitor` is NULL or a live handle, not used afterwards.
  */
 void xxcap_monitor_close(struct xxcap_monitor *monitor);
+
+/**
+ * Reads property `prop` (`XXCAP_PROP_*`) of card `index` into `*value`.
+ * `-EINVAL` for an unknown property; the two interrupt properties ask the
+ * card (`-ETIMEDOUT`, `-EIO`, `-ENODEV` as the driver says).
+ *
+ * # Safety
+ * `value` is valid for writing a `uint32_t`.
+ */
+int xxcap_get_property(uint32_t index, uint32_t prop, uint32_t *value);
+
+/**
+ * Sets property `prop` (`XXCAP_PROP_*`) of card `index` to `value`.
+ * `-EINVAL` for an unknown property or a value out of its range (nothing
+ * changes), `-EBUSY` while a controlling open holds the card (this
+ * process's included), `-EACCES` without root.
+ */
+int xxcap_set_property(uint32_t index, uint32_t prop, uint32_t value);
 
 /**
  * Starts streaming capture in `format` into `buffers` buffers of one frame

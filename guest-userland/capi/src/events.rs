@@ -222,6 +222,39 @@ pub unsafe extern "C" fn xxcap_submit(
     })
 }
 
+/// Cancels the submitted task file or queued capture buffer `request_id`
+/// of this card handle if the card has not started it: its completion (a
+/// callback or record, exactly once) then has status `XXCAP_TF_CANCELLED`;
+/// one already started completes with its own result. Returns 0 when the
+/// card has answered, `-ENOENT` for an id that is not outstanding on this
+/// handle (completed, or another open's).
+///
+/// # Safety
+/// `card` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn xxcap_abort(card: *const xxcap_card, request_id: u64) -> c_int {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let c = unsafe { handle(card, "card") }?;
+        c.card.abort(request_id)?;
+        Ok(0)
+    })
+}
+
+/// `xxcap_abort` of every request outstanding on this card handle.
+///
+/// # Safety
+/// `card` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn xxcap_abort_all(card: *const xxcap_card) -> c_int {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let c = unsafe { handle(card, "card") }?;
+        c.card.abort_all()?;
+        Ok(0)
+    })
+}
+
 /// Starts one DMA transfer of `len` bytes between `buffer` and card RAM at
 /// `card_offset` without waiting (`XXCAP_DMA_TO_CARD` or
 /// `XXCAP_DMA_FROM_CARD`): the non-blocking DMATransfer with a callback and

@@ -20,6 +20,7 @@ mod events;
 mod frame;
 mod mem;
 mod monitor;
+mod props;
 mod stream;
 mod taskfile;
 
@@ -33,6 +34,7 @@ pub use events::*;
 pub use frame::*;
 pub use mem::*;
 pub use monitor::*;
+pub use props::*;
 pub use stream::*;
 pub use taskfile::*;
 

@@ -14,9 +14,11 @@ use crate::{bytes, bytes_mut, handle, handle_mut, put, put_opt};
 pub const XXCAP_STATUS_READY: u32 = 1 << 0;
 /// Capture is running.
 pub const XXCAP_STATUS_CAPTURING: u32 = 1 << 1;
-/// A DMA transfer is in progress.
+/// A DMA command is moving data (seen in the status block; a task file
+/// always reads 0, its DMA having ended before the next command).
 pub const XXCAP_STATUS_DMA_BUSY: u32 = 1 << 2;
-/// The last DMA transfer failed.
+/// A DMA command failed since the last `CONTROL.DMA_RESET` or device reset:
+/// latched, later successful transfers leave it set.
 pub const XXCAP_STATUS_DMA_ERROR: u32 = 1 << 3;
 
 /// Card RAM mapped into this process (opaque).

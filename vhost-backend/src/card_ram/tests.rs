@@ -144,3 +144,56 @@ fn status_updates_keep_seq_even_and_fields_consistent() {
     assert_eq!(sb.ring_slots.get(), 0);
     assert_eq!(sb.seq.get(), 2 * 5);
 }
+
+#[test]
+fn dma_busy_shows_while_a_transfer_moves_data() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).expect("mem");
+    let ram = CardRam::new(64 << 20).expect("ram");
+    let status_now = |ram: &CardRam| ram.read_status().expect("status").status.get();
+    {
+        let _busy = DmaBusy::new(ram.status());
+        assert_eq!(status_now(&ram), status::READY | status::DMA_BUSY);
+    }
+    assert_eq!(status_now(&ram), status::READY);
+    // A concurrent reader sees DMA_BUSY during a long transfer (stop as
+    // soon as it did), and never after the last one ended.
+    let table: Vec<SgEntry> = (0..4).map(|i| sg(i << 22, 4 << 20)).collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let seen = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Acquire) && !seen.load(Ordering::Acquire) {
+                if status_now(&ram) & status::DMA_BUSY != 0 {
+                    seen.store(true, Ordering::Release);
+                }
+            }
+        });
+        let mut port = GuestDma {
+            ram: &ram,
+            mem: &mem,
+        };
+        for _ in 0..200 {
+            if seen.load(Ordering::Acquire) {
+                break;
+            }
+            port.transfer(DmaDirection::ToCard, 0, &table)
+                .expect("transfer");
+        }
+        done.store(true, Ordering::Release);
+    });
+    let seen = seen.load(Ordering::Acquire);
+    assert!(seen, "DMA_BUSY never seen during 200 transfers of 16 MiB");
+    assert_eq!(status_now(&ram), status::READY);
+    // A faulting transfer clears it too, and DMA_ERROR is kept apart.
+    ram.status().set_dma_error(true);
+    let mut port = GuestDma {
+        ram: &ram,
+        mem: &mem,
+    };
+    assert!(port
+        .transfer(DmaDirection::ToCard, 0, &[sg(64 << 20, 4096)])
+        .is_err());
+    assert_eq!(status_now(&ram), status::READY | status::DMA_ERROR);
+    ram.status().set_dma_error(false);
+    assert_eq!(status_now(&ram), status::READY);
+}

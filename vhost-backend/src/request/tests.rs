@@ -32,6 +32,7 @@ struct TestDevice {
     attaches: u32,
     attach_fails: bool,
     flushes: u32,
+    aborted: Vec<Vec<u64>>,
     registered: RegisteredBuffers,
 }
 
@@ -46,7 +47,13 @@ impl TestDevice {
 }
 
 impl Device for TestDevice {
-    fn execute(&mut self, tf: &mut [u8], sg: &[SgEntry], mem: &GuestMemoryMmap) -> Outcome {
+    fn execute(
+        &mut self,
+        tf: &mut [u8],
+        sg: &[SgEntry],
+        mem: &GuestMemoryMmap,
+        asynchronous: bool,
+    ) -> Outcome {
         let mut guest = GuestDma {
             ram: &self.ram,
             mem,
@@ -55,7 +62,13 @@ impl Device for TestDevice {
             inner: &mut guest,
             buffers: &self.registered,
         };
-        self.card.execute_dma(tf, sg, &mut port, &mut self.irq, 42)
+        self.card
+            .execute_request(tf, sg, &mut port, &mut self.irq, 42, asynchronous)
+    }
+
+    fn abort_buffers(&mut self, tags: &[u64]) -> usize {
+        self.aborted.push(tags.to_vec());
+        0
     }
 
     fn register_buffer(
@@ -107,6 +120,7 @@ fn card() -> TestDevice {
         attaches: 0,
         attach_fails: false,
         flushes: 0,
+        aborted: Vec::new(),
         registered: RegisteredBuffers::default(),
     }
 }
@@ -443,8 +457,16 @@ fn unknown_request_type_or_flags_are_unsupported() {
     for (req_type, flags) in [
         (0u32, 0u32),
         (3, 0),
+        (8, 0),
         (u32::MAX, 0),
-        (req_type::EXEC_TASK_FILE, 1),
+        // Bit 0 (ASYNC) is the only flag, and only a task file's.
+        (req_type::EXEC_TASK_FILE, 2),
+        (req_type::EXEC_TASK_FILE, 3),
+        (req_type::ATTACH, 1),
+        (req_type::FLUSH_BUFFERS, 1),
+        (req_type::REGISTER_BUFFER, 1),
+        (req_type::UNREGISTER_BUFFER, 1),
+        (req_type::ABORT, 1),
     ] {
         let req = request(req_type, flags, &tf);
         put(&mem, DATA, &req);
@@ -863,6 +885,16 @@ proptest! {
     }
 }
 
+// ---- ABORT and ASYNC ----------------------------------------------
+
+fn abort_request(tags: &[u64], sg_count: u32) -> Vec<u8> {
+    let mut buf = header(req_type::ABORT, sg_count).as_bytes().to_vec();
+    for t in tags {
+        buf.extend_from_slice(&t.to_le_bytes());
+    }
+    buf
+}
+
 /// REGISTER_BUFFER (`register`) or UNREGISTER_BUFFER request bytes.
 fn buffer_request(register: bool, id: u32, length: u64, table: &[SgEntry]) -> Vec<u8> {
     let header = VqRequest {
@@ -886,6 +918,112 @@ fn buffer_request(register: bool, id: u32, length: u64, table: &[SgEntry]) -> Ve
         buf.extend_from_slice(e.as_bytes());
     }
     buf
+}
+
+#[test]
+fn abort_names_tags_and_answers_ok() {
+    let mem = memory();
+    let mut dev = card();
+    let req = abort_request(&[5, 0x1234, u64::MAX], 0);
+    put(&mem, DATA, &req);
+    let out = 0x30_0000;
+    let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+    let descs = [desc(DATA, req.len() as u32, 0), desc(out, 16, W)];
+    let chain = vq.build_desc_chain(&descs).expect("chain");
+    assert_eq!(abort_tags(&chain), Some(vec![5, 0x1234, u64::MAX]));
+    assert_eq!(
+        peek_header(&chain).map(|h| h.req_type.get()),
+        Some(req_type::ABORT)
+    );
+    let c = process_chain(&mut dev, &chain);
+    assert_eq!(c.used_len, 16);
+    assert_eq!(c.disposition, Disposition::Aborted(0));
+    assert_eq!(status_at(&mem, out), vq_status::OK);
+    assert_eq!(dev.aborted, vec![vec![5, 0x1234, u64::MAX]]);
+    // No tags, a partial tag, too many tags, or entries: BAD_REQUEST and
+    // nothing aborted.
+    let too_many: Vec<u64> = (0..=u64::from(MAX_ABORT_TAGS)).collect();
+    let mut partial = abort_request(&[1], 0);
+    partial.push(0);
+    for bad in [
+        abort_request(&[], 0),
+        partial,
+        abort_request(&too_many, 0),
+        abort_request(&[1], 1),
+    ] {
+        put(&mem, DATA, &bad);
+        let descs = [desc(DATA, bad.len() as u32, 0), desc(out, 16, W)];
+        let e = expect_rejected(&descs, &mem, out, 16);
+        assert!(matches!(e, ChainError::BadAbort { .. }), "{e:?}");
+    }
+    // The most tags is fine.
+    let most: Vec<u64> = (0..u64::from(MAX_ABORT_TAGS)).collect();
+    let req = abort_request(&most, 0);
+    put(&mem, DATA, &req);
+    let c = run(
+        &mem,
+        &mut dev,
+        &[desc(DATA, req.len() as u32, 0), desc(out, 16, W)],
+    );
+    assert_eq!(c.disposition, Disposition::Aborted(0));
+    assert_eq!(dev.aborted.len(), 2);
+}
+
+#[test]
+fn a_cancelled_task_file_comes_back_cancelled_without_running() {
+    let mem = memory();
+    let mut dev = card();
+    let tf = task_file(3);
+    let req = request(req_type::EXEC_TASK_FILE, 0, &tf);
+    put(&mem, DATA, &req);
+    let out = 0x20_0000;
+    let wlen = (tf.len() + STATUS_SIZE) as u32;
+    let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+    let chain = vq
+        .build_desc_chain(&[desc(DATA, req.len() as u32, 0), desc(out, wlen, W)])
+        .expect("chain");
+    assert_eq!(peek_header(&chain).map(|h| h.tag.get()), Some(0x1234));
+    assert_eq!(abort_tags(&chain), None);
+    let c = cancel_chain(&mut dev, &chain);
+    assert_eq!(c.disposition, Disposition::Cancelled);
+    assert_eq!(c.used_len, wlen);
+    let res = tf_result(&mem, out, tf.len());
+    assert_eq!((res.error, res.index), (TfError::Cancelled, 0));
+    // GET outputs are not written: the commands come back as sent.
+    assert_eq!(&get(&mem, out + 16, tf.len() - 16)[..], &tf[16..]);
+    assert_eq!(status_at(&mem, out + tf.len() as u64), vq_status::OK);
+    assert_eq!(dev.request_count(), 0);
+    // Cancelling anything else processes it as usual.
+    put(&mem, DATA, header(req_type::FLUSH_BUFFERS, 0).as_bytes());
+    let chain = vq
+        .build_desc_chain(&[desc(DATA, 24, 0), desc(out, 16, W)])
+        .expect("chain");
+    assert_eq!(
+        cancel_chain(&mut dev, &chain).disposition,
+        Disposition::Flushed(Ok(()))
+    );
+}
+
+#[test]
+fn nonblock_dma_needs_an_asynchronous_request() {
+    let mem = memory();
+    let table = [sg(BUF, 4096)];
+    let cmd = Command {
+        op: (Op::DmaTransferNonBlock as u16).into(),
+        ..dma_cmd(xxcapture_abi::dma_dir::TO_CARD, 0, 0, 4096)
+    };
+    for (flags, want) in [
+        (0, (TfError::BadOp, 0)),
+        (xxcapture_abi::vq_flags::ASYNC, (TfError::Ok, 1)),
+    ] {
+        let mut dev = card();
+        let (mut req, tf_len) = dma_request(&[cmd], &table, 1);
+        req[4..8].copy_from_slice(&flags.to_le_bytes());
+        let c = send(&mem, &mut dev, &req, tf_len + STATUS_SIZE);
+        assert!(matches!(c.disposition, Disposition::Executed(_)));
+        let res = tf_result(&mem, out_at(req.len()), tf_len);
+        assert_eq!((res.error, res.index), want, "flags {flags}");
+    }
 }
 
 /// Sends a buffer request; returns the completion and the status written

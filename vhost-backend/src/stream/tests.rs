@@ -79,6 +79,38 @@ fn result(mem: &GuestMemoryMmap, head: u16) -> StreamResult {
 }
 
 #[test]
+fn abort_cancels_only_the_buffers_it_names_and_keeps_the_order() {
+    let mem = mem();
+    let vq = MockSplitQueue::create(&mem, GuestAddress(0xc_0000), 16);
+    let q = Arc::new(MockQueue::new(&mem, &vq));
+    let s = StreamBuffers::default();
+    s.set_queue(q.clone());
+    for head in 0..5 {
+        s.hold(buffer(head));
+    }
+    // The engine is filling buffer 0: an ABORT cannot take it back.
+    let filling = s.take().expect("oldest");
+    assert_eq!(s.cancel_tags(&[0, 1, 3, 42], Some(&mem), 9), 2);
+    let used = q.used(&vq);
+    assert_eq!(used.iter().map(|u| u.0).collect::<Vec<_>>(), vec![1, 3]);
+    for head in [1, 3] {
+        let r = result(&mem, head);
+        assert_eq!(r.error.get(), TfError::Cancelled as u32);
+        assert_eq!((r.bytes.get(), r.device_time_ns.get()), (0, 9));
+    }
+    assert_eq!(q.notifications(), 1);
+    assert_eq!(s.held(), 2);
+    // The others stay held, in order.
+    assert_eq!(s.take().expect("next").head, 2);
+    assert_eq!(s.take().expect("next").head, 4);
+    // Naming nothing held cancels nothing and does not notify.
+    assert_eq!(s.cancel_tags(&[7], Some(&mem), 10), 0);
+    assert_eq!(q.notifications(), 1);
+    assert_eq!(s.stats().cancelled, 2);
+    drop(filling);
+}
+
+#[test]
 fn fifo_completion_cancel_and_flush() {
     let mem = mem();
     let vq = MockSplitQueue::create(&mem, GuestAddress(0xc_0000), 16);

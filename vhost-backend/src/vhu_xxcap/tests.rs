@@ -206,6 +206,90 @@ fn kick_executes_requests_and_stop_resets_the_card() {
     }
 }
 
+/// An ABORT overtakes the task files queued ahead of it: the one it names
+/// comes back CANCELLED without running, before the ABORT's own status;
+/// the one it does not name runs after it.
+#[test]
+fn abort_cancels_a_queued_task_file_and_overtakes_the_queue() {
+    for event_idx in [false, true] {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).expect("mem");
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        let cmd_q = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let evt_q = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let str_q = MockSplitQueue::create(&mem, GuestAddress(0xc000), 16);
+        let b = backend();
+        b.update_memory(atomic.clone()).expect("memory");
+        b.set_event_idx(event_idx);
+        let vrings = [
+            vring(&atomic, &cmd_q),
+            vring(&atomic, &evt_q),
+            vring(&atomic, &str_q),
+        ];
+        for v in &vrings {
+            v.set_queue_event_idx(event_idx);
+        }
+        // Task files tagged 10 and 11, then an ABORT of 11 and of a tag
+        // nobody has.
+        let out0 = post_more(&mem, &cmd_q, 0);
+        let out1 = post_more(&mem, &cmd_q, 1);
+        for (slot, tag) in [(0u64, 10u64), (1, 11)] {
+            mem.write_obj(tag, GuestAddress(0x10_0008 + slot * 0x1000))
+                .expect("tag");
+        }
+        let abort = VqRequest {
+            req_type: req_type::ABORT.into(),
+            tag: 12.into(),
+            ..VqRequest::default()
+        };
+        let mut bytes = abort.as_bytes().to_vec();
+        for tag in [11u64, 99] {
+            bytes.extend_from_slice(&tag.to_le_bytes());
+        }
+        mem.write_slice(&bytes, GuestAddress(0x10_2000))
+            .expect("write");
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(
+                0x10_2000,
+                bytes.len() as u32,
+                VRING_DESC_F_NEXT as u16,
+                5,
+            )),
+            RawDescriptor::from(SplitDescriptor::new(
+                0x20_2000,
+                16,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            )),
+        ];
+        cmd_q.add_desc_chains(&descs, 4).expect("chain");
+
+        b.handle_event(0, EventSet::IN, &vrings, 0)
+            .expect("handled");
+        assert_eq!(used_idx(&mem, &cmd_q), 3);
+        let used_id = |i: u64| {
+            mem.read_obj::<u32>(cmd_q.used_addr().unchecked_add(4 + 8 * i))
+                .expect("used id")
+        };
+        assert_eq!((used_id(0), used_id(1), used_id(2)), (2, 4, 0));
+        // Task file 11: CANCELLED, count 0, nothing run; transport OK.
+        let mut header = [0u8; 16];
+        mem.read_slice(&mut header, GuestAddress(out1))
+            .expect("read");
+        let header = TaskFileHeader::read_from_bytes(&header).expect("header");
+        assert_eq!(header.error.get(), TfError::Cancelled as u32);
+        assert_eq!(header.count.get(), 0);
+        assert_eq!(result(&mem, out1), (0, vq_status::OK));
+        // The ABORT: OK.
+        let st = mem
+            .read_obj::<u32>(GuestAddress(0x20_2000))
+            .expect("status");
+        assert_eq!(st, vq_status::OK);
+        // Task file 10 ran, as the card's first request.
+        assert_eq!(result(&mem, out0), (1, vq_status::OK));
+        assert_eq!(b.device().card().request_count(), 1);
+    }
+}
+
 // ---- ATTACH, DMA and capture through the queue ----------------------
 
 use std::sync::atomic::AtomicU32;

@@ -14,7 +14,7 @@
 #include <linux/types.h>
 
 #define XXCAP_MAGIC	0x50435858U
-#define XXCAP_ABI_VERSION	0x00020001U
+#define XXCAP_ABI_VERSION	0x00020002U
 #define XXCAP_MODEL_DOUBLE_X	0x0000d0b1U
 #define XXCAP_MAX_COMMANDS	4096
 #define XXCAP_TF_HEADER_SIZE	16
@@ -73,6 +73,9 @@
 
 /* EXEC flags */
 #define XXCAP_EXEC_POLL	1
+
+/* ABORT flags */
+#define XXCAP_ABORT_ALL	1
 
 /* Pixel formats (register FRAME_FORMAT) */
 #define XXCAP_FORMAT_YUYV	1
@@ -254,6 +257,17 @@ struct xxcap_register_buffer {
 };
 
 /*
+ * Argument of XXCAP_IOC_ABORT: cancels one outstanding request of this
+ * open, or with XXCAP_ABORT_ALL all of them. Each cancelled request
+ * completes once, with status XXCAP_TF_CANCELLED.
+ */
+struct xxcap_abort {
+	__u64 request_id;	/* id from SUBMIT or QUEUE_BUFFER; 0 with ALL */
+	__u32 flags;	/* XXCAP_ABORT_* */
+	__u32 reserved;	/* zero */
+};
+
+/*
  * One event record, as read() returns it (and, little-endian, as the
  * device writes it on the event queue).
  */
@@ -319,5 +333,6 @@ struct xxcap_status_block {
 #define XXCAP_IOC_FLUSH_BUFFERS	_IO(XXCAP_IOC_TYPE, 0x06)
 #define XXCAP_IOC_REGISTER_BUFFER	_IOWR(XXCAP_IOC_TYPE, 0x07, struct xxcap_register_buffer)
 #define XXCAP_IOC_UNREGISTER_BUFFER	_IOW(XXCAP_IOC_TYPE, 0x08, __u32)
+#define XXCAP_IOC_ABORT	_IOW(XXCAP_IOC_TYPE, 0x10, struct xxcap_abort)
 
 #endif /* _UAPI_LINUX_XXCAPTURE_H */
