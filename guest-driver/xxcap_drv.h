@@ -118,6 +118,7 @@
  */
 #define XXCAP_EST_CLASSES	16
 #define XXCAP_HYBRID_MAX_NS	(200 * NSEC_PER_USEC)
+#define XXCAP_HYBRID_PROBE	16
 #define XXCAP_IRQ_CAUSES	(XXCAP_IRQ_FRAME_DONE | XXCAP_IRQ_DMA_DONE | \
 				 XXCAP_IRQ_DMA_ERROR | XXCAP_IRQ_OVERFLOW | \
 				 XXCAP_IRQ_TEST)
@@ -186,6 +187,7 @@ struct xxcap_card {
 
 	/* Expected kick-to-completion time of an EXEC per size class, in ns */
 	u32 exec_est_ns[XXCAP_EST_CLASSES];	/* READ_ONCE/WRITE_ONCE; 0: none */
+	atomic_t exec_probe;		/* picks the EXECs that probe */
 
 	/* Registered buffers (xxcap_regbuf.c) */
 	struct ida regbuf_ida;		/* their ids, 1..PER_CARD */

@@ -190,7 +190,10 @@ static void xxcap_tf_learn(struct xxcap_card *card, struct xxcap_req *req,
  * not at all, U64_MAX until it is back. Hybrid spins for up to twice the
  * expected round trip, and only when that is known and short: a late
  * completion costs one interrupt on top of the spin, and a long task file
- * (DMA of megabytes) would hold the CPU for nothing.
+ * (DMA of megabytes) would hold the CPU for nothing. An estimate learned
+ * only from interrupts includes their latency, so a class just above the
+ * limit is spun for now and then (one EXEC in XXCAP_HYBRID_PROBE): it
+ * comes back below the limit once its task files are quick again.
  */
 static u64 xxcap_tf_spin_ns(struct xxcap_card *card, enum xxcap_exec_wait mode,
 			    unsigned int cls)
@@ -202,8 +205,11 @@ static u64 xxcap_tf_spin_ns(struct xxcap_card *card, enum xxcap_exec_wait mode,
 		return U64_MAX;
 	case XXCAP_EXEC_WAIT_HYBRID:
 		est = READ_ONCE(card->exec_est_ns[cls]);
-		if (!est || est > XXCAP_HYBRID_MAX_NS)
+		if (!est || est > 4 * XXCAP_HYBRID_MAX_NS)
 			return 0;
+		if (est > XXCAP_HYBRID_MAX_NS)
+			return atomic_inc_return(&card->exec_probe) %
+			       XXCAP_HYBRID_PROBE ? 0 : XXCAP_HYBRID_MAX_NS;
 		return min_t(u64, 2ULL * est, XXCAP_HYBRID_MAX_NS);
 	default:
 		return 0;
