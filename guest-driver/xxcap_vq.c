@@ -239,9 +239,10 @@ int xxcap_submit(struct xxcap_card *card, struct xxcap_req *req,
 		if (!ret) {
 			card->n_inflight++;
 			xxcap_req_sent(req);
+			/* The kick is part of the round trip (a VM exit). */
+			req->kick_ns = ktime_get_ns();
 			/* Under the lock: remove() may delete the queue. */
 			virtqueue_kick(card->cmd_vq);
-			req->kick_ns = ktime_get_ns();
 		} else if (ret == -ENOSPC && !card->n_inflight) {
 			/* Will never fit: the ring is smaller than the request. */
 			ret = -EIO;
