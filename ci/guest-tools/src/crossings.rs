@@ -69,6 +69,8 @@ struct Timing {
     min_us: f64,
     thread_cpu_us: Option<f64>,
     guest_busy_us: Option<f64>,
+    /// Wall time per operation over the same span as the CPU figures.
+    mean_us: Option<f64>,
 }
 
 /// Runs `op` in rounds of `reps` operations until `plan.budget` is spent
@@ -111,6 +113,7 @@ fn measure_fixed<E>(
         min_us: per_op[0],
         thread_cpu_us: None,
         guest_busy_us: None,
+        mean_us: None,
     })
 }
 
@@ -118,13 +121,16 @@ fn measure_fixed<E>(
 /// (warm-up included): this thread's own and the whole guest's busy time.
 fn measure_cpu<E>(plan: Plan, op: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
     let (thread0, guest0) = (cpu_time(), GuestCpu::now());
+    let started = Instant::now();
     let mut t = measure(plan, op)?;
+    let wall = started.elapsed();
     let (thread1, guest1) = (cpu_time(), GuestCpu::now());
     // The two warm-up operations of measure() ran too.
     let ops = (t.ops + 2) as f64;
     t.thread_cpu_us = thread0
         .zip(thread1)
         .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1e6 / ops);
+    t.mean_us = Some(wall.as_secs_f64() * 1e6 / ops);
     t.guest_busy_us = guest0
         .zip(guest1)
         .map(|(a, b)| b.busy_since(&a) * 1e6 / ops);
@@ -183,8 +189,8 @@ fn report(method: &str, commands: u32, t: &Timing, tags: &Tags) {
     if let (Some(v), Some(b)) = (c.value, c.bar) {
         extra += &format!(" value={v:#010x} bar={b}");
     }
-    if let (Some(cpu), Some(busy)) = (c.thread_cpu_us, c.guest_busy_us) {
-        extra += &format!(" thread_cpu_us={cpu:.2} guest_busy_us={busy:.2}");
+    if let (Some(cpu), Some(busy), Some(wall)) = (c.thread_cpu_us, c.guest_busy_us, t.mean_us) {
+        extra += &format!(" thread_cpu_us={cpu:.2} guest_busy_us={busy:.2} mean_wall_us={wall:.2}");
     }
     if let Some(p) = c.pass {
         extra += &format!(" pass={p}");
