@@ -64,7 +64,7 @@ module_param_cb(event_queue_depth, &xxcap_depth_ops, &xxcap_event_queue_depth, 0
 MODULE_PARM_DESC(event_queue_depth,
 		 "Event records queued per open file (16..65536, default 4096; applies to later opens)");
 
-int xxcap_exec_wait = XXCAP_EXEC_WAIT_INTERRUPT;
+int xxcap_exec_wait = XXCAP_EXEC_WAIT_HYBRID;
 
 static const char * const xxcap_exec_wait_names[] = {
 	[XXCAP_EXEC_WAIT_INTERRUPT] = "interrupt",
@@ -95,7 +95,7 @@ static const struct kernel_param_ops xxcap_exec_wait_ops = {
 
 module_param_cb(exec_wait, &xxcap_exec_wait_ops, &xxcap_exec_wait, 0644);
 MODULE_PARM_DESC(exec_wait,
-		 "How EXEC without XXCAP_EXEC_POLL waits: interrupt (default), hybrid (spin for short task files, then sleep) or poll");
+		 "How EXEC without XXCAP_EXEC_POLL waits: interrupt, hybrid (spin for short task files, then sleep; default) or poll");
 
 static dev_t xxcap_devt;
 static struct class *xxcap_class;
