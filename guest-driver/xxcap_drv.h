@@ -115,6 +115,14 @@
 #define XXCAP_DEPTH_MIN		16U
 #define XXCAP_DEPTH_MAX		65536U
 /* Causes an open may subscribe to */
+/*
+ * Adaptive completion of EXEC: round-trip estimates are kept per size
+ * class of task file, and only one expected to be back within
+ * XXCAP_HYBRID_MAX_NS is spun for.
+ */
+#define XXCAP_EST_CLASSES	16
+#define XXCAP_HYBRID_MAX_NS	(200 * NSEC_PER_USEC)
+#define XXCAP_HYBRID_PROBE	16
 #define XXCAP_IRQ_CAUSES	(XXCAP_IRQ_FRAME_DONE | XXCAP_IRQ_DMA_DONE | \
 				 XXCAP_IRQ_DMA_ERROR | XXCAP_IRQ_OVERFLOW | \
 				 XXCAP_IRQ_TEST)
@@ -183,6 +191,13 @@ struct xxcap_card {
 	atomic64_t events_dropped;	/* records a full open queue dropped */
 	atomic64_t events_repeated;	/* records equal to the one before */
 	atomic64_t completions;		/* completion records made */
+	atomic64_t exec_polled;		/* EXECs back before their waiter slept */
+	atomic64_t exec_irq;		/* EXECs whose waiter the interrupt woke */
+	atomic64_t exec_spins;		/* EXECs that spun (hybrid or polled) */
+
+	/* Expected kick-to-completion time of an EXEC per size class, in ns */
+	u32 exec_est_ns[XXCAP_EST_CLASSES];	/* READ_ONCE/WRITE_ONCE; 0: none */
+	atomic_t exec_probe;		/* picks the EXECs that probe */
 
 	/* Registered buffers (xxcap_regbuf.c) */
 	struct ida regbuf_ida;		/* their ids, 1..PER_CARD */
@@ -279,6 +294,8 @@ struct xxcap_req {
 	u32 used_len;
 	int result;			/* 0: returned by the device; or -ENODEV */
 	bool completed;			/* under card->lock */
+	u64 kick_ns;			/* SYNC: when the card was kicked */
+	u64 done_ns;			/* SYNC: when it came back */
 	bool orphan;			/* SYNC: the waiter left; under card->lock */
 	bool recorded;			/* SUBMIT, BUFFER: record made */
 	struct scatterlist *sg_in;	/* kvmalloc'd, for in + sgt */
@@ -319,7 +336,7 @@ int xxcap_wait(struct xxcap_card *card, struct xxcap_req *req,
 void xxcap_poll_begin(struct xxcap_card *card);
 void xxcap_poll_end(struct xxcap_card *card, bool any);
 int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
-		      unsigned long deadline);
+		      unsigned long deadline, u64 spin_until, bool *caught);
 int xxcap_short_status(struct xxcap_card *card, struct xxcap_req *req,
 		       const char *what);
 int xxcap_send_plain(struct xxcap_card *card, u32 type, const char *what,
@@ -417,5 +434,14 @@ extern unsigned int xxcap_timeout_ms;
 extern unsigned int xxcap_event_queue_depth;
 unsigned int xxcap_card_timeout_ms(const struct xxcap_card *card);
 unsigned int xxcap_card_depth(const struct xxcap_card *card);
+
+/* How an EXEC without XXCAP_EXEC_POLL waits for its completion */
+enum xxcap_exec_wait {
+	XXCAP_EXEC_WAIT_INTERRUPT,	/* sleeps until the interrupt */
+	XXCAP_EXEC_WAIT_HYBRID,		/* spins for short ones, then sleeps */
+	XXCAP_EXEC_WAIT_POLL,		/* spins, as XXCAP_EXEC_POLL */
+};
+
+extern int xxcap_exec_wait;
 
 #endif /* _XXCAP_DRV_H */

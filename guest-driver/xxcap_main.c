@@ -73,6 +73,39 @@ unsigned int xxcap_card_depth(const struct xxcap_card *card)
 	       READ_ONCE(xxcap_event_queue_depth);
 }
 
+int xxcap_exec_wait = XXCAP_EXEC_WAIT_HYBRID;
+
+static const char * const xxcap_exec_wait_names[] = {
+	[XXCAP_EXEC_WAIT_INTERRUPT] = "interrupt",
+	[XXCAP_EXEC_WAIT_HYBRID] = "hybrid",
+	[XXCAP_EXEC_WAIT_POLL] = "poll",
+};
+
+static int xxcap_exec_wait_set(const char *val, const struct kernel_param *kp)
+{
+	int i = sysfs_match_string(xxcap_exec_wait_names, val);
+
+	if (i < 0)
+		return i;
+	WRITE_ONCE(*(int *)kp->arg, i);
+	return 0;
+}
+
+static int xxcap_exec_wait_get(char *buf, const struct kernel_param *kp)
+{
+	return sysfs_emit(buf, "%s\n",
+			  xxcap_exec_wait_names[READ_ONCE(*(int *)kp->arg)]);
+}
+
+static const struct kernel_param_ops xxcap_exec_wait_ops = {
+	.set = xxcap_exec_wait_set,
+	.get = xxcap_exec_wait_get,
+};
+
+module_param_cb(exec_wait, &xxcap_exec_wait_ops, &xxcap_exec_wait, 0644);
+MODULE_PARM_DESC(exec_wait,
+		 "How EXEC without XXCAP_EXEC_POLL waits: interrupt, hybrid (spin for short task files, then sleep; default) or poll");
+
 static dev_t xxcap_devt;
 static struct class *xxcap_class;
 static struct vfsmount *xxcap_mnt;
@@ -192,6 +225,9 @@ static int xxcap_probe(struct virtio_device *vdev)
 	atomic64_set(&card->events_dropped, 0);
 	atomic64_set(&card->events_repeated, 0);
 	atomic64_set(&card->completions, 0);
+	atomic64_set(&card->exec_polled, 0);
+	atomic64_set(&card->exec_irq, 0);
+	atomic64_set(&card->exec_spins, 0);
 
 	/* From here on the last put_device() frees the card. */
 	device_initialize(&card->dev);

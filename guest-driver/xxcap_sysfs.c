@@ -70,6 +70,24 @@ XXCAP_COUNTER_ATTR(events);
 XXCAP_COUNTER_ATTR(events_dropped);
 XXCAP_COUNTER_ATTR(events_repeated);
 XXCAP_COUNTER_ATTR(completions);
+XXCAP_COUNTER_ATTR(exec_polled);
+XXCAP_COUNTER_ATTR(exec_irq);
+XXCAP_COUNTER_ATTR(exec_spins);
+
+/* The expected EXEC round trip of each size class, in ns (0: none yet) */
+static ssize_t exec_estimates_ns_show(struct device *dev,
+				      struct device_attribute *attr, char *buf)
+{
+	struct xxcap_card *card = to_xxcap_card(dev);
+	int i, len = 0;
+
+	for (i = 0; i < XXCAP_EST_CLASSES; i++)
+		len += sysfs_emit_at(buf, len, "%s%u", i ? " " : "",
+				     READ_ONCE(card->exec_est_ns[i]));
+	len += sysfs_emit_at(buf, len, "\n");
+	return len;
+}
+static DEVICE_ATTR_RO(exec_estimates_ns);
 
 static ssize_t card_ram_mapped_show(struct device *dev,
 				    struct device_attribute *attr, char *buf)
@@ -277,6 +295,10 @@ static struct attribute *xxcap_attrs[] = {
 	&dev_attr_events_dropped.attr,
 	&dev_attr_events_repeated.attr,
 	&dev_attr_completions.attr,
+	&dev_attr_exec_polled.attr,
+	&dev_attr_exec_irq.attr,
+	&dev_attr_exec_spins.attr,
+	&dev_attr_exec_estimates_ns.attr,
 	&dev_attr_card_ram_mapped.attr,
 	&dev_attr_timeout_ms.attr,
 	&dev_attr_event_queue_depth.attr,

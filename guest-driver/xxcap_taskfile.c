@@ -143,36 +143,122 @@ err_free:
 }
 
 /*
- * Runs the prepared task file @req (@count commands) and waits for it,
- * polling or sleeping (interruptibly if @intr). Returns 0 with the result
- * in req->out and @req the caller's again; otherwise @req was freed, or
- * orphaned to the card, and the caller must forget it.
+ * The size class of the prepared task file in @req, for its round-trip
+ * estimate: by its commands plus a kibibyte of DMA (pinned or registered
+ * buffer) counted as one command, two powers of two per class.
+ */
+static unsigned int xxcap_tf_class(const struct xxcap_req *req)
+{
+	const struct xxcap_tf_header *hdr = req->in +
+					    sizeof(struct xxcap_vq_request);
+	const struct xxcap_cmd *cmds = (const void *)hdr + XXCAP_HDR_SIZE;
+	u64 units = hdr->count;
+	u32 i;
+
+	for (i = 0; i < hdr->count; i++) {
+		switch (cmds[i].op) {
+		case XXCAP_OP_DMA_TRANSFER_BLOCK:
+		case XXCAP_OP_DMA_TRANSFER_NONBLOCK:
+		case XXCAP_OP_DMA_BUFFER:
+			units += cmds[i].length >> 10;
+			break;
+		default:
+			break;
+		}
+	}
+	return min_t(unsigned int, fls64(units) / 2, XXCAP_EST_CLASSES - 1);
+}
+
+/*
+ * Learns the round trip of @req (class @cls) that came back: a moving
+ * average over about the last eight of its class. Racing updates may lose
+ * a sample, which an estimate can afford.
+ */
+static void xxcap_tf_learn(struct xxcap_card *card, struct xxcap_req *req,
+			   unsigned int cls)
+{
+	u64 sample = req->done_ns - req->kick_ns;
+	u32 est = READ_ONCE(card->exec_est_ns[cls]);
+
+	if (req->done_ns < req->kick_ns)
+		return;
+	sample = min_t(u64, sample, U32_MAX);
+	if (est)
+		sample = est - est / 8 + sample / 8;
+	WRITE_ONCE(card->exec_est_ns[cls], max_t(u32, sample, 1));
+}
+
+/*
+ * How long after the kick to spin for @req (class @cls) in @mode: 0 for
+ * not at all, U64_MAX until it is back. Hybrid spins for up to twice the
+ * expected round trip, and only when that is known and short: a late
+ * completion costs one interrupt on top of the spin, and a long task file
+ * (DMA of megabytes) would hold the CPU for nothing. An estimate learned
+ * only from interrupts includes their latency, so a class just above the
+ * limit is spun for now and then (one EXEC in XXCAP_HYBRID_PROBE): it
+ * comes back below the limit once its task files are quick again.
+ */
+static u64 xxcap_tf_spin_ns(struct xxcap_card *card, enum xxcap_exec_wait mode,
+			    unsigned int cls)
+{
+	u32 est;
+
+	switch (mode) {
+	case XXCAP_EXEC_WAIT_POLL:
+		return U64_MAX;
+	case XXCAP_EXEC_WAIT_HYBRID:
+		est = READ_ONCE(card->exec_est_ns[cls]);
+		if (!est || est > 4 * XXCAP_HYBRID_MAX_NS)
+			return 0;
+		if (est > XXCAP_HYBRID_MAX_NS)
+			return atomic_inc_return(&card->exec_probe) %
+			       XXCAP_HYBRID_PROBE ? 0 : XXCAP_HYBRID_MAX_NS;
+		return min_t(u64, 2ULL * est, XXCAP_HYBRID_MAX_NS);
+	default:
+		return 0;
+	}
+}
+
+/*
+ * Runs the prepared task file @req (@count commands) and waits for it as
+ * @mode says, sleeping interruptibly if @intr (always for a spin); @learn:
+ * an EXEC, whose round trip is learned and whose wait is counted. Returns 0
+ * with the result in req->out and @req the caller's again; otherwise @req
+ * was freed, or orphaned to the card, and the caller must forget it.
  */
 static int xxcap_tf_run(struct xxcap_card *card, struct xxcap_req *req,
-			u32 count, bool poll, bool intr)
+			u32 count, enum xxcap_exec_wait mode, bool intr,
+			bool learn)
 {
 	const struct xxcap_vq_status *vst;
+	unsigned int cls = xxcap_tf_class(req);
+	u64 spin = xxcap_tf_spin_ns(card, mode, cls);
 	unsigned long deadline;
+	bool caught = false;
 	u32 status;
 	int ret;
 
 	deadline = jiffies + msecs_to_jiffies(xxcap_card_timeout_ms(card));
-	if (poll)
+	if (spin)
 		xxcap_poll_begin(card);
 	ret = xxcap_submit(card, req, count, deadline,
 			   intr ? 0 : XXCAP_SUBMIT_UNINTR);
 	if (ret) {
-		if (poll)
+		if (spin)
 			xxcap_poll_end(card, false);
 		if (ret == -ETIMEDOUT)
 			atomic64_inc(&card->timeouts);
 		goto out_free;
 	}
 
-	if (poll)
-		ret = xxcap_wait_polled(card, req, deadline);	/* ends polling */
-	else
+	if (spin) {
+		u64 until = spin == U64_MAX ? U64_MAX : req->kick_ns + spin;
+
+		/* ends polling */
+		ret = xxcap_wait_polled(card, req, deadline, until, &caught);
+	} else {
 		ret = xxcap_wait(card, req, deadline, intr);
+	}
 	if (ret) {
 		if (ret == -ETIMEDOUT)
 			atomic64_inc(&card->timeouts);
@@ -180,6 +266,12 @@ static int xxcap_tf_run(struct xxcap_card *card, struct xxcap_req *req,
 	}
 
 	/* Back from the device: req is ours again. */
+	if (learn && !req->result) {
+		xxcap_tf_learn(card, req, cls);
+		if (spin)
+			atomic64_inc(&card->exec_spins);
+		atomic64_inc(caught ? &card->exec_polled : &card->exec_irq);
+	}
 	if (req->result) {
 		ret = req->result;
 		goto out_free;
@@ -234,8 +326,9 @@ int xxcap_exec(struct xxcap_client *client, void __user *argp)
 		goto out_free;
 	}
 
-	ret = xxcap_tf_run(card, req, hdr->count, arg.flags & XXCAP_EXEC_POLL,
-			   true);
+	ret = xxcap_tf_run(card, req, hdr->count,
+			   arg.flags & XXCAP_EXEC_POLL ? XXCAP_EXEC_WAIT_POLL :
+			   READ_ONCE(xxcap_exec_wait), true, true);
 	if (ret)
 		return ret;
 	ret = copy_to_user(utf, req->out, arg.size) ? -EFAULT : 0;
@@ -275,7 +368,8 @@ int xxcap_exec_kernel(struct xxcap_card *card, struct xxcap_cmd *cmds,
 	if (ret || *err != XXCAP_TF_OK)
 		goto out_free;
 
-	ret = xxcap_tf_run(card, req, count, false, false);
+	ret = xxcap_tf_run(card, req, count, XXCAP_EXEC_WAIT_INTERRUPT, false,
+			   false);
 	if (ret)
 		return ret;
 	res = req->out;

@@ -7,6 +7,7 @@
  */
 
 #include <linux/jiffies.h>
+#include <linux/ktime.h>
 #include <linux/mm.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
@@ -135,6 +136,7 @@ void xxcap_req_returned(struct xxcap_card *card, struct xxcap_req *req,
 	req->result = result;
 	req->completed = true;
 	if (req->kind == XXCAP_KIND_SYNC) {
+		req->done_ns = ktime_get_ns();
 		if (!req->orphan) {
 			complete(&req->done);
 			return;
@@ -237,6 +239,8 @@ int xxcap_submit(struct xxcap_card *card, struct xxcap_req *req,
 		if (!ret) {
 			card->n_inflight++;
 			xxcap_req_sent(req);
+			/* The kick is part of the round trip (a VM exit). */
+			req->kick_ns = ktime_get_ns();
 			/* Under the lock: remove() may delete the queue. */
 			virtqueue_kick(card->cmd_vq);
 		} else if (ret == -ENOSPC && !card->n_inflight) {
@@ -354,10 +358,13 @@ void xxcap_poll_end(struct xxcap_card *card, bool any)
  * As xxcap_wait(), but polls the command queue with its callbacks off
  * (since xxcap_poll_begin(); ends with xxcap_poll_end()) instead of
  * sleeping until the interrupt: the difference between the two is what the
- * interrupt costs.
+ * interrupt costs. Polls until ktime_get_ns() reaches @spin_until (U64_MAX:
+ * until the request is back), then turns the callbacks back on and sleeps:
+ * xxcap_poll_end() drains what came back meanwhile, so no completion is
+ * missed. *@caught: the request was back before the caller slept.
  */
 int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
-		      unsigned long deadline)
+		      unsigned long deadline, u64 spin_until, bool *caught)
 {
 	bool any = false, done, gone;
 	int ret = 0;
@@ -381,6 +388,8 @@ int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
 			ret = -ETIMEDOUT;
 			break;
 		}
+		if (spin_until != U64_MAX && ktime_get_ns() >= spin_until)
+			break;
 		cond_resched();
 		cpu_relax();
 	}
@@ -389,7 +398,13 @@ int xxcap_wait_polled(struct xxcap_card *card, struct xxcap_req *req,
 
 	if (ret)
 		return xxcap_orphan(card, req, ret);
-	/* Back; or the card is going away and its reset will hand req back. */
+	spin_lock_irq(&card->lock);
+	*caught = req->completed;
+	spin_unlock_irq(&card->lock);
+	/*
+	 * Back; or the card is going away and its reset will hand req back;
+	 * or the spin is over and the interrupt will.
+	 */
 	return xxcap_wait(card, req, deadline, true);
 }
 

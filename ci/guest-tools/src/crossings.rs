@@ -26,8 +26,11 @@ use xxcapture::abi::{
     exec_flags, regs, TfError, CMD_SIZE, MAGIC, MMAP_OFFSET_STATUS, STATUS_BLOCK_SIZE,
     STATUS_MAGIC, TF_HEADER_SIZE,
 };
+use xxcapture::measure::{cpu_time, GuestCpu};
 use xxcapture::{Access, Card, Error, TaskFile};
 use xxcapture_results::{Crossing, Record, Unavailable};
+
+use crate::selftest_dma::{set_exec_wait, EXEC_WAIT};
 
 #[derive(clap::Args)]
 pub struct CrossingsArgs {
@@ -55,11 +58,19 @@ const MAX_ROUNDS: usize = 2000;
 /// Task-file lengths measured: powers of two up to the card's maximum.
 const BATCH_SIZES: [u32; 13] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
 
-/// Fastest and median round of a measurement, in µs per operation.
+/// Task-file lengths whose completion (interrupt, polled, hybrid) is compared.
+const COMPLETION_SIZES: [u32; 2] = [1, 256];
+
+/// Fastest and median round of a measurement, in µs per operation, and
+/// the guest CPU it took per operation (when measured).
 struct Timing {
     ops: u64,
     median_us: f64,
     min_us: f64,
+    thread_cpu_us: Option<f64>,
+    guest_busy_us: Option<f64>,
+    /// Wall time per operation over the same span as the CPU figures.
+    mean_us: Option<f64>,
 }
 
 /// Runs `op` in rounds of `reps` operations until `plan.budget` is spent
@@ -100,7 +111,50 @@ fn measure_fixed<E>(
         ops: u64::from(reps) * per_op.len() as u64,
         median_us: per_op[per_op.len() / 2],
         min_us: per_op[0],
+        thread_cpu_us: None,
+        guest_busy_us: None,
+        mean_us: None,
     })
+}
+
+/// As [`measure`], with the guest CPU per operation over all of it
+/// (warm-up included): this thread's own and the whole guest's busy time.
+fn measure_cpu<E>(plan: Plan, op: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
+    let (thread0, guest0) = (cpu_time(), GuestCpu::now());
+    let started = Instant::now();
+    let mut t = measure(plan, op)?;
+    let wall = started.elapsed();
+    let (thread1, guest1) = (cpu_time(), GuestCpu::now());
+    // The two warm-up operations of measure() ran too.
+    let ops = (t.ops + 2) as f64;
+    t.thread_cpu_us = thread0
+        .zip(thread1)
+        .map(|(a, b)| b.saturating_sub(a).as_secs_f64() * 1e6 / ops);
+    t.mean_us = Some(wall.as_secs_f64() * 1e6 / ops);
+    t.guest_busy_us = guest0
+        .zip(guest1)
+        .map(|(a, b)| b.busy_since(&a) * 1e6 / ops);
+    Ok(t)
+}
+
+/// Sets the driver's policy for EXEC without POLL while it lives, and puts
+/// the previous one back when dropped.
+struct ExecWait {
+    old: String,
+}
+
+impl ExecWait {
+    fn set(&self, policy: &str) -> Result<(), String> {
+        set_exec_wait(policy).map(drop)
+    }
+}
+
+impl Drop for ExecWait {
+    fn drop(&mut self) {
+        if let Err(e) = set_exec_wait(&self.old) {
+            eprintln!("cross: {e}");
+        }
+    }
 }
 
 /// What sets a measurement apart from the others of its method.
@@ -125,6 +179,8 @@ fn report(method: &str, commands: u32, t: &Timing, tags: &Tags) {
         validated: tags.validated,
         value: tags.value,
         bar: tags.bar,
+        thread_cpu_us: t.thread_cpu_us,
+        guest_busy_us: t.guest_busy_us,
     };
     let mut extra = String::new();
     if let Some(v) = c.validated {
@@ -132,6 +188,9 @@ fn report(method: &str, commands: u32, t: &Timing, tags: &Tags) {
     }
     if let (Some(v), Some(b)) = (c.value, c.bar) {
         extra += &format!(" value={v:#010x} bar={b}");
+    }
+    if let (Some(cpu), Some(busy), Some(wall)) = (c.thread_cpu_us, c.guest_busy_us, t.mean_us) {
+        extra += &format!(" thread_cpu_us={cpu:.2} guest_busy_us={busy:.2} mean_wall_us={wall:.2}");
     }
     if let Some(p) = c.pass {
         extra += &format!(" pass={p}");
@@ -325,11 +384,19 @@ pub fn run(device: &str, args: CrossingsArgs) -> Result<ExitCode, Error> {
     let status = card.map_status();
     let page = map_status_page(&card);
     let edu = find_pci(0x1234, 0x11e8).map(|dev| Bar::map(&dev, 0, 4096));
-    let mut poll_bytes = scratch_writes(1);
-    let poll = match exec_ok(&card, &mut poll_bytes, exec_flags::POLL) {
+    let poll = match exec_ok(&card, &mut scratch_writes(1), exec_flags::POLL) {
         Ok(()) => true,
         Err(e) if e.errno() == Some(nix::errno::Errno::EINVAL) => false,
         Err(e) => return Err(e),
+    };
+    // The batch curve is interrupt-driven whatever the driver's default;
+    // hybrid completion is measured on its own. Restored when done.
+    let exec_wait = match set_exec_wait("interrupt") {
+        Ok(old) => Some(ExecWait { old }),
+        Err(e) => {
+            unavailable("task-file-hybrid", &e);
+            None
+        }
     };
     let mut long = TaskFile::new();
     for i in 0..4096 {
@@ -379,16 +446,33 @@ pub fn run(device: &str, args: CrossingsArgs) -> Result<ExitCode, Error> {
         // itself; building the task file is the caller's, measured below).
         for commands in BATCH_SIZES {
             let mut bytes = scratch_writes(commands);
-            let t = measure(plan, || exec_ok(&card, &mut bytes, 0))?;
+            let t = measure_cpu(plan, || exec_ok(&card, &mut bytes, 0))?;
             report("task-file", commands, &t, &tag);
         }
 
-        // Completion by polling instead of the interrupt (ABI 2.0 EXEC_POLL).
-        if poll {
-            let t = measure(plan, || exec_ok(&card, &mut poll_bytes, exec_flags::POLL))?;
-            report("task-file-poll", 1, &t, &tag);
-        } else {
-            unavailable("task-file-poll", "driver lacks EXEC_POLL");
+        // Completion by polling instead of the interrupt (ABI 2.0
+        // EXEC_POLL), and the driver's hybrid (spin, then sleep).
+        for commands in COMPLETION_SIZES {
+            let mut bytes = scratch_writes(commands);
+            if poll {
+                let t = measure_cpu(plan, || exec_ok(&card, &mut bytes, exec_flags::POLL))?;
+                report("task-file-poll", commands, &t, &tag);
+            } else {
+                unavailable("task-file-poll", "driver lacks EXEC_POLL");
+            }
+            if let Some(w) = &exec_wait {
+                let hybrid = w
+                    .set("hybrid")
+                    .map(|()| measure_cpu(plan, || exec_ok(&card, &mut bytes, 0)));
+                w.set("interrupt").map_err(|e| Error::Sysfs {
+                    path: PathBuf::from(EXEC_WAIT),
+                    source: std::io::Error::other(e),
+                })?;
+                match hybrid {
+                    Ok(t) => report("task-file-hybrid", commands, &t?, &tag),
+                    Err(e) => unavailable("task-file-hybrid", &e),
+                }
+            }
         }
 
         // Where the time of a long task file goes: the driver's copy and

@@ -86,6 +86,7 @@ pub fn run(device: &str) -> Result<ExitCode, Error> {
         report.record("dma-nonblocking", selftest_dma::nonblocking(&card));
         report.record("mmap-observer", selftest_dma::observer_mappings(device));
         report.record("dma-pins-released", selftest_dma::pins_released(&card));
+        report.record("exec-hybrid", selftest_dma::exec_hybrid(&card));
     } else {
         println!("selftest: skip DMA and card-RAM checks: the card does not offer them");
     }

@@ -4,7 +4,7 @@ use std::num::NonZeroUsize;
 
 use nix::errno::Errno;
 use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
-use xxcapture::abi::{dma_dir, TaskFile, TfError};
+use xxcapture::abi::{dma_dir, regs, TaskFile, TfError};
 use xxcapture::{Card, Error};
 
 type Check = Result<String, String>;
@@ -230,4 +230,90 @@ pub fn pins_released(card: &Card) -> Check {
         return Err(format!("pinned_pages = {pinned} after all transfers"));
     }
     Ok("pinned_pages back to 0".into())
+}
+
+/// The driver's policy for EXEC without `XXCAP_EXEC_POLL`.
+pub const EXEC_WAIT: &str = "/sys/module/xxcapture/parameters/exec_wait";
+
+/// Sets the driver's `exec_wait` policy; returns the one it replaced.
+pub fn set_exec_wait(policy: &str) -> Result<String, String> {
+    let old = std::fs::read_to_string(EXEC_WAIT)
+        .map_err(|e| format!("{EXEC_WAIT}: {e}"))?
+        .trim()
+        .to_string();
+    std::fs::write(EXEC_WAIT, policy).map_err(|e| format!("{EXEC_WAIT} := {policy}: {e}"))?;
+    Ok(old)
+}
+
+/// The card's EXEC completion counters: caught by polling, woken by the
+/// interrupt, spun for.
+fn exec_counters(card: &Card) -> Result<[u64; 3], String> {
+    let mut out = [0u64; 3];
+    for (v, name) in out
+        .iter_mut()
+        .zip(["exec_polled", "exec_irq", "exec_spins"])
+    {
+        *v = card
+            .sysfs_attribute(name)
+            .map_err(err)?
+            .parse()
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(out)
+}
+
+/// Hybrid completion: one-command task files are caught by polling (some
+/// at least), DMA of megabytes never spins and is woken by the interrupt,
+/// and every EXEC is counted exactly once.
+pub fn exec_hybrid(card: &Card) -> Check {
+    let old = set_exec_wait("hybrid")?;
+    let outcome = exec_hybrid_counts(card);
+    set_exec_wait(&old)?;
+    outcome
+}
+
+fn exec_hybrid_counts(card: &Card) -> Check {
+    const SHORT: u64 = 200;
+    let before = exec_counters(card)?;
+    for i in 0..SHORT / 2 {
+        let value = 0x5a00_0000 | i as u32;
+        card.write_register(regs::SCRATCH, value).map_err(err)?;
+        let back = card.read_register(regs::SCRATCH).map_err(err)?;
+        if back != value {
+            return Err(format!("SCRATCH wrote {value:#x}, read {back:#x}"));
+        }
+    }
+    let mid = exec_counters(card)?;
+    let [polled, irq, spins] = [0, 1, 2].map(|i| mid[i] - before[i]);
+    if polled + irq != SHORT {
+        return Err(format!(
+            "{SHORT} short EXECs counted {polled} polled + {irq} by interrupt"
+        ));
+    }
+    if polled == 0 || spins == 0 {
+        return Err(format!(
+            "{SHORT} short EXECs: none caught by polling ({irq} by interrupt, {spins} spun)"
+        ));
+    }
+
+    let len = (card.info().card_ram_size as usize / 4).min(8 << 20);
+    let long = 4u64;
+    let data = pattern(7, len);
+    for _ in 0..long {
+        let moved = card.write_blocks(0, &data).map_err(err)?;
+        if moved != len as u64 {
+            return Err(format!("write {len}: moved {moved}"));
+        }
+    }
+    let after = exec_counters(card)?;
+    let [lpolled, lirq, lspins] = [0, 1, 2].map(|i| after[i] - mid[i]);
+    if lspins != 0 || lpolled != 0 || lirq != long {
+        return Err(format!(
+            "{long} DMA EXECs of {len} bytes: {lspins} spun, {lpolled} polled, {lirq} by interrupt (expected 0, 0, {long})"
+        ));
+    }
+    Ok(format!(
+        "{SHORT} one-command EXECs: {polled} caught by polling, {irq} by interrupt; {long} DMA EXECs of {} MiB: none spun",
+        len >> 20
+    ))
 }

@@ -23,6 +23,10 @@ fn describe(c: &Crossing) -> String {
         }
         "task-file" => format!("task file, {} command(s)", c.commands),
         "task-file-poll" => format!("task file, {} command(s), polled completion", c.commands),
+        "task-file-hybrid" => format!(
+            "task file, {} command(s), hybrid completion (spin, then sleep)",
+            c.commands
+        ),
         "task-file-rejected" => format!(
             "task file of {} refused by the driver after validating {} (never reaches the card)",
             c.commands,
@@ -63,6 +67,7 @@ impl BenchReport {
             "sysfs-read",
             "config-space-register",
             "task-file-poll",
+            "task-file-hybrid",
             "task-file",
         ];
         let rank = |m: &str| order.iter().position(|o| *o == m).unwrap_or(order.len());
@@ -119,6 +124,33 @@ impl BenchReport {
                     k / 100.0
                 ))
             );
+        }
+        if !self.completion.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n### Completion of a synchronous task file: interrupt, polled, hybrid\n"
+            );
+            let _ = writeln!(
+                out,
+                "Fastest round; guest CPU per task file over the whole measurement: the calling thread's own (schedstat) and the whole guest's busy time (wall x vCPUs - idle, which also counts interrupts). `hybrid` is the driver's `exec_wait=hybrid`: it spins for up to twice the round trip it learned, then sleeps.\n"
+            );
+            let _ = writeln!(
+                out,
+                "| commands | completion | µs per task file | this ÷ config-space register | thread CPU µs | guest busy µs |"
+            );
+            let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|");
+            for c in &self.completion {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.1} | {} | {} | {} |",
+                    c.commands,
+                    c.completion,
+                    c.per_op_us,
+                    c.vs_config_space.map_or("—".into(), |r| format!("{r:.2}x")),
+                    opt(c.thread_cpu_us, 1),
+                    opt(c.guest_busy_us, 1),
+                );
+            }
         }
         let _ = writeln!(out, "\n### Targets\n");
         let _ = writeln!(out, "| goal | measured | met |");

@@ -46,6 +46,8 @@ mod tests {
             validated: None,
             value: None,
             bar: None,
+            thread_cpu_us: None,
+            guest_busy_us: None,
         }
     }
 
@@ -66,6 +68,64 @@ mod tests {
         let first = crossover(&[(1, 20.0), (2, 40.0)], 10.0);
         assert_eq!(first.commands, Some(1.0));
         assert_eq!(first.between, None);
+    }
+
+    #[test]
+    fn completion_rows_against_config_space() {
+        let cpu = |c: Crossing, thread: f64, busy: f64| Crossing {
+            thread_cpu_us: Some(thread),
+            guest_busy_us: Some(busy),
+            ..c
+        };
+        let steps = vec![
+            step(
+                "bench-crossings",
+                &[
+                    line(cpu(cross("task-file", 1, 100, 150.0, 160.0), 40.0, 60.0)),
+                    line(cpu(cross("task-file-poll", 1, 100, 30.0, 35.0), 30.0, 31.0)),
+                    line(cpu(
+                        cross("task-file-hybrid", 1, 100, 36.0, 40.0),
+                        33.0,
+                        35.0,
+                    )),
+                    // A second pass: fastest round and least CPU kept.
+                    line(cpu(
+                        cross("task-file-hybrid", 1, 100, 40.0, 41.0),
+                        32.0,
+                        36.0,
+                    )),
+                    line(cross("task-file-hybrid", 256, 20, 90.0, 95.0)),
+                ],
+            ),
+            step(
+                "bench-config-space",
+                &[line(cross("config-space-register", 1, 500, 75.0, 80.0))],
+            ),
+        ];
+        let r = BenchReport::new(&steps, 9.0, Vec::new(), Vec::new());
+        let got: Vec<(u32, &str, f64)> = r
+            .completion
+            .iter()
+            .map(|c| (c.commands, c.completion.as_str(), c.per_op_us))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "interrupt", 150.0),
+                (1, "polled", 30.0),
+                (1, "hybrid", 36.0),
+                (256, "hybrid", 90.0),
+            ]
+        );
+        assert_eq!(r.completion[0].vs_config_space, Some(2.0));
+        assert_eq!(r.completion[2].thread_cpu_us, Some(32.0));
+        assert_eq!(r.completion[2].guest_busy_us, Some(35.0));
+        assert_eq!(r.completion[3].thread_cpu_us, None);
+        let md = r.markdown();
+        assert!(
+            md.contains("| 1 | hybrid | 36.0 | 0.48x | 32.0 | 35.0 |"),
+            "{md}"
+        );
     }
 
     #[test]

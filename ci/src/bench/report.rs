@@ -138,6 +138,49 @@ pub struct References {
     pub marginal_per_cmd_us: Option<f64>,
 }
 
+/// One way of completing a synchronous task file (EXEC) at one length.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompletionRow {
+    pub commands: u32,
+    /// `interrupt`, `polled` (EXEC_POLL) or `hybrid` (the driver spins for
+    /// the expected time, then sleeps).
+    pub completion: String,
+    pub per_op_us: f64,
+    /// This ÷ one config-space register access of the same run.
+    pub vs_config_space: Option<f64>,
+    /// Guest CPU per task file: the caller's thread, and the whole guest.
+    pub thread_cpu_us: Option<f64>,
+    pub guest_busy_us: Option<f64>,
+}
+
+/// Completion rows for the lengths the guest compares, in the order
+/// interrupt, polled, hybrid.
+fn completion(crossings: &[Crossing], config: Option<f64>) -> Vec<CompletionRow> {
+    let mut rows = Vec::new();
+    for commands in [1, 256] {
+        for (method, name) in [
+            ("task-file", "interrupt"),
+            ("task-file-poll", "polled"),
+            ("task-file-hybrid", "hybrid"),
+        ] {
+            if let Some(c) = crossings
+                .iter()
+                .find(|c| c.method == method && c.commands == commands)
+            {
+                rows.push(CompletionRow {
+                    commands,
+                    completion: name.into(),
+                    per_op_us: c.per_op_us,
+                    vs_config_space: config.map(|k| c.per_op_us / k),
+                    thread_cpu_us: c.thread_cpu_us,
+                    guest_busy_us: c.guest_busy_us,
+                });
+            }
+        }
+    }
+    rows
+}
+
 /// Everything one `cargo xxvm bench` run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
@@ -151,6 +194,8 @@ pub struct BenchReport {
     pub references: References,
     pub batch: Vec<BatchPoint>,
     pub crossovers: Vec<Crossover>,
+    /// Interrupt, polled and hybrid completion of short and long task files.
+    pub completion: Vec<CompletionRow>,
     pub breakdown_4096: Vec<BreakdownRow>,
     pub targets: Vec<Target>,
     pub dma: Vec<DmaRow>,
@@ -197,6 +242,13 @@ fn crossings(records: &[Record]) -> (Vec<Crossing>, Vec<Unavailable>) {
                     f.per_op_us = c.per_op_us;
                     f.per_cmd_us = c.per_cmd_us;
                 }
+                // CPU too: other load only ever adds to it.
+                let least = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                f.thread_cpu_us = least(f.thread_cpu_us, c.thread_cpu_us);
+                f.guest_busy_us = least(f.guest_busy_us, c.guest_busy_us);
                 medians[i].push(c.median_op_us);
             }
             None => {
@@ -503,6 +555,7 @@ impl BenchReport {
                 })
             })
             .collect();
+        let completion_rows = completion(&crossings, config);
         BenchReport {
             host_load: String::new(),
             host_memcpy_gbps: memcpy_gbps,
@@ -510,6 +563,7 @@ impl BenchReport {
             crossings,
             unavailable,
             references,
+            completion: completion_rows,
             batch,
             crossovers,
             breakdown_4096,

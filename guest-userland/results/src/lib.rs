@@ -47,6 +47,14 @@ pub struct Crossing {
     pub value: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bar: Option<u8>,
+    /// Guest CPU per operation over the whole measurement, in µs: the
+    /// measuring thread's own (schedstat) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_cpu_us: Option<f64>,
+    /// ... and the whole guest's busy time (wall x vCPUs - idle), which
+    /// also counts interrupts and what a spin takes from other threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_busy_us: Option<f64>,
 }
 
 /// A measurement that could not be taken, and why.
