@@ -161,6 +161,7 @@ struct xxcap_card {
 
 	spinlock_t lock;		/* protects the fields below */
 	bool gone;			/* removed: no new requests */
+	bool stalled;			/* a request outlived its time limit */
 	unsigned int n_inflight;	/* command-queue requests the device owns */
 	unsigned int n_stream;		/* capture buffers the device owns */
 	unsigned int n_vb2;		/* ... of them, the V4L2 node's */

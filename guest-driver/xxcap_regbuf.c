@@ -100,7 +100,9 @@ static struct xxcap_req *xxcap_regbuf_req(struct xxcap_card *card)
 /*
  * The card is told to forget @rb (unless it went away), then the open's
  * reference goes. A buffer the card may still hold stays pinned until
- * remove().
+ * remove(). A card that let a request outlive the time limit and has not
+ * answered since (a dead backend, or one far behind) is not asked: the
+ * UNREGISTER_BUFFER would wait the whole limit again, in close() too.
  */
 static void xxcap_regbuf_drop(struct xxcap_card *card, struct xxcap_regbuf *rb)
 {
@@ -108,8 +110,13 @@ static void xxcap_regbuf_drop(struct xxcap_card *card, struct xxcap_regbuf *rb)
 	int ret = -ENODEV;
 
 	if (!READ_ONCE(card->gone)) {
-		req = xxcap_regbuf_req(card);
-		ret = req ? xxcap_regbuf_send(card, req, rb, false) : -ENOMEM;
+		if (READ_ONCE(card->stalled)) {
+			ret = -ETIMEDOUT;
+		} else {
+			req = xxcap_regbuf_req(card);
+			ret = req ? xxcap_regbuf_send(card, req, rb, false) :
+				    -ENOMEM;
+		}
 	}
 	/* -EIO: the card refused, it does not hold the buffer (reset). */
 	if (ret && ret != -EIO && ret != -ENODEV) {

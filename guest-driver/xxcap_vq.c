@@ -135,6 +135,8 @@ void xxcap_req_returned(struct xxcap_card *card, struct xxcap_req *req,
 	req->used_len = len;
 	req->result = result;
 	req->completed = true;
+	if (!result)
+		card->stalled = false;	/* the card answers again */
 	if (req->kind == XXCAP_KIND_SYNC) {
 		req->done_ns = ktime_get_ns();
 		if (!req->orphan) {
@@ -294,6 +296,8 @@ static int xxcap_orphan(struct xxcap_card *card, struct xxcap_req *req,
 	if (!req->completed) {
 		req->orphan = true;
 		orphaned = true;
+		if (err == -ETIMEDOUT)
+			card->stalled = true;
 	}
 	spin_unlock_irq(&card->lock);
 	return orphaned ? err : 0;
