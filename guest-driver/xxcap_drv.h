@@ -380,6 +380,7 @@ int xxcap_subscribe(struct xxcap_client *client, void __user *argp);
 
 /* xxcap_stream.c */
 void xxcap_stream_done(struct virtqueue *vq);
+void xxcap_stream_poll(struct xxcap_card *card);
 int xxcap_queue_buffer(struct xxcap_client *client, void __user *argp);
 int xxcap_flush(struct xxcap_client *client, bool intr);
 struct xxcap_req *xxcap_stream_req_alloc(struct xxcap_card *card,

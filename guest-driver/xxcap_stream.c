@@ -13,15 +13,12 @@
 
 #include "xxcap_drv.h"
 
-/* Stream-queue callback (interrupt context): capture buffers came back. */
-void xxcap_stream_done(struct virtqueue *vq)
+/* Takes the capture buffers the card gave back. Under card->lock. */
+static void xxcap_stream_drain(struct xxcap_card *card, struct virtqueue *vq)
 {
-	struct xxcap_card *card = vq->vdev->priv;
 	struct xxcap_req *req;
-	unsigned long flags;
 	unsigned int len;
 
-	spin_lock_irqsave(&card->lock, flags);
 	do {
 		virtqueue_disable_cb(vq);
 		while ((req = virtqueue_get_buf(vq, &len))) {
@@ -35,7 +32,30 @@ void xxcap_stream_done(struct virtqueue *vq)
 			break;
 	} while (!virtqueue_enable_cb(vq));
 	xxcap_reap_kick(card);
+}
+
+/* Stream-queue callback (interrupt context): capture buffers came back. */
+void xxcap_stream_done(struct virtqueue *vq)
+{
+	struct xxcap_card *card = vq->vdev->priv;
+	unsigned long flags;
+
+	spin_lock_irqsave(&card->lock, flags);
+	xxcap_stream_drain(card, vq);
 	spin_unlock_irqrestore(&card->lock, flags);
+}
+
+/*
+ * Looks at the stream queue's used ring without waiting for its
+ * interrupt, for a waiter that must not depend on one notification.
+ * Does nothing once the card is gone (its queues may be deleted).
+ */
+void xxcap_stream_poll(struct xxcap_card *card)
+{
+	spin_lock_irq(&card->lock);
+	if (!card->gone)
+		xxcap_stream_drain(card, card->stream_vq);
+	spin_unlock_irq(&card->lock);
 }
 
 /*

@@ -27,6 +27,9 @@ static struct xxcap_vbuf *to_xxcap_vbuf(struct vb2_buffer *vb)
  * buffer, so a guest that falls behind (under TCG on a loaded host) makes
  * v4l2-compliance warn about each gap. Read at STREAMON.
  */
+/* How often a stop waiting for its buffers looks at the used ring. */
+#define XXCAP_RECLAIM_POLL_MS	100
+
 static bool sequence_gaps;
 module_param(sequence_gaps, bool, 0644);
 MODULE_PARM_DESC(sequence_gaps,
@@ -133,16 +136,29 @@ static void xxcap_vb2_reclaim(struct xxcap_v4l2 *v)
 {
 	struct xxcap_card *card = v->card;
 	unsigned long timeout = msecs_to_jiffies(xxcap_card_timeout_ms(card));
+	unsigned long deadline = jiffies + timeout;
+	bool warned = false;
 	int ret;
 
-	ret = xxcap_flush_card(card, jiffies + timeout, false);
+	ret = xxcap_flush_card(card, deadline, false);
 	if (ret && ret != -ENODEV)
 		dev_warn(&card->dev, "V4L2: flush failed: %d\n", ret);
-	if (wait_event_timeout(v->wq, !READ_ONCE(card->n_vb2), timeout))
-		return;
-	dev_warn(&card->dev, "V4L2: the card holds %u buffers; waiting for them\n",
-		 READ_ONCE(card->n_vb2));
-	wait_event(v->wq, !READ_ONCE(card->n_vb2));
+	/*
+	 * The buffers come back through the stream queue's interrupt; its
+	 * used ring is also looked at every XXCAP_RECLAIM_POLL_MS, so that
+	 * the stop does not hang on one notification that never came.
+	 */
+	while (!wait_event_timeout(v->wq, !READ_ONCE(card->n_vb2),
+				   msecs_to_jiffies(XXCAP_RECLAIM_POLL_MS))) {
+		xxcap_stream_poll(card);
+		if (!warned && time_after(jiffies, deadline)) {
+			dev_err(&card->dev,
+				"V4L2: the card holds %u buffers (%u in the stream queue); waiting for them\n",
+				READ_ONCE(card->n_vb2),
+				READ_ONCE(card->n_stream));
+			warned = true;
+		}
+	}
 }
 
 /*
