@@ -31,6 +31,8 @@
 #define XXCAP_REQ_REGISTER_BUFFER	5
 #define XXCAP_REQ_UNREGISTER_BUFFER	6
 #define XXCAP_REQ_ABORT	7
+#define XXCAP_REQ_RING_SETUP	8
+#define XXCAP_REQ_RING_KICK	9
 #define XXCAP_VQ_FLAG_ASYNC	1
 #define XXCAP_MAX_ABORT_TAGS	1024
 #define XXCAP_MAX_REGISTERED_CARD	256
@@ -94,8 +96,18 @@ struct xxcap_stream_result {
  */
 struct xxcap_buffer_desc {
 	__le32 id;	/* 1..XXCAP_MAX_REGISTERED_CARD, the driver's choice */
-	__le32 reserved;	/* zero */
+	__le32 owner;	/* REGISTER: the open's nonzero owner tag; UNREGISTER: 0 */
 	__le64 length;	/* REGISTER: sum of the entries; UNREGISTER: 0 */
+};
+
+/*
+ * Follows the request header of XXCAP_REQ_RING_SETUP.
+ */
+struct xxcap_ring_setup_req {
+	__le32 owner;	/* owner tag of the controlling open; 0 tears down */
+	__le32 flags;	/* XXCAP_RING_SETUP_* */
+	__le32 sq_idle_us;	/* SQ poller idle time (0: default) */
+	__le32 reserved;	/* zero */
 };
 
 enum xxcap_access {

@@ -601,7 +601,7 @@ fn read_buffer_request(
     let register = req == req_type::REGISTER_BUFFER;
     let rest = &buf[REQUEST_HEADER_SIZE..];
     let (desc, entries) = BufferDesc::read_from_prefix(rest).unwrap_or_default();
-    let (reserved, length) = (desc.reserved.get(), desc.length.get());
+    let (reserved, length) = (desc.owner.get(), desc.length.get());
     let framing_ok = rest.len() >= size_of::<BufferDesc>()
         && reserved == 0
         && if register {

@@ -107,6 +107,47 @@ pub fn uapi_header() -> String {
     define(&mut out, "XXCAP_SLOT_FILLING", crate::slot_state::FILLING);
     define(&mut out, "XXCAP_SLOT_FULL", crate::slot_state::FULL);
     out.push('\n');
+    out.push_str("/* Submission and completion rings: the ring area */\n");
+    define(
+        &mut out,
+        "XXCAP_MMAP_OFFSET_RING",
+        format!("0x{:x}ULL", crate::MMAP_OFFSET_RING),
+    );
+    define(&mut out, "XXCAP_RING_MAGIC", hex32(crate::RING_MAGIC));
+    define(&mut out, "XXCAP_RING_VERSION", crate::RING_VERSION);
+    define(&mut out, "XXCAP_RING_SQ_ENTRIES", crate::RING_SQ_ENTRIES);
+    define(&mut out, "XXCAP_RING_CQ_ENTRIES", crate::RING_CQ_ENTRIES);
+    define(&mut out, "XXCAP_RING_SQ_OFFSET", crate::RING_SQ_OFFSET);
+    define(&mut out, "XXCAP_RING_CQ_OFFSET", crate::RING_CQ_OFFSET);
+    define(
+        &mut out,
+        "XXCAP_RING_ARENA_OFFSET",
+        crate::RING_ARENA_OFFSET,
+    );
+    define(&mut out, "XXCAP_RING_ARENA_SIZE", crate::RING_ARENA_SIZE);
+    define(&mut out, "XXCAP_RING_AREA_SIZE", crate::RING_AREA_SIZE);
+    define(
+        &mut out,
+        "XXCAP_RING_DEFAULT_SQ_IDLE_US",
+        crate::RING_DEFAULT_SQ_IDLE_US,
+    );
+    define(
+        &mut out,
+        "XXCAP_RING_MAX_SQ_IDLE_US",
+        crate::RING_MAX_SQ_IDLE_US,
+    );
+    define(
+        &mut out,
+        "XXCAP_RING_SETUP_SQPOLL",
+        crate::ring_setup::SQPOLL,
+    );
+    define(
+        &mut out,
+        "XXCAP_RING_SQ_NEED_WAKEUP",
+        crate::sq_flags::NEED_WAKEUP,
+    );
+    define(&mut out, "XXCAP_RING_CQ_ARMED", crate::cq_flags::ARMED);
+    out.push('\n');
 
     out.push_str("/* Capability bits (identity.capabilities, register CAPS) */\n");
     bits(
@@ -119,6 +160,7 @@ pub fn uapi_header() -> String {
             ("EVENTS", caps::EVENTS),
             ("CAPTURE", caps::CAPTURE),
             ("STREAMING", caps::STREAMING),
+            ("RING", caps::RING),
         ],
     );
     out.push_str("/* Status bits (identity.status, register STATUS) */\n");
@@ -159,9 +201,15 @@ pub fn uapi_header() -> String {
     define(&mut out, "XXCAP_EVENT_LOST", hex32(crate::event::LOST));
     define(
         &mut out,
+        "XXCAP_EVENT_RING_WAKE",
+        hex32(crate::event::RING_WAKE),
+    );
+    define(
+        &mut out,
         "XXCAP_EVENT_FLAG_COMPLETION",
         crate::event::FLAG_COMPLETION,
     );
+    define(&mut out, "XXCAP_EVENT_FLAG_RING", crate::event::FLAG_RING);
     define(&mut out, "XXCAP_EVENT_SIZE", crate::event::SIZE);
     define(
         &mut out,
@@ -299,6 +347,16 @@ pub fn uapi_header() -> String {
         "#define XXCAP_IOC_ABORT\t_IOW(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_abort)",
         ioctl::ABORT_NR
     );
+    let _ = writeln!(
+        out,
+        "#define XXCAP_IOC_RING_SETUP\t_IOWR(XXCAP_IOC_TYPE, 0x{:02x}, struct xxcap_ring_setup)",
+        ioctl::RING_SETUP_NR
+    );
+    let _ = writeln!(
+        out,
+        "#define XXCAP_IOC_RING_ENTER\t_IO(XXCAP_IOC_TYPE, 0x{:02x})",
+        ioctl::RING_ENTER_NR
+    );
     out.push_str("\n#endif /* _UAPI_LINUX_XXCAPTURE_H */\n");
     out
 }
@@ -354,6 +412,8 @@ pub fn device_header() -> String {
         req_type::UNREGISTER_BUFFER,
     );
     define(&mut out, "XXCAP_REQ_ABORT", req_type::ABORT);
+    define(&mut out, "XXCAP_REQ_RING_SETUP", req_type::RING_SETUP);
+    define(&mut out, "XXCAP_REQ_RING_KICK", req_type::RING_KICK);
     define(&mut out, "XXCAP_VQ_FLAG_ASYNC", crate::vq_flags::ASYNC);
     define(&mut out, "XXCAP_MAX_ABORT_TAGS", crate::MAX_ABORT_TAGS);
     define(
@@ -461,6 +521,8 @@ pub fn c_probe_source() -> String {
         "XXCAP_IOC_REGISTER_BUFFER",
         "XXCAP_IOC_UNREGISTER_BUFFER",
         "XXCAP_IOC_ABORT",
+        "XXCAP_IOC_RING_SETUP",
+        "XXCAP_IOC_RING_ENTER",
     ] {
         let _ = writeln!(out, "\tprintf(\"{name} %lu\\n\", (unsigned long){name});");
     }
@@ -492,5 +554,7 @@ pub fn expected_probe_output() -> String {
         ioctl::UNREGISTER_BUFFER
     );
     let _ = writeln!(out, "XXCAP_IOC_ABORT {}", ioctl::ABORT);
+    let _ = writeln!(out, "XXCAP_IOC_RING_SETUP {}", ioctl::RING_SETUP);
+    let _ = writeln!(out, "XXCAP_IOC_RING_ENTER {}", ioctl::RING_ENTER);
     out
 }

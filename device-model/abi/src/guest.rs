@@ -113,10 +113,15 @@ pub const MAX_BUFFER_SIZE: u64 = 64 << 20;
 /// offset 0 maps card RAM.
 pub const MMAP_OFFSET_STATUS: u64 = 1 << 40;
 
+/// `mmap` offset on `/dev/xxcaptureN` that maps the ring area (read-write,
+/// the controlling open after RING_SETUP only).
+pub const MMAP_OFFSET_RING: u64 = 2 << 40;
+
 /// Guest ioctl numbers (the `x` type, Linux `_IOC` encoding).
 pub mod ioctl {
     use super::{Abort, Exec, QueueBuffer, RegisterBuffer, Submit, Subscribe};
     use crate::Identity;
+    use crate::RingSetup;
 
     pub const TYPE: u8 = b'x';
     const NRBITS: u32 = 8;
@@ -186,4 +191,14 @@ pub mod ioctl {
     /// Cancels one outstanding request of this open, or all of them.
     pub const ABORT_NR: u8 = 0x10;
     pub const ABORT: u32 = ioc(DIR_WRITE, ABORT_NR, core::mem::size_of::<Abort>());
+    /// Sets up the submission and completion rings for this open.
+    pub const RING_SETUP_NR: u8 = 0x11;
+    /// Tells the card the SQ tail moved (when `sq_flags::NEED_WAKEUP`).
+    pub const RING_ENTER_NR: u8 = 0x12;
+    pub const RING_SETUP: u32 = ioc(
+        DIR_READ | DIR_WRITE,
+        RING_SETUP_NR,
+        core::mem::size_of::<RingSetup>(),
+    );
+    pub const RING_ENTER: u32 = ioc(DIR_NONE, RING_ENTER_NR, 0);
 }

@@ -222,7 +222,7 @@ pub const BUFFER_DESC: StructDef = StructDef {
     doc: "Follows the request header of XXCAP_REQ_REGISTER_BUFFER (then\n * sg_count entries) and XXCAP_REQ_UNREGISTER_BUFFER.",
     fields: &[
         f("id", Le32, "1..XXCAP_MAX_REGISTERED_CARD, the driver's choice"),
-        f("reserved", Le32, "zero"),
+        f("owner", Le32, "REGISTER: the open's nonzero owner tag; UNREGISTER: 0"),
         f("length", Le64, "REGISTER: sum of the entries; UNREGISTER: 0"),
     ],
 };
@@ -395,6 +395,77 @@ pub const EVENT: StructDef = StructDef {
     ],
 };
 
+pub const RING_HEADER: StructDef = StructDef {
+    name: "xxcap_ring_header",
+    doc: "Header page of the ring area (mmap at XXCAP_MMAP_OFFSET_RING after\n * XXCAP_IOC_RING_SETUP). Indices run free and are masked by the entry\n * count. The card writes the geometry, sq_head, sq_flags, cq_tail,\n * cq_lost and the statistics; the application writes sq_tail, cq_head,\n * cq_flags and event_mask.",
+    fields: &[
+        f("magic", U32, "XXCAP_RING_MAGIC"),
+        f("version", U32, "XXCAP_RING_VERSION"),
+        f("sq_entries", U32, "SQ entries"),
+        f("cq_entries", U32, "CQ entries"),
+        f("sq_offset", U32, "SQ array, bytes into the area"),
+        f("cq_offset", U32, "CQ array (struct xxcap_event)"),
+        f("arena_offset", U32, "task-file arena"),
+        f("arena_size", U32, "its size in bytes"),
+        f("setup_flags", U32, "XXCAP_RING_SETUP_* granted"),
+        f("sq_idle_us", U32, "SQ poller idle time"),
+        arr("reserved0", U32, 6, "zero"),
+        f("sq_head", U32, "card: next SQ index consumed"),
+        f("sq_flags", U32, "card: XXCAP_RING_SQ_*"),
+        f("cq_tail", U32, "card: next CQ index written"),
+        f("cq_lost", U32, "card: device events dropped, CQ full"),
+        arr("reserved1", U32, 12, "zero"),
+        f("sq_tail", U32, "application: next SQ index written"),
+        f("cq_head", U32, "application: next CQ index consumed"),
+        f("cq_flags", U32, "application: XXCAP_RING_CQ_*"),
+        f("event_mask", U32, "application: XXCAP_IRQ_* routed to the CQ"),
+        arr("reserved2", U32, 12, "zero"),
+        f("sqes", U64, "card: SQ entries consumed"),
+        f("kicks", U64, "card: RING_ENTER kicks received"),
+        f("wakeups", U64, "card: RING_WAKE interrupts sent"),
+        f("poll_cpu_ns", U64, "card: SQ poller CPU time"),
+        f("poll_awake_ns", U64, "card: SQ poller time awake"),
+        f("poll_sleeps", U64, "card: times the SQ poller slept"),
+        arr("reserved3", U64, 2, "zero"),
+    ],
+};
+
+pub const SQ_ENTRY: StructDef = StructDef {
+    name: "xxcap_sq_entry",
+    doc: "One submission-ring entry: a task file in the arena.",
+    fields: &[
+        f("offset", U32, "task file, bytes into the arena"),
+        f("size", U32, "header and whole command blocks"),
+        f("user_data", U64, "returned as the completion's refcon"),
+    ],
+};
+
+pub const RING_SETUP: StructDef = StructDef {
+    name: "xxcap_ring_setup",
+    doc: "Argument of XXCAP_IOC_RING_SETUP: sets up the submission and\n * completion rings for the controlling open, once per open.",
+    fields: &[
+        f("flags", U32, "XXCAP_RING_SETUP_*"),
+        f("sq_idle_us", U32, "SQ poller idle time (0: default)"),
+        f("area_size", U32, "out: bytes to map at XXCAP_MMAP_OFFSET_RING"),
+        f("reserved", U32, "zero"),
+    ],
+};
+
+pub const RING_SETUP_REQ: StructDef = StructDef {
+    name: "xxcap_ring_setup_req",
+    doc: "Follows the request header of XXCAP_REQ_RING_SETUP.",
+    fields: &[
+        f(
+            "owner",
+            Le32,
+            "owner tag of the controlling open; 0 tears down",
+        ),
+        f("flags", Le32, "XXCAP_RING_SETUP_*"),
+        f("sq_idle_us", Le32, "SQ poller idle time (0: default)"),
+        f("reserved", Le32, "zero"),
+    ],
+};
+
 /// User-visible structs (UAPI header).
 pub const UAPI_STRUCTS: &[StructDef] = &[
     IDENTITY,
@@ -409,10 +480,19 @@ pub const UAPI_STRUCTS: &[StructDef] = &[
     EVENT,
     SLOT_INFO,
     STATUS_BLOCK,
+    RING_SETUP,
+    RING_HEADER,
+    SQ_ENTRY,
 ];
 /// Device-facing structs (driver-private header).
-pub const DEVICE_STRUCTS: &[StructDef] =
-    &[VQ_REQUEST, VQ_STATUS, SG_ENTRY, STREAM_RESULT, BUFFER_DESC];
+pub const DEVICE_STRUCTS: &[StructDef] = &[
+    VQ_REQUEST,
+    VQ_STATUS,
+    SG_ENTRY,
+    STREAM_RESULT,
+    BUFFER_DESC,
+    RING_SETUP_REQ,
+];
 
 #[cfg(test)]
 mod tests {
@@ -534,7 +614,56 @@ mod tests {
             reserved
         );
         assert_layout!(crate::Subscribe, SUBSCRIBE, mask, flags);
-        assert_layout!(crate::BufferDesc, BUFFER_DESC, id, reserved, length);
+        assert_layout!(crate::BufferDesc, BUFFER_DESC, id, owner, length);
+        assert_layout!(crate::SqEntry, SQ_ENTRY, offset, size, user_data);
+        assert_layout!(
+            crate::RingSetup,
+            RING_SETUP,
+            flags,
+            sq_idle_us,
+            area_size,
+            reserved
+        );
+        assert_layout!(
+            crate::RingSetupReq,
+            RING_SETUP_REQ,
+            owner,
+            flags,
+            sq_idle_us,
+            reserved
+        );
+        assert_layout!(
+            crate::RingHeader,
+            RING_HEADER,
+            magic,
+            version,
+            sq_entries,
+            cq_entries,
+            sq_offset,
+            cq_offset,
+            arena_offset,
+            arena_size,
+            setup_flags,
+            sq_idle_us,
+            reserved0,
+            sq_head,
+            sq_flags,
+            cq_tail,
+            cq_lost,
+            reserved1,
+            sq_tail,
+            cq_head,
+            cq_flags,
+            event_mask,
+            reserved2,
+            sqes,
+            kicks,
+            wakeups,
+            poll_cpu_ns,
+            poll_awake_ns,
+            poll_sleeps,
+            reserved3
+        );
         assert_layout!(
             crate::RegisterBuffer,
             REGISTER_BUFFER,

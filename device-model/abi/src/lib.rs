@@ -16,6 +16,7 @@ pub mod frame;
 mod guest;
 pub mod layout;
 pub mod regs;
+mod ring;
 mod shm;
 pub mod tf;
 mod wire;
@@ -25,6 +26,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub use guest::*;
 pub use regs::{Access, RegisterDesc, ValueRule, Width, REGISTERS};
+pub use ring::*;
 pub use shm::*;
 pub use tf::{ParseError, TaskFile, TaskFileResult};
 pub use wire::*;
@@ -40,7 +42,7 @@ pub const MAGIC: u32 = 0x5043_5858;
 
 /// ABI version: major in the high half, minor in the low half. A driver must
 /// refuse a card whose major differs from its own.
-pub const ABI_VERSION: u32 = 0x0002_0002;
+pub const ABI_VERSION: u32 = 0x0002_0003;
 
 pub const ABI_VERSION_MAJOR: u32 = ABI_VERSION >> 16;
 
@@ -61,6 +63,8 @@ pub mod caps {
     pub const CAPTURE: u32 = 1 << 4;
     /// Capture into buffers the driver queues on the stream queue.
     pub const STREAMING: u32 = 1 << 5;
+    /// Submission and completion rings in shared-memory region 0.
+    pub const RING: u32 = 1 << 6;
 }
 
 /// Device status bits, in config space and the STATUS register.
@@ -108,9 +112,17 @@ pub mod event {
     /// dropped because a queue (the device's backlog, or a reader's queue in
     /// the driver) was full. It takes the place of the first lost record.
     pub const LOST: u32 = 1 << 31;
+    /// `cause` of a record the card sends on the event queue when it
+    /// posted into the completion ring while the application had armed
+    /// it (`cq_flags::ARMED`): the driver wakes the ring's owner and keeps
+    /// no record.
+    pub const RING_WAKE: u32 = 1 << 30;
     /// `flags`: the driver made this record from a request completion (a
     /// submitted task file or a queued buffer), not from the event queue.
     pub const FLAG_COMPLETION: u32 = 1 << 0;
+    /// `flags`: a completion ring entry for a task file of the submission
+    /// ring (with `FLAG_COMPLETION`).
+    pub const FLAG_RING: u32 = 1 << 1;
     /// Bytes of one record.
     pub const SIZE: usize = core::mem::size_of::<super::Event>();
     /// Bytes of one event-queue buffer the driver posts; the device writes
@@ -250,10 +262,14 @@ pub enum TfError {
     /// The request was cancelled before it ran (queued capture buffers
     /// returned by FLUSH_BUFFERS, a capture stop or a device reset).
     Cancelled = 12,
+    /// The op is not accepted on this path: raw-address DMA
+    /// (DMA_TRANSFER_BLOCK / NONBLOCK) in a task file of the submission
+    /// ring, which names memory only by registered buffer.
+    Refused = 13,
 }
 
 impl TfError {
-    pub const ALL: [TfError; 13] = [
+    pub const ALL: [TfError; 14] = [
         TfError::Ok,
         TfError::BadOp,
         TfError::BadRegister,
@@ -267,6 +283,7 @@ impl TfError {
         TfError::Device,
         TfError::Busy,
         TfError::Cancelled,
+        TfError::Refused,
     ];
 
     pub fn from_raw(raw: u32) -> Option<TfError> {
@@ -291,6 +308,7 @@ impl TfError {
             TfError::Device => "DEVICE",
             TfError::Busy => "BUSY",
             TfError::Cancelled => "CANCELLED",
+            TfError::Refused => "REFUSED",
         }
     }
 
@@ -309,6 +327,7 @@ impl TfError {
             TfError::Device => "internal device error",
             TfError::Busy => "register cannot change while capture runs",
             TfError::Cancelled => "request cancelled before it ran",
+            TfError::Refused => "op not accepted on this path (raw-address DMA on the ring)",
         }
     }
 }
@@ -447,7 +466,8 @@ mod tests {
         for e in TfError::ALL {
             assert_eq!(TfError::from_raw(e as u32), Some(e));
         }
-        assert_eq!(TfError::from_raw(13), None);
+        assert_eq!(TfError::from_raw(13), Some(TfError::Refused));
+        assert_eq!(TfError::from_raw(14), None);
         assert_eq!(TfError::from_raw(u32::MAX), None);
     }
 

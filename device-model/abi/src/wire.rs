@@ -92,6 +92,15 @@ pub mod req_type {
     /// The reply is a `VqStatus`, written after the cancelled requests were
     /// returned.
     pub const ABORT: u32 = 7;
+    /// Set up the submission and completion rings for the owner a
+    /// `RingSetupReq` names (owner 0: tear them down). The reply is a
+    /// `VqStatus`, written once the card uses the new ring (or, on
+    /// teardown, once no ring entry runs any more).
+    pub const RING_SETUP: u32 = 8;
+    /// The application advanced the SQ tail: consume the ring's new
+    /// entries (or wake the SQ poller). No payload; the reply is a
+    /// `VqStatus`.
+    pub const RING_KICK: u32 = 9;
 }
 
 /// The card side of registered buffers: what one card holds at most.
@@ -111,7 +120,9 @@ pub mod registered {
 pub struct BufferDesc {
     /// 1..=`registered::MAX_BUFFERS`, chosen by the driver.
     pub id: U32,
-    pub reserved: U32,
+    /// REGISTER: owner tag of the open the buffer belongs to (nonzero;
+    /// ring task files may name only their owner's buffers); UNREGISTER: 0.
+    pub owner: U32,
     /// REGISTER: the buffer's length, which its entries sum to exactly;
     /// UNREGISTER: 0.
     pub length: U64,

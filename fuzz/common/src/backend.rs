@@ -227,7 +227,7 @@ fn payload(u: &mut Unstructured<'_>, alloc: &mut Alloc) -> Result<Payload> {
         let sum: u64 = entries.iter().map(|e| u64::from(e.len.get())).sum();
         let desc = BufferDesc {
             id: u.int_in_range(0..=3u32)?.into(),
-            reserved: if u.ratio(1u8, 16)? {
+            owner: if u.ratio(1u8, 16)? {
                 u.arbitrary::<u32>()?
             } else {
                 0
@@ -644,7 +644,7 @@ fn expect_buffer(register: bool, bytes: &[u8], sg_count: u32, mem: &GuestMemoryM
     let Ok((desc, entries)) = BufferDesc::read_from_prefix(&bytes[REQUEST_HEADER_SIZE..]) else {
         return bad;
     };
-    if desc.reserved.get() != 0 {
+    if desc.owner.get() != 0 {
         return bad;
     }
     if !register {

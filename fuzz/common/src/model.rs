@@ -667,7 +667,12 @@ impl Check<'_> {
             TfError::Busy => {
                 BUSY_WHILE_CAPTURING.contains(&cmd.reg.get()) || cmd.reg.get() == regs::CONTROL
             }
-            TfError::BadCount | TfError::Ok | TfError::Device | TfError::Cancelled => false,
+            // REFUSED: only task files of the submission ring (SPEC §15).
+            TfError::BadCount
+            | TfError::Ok
+            | TfError::Device
+            | TfError::Cancelled
+            | TfError::Refused => false,
         };
         assert!(ok, "{error:?} is not an error {cmd:?} can fail with");
         // No harness registers a buffer: every DMA_BUFFER faults.

@@ -909,7 +909,7 @@ fn buffer_request(register: bool, id: u32, length: u64, table: &[SgEntry]) -> Ve
     };
     let desc = BufferDesc {
         id: id.into(),
-        reserved: 0.into(),
+        owner: 0.into(),
         length: length.into(),
     };
     let mut buf = header.as_bytes().to_vec();

@@ -14,7 +14,7 @@
 #include <linux/types.h>
 
 #define XXCAP_MAGIC	0x50435858U
-#define XXCAP_ABI_VERSION	0x00020002U
+#define XXCAP_ABI_VERSION	0x00020003U
 #define XXCAP_MODEL_DOUBLE_X	0x0000d0b1U
 #define XXCAP_MAX_COMMANDS	4096
 #define XXCAP_TF_HEADER_SIZE	16
@@ -31,6 +31,23 @@
 #define XXCAP_SLOT_FILLING	1
 #define XXCAP_SLOT_FULL	2
 
+/* Submission and completion rings: the ring area */
+#define XXCAP_MMAP_OFFSET_RING	0x20000000000ULL
+#define XXCAP_RING_MAGIC	0x47525858U
+#define XXCAP_RING_VERSION	1
+#define XXCAP_RING_SQ_ENTRIES	256
+#define XXCAP_RING_CQ_ENTRIES	2048
+#define XXCAP_RING_SQ_OFFSET	4096
+#define XXCAP_RING_CQ_OFFSET	8192
+#define XXCAP_RING_ARENA_OFFSET	139264
+#define XXCAP_RING_ARENA_SIZE	524288
+#define XXCAP_RING_AREA_SIZE	663552
+#define XXCAP_RING_DEFAULT_SQ_IDLE_US	1000
+#define XXCAP_RING_MAX_SQ_IDLE_US	1000000
+#define XXCAP_RING_SETUP_SQPOLL	1
+#define XXCAP_RING_SQ_NEED_WAKEUP	1
+#define XXCAP_RING_CQ_ARMED	1
+
 /* Capability bits (identity.capabilities, register CAPS) */
 #define XXCAP_CAP_TASK_FILE	(1U << 0)
 #define XXCAP_CAP_DMA	(1U << 1)
@@ -38,6 +55,7 @@
 #define XXCAP_CAP_EVENTS	(1U << 3)
 #define XXCAP_CAP_CAPTURE	(1U << 4)
 #define XXCAP_CAP_STREAMING	(1U << 5)
+#define XXCAP_CAP_RING	(1U << 6)
 
 /* Status bits (identity.status, register STATUS) */
 #define XXCAP_STATUS_READY	(1U << 0)
@@ -60,7 +78,9 @@
 
 /* Event records (read() on /dev/xxcaptureN) */
 #define XXCAP_EVENT_LOST	0x80000000U
+#define XXCAP_EVENT_RING_WAKE	0x40000000U
 #define XXCAP_EVENT_FLAG_COMPLETION	1
+#define XXCAP_EVENT_FLAG_RING	2
 #define XXCAP_EVENT_SIZE	64
 #define XXCAP_MAX_QUEUED_BUFFERS	32
 #define XXCAP_MAX_BUFFER_SIZE	0x4000000ULL
@@ -151,6 +171,7 @@
 #define XXCAP_TF_DEVICE	10	/* internal device error */
 #define XXCAP_TF_BUSY	11	/* register cannot change while capture runs */
 #define XXCAP_TF_CANCELLED	12	/* request cancelled before it ran */
+#define XXCAP_TF_REFUSED	13	/* op not accepted on this path (raw-address DMA on the ring) */
 
 /*
  * Card identity: the device config-space layout (little-endian on the
@@ -322,6 +343,64 @@ struct xxcap_status_block {
 	struct xxcap_slot_info slots[64];	/* per-slot state */
 };
 
+/*
+ * Argument of XXCAP_IOC_RING_SETUP: sets up the submission and
+ * completion rings for the controlling open, once per open.
+ */
+struct xxcap_ring_setup {
+	__u32 flags;	/* XXCAP_RING_SETUP_* */
+	__u32 sq_idle_us;	/* SQ poller idle time (0: default) */
+	__u32 area_size;	/* out: bytes to map at XXCAP_MMAP_OFFSET_RING */
+	__u32 reserved;	/* zero */
+};
+
+/*
+ * Header page of the ring area (mmap at XXCAP_MMAP_OFFSET_RING after
+ * XXCAP_IOC_RING_SETUP). Indices run free and are masked by the entry
+ * count. The card writes the geometry, sq_head, sq_flags, cq_tail,
+ * cq_lost and the statistics; the application writes sq_tail, cq_head,
+ * cq_flags and event_mask.
+ */
+struct xxcap_ring_header {
+	__u32 magic;	/* XXCAP_RING_MAGIC */
+	__u32 version;	/* XXCAP_RING_VERSION */
+	__u32 sq_entries;	/* SQ entries */
+	__u32 cq_entries;	/* CQ entries */
+	__u32 sq_offset;	/* SQ array, bytes into the area */
+	__u32 cq_offset;	/* CQ array (struct xxcap_event) */
+	__u32 arena_offset;	/* task-file arena */
+	__u32 arena_size;	/* its size in bytes */
+	__u32 setup_flags;	/* XXCAP_RING_SETUP_* granted */
+	__u32 sq_idle_us;	/* SQ poller idle time */
+	__u32 reserved0[6];	/* zero */
+	__u32 sq_head;	/* card: next SQ index consumed */
+	__u32 sq_flags;	/* card: XXCAP_RING_SQ_* */
+	__u32 cq_tail;	/* card: next CQ index written */
+	__u32 cq_lost;	/* card: device events dropped, CQ full */
+	__u32 reserved1[12];	/* zero */
+	__u32 sq_tail;	/* application: next SQ index written */
+	__u32 cq_head;	/* application: next CQ index consumed */
+	__u32 cq_flags;	/* application: XXCAP_RING_CQ_* */
+	__u32 event_mask;	/* application: XXCAP_IRQ_* routed to the CQ */
+	__u32 reserved2[12];	/* zero */
+	__u64 sqes;	/* card: SQ entries consumed */
+	__u64 kicks;	/* card: RING_ENTER kicks received */
+	__u64 wakeups;	/* card: RING_WAKE interrupts sent */
+	__u64 poll_cpu_ns;	/* card: SQ poller CPU time */
+	__u64 poll_awake_ns;	/* card: SQ poller time awake */
+	__u64 poll_sleeps;	/* card: times the SQ poller slept */
+	__u64 reserved3[2];	/* zero */
+};
+
+/*
+ * One submission-ring entry: a task file in the arena.
+ */
+struct xxcap_sq_entry {
+	__u32 offset;	/* task file, bytes into the arena */
+	__u32 size;	/* header and whole command blocks */
+	__u64 user_data;	/* returned as the completion's refcon */
+};
+
 /* ioctls on /dev/xxcaptureN */
 #define XXCAP_IOC_TYPE	'x'
 #define XXCAP_IOC_NOP	_IO(XXCAP_IOC_TYPE, 0x00)
@@ -334,5 +413,7 @@ struct xxcap_status_block {
 #define XXCAP_IOC_REGISTER_BUFFER	_IOWR(XXCAP_IOC_TYPE, 0x07, struct xxcap_register_buffer)
 #define XXCAP_IOC_UNREGISTER_BUFFER	_IOW(XXCAP_IOC_TYPE, 0x08, __u32)
 #define XXCAP_IOC_ABORT	_IOW(XXCAP_IOC_TYPE, 0x10, struct xxcap_abort)
+#define XXCAP_IOC_RING_SETUP	_IOWR(XXCAP_IOC_TYPE, 0x11, struct xxcap_ring_setup)
+#define XXCAP_IOC_RING_ENTER	_IO(XXCAP_IOC_TYPE, 0x12)
 
 #endif /* _UAPI_LINUX_XXCAPTURE_H */
