@@ -82,6 +82,10 @@ pub enum Error {
         call: &'static str,
         source: nix::Error,
     },
+    /// The submission ring or its arena has no room: take completions
+    /// ([`crate::Ring::wait`]) to free it.
+    #[error("the submission ring is full: take completions first")]
+    RingFull,
     #[error("the card did not hand back {0} capture buffers (leaked, not freed)")]
     BuffersNotReturned(usize),
 }

@@ -102,7 +102,7 @@ pub struct Event {
 }
 
 impl Event {
-    fn from_raw(raw: &RawEvent) -> Result<Event> {
+    pub(crate) fn from_raw(raw: &RawEvent) -> Result<Event> {
         Ok(Event {
             cause: Cause::from_raw(raw.cause.get()).ok_or(Error::Protocol)?,
             status: raw.status.get(),

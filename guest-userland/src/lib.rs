@@ -15,6 +15,7 @@ pub mod measure;
 mod monitor;
 pub mod props;
 mod registered;
+mod ring;
 mod stream;
 mod sys;
 
@@ -26,6 +27,7 @@ pub use events::{monotonic_ns, AsyncDma, Cause, Causes, Completion, Direction, E
 pub use monitor::{parse_uevent, CardChange, CardPath, Monitor};
 pub use props::Properties;
 pub use registered::RegisteredBuffer;
+pub use ring::{Ring, RingCompletion, RingEntry, RingOptions, RingStats};
 pub use stream::{Stream, StreamFrame, StreamStats};
 pub use xxcapture_abi as abi;
 pub use xxcapture_abi::{RegisterDesc, TaskFile, TaskFileResult, TfError};

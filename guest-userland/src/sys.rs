@@ -1,7 +1,9 @@
 //! The driver's ioctls. Numbers come from nix's `_IOC` encoding and a test
 //! checks them against the ABI crate, which generates the C header.
 
-use xxcapture_abi::{ioctl, Abort, Exec, Identity, QueueBuffer, RegisterBuffer, Submit, Subscribe};
+use xxcapture_abi::{
+    ioctl, Abort, Exec, Identity, QueueBuffer, RegisterBuffer, RingSetup, Submit, Subscribe,
+};
 
 nix::ioctl_none!(xxcap_nop, ioctl::TYPE, ioctl::NOP_NR);
 nix::ioctl_read!(xxcap_get_info, ioctl::TYPE, ioctl::GET_INFO_NR, Identity);
@@ -28,6 +30,13 @@ nix::ioctl_write_ptr!(
     u32
 );
 nix::ioctl_write_ptr!(xxcap_abort, ioctl::TYPE, ioctl::ABORT_NR, Abort);
+nix::ioctl_readwrite!(
+    xxcap_ring_setup,
+    ioctl::TYPE,
+    ioctl::RING_SETUP_NR,
+    RingSetup
+);
+nix::ioctl_none!(xxcap_ring_enter, ioctl::TYPE, ioctl::RING_ENTER_NR);
 
 #[cfg(test)]
 mod tests {
@@ -84,6 +93,14 @@ mod tests {
             nix::request_code_write!(ioctl::TYPE, ioctl::ABORT_NR, core::mem::size_of::<Abort>())
                 as u32,
             ioctl::ABORT
+        );
+        assert_eq!(
+            rw(ioctl::RING_SETUP_NR, core::mem::size_of::<RingSetup>()),
+            ioctl::RING_SETUP
+        );
+        assert_eq!(
+            nix::request_code_none!(ioctl::TYPE, ioctl::RING_ENTER_NR) as u32,
+            ioctl::RING_ENTER
         );
     }
 }
