@@ -91,6 +91,38 @@ impl InterruptReport {
                 ours.p99_us / edu.p99_us
             );
         }
+        // The shared rings (SPEC §15): the consumer spinning on the CQ, and
+        // sleeping until the card's RING_WAKE interrupt.
+        let edu = self.find("edu-uio-raise-to-wake");
+        if let Some(ring) = self.find("ring-raise-to-user-spin") {
+            let _ = writeln!(
+                out,
+                "
+An event through the completion ring, consumer spinning: p50 {:.1} µs{} (target: at or below edu's).",
+                ring.p50_us,
+                edu.map_or(String::new(), |e| format!(
+                    ", {:.2}x edu's {:.1} µs",
+                    ring.p50_us / e.p50_us,
+                    e.p50_us
+                )),
+            );
+        }
+        if let Some(sleep) = self.find("ring-raise-to-user-sleep") {
+            let _ = writeln!(
+                out,
+                "
+An event through the completion ring, consumer sleeping in poll() until the card's RING_WAKE interrupt: p50 {:.1} µs (target: at most 150 µs).",
+                sleep.p50_us
+            );
+        }
+        if let Some(one) = self.find("ring-task-file-1-spin") {
+            let _ = writeln!(
+                out,
+                "
+A one-command task file by the rings (SQ poller and consumer spinning): p50 {:.1} µs round trip (target: at most 10 µs).",
+                one.p50_us
+            );
+        }
         if let Some(rate) = self.sustained_events_per_s {
             let how = match (self.sustained_burst, self.sustained_unread_limit) {
                 (0, _) | (_, 0) => String::new(),

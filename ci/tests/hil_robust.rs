@@ -1,7 +1,9 @@
 //! Untrusted guest user space, for real, in a booted VM: hostile DMA never
 //! touches memory its caller does not own (canaries), registered buffers
 //! keep that guarantee (foreign and stale ids refused, canaries intact,
-//! nothing pinned after a kill), a multi-process
+//! nothing pinned after a kill), so do the shared submission and
+//! completion rings (refusals, canaries, exactly-once events, overflow,
+//! wake-ups, a killed ring user), a multi-process
 //! driver fuzzer leaves the kernel log clean, and 200 capture tools killed
 //! at random moments leave nothing pinned; then 300 frames verify.
 
@@ -24,6 +26,8 @@ fn hostile_clients_leave_nothing_behind_in_vm() {
         "canary-test",
         "regbuf-test",
         "pinned-after-regbuf",
+        "ring-test",
+        "pinned-after-ring",
         "fuzz-driver",
         "pinned-after-fuzz",
         "capture-after-fuzz",

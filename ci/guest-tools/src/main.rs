@@ -13,6 +13,7 @@ mod hotplug;
 mod irq;
 mod props;
 mod regbuf;
+mod ring;
 mod selftest;
 mod selftest_dma;
 mod syncasync;
@@ -82,6 +83,13 @@ enum Command {
     RegbufTest(regbuf::RegbufArgs),
     /// Register buffers and wait to be killed (for regbuf-test).
     RegbufHold(regbuf::HoldArgs),
+    /// The submission and completion rings: round trips, refusals,
+    /// canaries, exactly-once events, overflow, wake-ups, a killed user.
+    RingTest(ring::RingArgs),
+    /// Set up a ring with DMA in flight and wait to be killed (for ring-test).
+    RingHold(ring::HoldArgs),
+    /// Round trips by the rings: task files and events, spinning and sleeping.
+    BenchRing(ring::BenchRingArgs),
     /// The driver's reaction to a fault the host armed in xxcapd, repeated.
     FaultLoop(faults::FaultLoopArgs),
     /// Live through card removals: stream, DMA, a blocked reader and
@@ -113,6 +121,9 @@ fn main() -> ExitCode {
         Command::PropsTest => props::run(device),
         Command::RegbufTest(args) => regbuf::run(device, args),
         Command::RegbufHold(args) => regbuf::hold(device, args),
+        Command::RingTest(args) => ring::run(device, args),
+        Command::RingHold(args) => ring::hold(device, args),
+        Command::BenchRing(args) => ring::bench(device, args),
         Command::FaultLoop(args) => faults::run(device, args),
         Command::Hotplug(args) => Ok(hotplug::run(args).unwrap_or_else(|e| {
             eprintln!("xxcap-test hotplug: {e}");
