@@ -27,7 +27,7 @@ use xxcapture::abi::{
     STATUS_MAGIC, TF_HEADER_SIZE,
 };
 use xxcapture::measure::{cpu_time, GuestCpu};
-use xxcapture::{Access, Card, Error, TaskFile};
+use xxcapture::{Access, Card, Error, RingOptions, TaskFile};
 use xxcapture_results::{Crossing, Record, Unavailable};
 
 use crate::selftest_dma::{set_exec_wait, EXEC_WAIT};
@@ -398,6 +398,18 @@ pub fn run(device: &str, args: CrossingsArgs) -> Result<ExitCode, Error> {
             None
         }
     };
+    // The shared rings on the same open, with the card's SQ poller.
+    let mut ring = card.setup_ring(RingOptions::default());
+    let ring_files: Vec<TaskFile> = COMPLETION_SIZES
+        .iter()
+        .map(|&n| {
+            let mut tf = TaskFile::new();
+            for i in 0..n {
+                tf.set_register(regs::SCRATCH, i);
+            }
+            tf
+        })
+        .collect();
     let mut long = TaskFile::new();
     for i in 0..4096 {
         long.set_register(regs::SCRATCH, i);
@@ -472,6 +484,27 @@ pub fn run(device: &str, args: CrossingsArgs) -> Result<ExitCode, Error> {
                     Ok(t) => report("task-file-hybrid", commands, &t?, &tag),
                     Err(e) => unavailable("task-file-hybrid", &e),
                 }
+            }
+        }
+
+        // The same task files by the rings: no system call while the
+        // card's poller and this thread spin.
+        for (commands, tf) in COMPLETION_SIZES.iter().zip(&ring_files) {
+            match ring.as_mut() {
+                Ok(ring) => {
+                    let t = measure_cpu(plan, || {
+                        let r = ring.run(tf, Duration::from_millis(5))?;
+                        match r.error {
+                            TfError::Ok => Ok(()),
+                            code => Err(Error::Command {
+                                index: r.index,
+                                code,
+                            }),
+                        }
+                    })?;
+                    report("task-file-ring", *commands, &t, &tag);
+                }
+                Err(e) => unavailable("task-file-ring", &e.to_string()),
             }
         }
 

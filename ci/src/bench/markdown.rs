@@ -128,11 +128,11 @@ impl BenchReport {
         if !self.completion.is_empty() {
             let _ = writeln!(
                 out,
-                "\n### Completion of a synchronous task file: interrupt, polled, hybrid\n"
+                "\n### Completion of a synchronous task file: interrupt, polled, hybrid, ring\n"
             );
             let _ = writeln!(
                 out,
-                "Fastest round; guest CPU per task file over the whole measurement: the calling thread's own (schedstat) and the whole guest's busy time (wall x vCPUs - idle, which also counts interrupts). `hybrid` is the driver's `exec_wait=hybrid`: it spins for up to twice the round trip it learned, then sleeps.\n"
+                "Fastest round; guest CPU per task file over the whole measurement: the calling thread's own (schedstat) and the whole guest's busy time (wall x vCPUs - idle, which also counts interrupts). `hybrid` is the driver's `exec_wait=hybrid`: it spins for up to twice the round trip it learned, then sleeps. `ring` is the shared submission and completion rings with the card's SQ poller: no system call, the guest thread spins on the completion ring (the host poller's CPU is not in these columns; `bench-ring` reports it).\n"
             );
             let _ = writeln!(
                 out,

@@ -142,8 +142,9 @@ pub struct References {
 #[derive(Clone, Debug, Serialize)]
 pub struct CompletionRow {
     pub commands: u32,
-    /// `interrupt`, `polled` (EXEC_POLL) or `hybrid` (the driver spins for
-    /// the expected time, then sleeps).
+    /// `interrupt`, `polled` (EXEC_POLL), `hybrid` (the driver spins for
+    /// the expected time, then sleeps) or `ring` (the shared rings, the
+    /// card's SQ poller and the caller spinning).
     pub completion: String,
     pub per_op_us: f64,
     /// This ÷ one config-space register access of the same run.
@@ -162,6 +163,7 @@ fn completion(crossings: &[Crossing], config: Option<f64>) -> Vec<CompletionRow>
             ("task-file", "interrupt"),
             ("task-file-poll", "polled"),
             ("task-file-hybrid", "hybrid"),
+            ("task-file-ring", "ring"),
         ] {
             if let Some(c) = crossings
                 .iter()
@@ -500,6 +502,42 @@ impl BenchReport {
             _ => Target {
                 goal: poll_goal,
                 measured: "config-space register not measured".into(),
+                met: None,
+            },
+        });
+
+        let ring_goal =
+            "a one-command task file by the shared rings: at most 10 µs round trip".to_string();
+        targets.push(match per_op("task-file-ring", 1) {
+            Some(r) => Target {
+                goal: ring_goal,
+                measured: format!(
+                    "{r:.1} µs{}",
+                    references
+                        .task_file_1_poll_us
+                        .map_or(String::new(), |p| format!(" (EXEC polled: {p:.1} µs)"))
+                ),
+                met: Some(r <= 10.0),
+            },
+            None => Target {
+                goal: ring_goal,
+                measured: "not measured".into(),
+                met: None,
+            },
+        });
+        let ring_batch_goal = "a task file of 256 commands by the shared rings costs >= 100x less per command than one config-space register".to_string();
+        targets.push(match (per_op("task-file-ring", 256), config) {
+            (Some(r), Some(k)) => {
+                let x = k / (r / 256.0);
+                Target {
+                    goal: ring_batch_goal,
+                    measured: format!("{x:.1}x ({:.3} µs vs {k:.1} µs)", r / 256.0),
+                    met: Some(x >= 100.0),
+                }
+            }
+            _ => Target {
+                goal: ring_batch_goal,
+                measured: "not measured".into(),
                 met: None,
             },
         });
