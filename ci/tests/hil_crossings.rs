@@ -142,6 +142,28 @@ fn task_files_cost_one_doorbell_and_status_reads_cost_none() {
         "100 raises cost {irq_doorbells} doorbells: event records must not cost doorbells of their own"
     );
 
+    // Phase 17..18: 1000 one-command task files and 1000 TEST events by
+    // the shared rings, the card's SQ poller and the consumer spinning:
+    // no doorbell and no ISR read at all.
+    let ring_doorbells = delta(&json, 17, 18, "notify", "writes");
+    let ring_isr = delta(&json, 17, 18, "isr", "reads");
+    let ring_other: u64 = ["common", "device"]
+        .iter()
+        .map(|k| delta(&json, 17, 18, k, "reads") + delta(&json, 17, 18, k, "writes"))
+        .sum();
+    eprintln!(
+        "crossings: 1000 task files + 1000 events by the rings: {ring_doorbells} doorbells, {ring_isr} ISR reads, {ring_other} other card accesses"
+    );
+    assert_eq!(
+        ring_doorbells, 0,
+        "the rings with the SQ poller awake must cost no doorbell"
+    );
+    assert_eq!(
+        ring_isr, 0,
+        "events taken from the ring by a spinning consumer must cost no interrupt"
+    );
+    assert_eq!(ring_other, 0, "the ring path touched the card's registers");
+
     // Phase 10..11: `xxcap-test bench-config-space --iterations 100` on the
     // unbound card, so its per-read cost is the cost of one access.
     let config_reads = delta(&json, 10, 11, "device", "reads");

@@ -90,6 +90,8 @@ enum Command {
     RingHold(ring::HoldArgs),
     /// Round trips by the rings: task files and events, spinning and sleeping.
     BenchRing(ring::BenchRingArgs),
+    /// Task files and events by the rings between two tracer markers.
+    RingCrossings(ring::RingCrossingsArgs),
     /// The driver's reaction to a fault the host armed in xxcapd, repeated.
     FaultLoop(faults::FaultLoopArgs),
     /// Live through card removals: stream, DMA, a blocked reader and
@@ -124,6 +126,7 @@ fn main() -> ExitCode {
         Command::RingTest(args) => ring::run(device, args),
         Command::RingHold(args) => ring::hold(device, args),
         Command::BenchRing(args) => ring::bench(device, args),
+        Command::RingCrossings(args) => ring::crossings(device, args),
         Command::FaultLoop(args) => faults::run(device, args),
         Command::Hotplug(args) => Ok(hotplug::run(args).unwrap_or_else(|e| {
             eprintln!("xxcap-test hotplug: {e}");

@@ -587,3 +587,98 @@ pub fn bench(device: &str, args: BenchRingArgs) -> Result<ExitCode, Error> {
     card.enable_interrupts(Causes::empty(), 1, 0)?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+pub struct RingCrossingsArgs {
+    /// Task files, and then TEST events, by the rings between the markers.
+    #[arg(long, default_value_t = 1000)]
+    ops: u32,
+    /// Tracer marker written to edu before the measured phase.
+    #[arg(long)]
+    start_tag: u16,
+    /// Tracer marker written to edu after it.
+    #[arg(long)]
+    end_tag: u16,
+}
+
+/// Writes the tracer's marker `0x5843_0000 | tag` to edu's liveness
+/// register (one MMIO write; see `edu-probe`).
+fn edu_marker(tag: u16) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| Error::Map {
+        what: "edu's BAR for a tracer marker",
+        source,
+    };
+    let dev = crate::crossings::find_pci(0x1234, 0x11e8)
+        .ok_or_else(|| io(std::io::Error::other("no edu device")))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_SYNC)
+        .open(dev.join("resource0"))
+        .map_err(io)?;
+    // SAFETY: edu's BAR through its sysfs resource file; one aligned
+    // 32-bit volatile store at offset 4, inside the mapped page.
+    let mut map = unsafe { memmap2::MmapOptions::new().len(4096).map_mut(&file) }.map_err(io)?;
+    // SAFETY: offset 4 is 4-aligned and inside the 4096-byte mapping.
+    unsafe {
+        std::ptr::write_volatile(
+            map.as_mut_ptr().add(4) as *mut u32,
+            0x5843_0000 | u32::from(tag),
+        )
+    };
+    Ok(())
+}
+
+/// The ring path between two tracer markers, for the crossing budget:
+/// with the SQ poller awake and this thread spinning on the CQ, task files
+/// and the events they raise cost no doorbell and no interrupt. The set-up
+/// (RING_SETUP, INT_MASK) and a warm-up happen before the start marker;
+/// the poller's idle time is long enough that it never sleeps in between.
+pub fn crossings(device: &str, args: RingCrossingsArgs) -> Result<ExitCode, Error> {
+    let card = Card::open(device, Access::Control)?;
+    card.enable_interrupts(Causes::TEST, 1, 0)?;
+    let mut ring = card.setup_ring(RingOptions {
+        sqpoll: true,
+        sq_idle: Duration::from_secs(1),
+    })?;
+    ring.set_event_mask(Causes::TEST);
+    let mut one = TaskFile::new();
+    one.get_register(regs::ID);
+    let raise_one = raise(1);
+    for _ in 0..10 {
+        ring.run(&one, SPIN)?;
+    }
+    let kicks0 = ring.stats().kicks;
+    edu_marker(args.start_tag)?;
+    let mut events = Vec::new();
+    let mut completions = 0;
+    for _ in 0..args.ops {
+        completions += u32::from(ring.run(&one, SPIN)?.error == TfError::Ok);
+    }
+    for _ in 0..args.ops {
+        let index = ring.submit(&raise_one, 0)?;
+        if ring
+            .wait_completion(index, SPIN, TIMEOUT, &mut events)?
+            .result
+            .error
+            == TfError::Ok
+        {
+            completions += 1;
+        }
+    }
+    edu_marker(args.end_tag)?;
+    let kicks = ring.stats().kicks - kicks0;
+    let tests = events.iter().filter(|e| e.cause == Cause::Test).count();
+    println!(
+        "ring-crossings: {} task files completed, {tests} TEST events taken from the ring, {kicks} kicks",
+        completions
+    );
+    card.enable_interrupts(Causes::empty(), 1, 0)?;
+    let ok = completions == 2 * args.ops && tests == args.ops as usize && kicks == 0;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
