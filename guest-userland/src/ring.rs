@@ -396,15 +396,28 @@ impl Ring<'_> {
         Ok(index)
     }
 
-    /// RING_ENTER: the card looks at the SQ tail (wakes its poller).
+    /// RING_ENTER: the card looks at the SQ tail (wakes its poller). The
+    /// driver refuses with EAGAIN while the card holds its limit of kicks
+    /// not yet given back (their completions are freed by a kernel thread,
+    /// which a thread spinning on the CQ keeps off a single CPU): the call
+    /// then yields and tries again, for up to a second.
     pub fn enter(&self) -> Result<()> {
-        // SAFETY: RING_ENTER takes no argument.
-        unsafe { sys::xxcap_ring_enter(self.card.as_raw_fd()) }
-            .map(drop)
-            .map_err(|source| Error::Ioctl {
-                call: "RING_ENTER",
-                source,
-            })
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            // SAFETY: RING_ENTER takes no argument.
+            match unsafe { sys::xxcap_ring_enter(self.card.as_raw_fd()) } {
+                Ok(_) => return Ok(()),
+                Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Err(source) => {
+                    return Err(Error::Ioctl {
+                        call: "RING_ENTER",
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     /// The next CQ entry if there is one, without waiting.
