@@ -552,15 +552,20 @@ pub fn bench(device: &str, args: BenchRingArgs) -> Result<ExitCode, Error> {
             let index = ring.submit(tf, 0)?;
             let mut events = Vec::new();
             if want_event {
-                // The TEST record comes before the task file's completion.
+                // The TEST record and the task file's completion, in
+                // whichever order the card posts them.
+                let mut completed = false;
                 loop {
                     match ring.wait(spin, TIMEOUT)? {
                         RingEntry::Event(e) if e.cause == Cause::Test => break,
+                        RingEntry::Completion(c) if c.sq_index == index => completed = true,
                         _ => {}
                     }
                 }
                 lat.push(t0.elapsed().as_secs_f64() * 1e6);
-                ring.wait_completion(index, spin, TIMEOUT, &mut events)?;
+                if !completed {
+                    ring.wait_completion(index, spin, TIMEOUT, &mut events)?;
+                }
             } else {
                 ring.wait_completion(index, spin, TIMEOUT, &mut events)?;
                 lat.push(t0.elapsed().as_secs_f64() * 1e6);
