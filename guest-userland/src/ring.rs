@@ -483,15 +483,20 @@ impl Ring<'_> {
         let start = Instant::now();
         let deadline = start + timeout;
         let spin_until = start + spin.min(timeout);
+        let mut spins = 0u32;
         loop {
             if let Some(entry) = self.peek()? {
                 return Ok(entry);
             }
+            // The clock is read only now and then: under TCG both the
+            // clock and the pause hint cost more than a look at the tail.
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(128) {
+                std::hint::spin_loop();
+                continue;
+            }
             let now = Instant::now();
             if now < spin_until {
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                }
                 continue;
             }
             if now >= deadline {
