@@ -73,17 +73,27 @@ fn guest_path(path: &str, what: &str) -> std::result::Result<String, String> {
 }
 
 impl Put {
-    /// Parses `SRC:DEST` (SRC relative to the current folder).
+    /// Parses `SRC:DEST` (SRC relative to the current folder). A `DEST`
+    /// ending in `/` is the folder that receives `SRC` under its own name,
+    /// as `cp` would place it.
     pub fn parse(text: &str) -> std::result::Result<Put, String> {
         let (src, dest) = split_pair(text, "--put")?;
         let src = PathBuf::from(src);
         if std::fs::symlink_metadata(&src).is_err() {
             return Err(format!("--put {text:?}: {} not found", src.display()));
         }
-        Ok(Put {
-            src,
-            dest: guest_path(&dest, "--put")?,
-        })
+        let mut dest = guest_path(&dest, "--put")?;
+        if dest.ends_with('/') {
+            let name = src
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| !n.contains('\n'))
+                .ok_or_else(|| {
+                    format!("--put {text:?}: {} has no file name to keep", src.display())
+                })?;
+            dest.push_str(name);
+        }
+        Ok(Put { src, dest })
     }
 }
 
@@ -679,6 +689,14 @@ mod tests {
         assert!(Put::parse("Cargo.toml:relative").is_err());
         assert!(Put::parse("/nonexistent-xxvm:/a").is_err());
         assert!(Put::parse("Cargo.toml:/a/../b").is_err());
+        // Into a folder, under the source's name.
+        let p = Put::parse("../ci/Cargo.toml:/tmp/in/").expect("put into a folder");
+        assert_eq!(p.dest, "/tmp/in/Cargo.toml");
+        assert_eq!(
+            Put::parse("Cargo.toml:/").expect("put into /").dest,
+            "/Cargo.toml"
+        );
+        assert!(Put::parse("..:/tmp/").is_err());
         let g = Get::parse("/tmp/out.txt:results/out.txt").expect("get");
         assert_eq!(g.guest, "/tmp/out.txt");
         assert_eq!(g.host, PathBuf::from("results/out.txt"));
