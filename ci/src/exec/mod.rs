@@ -288,25 +288,10 @@ fn payload(opts: &ExecOptions, root: &str) -> Result<cpio::Cpio> {
 }
 
 /// Writes the folder of `cpio` out as a tree under `dir` (for the Debian
-/// image's tools disk) by unpacking it with the host's cpio.
+/// image's tools disk).
 fn unpack_cpio(cpio: cpio::Cpio, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err("tools tree"))?;
-    let mut child = std::process::Command::new("cpio")
-        .args(["-i", "-d", "--quiet", "--no-absolute-filenames"])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io_err("cannot start cpio"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        cpio.write_to(&mut stdin).map_err(io_err("cpio"))?;
-    }
-    let status = child.wait().map_err(io_err("cpio"))?;
-    match status.success() {
-        true => Ok(()),
-        false => Err(Error::Step(format!(
-            "unpacking the run's files: cpio {status}"
-        ))),
-    }
+    cpio::unpack(&cpio.finish(), dir).map_err(io_err("unpacking the run's files"))
 }
 
 /// The Debian image's script: the guest half, from the tools disk.
