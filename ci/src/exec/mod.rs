@@ -386,7 +386,8 @@ pub fn run(artifacts: &Artifacts, opts: &ExecOptions) -> Result<ExecOutcome> {
         }
         Image::Debian(dist) => {
             let image = DebianImage::load(dist)?;
-            let tree = scratch.path().join("tools.d");
+            // Not `tools.d`: tools_disk_with builds the disk's tree there.
+            let tree = scratch.path().join("run.d");
             unpack_cpio(payload(opts, "xxexec")?, &tree)?;
             let tools = scratch.path().join("tools.img");
             crate::image::tools_disk_with(&artifacts, &tools, Some(&tree))?;
