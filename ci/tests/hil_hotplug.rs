@@ -1,6 +1,7 @@
 //! Cards come and go: the host removes the card from the running VM over
-//! QMP (`device_del`, the guest's ACPI hotplug ejecting it) three times and
-//! adds it back each time, with the same `xxcapd` behind it. One guest
+//! QMP (`device_del`, the guest's ACPI hotplug ejecting it) twenty times
+//! (`XXCAP_HOTPLUG_REMOVALS=N` for another count) and adds it back each
+//! time, with the same `xxcapd` behind it. One guest
 //! program lives through all of it: on each card it streams verified
 //! frames, runs DMA task files, waits in a blocking read and holds card RAM
 //! and the status block mapped; at each removal every one of those must
@@ -19,7 +20,25 @@ use std::time::{Duration, Instant};
 use xxcapture_hil::build::repo_root;
 use xxcapture_hil::{parse_steps, Artifacts, Mode, Vm, VmOptions};
 
-const REMOVALS: u32 = 3;
+/// Removals per test unless `XXCAP_HOTPLUG_REMOVALS` says otherwise. A
+/// round costs about 0.2 s (program) and 0.8 s (V4L2 node) under TCG, so
+/// twenty add some 20 s to the two tests over three.
+const DEFAULT_REMOVALS: u32 = 20;
+
+/// How many times each test removes the card (`XXCAP_HOTPLUG_REMOVALS`,
+/// 1 to 1000; default [`DEFAULT_REMOVALS`]).
+fn removals() -> u32 {
+    match std::env::var("XXCAP_HOTPLUG_REMOVALS") {
+        Err(_) => DEFAULT_REMOVALS,
+        Ok(text) => text
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .unwrap_or_else(|| {
+                panic!("XXCAP_HOTPLUG_REMOVALS={text:?}: not a count from 1 to 1000")
+            }),
+    }
+}
 
 /// One VM at a time (the tests of this file run on parallel threads).
 static ONE_VM: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -77,6 +96,18 @@ fn tail(lines: &[String], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Prints what the removal rounds cost: from the first round's stream to
+/// the last card added back, and since the test started (the boot too).
+fn report_rounds(removals: u32, rounds_from: Option<Instant>, t_start: Instant) {
+    let rounds = rounds_from.map_or(Duration::ZERO, |t| t.elapsed());
+    eprintln!(
+        "{removals} removals in {:.1} s ({:.1} s per round); {:.1} s since the test started",
+        rounds.as_secs_f64(),
+        rounds.as_secs_f64() / f64::from(removals.max(1)),
+        t_start.elapsed().as_secs_f64()
+    );
+}
+
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|w| w.strip_prefix(key))
 }
@@ -87,24 +118,28 @@ fn card_removed_and_added_back_while_a_program_uses_it() {
     let _vm = ONE_VM
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let removals = removals();
+    let t_start = Instant::now();
     let artifacts = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
     let opts = VmOptions {
         mode: Mode::Hotplug,
         log_dir: repo_root().join("target/hil-logs/hotplug"),
-        kernel_args: vec![format!("xxcap.removals={REMOVALS}")],
+        kernel_args: vec![format!("xxcap.removals={removals}")],
         supervise: false,
         hotplug: true,
         ..VmOptions::default()
     };
     let mut vm = Vm::start(&artifacts, &opts).unwrap_or_else(|e| panic!("{e}"));
     let mut console = Console { next: 0 };
-    for round in 1..=REMOVALS {
+    let mut rounds_from = None;
+    for round in 1..=removals {
         let prefix = format!("XXCAP-HOTPLUG round {round} ");
         let streaming = console.expect(
             &vm,
             &format!("{prefix}streaming"),
             Duration::from_secs(if round == 1 { 240 } else { 120 }),
         );
+        rounds_from.get_or_insert_with(Instant::now);
         let t = Instant::now();
         let released = vm
             .unplug_card(Duration::from_secs(60))
@@ -157,7 +192,8 @@ fn card_removed_and_added_back_while_a_program_uses_it() {
             (t.elapsed() - gone).as_secs_f64() * 1e3,
         );
     }
-    let last = REMOVALS + 1;
+    report_rounds(removals, rounds_from, t_start);
+    let last = removals + 1;
     let streaming = console.expect(
         &vm,
         &format!("XXCAP-HOTPLUG round {last} streaming"),
@@ -205,7 +241,7 @@ fn card_removed_and_added_back_while_a_program_uses_it() {
         .iter()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    let expected: Vec<&str> = (0..REMOVALS).flat_map(|_| ["removed", "added"]).collect();
+    let expected: Vec<&str> = (0..removals).flat_map(|_| ["removed", "added"]).collect();
     assert_eq!(changes, expected, "xxcap monitor printed {monitor:?}");
     assert!(
         monitor.iter().all(|l| l.ends_with("/dev/xxcapture0")),
@@ -217,7 +253,7 @@ fn card_removed_and_added_back_while_a_program_uses_it() {
     let connections = log.matches("frontend connected (connection").count();
     assert_eq!(
         connections,
-        REMOVALS as usize + 1,
+        removals as usize + 1,
         "xxcapd served {connections} connections"
     );
 }
@@ -228,25 +264,29 @@ fn card_removed_and_added_back_while_its_v4l2_node_streams() {
     let _vm = ONE_VM
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let removals = removals();
+    let t_start = Instant::now();
     let mut artifacts = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
     artifacts.initramfs = xxcapture_hil::build::v4l2_initramfs().unwrap_or_else(|e| panic!("{e}"));
     let opts = VmOptions {
         mode: Mode::V4l2Hotplug,
         log_dir: repo_root().join("target/hil-logs/hotplug-v4l2"),
-        kernel_args: vec![format!("xxcap.removals={REMOVALS}")],
+        kernel_args: vec![format!("xxcap.removals={removals}")],
         supervise: false,
         hotplug: true,
         ..VmOptions::default()
     };
     let mut vm = Vm::start(&artifacts, &opts).unwrap_or_else(|e| panic!("{e}"));
     let mut console = Console { next: 0 };
-    for round in 1..=REMOVALS {
+    let mut rounds_from = None;
+    for round in 1..=removals {
         let prefix = format!("XXCAP-HOTPLUG round {round} ");
         let streaming = console.expect(
             &vm,
             &format!("{prefix}streaming"),
             Duration::from_secs(if round == 1 { 240 } else { 120 }),
         );
+        rounds_from.get_or_insert_with(Instant::now);
         let released = vm
             .unplug_card(Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", tail(&vm.console(), 40)));
@@ -285,6 +325,7 @@ fn card_removed_and_added_back_while_its_v4l2_node_streams() {
             released.as_secs_f64() * 1e3
         );
     }
+    report_rounds(removals, rounds_from, t_start);
     let done = console.expect(&vm, "XXCAP-HOTPLUG done", Duration::from_secs(120));
     eprintln!("{done}");
     let qemu = vm
@@ -323,7 +364,7 @@ fn card_removed_and_added_back_while_its_v4l2_node_streams() {
         .iter()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    let expected: Vec<&str> = (0..REMOVALS).flat_map(|_| ["removed", "added"]).collect();
+    let expected: Vec<&str> = (0..removals).flat_map(|_| ["removed", "added"]).collect();
     assert_eq!(changes, expected, "xxcap monitor printed {monitor:?}");
     assert!(qemu.success(), "QEMU exited with {qemu}");
     assert!(backend.success(), "xxcapd exited with {backend}");

@@ -8,10 +8,11 @@
 //! says so (`XXCAP-HOTPLUG round R streaming`) and goes on until the host
 //! removes the card; then every one of those must fail with `ENODEV`, the
 //! uevent monitor must report the removal, and, once everything is closed
-//! and unmapped, every page pinned must be unpinned and the card's node
-//! and sysfs folder gone (`released`). It then waits for the monitor to
-//! report a card added and starts the next round on it. The last round
-//! ends after its verified frames (`done`).
+//! and unmapped and the driver's `remove()` has returned (the card's
+//! virtio device is gone from sysfs), every page pinned must be unpinned
+//! and the card's node and sysfs folder gone (`released`). It then waits
+//! for the monitor to report a card added and starts the next round on
+//! it. The last round ends after its verified frames (`done`).
 //!
 //! Lines: `XXCAP-HOTPLUG round R streaming card=DEV verified=N`,
 //! `... round R failed what=W kind=ERRNO`, `... round R removed DEV`,
@@ -22,7 +23,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use nix::errno::Errno;
@@ -70,6 +71,30 @@ fn pins() -> Result<(u64, u64), String> {
         field("nr_foll_pin_acquired ")?,
         field("nr_foll_pin_released ")?,
     ))
+}
+
+/// The card's virtio device in sysfs (the parent of its class device).
+/// Its folder goes only after the driver's `remove()` has returned, while
+/// the card's node and class device go (with their `remove` uevent) at
+/// the start of `remove()`.
+fn virtio_device(dev: &Path) -> Result<PathBuf, String> {
+    let name = dev
+        .file_name()
+        .ok_or_else(|| format!("{}: no node name", dev.display()))?;
+    let link = Path::new("/sys/class/xxcapture").join(name).join("device");
+    std::fs::canonicalize(&link).map_err(|e| format!("{}: {e}", link.display()))
+}
+
+/// Waits until `path` is gone, at most `wait`.
+fn wait_gone(path: &Path, wait: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + wait;
+    while path.exists() {
+        if Instant::now() >= deadline {
+            return Err(format!("{} still there after {wait:?}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// The first card sysfs lists.
@@ -223,6 +248,7 @@ pub fn run(args: HotplugArgs) -> Result<ExitCode, String> {
     let mut ok = true;
     for round in 1..=args.removals + 1 {
         let last = round == args.removals + 1;
+        let virtio = virtio_device(&dev)?;
         let failures = use_until_removed(&dev, round, args.frames, last)?;
         for (_, how) in &failures {
             ok &= !last && how == &format!("{:?}", Errno::ENODEV);
@@ -244,7 +270,13 @@ pub fn run(args: HotplugArgs) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
         let removed = removed.ok_or_else(|| format!("round {round}: no removal reported"))?;
         say(&format!("round {round} removed {}", removed.display()));
-        // Everything of the old card is closed now.
+        // Everything of the old card is closed now. The removal uevent
+        // comes from the start of the driver's remove(); its promise that
+        // every page pinned for the card is let go holds once remove()
+        // has returned (the card's requests and queued capture buffers
+        // are reclaimed after the node goes), which the virtio device's
+        // folder going tells.
+        wait_gone(&virtio, wait).map_err(|e| format!("round {round}: {e}"))?;
         let (acquired, released) = pins()?;
         let node = if dev.exists() { "present" } else { "gone" };
         say(&format!(

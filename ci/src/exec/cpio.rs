@@ -102,6 +102,74 @@ impl Cpio {
     }
 }
 
+/// One hexadecimal field of a newc header.
+fn hex_field(header: &[u8], at: usize) -> io::Result<usize> {
+    std::str::from_utf8(&header[at..at + 8])
+        .ok()
+        .and_then(|h| usize::from_str_radix(h, 16).ok())
+        .ok_or_else(|| io::Error::other("cpio: bad header field"))
+}
+
+/// Unpacks an archive of [`Cpio`] (directories, regular files and
+/// symlinks; names relative, without `..`) under `dir`, modes kept: what
+/// `cpio -i -d` would do there, without needing a cpio program.
+pub fn unpack(bytes: &[u8], dir: &Path) -> io::Result<()> {
+    let bad = |why: &str| io::Error::other(format!("cpio: {why}"));
+    let align = |n: usize| n.div_ceil(4) * 4;
+    let mut at = 0;
+    // Directory modes are set last, deepest first, so that a read-only
+    // folder can still receive its entries.
+    let mut dirs = Vec::new();
+    loop {
+        let header = bytes
+            .get(at..at + 110)
+            .ok_or_else(|| bad("truncated header"))?;
+        if !header.starts_with(b"070701") {
+            return Err(bad("not a newc archive"));
+        }
+        let mode = u32::try_from(hex_field(header, 14)?).map_err(|_| bad("mode"))?;
+        let size = hex_field(header, 54)?;
+        let name_size = hex_field(header, 94)?;
+        let name_at = at + 110;
+        let name = bytes
+            .get(name_at..name_at + name_size.saturating_sub(1))
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .ok_or_else(|| bad("bad name"))?;
+        let data_at = align(name_at + name_size);
+        let data = bytes
+            .get(data_at..data_at + size)
+            .ok_or_else(|| bad("truncated data"))?;
+        at = align(data_at + size);
+        if name == "TRAILER!!!" {
+            break;
+        }
+        if name.is_empty() || name.starts_with('/') || name.split('/').any(|c| c == "..") {
+            return Err(bad(&format!("name {name:?} leaves the folder")));
+        }
+        let path = dir.join(name);
+        let perm = std::fs::Permissions::from_mode(mode & 0o7777);
+        match mode & 0o170000 {
+            S_IFDIR => {
+                std::fs::create_dir_all(&path)?;
+                dirs.push((path, perm));
+            }
+            S_IFREG => {
+                std::fs::write(&path, data)?;
+                std::fs::set_permissions(&path, perm)?;
+            }
+            S_IFLNK => {
+                let target = std::str::from_utf8(data).map_err(|_| bad("symlink target"))?;
+                std::os::unix::fs::symlink(target, &path)?;
+            }
+            _ => return Err(bad(&format!("{name}: unsupported mode {mode:o}"))),
+        }
+    }
+    for (path, perm) in dirs.into_iter().rev() {
+        std::fs::set_permissions(&path, perm)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +192,38 @@ mod tests {
         assert_eq!(&header[14..22], "000081a4");
         assert_eq!(&header[54..62], "00000005");
         assert_eq!(&header[94..102], "00000004");
+    }
+
+    #[test]
+    fn unpacks_what_it_packs() {
+        let src = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(src.path().join("d/e")).expect("mkdir");
+        std::fs::write(src.path().join("d/e/f"), b"data").expect("write");
+        std::fs::set_permissions(src.path().join("d/e/f"), PermissionsExt::from_mode(0o751))
+            .expect("chmod");
+        std::os::unix::fs::symlink("e/f", src.path().join("d/link")).expect("symlink");
+        std::fs::set_permissions(src.path().join("d/e"), PermissionsExt::from_mode(0o555))
+            .expect("chmod");
+        let mut cpio = Cpio::default();
+        cpio.dir("x").expect("dir");
+        cpio.add_path(&src.path().join("d"), "x/d").expect("add");
+        cpio.file("x/cmd", 0o755, b"exec true\n").expect("file");
+        let out = tempfile::tempdir().expect("tempdir");
+        unpack(&cpio.finish(), out.path()).expect("unpack");
+        let x = out.path().join("x");
+        assert_eq!(std::fs::read(x.join("d/e/f")).expect("read"), b"data");
+        let mode = |p: &Path| std::fs::symlink_metadata(p).expect("meta").mode() & 0o7777;
+        assert_eq!(mode(&x.join("d/e/f")), 0o751);
+        assert_eq!(mode(&x.join("d/e")), 0o555);
+        assert_eq!(mode(&x.join("cmd")), 0o755);
+        assert_eq!(
+            std::fs::read_link(x.join("d/link")).expect("link"),
+            Path::new("e/f")
+        );
+        // Names that would leave the folder are refused.
+        let mut evil = Cpio::default();
+        evil.file("../escape", 0o644, b"no").expect("file");
+        assert!(unpack(&evil.finish(), out.path()).is_err());
+        assert!(unpack(b"not an archive", out.path()).is_err());
     }
 }

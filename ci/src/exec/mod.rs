@@ -73,17 +73,27 @@ fn guest_path(path: &str, what: &str) -> std::result::Result<String, String> {
 }
 
 impl Put {
-    /// Parses `SRC:DEST` (SRC relative to the current folder).
+    /// Parses `SRC:DEST` (SRC relative to the current folder). A `DEST`
+    /// ending in `/` is the folder that receives `SRC` under its own name,
+    /// as `cp` would place it.
     pub fn parse(text: &str) -> std::result::Result<Put, String> {
         let (src, dest) = split_pair(text, "--put")?;
         let src = PathBuf::from(src);
         if std::fs::symlink_metadata(&src).is_err() {
             return Err(format!("--put {text:?}: {} not found", src.display()));
         }
-        Ok(Put {
-            src,
-            dest: guest_path(&dest, "--put")?,
-        })
+        let mut dest = guest_path(&dest, "--put")?;
+        if dest.ends_with('/') {
+            let name = src
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| !n.contains('\n'))
+                .ok_or_else(|| {
+                    format!("--put {text:?}: {} has no file name to keep", src.display())
+                })?;
+            dest.push_str(name);
+        }
+        Ok(Put { src, dest })
     }
 }
 
@@ -278,25 +288,10 @@ fn payload(opts: &ExecOptions, root: &str) -> Result<cpio::Cpio> {
 }
 
 /// Writes the folder of `cpio` out as a tree under `dir` (for the Debian
-/// image's tools disk) by unpacking it with the host's cpio.
+/// image's tools disk).
 fn unpack_cpio(cpio: cpio::Cpio, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err("tools tree"))?;
-    let mut child = std::process::Command::new("cpio")
-        .args(["-i", "-d", "--quiet", "--no-absolute-filenames"])
-        .current_dir(dir)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io_err("cannot start cpio"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        cpio.write_to(&mut stdin).map_err(io_err("cpio"))?;
-    }
-    let status = child.wait().map_err(io_err("cpio"))?;
-    match status.success() {
-        true => Ok(()),
-        false => Err(Error::Step(format!(
-            "unpacking the run's files: cpio {status}"
-        ))),
-    }
+    cpio::unpack(&cpio.finish(), dir).map_err(io_err("unpacking the run's files"))
 }
 
 /// The Debian image's script: the guest half, from the tools disk.
@@ -391,7 +386,8 @@ pub fn run(artifacts: &Artifacts, opts: &ExecOptions) -> Result<ExecOutcome> {
         }
         Image::Debian(dist) => {
             let image = DebianImage::load(dist)?;
-            let tree = scratch.path().join("tools.d");
+            // Not `tools.d`: tools_disk_with builds the disk's tree there.
+            let tree = scratch.path().join("run.d");
             unpack_cpio(payload(opts, "xxexec")?, &tree)?;
             let tools = scratch.path().join("tools.img");
             crate::image::tools_disk_with(&artifacts, &tools, Some(&tree))?;
@@ -679,6 +675,14 @@ mod tests {
         assert!(Put::parse("Cargo.toml:relative").is_err());
         assert!(Put::parse("/nonexistent-xxvm:/a").is_err());
         assert!(Put::parse("Cargo.toml:/a/../b").is_err());
+        // Into a folder, under the source's name.
+        let p = Put::parse("../ci/Cargo.toml:/tmp/in/").expect("put into a folder");
+        assert_eq!(p.dest, "/tmp/in/Cargo.toml");
+        assert_eq!(
+            Put::parse("Cargo.toml:/").expect("put into /").dest,
+            "/Cargo.toml"
+        );
+        assert!(Put::parse("..:/tmp/").is_err());
         let g = Get::parse("/tmp/out.txt:results/out.txt").expect("get");
         assert_eq!(g.guest, "/tmp/out.txt");
         assert_eq!(g.host, PathBuf::from("results/out.txt"));
