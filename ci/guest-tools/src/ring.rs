@@ -698,6 +698,15 @@ pub fn crossings(device: &str, args: RingCrossingsArgs) -> Result<ExitCode, Erro
             completions += 1;
         }
     }
+    // The last event may follow its task file's completion.
+    let deadline = Instant::now() + TIMEOUT;
+    while events.iter().filter(|e| e.cause == Cause::Test).count() < args.ops as usize
+        && Instant::now() < deadline
+    {
+        if let Some(RingEntry::Event(e)) = ring.peek()? {
+            events.push(e);
+        }
+    }
     edu_marker(args.end_tag)?;
     let kicks = ring.stats().kicks - kicks0;
     let tests = events.iter().filter(|e| e.cause == Cause::Test).count();
