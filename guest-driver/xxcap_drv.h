@@ -25,6 +25,8 @@
  * driver: the reap work unpins their pages, then turns them into a
  * completion record for the file that started them, unless that file was
  * closed meanwhile (req->client is then NULL and the record is dropped).
+ * A RING_KICK (RING_ENTER) has no waiter from the start: whoever takes it
+ * back from the device puts it on the reap list, which frees it.
  * All ownership decisions are made under card->lock.
  *
  * DMA: the pages of a DMA command's user buffer (or of a capture buffer)
