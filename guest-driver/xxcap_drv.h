@@ -271,6 +271,7 @@ struct xxcap_client {
 	struct list_head regbufs;	/* its registered buffers */
 	unsigned int n_regbufs;		/* ... and those being registered */
 	enum xxcap_ring_state ring_state;	/* WRITE_ONCE */
+	bool ring_woken;		/* under lock: a RING_WAKE not reported yet */
 };
 
 /*
@@ -465,7 +466,7 @@ int xxcap_ring_enter(struct xxcap_client *client);
 void xxcap_ring_release(struct xxcap_client *client);
 void xxcap_ring_kick_done(struct xxcap_card *card, struct xxcap_req *req);
 void xxcap_ring_wake(struct xxcap_card *card);
-bool xxcap_ring_cq_pending(struct xxcap_client *client);
+bool xxcap_ring_ready(struct xxcap_client *client, bool consume);
 u32 xxcap_ring_owner(struct xxcap_card *card);
 
 /* xxcap_abort.c */

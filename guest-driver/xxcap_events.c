@@ -400,8 +400,8 @@ static int xxcap_read_records(struct xxcap_client *client, char __user *buf,
 /*
  * Whole records, at least one: blocks until one is queued. A LOST record
  * still owed once the queue is empty follows the last record. The ring's
- * owner does not block while its CQ holds entries (-EAGAIN instead): its
- * RING_WAKE wakes a blocked read(), which has no record to return.
+ * owner does not block while its CQ holds entries, nor after a RING_WAKE
+ * (-EAGAIN instead, as there is no record to return).
  */
 ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
 		   loff_t *ppos)
@@ -428,7 +428,7 @@ ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
 			goto out;
 		}
 		if ((file->f_flags & O_NONBLOCK) ||
-		    xxcap_ring_cq_pending(client)) {
+		    xxcap_ring_ready(client, true)) {
 			ret = -EAGAIN;
 			goto out;
 		}
@@ -436,7 +436,7 @@ ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
 		ret = wait_event_interruptible(client->wq,
 					       xxcap_client_readable(client) ||
 					       READ_ONCE(card->gone) ||
-					       xxcap_ring_cq_pending(client));
+					       xxcap_ring_ready(client, false));
 		if (ret)
 			goto out;
 	}
@@ -471,7 +471,7 @@ __poll_t xxcap_poll(struct file *file, poll_table *wait)
 	__poll_t mask = 0;
 
 	poll_wait(file, &client->wq, wait);
-	if (xxcap_client_readable(client) || xxcap_ring_cq_pending(client))
+	if (xxcap_client_readable(client) || xxcap_ring_ready(client, true))
 		mask |= EPOLLIN | EPOLLRDNORM;
 	if (READ_ONCE(client->card->gone))
 		mask |= EPOLLHUP | EPOLLERR;

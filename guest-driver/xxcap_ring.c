@@ -178,13 +178,15 @@ int xxcap_ring_setup(struct xxcap_client *client, void __user *argp)
 	ret = xxcap_ring_send(card, client->owner, arg.flags, arg.sq_idle_us);
 
 	spin_lock_irq(&card->lock);
-	if (!ret)
+	if (!ret) {
 		WRITE_ONCE(client->ring_state, XXCAP_RING_ACTIVE);
-	else if (ret == -ETIMEDOUT || was == XXCAP_RING_UNKNOWN)
+		client->ring_woken = false;
+	} else if (ret == -ETIMEDOUT || was == XXCAP_RING_UNKNOWN) {
 		/* The card may yet set it up: torn down at close. */
 		WRITE_ONCE(client->ring_state, XXCAP_RING_UNKNOWN);
-	else
+	} else {
 		WRITE_ONCE(client->ring_state, XXCAP_RING_NONE);
+	}
 	if (client->ring_state == XXCAP_RING_NONE)
 		card->ring_client = NULL;
 	spin_unlock_irq(&card->lock);
@@ -298,32 +300,45 @@ void xxcap_ring_release(struct xxcap_client *client)
 
 /*
  * A RING_WAKE record: the card posted a CQ entry while the owner had
- * armed its CQ. Wakes the owner's readers and pollers; keeps no record.
- * Under card->lock.
+ * armed its CQ. Wakes the owner's readers and pollers, and makes the next
+ * poll() or read() of the owner return to user space even if the CQ is
+ * empty by then; keeps no record. Under card->lock.
+ *
+ * Why the wake-up is kept: the card clears ARMED before it sends the
+ * record, and that clear can land after the application armed again for
+ * its next sleep (arming an ARMED CQ changes nothing the card can see).
+ * Swallowed inside a poll() that finds the CQ empty, the wake-up would
+ * leave the application asleep with ARMED clear, and no later entry would
+ * wake it. Returned to user space, it has the application arm again.
  */
 void xxcap_ring_wake(struct xxcap_card *card)
 {
+	struct xxcap_client *client = card->ring_client;
+
 	lockdep_assert_held(&card->lock);
 	atomic64_inc(&card->ring_wakeups);
-	if (card->ring_client)
-		wake_up(&card->ring_client->wq);
+	if (!client)
+		return;
+	client->ring_woken = true;
+	wake_up(&client->wq);
 }
 
 /*
- * Whether @client's CQ holds entries it has not consumed (cq_tail, which
- * the card writes, differs from cq_head, which the application writes).
- * Any context: the wait conditions of read() run it too. Called after the
- * caller joined client->wq; the full barrier orders that before the loads
- * of the indices, pairing with the card's barrier between posting an entry
- * and reading cq_flags (SPEC 15), so that an entry the load misses comes
- * with a RING_WAKE that finds the caller on the queue.
+ * Whether @client has something of its ring to look at: a RING_WAKE not
+ * reported yet (taken if @consume), or CQ entries not consumed (cq_tail,
+ * which the card writes, differs from cq_head, which the application
+ * writes). Any context: the wait condition of read() runs it too. Called
+ * after the caller joined client->wq; the full barrier orders that before
+ * the loads of the indices, pairing with the card's barrier between
+ * posting an entry and reading cq_flags (SPEC 15), so that an entry the
+ * loads miss comes with a RING_WAKE that finds the caller on the queue.
  */
-bool xxcap_ring_cq_pending(struct xxcap_client *client)
+bool xxcap_ring_ready(struct xxcap_client *client, bool consume)
 {
 	struct xxcap_card *card = client->card;
 	const struct xxcap_ring_header *hdr;
 	unsigned long flags;
-	bool pending = false;
+	bool ready = false;
 
 	if (READ_ONCE(client->ring_state) != XXCAP_RING_ACTIVE)
 		return false;
@@ -333,10 +348,13 @@ bool xxcap_ring_cq_pending(struct xxcap_client *client)
 	/* The mapping goes after remove() has set gone under the lock. */
 	if (!card->gone && client->ring_state == XXCAP_RING_ACTIVE) {
 		hdr = xxcap_ring_hdr(card);
-		pending = READ_ONCE(hdr->cq_tail) != READ_ONCE(hdr->cq_head);
+		ready = client->ring_woken ||
+			READ_ONCE(hdr->cq_tail) != READ_ONCE(hdr->cq_head);
+		if (consume)
+			client->ring_woken = false;
 	}
 	spin_unlock_irqrestore(&card->lock, flags);
-	return pending;
+	return ready;
 }
 
 /* The owner tag of the open whose ring is set up, or 0 (sysfs). */
