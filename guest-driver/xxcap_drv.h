@@ -25,6 +25,8 @@
  * driver: the reap work unpins their pages, then turns them into a
  * completion record for the file that started them, unless that file was
  * closed meanwhile (req->client is then NULL and the record is dropped).
+ * A RING_KICK (RING_ENTER) has no waiter from the start: whoever takes it
+ * back from the device puts it on the reap list, which frees it.
  * All ownership decisions are made under card->lock.
  *
  * DMA: the pages of a DMA command's user buffer (or of a capture buffer)
@@ -43,6 +45,15 @@
  * files of a card share one address_space (an anonymous inode of the card),
  * so remove() can zap every mapping after making later faults fail with
  * SIGBUS.
+ *
+ * Rings (xxcap_ring.c): a card with XXCAP_CAP_RING has a ring area after
+ * the status block, which the controlling open may set up as its
+ * submission and completion rings and map read-write. The card runs the
+ * ring's task files without the driver seeing them; the driver decides
+ * who owns the ring (the open's owner tag, which also tags the open's
+ * registered buffers), kicks the card on RING_ENTER, turns RING_WAKE
+ * records into wake-ups of the owner, and tears the ring down before the
+ * open's registered buffers are unpinned.
  */
 #ifndef _XXCAP_DRV_H
 #define _XXCAP_DRV_H
@@ -130,6 +141,15 @@
 #define XXCAP_MMAP_PGOFF_RAM	(XXCAP_MMAP_OFFSET_CARD_RAM >> PAGE_SHIFT)
 #define XXCAP_MMAP_PGOFF_STATUS	(XXCAP_MMAP_OFFSET_STATUS >> PAGE_SHIFT)
 #define XXCAP_STATUS_MAP_SIZE	PAGE_ALIGN(XXCAP_STATUS_BLOCK_SIZE)
+#define XXCAP_MMAP_PGOFF_RING	(XXCAP_MMAP_OFFSET_RING >> PAGE_SHIFT)
+/* The ring area starts this far after card RAM in region 0 (SPEC 15). */
+#define XXCAP_RING_AREA_GAP	4096
+#define XXCAP_RING_MAP_SIZE	PAGE_ALIGN(XXCAP_RING_AREA_SIZE)
+/*
+ * RING_KICK requests the card may hold at once: they are not waited for,
+ * and this keeps room in the command queue for everything else.
+ */
+#define XXCAP_MAX_RING_KICKS	32
 
 enum {
 	XXCAP_FLAG_WRITER,	/* a controlling (writable) open exists */
@@ -200,6 +220,16 @@ struct xxcap_card {
 	u32 exec_est_ns[XXCAP_EST_CLASSES];	/* READ_ONCE/WRITE_ONCE; 0: none */
 	atomic_t exec_probe;		/* picks the EXECs that probe */
 
+	/* Rings (xxcap_ring.c) */
+	bool ring;			/* set at probe: the ring area is mapped */
+	u64 ring_off;			/* ... at this offset in the region */
+	u32 last_owner;			/* under lock: owner tag of the last writer */
+	struct xxcap_client *ring_client;	/* under lock: holds (or may hold) the ring */
+	unsigned int n_kicks;		/* under lock: RING_KICKs the card holds */
+	atomic64_t ring_kicks;		/* RING_KICKs sent */
+	atomic64_t ring_kick_errors;	/* ... that the card refused */
+	atomic64_t ring_wakeups;	/* RING_WAKE records received */
+
 	/* Registered buffers (xxcap_regbuf.c) */
 	struct ida regbuf_ida;		/* their ids, 1..PER_CARD */
 	unsigned int n_regbufs;		/* under lock: held, or being set up */
@@ -207,10 +237,19 @@ struct xxcap_card {
 	struct list_head lost_regbufs;	/* under lock: the card may hold them */
 };
 
+/* Ring of a controlling open, as far as the driver knows */
+enum xxcap_ring_state {
+	XXCAP_RING_NONE,		/* the card holds no ring of this open */
+	XXCAP_RING_SETTING,		/* RING_SETUP on its way */
+	XXCAP_RING_ACTIVE,		/* set up: mappable, RING_ENTER works */
+	XXCAP_RING_UNKNOWN,		/* a RING_SETUP unanswered: may be set up */
+};
+
 /* One open file of a card */
 struct xxcap_client {
 	struct xxcap_card *card;
 	bool writer;			/* the controlling open */
+	u32 owner;			/* writer: its nonzero owner tag; else 0 */
 	struct mutex read_mutex;	/* one consumer of fifo at a time */
 	wait_queue_head_t wq;		/* readers, pollers, buffer flushes */
 	struct xxcap_event *ring;	/* storage of fifo */
@@ -231,6 +270,8 @@ struct xxcap_client {
 	u64 bufs_done;			/* ... and retired */
 	struct list_head regbufs;	/* its registered buffers */
 	unsigned int n_regbufs;		/* ... and those being registered */
+	enum xxcap_ring_state ring_state;	/* WRITE_ONCE */
+	bool ring_woken;		/* under lock: a RING_WAKE not reported yet */
 };
 
 /*
@@ -242,6 +283,7 @@ struct xxcap_regbuf {
 	struct kref ref;
 	struct xxcap_card *card;
 	u32 id;
+	u32 owner;			/* owner tag sent with it (0: none) */
 	u64 addr;			/* user address */
 	u64 length;
 	struct page **pages;
@@ -265,7 +307,9 @@ enum xxcap_req_kind {
 	XXCAP_KIND_SUBMIT,		/* SUBMIT: completes as a record */
 	XXCAP_KIND_BUFFER,		/* capture buffer: completes as a record */
 	XXCAP_KIND_VB2,			/* vb2 buffer of the V4L2 node */
+	XXCAP_KIND_KICK,		/* RING_KICK: nobody waits, freed when back */
 };
+
 
 /*
  * Device-readable: in (vq_request [+ task file]) then sgt (SG table);
@@ -306,6 +350,13 @@ struct xxcap_req {
 static inline struct xxcap_card *to_xxcap_card(struct device *dev)
 {
 	return container_of(dev, struct xxcap_card, dev);
+}
+
+/* Whether @req completes as a record (or a vb2 buffer) */
+static inline bool xxcap_req_recorded_kind(const struct xxcap_req *req)
+{
+	return req->kind == XXCAP_KIND_SUBMIT ||
+	       req->kind == XXCAP_KIND_BUFFER || req->kind == XXCAP_KIND_VB2;
 }
 
 /* How xxcap_submit() waits for room in the command queue */
@@ -405,6 +456,18 @@ int xxcap_exec_kernel(struct xxcap_card *card, struct xxcap_cmd *cmds,
 		      u32 count, u32 *err, u64 *device_time_ns);
 int xxcap_submit_tf(struct xxcap_client *client, struct file *file,
 		    void __user *argp);
+
+/* xxcap_ring.c */
+u32 xxcap_ring_new_owner(struct xxcap_card *card);
+u32 xxcap_ring_buffer_owner(const struct xxcap_client *client);
+bool xxcap_ring_available(const struct xxcap_card *card);
+int xxcap_ring_setup(struct xxcap_client *client, void __user *argp);
+int xxcap_ring_enter(struct xxcap_client *client);
+void xxcap_ring_release(struct xxcap_client *client);
+void xxcap_ring_kick_done(struct xxcap_card *card, struct xxcap_req *req);
+void xxcap_ring_wake(struct xxcap_card *card);
+bool xxcap_ring_ready(struct xxcap_client *client, bool consume);
+u32 xxcap_ring_owner(struct xxcap_card *card);
 
 /* xxcap_abort.c */
 int xxcap_abort(struct xxcap_client *client, void __user *argp);

@@ -16,7 +16,7 @@
 
 #include "xxcap_drv.h"
 
-/* Whether read() has a record for @client. */
+/* Whether read() has a record for @client (ring entries are not records). */
 static bool xxcap_client_readable(struct xxcap_client *client)
 {
 	return !kfifo_is_empty(&client->fifo) || READ_ONCE(client->lost);
@@ -188,7 +188,7 @@ void xxcap_retire(struct xxcap_card *card, struct list_head *list)
 		list_del(&req->node);
 		/* Unpinned first: whoever reads the record finds them free. */
 		xxcap_unpin(req);
-		if (req->kind != XXCAP_KIND_SYNC && !req->recorded) {
+		if (xxcap_req_recorded_kind(req) && !req->recorded) {
 			spin_lock_irq(&card->lock);
 			xxcap_req_record(card, req);
 			card->n_unrecorded--;
@@ -236,6 +236,11 @@ static void xxcap_evt_deliver(struct xxcap_card *card, const void *buf,
 	for (off = 0; off < len; off += XXCAP_EVENT_SIZE) {
 		memcpy(&ev, buf + off, sizeof(ev));
 		atomic64_inc(&card->events);
+		if (ev.cause == XXCAP_EVENT_RING_WAKE) {
+			/* A wake-up for the ring's owner, not a record */
+			xxcap_ring_wake(card);
+			continue;
+		}
 		if (!memcmp(&ev, &card->evt_last, sizeof(ev))) {
 			atomic64_inc(&card->events_repeated);
 			continue;
@@ -394,7 +399,9 @@ static int xxcap_read_records(struct xxcap_client *client, char __user *buf,
 
 /*
  * Whole records, at least one: blocks until one is queued. A LOST record
- * still owed once the queue is empty follows the last record.
+ * still owed once the queue is empty follows the last record. The ring's
+ * owner does not block while its CQ holds entries, nor after a RING_WAKE
+ * (-EAGAIN instead, as there is no record to return).
  */
 ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
 		   loff_t *ppos)
@@ -420,14 +427,16 @@ ssize_t xxcap_read(struct file *file, char __user *buf, size_t count,
 			ret = -ENODEV;
 			goto out;
 		}
-		if (file->f_flags & O_NONBLOCK) {
+		if ((file->f_flags & O_NONBLOCK) ||
+		    xxcap_ring_ready(client, true)) {
 			ret = -EAGAIN;
 			goto out;
 		}
 		/* Nothing taken yet: a signal loses nothing. */
 		ret = wait_event_interruptible(client->wq,
 					       xxcap_client_readable(client) ||
-					       READ_ONCE(card->gone));
+					       READ_ONCE(card->gone) ||
+					       xxcap_ring_ready(client, false));
 		if (ret)
 			goto out;
 	}
@@ -462,7 +471,7 @@ __poll_t xxcap_poll(struct file *file, poll_table *wait)
 	__poll_t mask = 0;
 
 	poll_wait(file, &client->wq, wait);
-	if (xxcap_client_readable(client))
+	if (xxcap_client_readable(client) || xxcap_ring_ready(client, true))
 		mask |= EPOLLIN | EPOLLRDNORM;
 	if (READ_ONCE(client->card->gone))
 		mask |= EPOLLHUP | EPOLLERR;

@@ -57,6 +57,8 @@ static int xxcap_open(struct inode *inode, struct file *file)
 		goto err_ring;
 	}
 	list_add_tail(&client->node, &card->clients);
+	if (writer)
+		client->owner = xxcap_ring_new_owner(card);
 	spin_unlock_irq(&card->lock);
 
 	get_device(&card->dev);
@@ -76,10 +78,12 @@ err_writer:
 }
 
 /*
- * Last close (also of a killed process): the card returns this open's
- * capture buffers before the next controlling open may queue its own (or a
- * late flush would cancel those); the wait is bounded by timeout_ms. Its
- * submitted task files finish in the background, without records.
+ * Last close (also of a killed process): its ring is torn down first, so
+ * that no ring task file runs after close or uses the registered buffers
+ * released below. The card returns this open's capture buffers before the
+ * next controlling open may queue its own (or a late flush would cancel
+ * those); the wait is bounded by timeout_ms. Its submitted task files
+ * finish in the background, without records.
  */
 static int xxcap_release(struct inode *inode, struct file *file)
 {
@@ -88,6 +92,8 @@ static int xxcap_release(struct inode *inode, struct file *file)
 	struct xxcap_req *req, *tmp;
 	bool flush;
 	int ret;
+
+	xxcap_ring_release(client);
 
 	spin_lock_irq(&card->lock);
 	flush = client->n_buffers && !card->gone;
@@ -145,6 +151,8 @@ static long xxcap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case XXCAP_IOC_REGISTER_BUFFER:
 	case XXCAP_IOC_UNREGISTER_BUFFER:
 	case XXCAP_IOC_ABORT:
+	case XXCAP_IOC_RING_SETUP:
+	case XXCAP_IOC_RING_ENTER:
 		break;
 	default:
 		return -ENOTTY;
@@ -166,6 +174,10 @@ static long xxcap_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return xxcap_unregister_buffer(client, argp);
 	case XXCAP_IOC_ABORT:
 		return xxcap_abort(client, argp);
+	case XXCAP_IOC_RING_SETUP:
+		return xxcap_ring_setup(client, argp);
+	case XXCAP_IOC_RING_ENTER:
+		return xxcap_ring_enter(client);
 	default:
 		/* While the V4L2 node streams, its buffers are the card's. */
 		if (READ_ONCE(card->v4l2_streaming))

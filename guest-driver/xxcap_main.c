@@ -228,6 +228,9 @@ static int xxcap_probe(struct virtio_device *vdev)
 	atomic64_set(&card->exec_polled, 0);
 	atomic64_set(&card->exec_irq, 0);
 	atomic64_set(&card->exec_spins, 0);
+	atomic64_set(&card->ring_kicks, 0);
+	atomic64_set(&card->ring_kick_errors, 0);
+	atomic64_set(&card->ring_wakeups, 0);
 
 	/* From here on the last put_device() frees the card. */
 	device_initialize(&card->dev);

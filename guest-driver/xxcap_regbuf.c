@@ -68,6 +68,7 @@ static int xxcap_regbuf_send(struct xxcap_card *card, struct xxcap_req *req,
 				      XXCAP_REQ_UNREGISTER_BUFFER);
 	vreq->sg_count = cpu_to_le32(req->n_sgt);
 	desc->id = cpu_to_le32(rb->id);
+	desc->owner = cpu_to_le32(reg ? rb->owner : 0);
 	desc->length = cpu_to_le64(reg ? rb->length : 0);
 	ret = xxcap_req_map(req);
 	if (ret)
@@ -259,6 +260,7 @@ int xxcap_register_buffer(struct xxcap_client *client, void __user *argp)
 	kref_init(&rb->ref);
 	INIT_LIST_HEAD(&rb->node);
 	get_device(&card->dev);
+	rb->owner = xxcap_ring_buffer_owner(client);
 	rb->addr = arg.addr;
 	rb->length = arg.length;
 	rb->n_pages = DIV_ROUND_UP(offset_in_page(arg.addr) + arg.length,

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * xxcapture: card RAM and the status block. ATTACH at probe, the
- * kernel mapping of the shared-memory region, and the user mappings of it,
- * filled on fault so that remove() can revoke them.
+ * xxcapture: card RAM, the status block and the ring area. ATTACH at
+ * probe, the kernel mapping of the shared-memory region, and the user
+ * mappings of it, filled on fault so that remove() can revoke them.
  */
 
 #include <linux/io.h>
@@ -68,15 +68,43 @@ static void *xxcap_memremap(struct xxcap_card *card, phys_addr_t addr,
 }
 
 /*
+ * How much of the region, @need bytes already, to claim and map for the
+ * ring area of a card with XXCAP_CAP_RING: the area follows the status
+ * page. 0 when the region does not hold it; the card then works without
+ * rings.
+ */
+static u64 xxcap_ring_need(struct xxcap_card *card, u64 region_len, u64 ram)
+{
+	u64 off = ram + XXCAP_RING_AREA_GAP, end;
+	const char *why;
+
+	if (!(card->id.capabilities & XXCAP_CAP_RING))
+		return 0;
+	why = "ring area not page aligned";
+	if (!PAGE_ALIGNED(off))
+		goto fail;
+	why = "shared-memory region too small for the ring area";
+	if (check_add_overflow(off, (u64)XXCAP_RING_MAP_SIZE, &end) ||
+	    region_len < end)
+		goto fail;
+	card->ring_off = off;
+	return end;
+
+fail:
+	dev_warn(&card->dev, "%s: rings unavailable\n", why);
+	return 0;
+}
+
+/*
  * Attaches card RAM at probe. A card without it still runs task files;
- * only mmap() is refused (-ENODEV).
+ * only mmap() is refused (-ENODEV), and rings.
  */
 void xxcap_attach(struct xxcap_card *card)
 {
 	struct virtio_shm_region region;
 	bool has_shm = card->id.capabilities & XXCAP_CAP_CARD_RAM_SHM;
 	const char *why;
-	u64 ram = card->id.card_ram_size, need;
+	u64 ram = card->id.card_ram_size, need, ring_end;
 	int ret;
 
 	ret = xxcap_send_attach(card);
@@ -104,6 +132,10 @@ void xxcap_attach(struct xxcap_card *card)
 	why = "card RAM too large to map";
 	if (ram > XXCAP_MMAP_OFFSET_STATUS)
 		goto fail;
+	/* The ring area too, with the same memory type as the rest. */
+	ring_end = xxcap_ring_need(card, region.len, ram);
+	if (ring_end)
+		need = ring_end;
 	why = "shared-memory region busy";
 	if (!request_mem_region(region.addr, need, dev_name(&card->dev)))
 		goto fail;
@@ -115,6 +147,7 @@ void xxcap_attach(struct xxcap_card *card)
 	}
 	card->shm_phys = region.addr;
 	card->shm_len = need;
+	card->ring = ring_end != 0;
 	card->shm_mapped = true;	/* no user yet: no lock needed */
 	return;
 
@@ -145,6 +178,7 @@ static vm_fault_t xxcap_vm_fault(struct vm_fault *vmf)
 	struct vm_area_struct *vma = vmf->vma;
 	struct xxcap_card *card = vma->vm_private_data;
 	unsigned long ram_pages = card->id.card_ram_size >> PAGE_SHIFT;
+	unsigned long ring_page = vmf->pgoff - XXCAP_MMAP_PGOFF_RING;
 	vm_fault_t ret = VM_FAULT_SIGBUS;
 	phys_addr_t phys;
 
@@ -156,6 +190,11 @@ static vm_fault_t xxcap_vm_fault(struct vm_fault *vmf)
 	else if (vmf->pgoff == XXCAP_MMAP_PGOFF_STATUS &&
 		 !(vma->vm_flags & VM_WRITE))
 		phys = card->shm_phys + card->id.card_ram_size;
+	else if (card->ring && vmf->pgoff >= XXCAP_MMAP_PGOFF_RING &&
+		 ring_page < XXCAP_RING_MAP_SIZE >> PAGE_SHIFT)
+		/* Only its ring's owner could map these (xxcap_mmap()). */
+		phys = card->shm_phys + card->ring_off +
+		       ((phys_addr_t)ring_page << PAGE_SHIFT);
 	else
 		goto out;
 	ret = vmf_insert_pfn(vma, vmf->address, PHYS_PFN(phys));
@@ -169,9 +208,33 @@ static const struct vm_operations_struct xxcap_vm_ops = {
 };
 
 /*
+ * The ring area, for the controlling open whose ring is set up only, and
+ * shared only (the card reads what the application writes). A ring is
+ * torn down only at the last close, when no mapping of the file is left,
+ * or by remove(), which zaps every mapping: a mapping made here never
+ * outlives the ring.
+ */
+static int xxcap_mmap_ring(struct xxcap_client *client,
+			   struct vm_area_struct *vma, unsigned long len)
+{
+	struct xxcap_card *card = client->card;
+
+	if (!xxcap_ring_available(card))
+		return -ENODEV;
+	if (!client->writer)
+		return -EACCES;
+	if (READ_ONCE(client->ring_state) != XXCAP_RING_ACTIVE)
+		return -EINVAL;
+	if (len > XXCAP_RING_MAP_SIZE || !(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+	return 0;
+}
+
+/*
  * Offset 0: card RAM (writable by the controlling open only); offset
- * XXCAP_MMAP_OFFSET_STATUS: the status block (read-only). Pages are mapped
- * on fault, so that remove() can revoke every mapping.
+ * XXCAP_MMAP_OFFSET_STATUS: the status block (read-only); offset
+ * XXCAP_MMAP_OFFSET_RING: the ring area (the ring's owner only). Pages are
+ * mapped on fault, so that remove() can revoke every mapping.
  */
 int xxcap_mmap(struct file *file, struct vm_area_struct *vma)
 {
@@ -180,6 +243,7 @@ int xxcap_mmap(struct file *file, struct vm_area_struct *vma)
 	unsigned long len = vma->vm_end - vma->vm_start;
 	bool writable;
 	bool mapped;
+	int ret;
 
 	down_read(&card->map_rwsem);
 	mapped = card->shm_mapped;
@@ -195,6 +259,11 @@ int xxcap_mmap(struct file *file, struct vm_area_struct *vma)
 		if (len > XXCAP_STATUS_MAP_SIZE)
 			return -EINVAL;
 		writable = false;
+	} else if (vma->vm_pgoff == XXCAP_MMAP_PGOFF_RING) {
+		ret = xxcap_mmap_ring(client, vma, len);
+		if (ret)
+			return ret;
+		writable = true;
 	} else {
 		return -EINVAL;
 	}

@@ -73,6 +73,9 @@ XXCAP_COUNTER_ATTR(completions);
 XXCAP_COUNTER_ATTR(exec_polled);
 XXCAP_COUNTER_ATTR(exec_irq);
 XXCAP_COUNTER_ATTR(exec_spins);
+XXCAP_COUNTER_ATTR(ring_kicks);
+XXCAP_COUNTER_ATTR(ring_kick_errors);
+XXCAP_COUNTER_ATTR(ring_wakeups);
 
 /* The expected EXEC round trip of each size class, in ns (0: none yet) */
 static ssize_t exec_estimates_ns_show(struct device *dev,
@@ -95,6 +98,22 @@ static ssize_t card_ram_mapped_show(struct device *dev,
 	return sysfs_emit(buf, "%d\n", READ_ONCE(to_xxcap_card(dev)->shm_mapped));
 }
 static DEVICE_ATTR_RO(card_ram_mapped);
+
+/* 1 when the card offers rings and its ring area is mapped, else 0 */
+static ssize_t ring_available_show(struct device *dev,
+				   struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%d\n", xxcap_ring_available(to_xxcap_card(dev)));
+}
+static DEVICE_ATTR_RO(ring_available);
+
+/* The owner tag of the open whose ring is set up, 0 for none */
+static ssize_t ring_owner_show(struct device *dev,
+			       struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", xxcap_ring_owner(to_xxcap_card(dev)));
+}
+static DEVICE_ATTR_RO(ring_owner);
 
 /*
  * Writable properties. A value is checked before anything else: out of
@@ -300,6 +319,11 @@ static struct attribute *xxcap_attrs[] = {
 	&dev_attr_exec_spins.attr,
 	&dev_attr_exec_estimates_ns.attr,
 	&dev_attr_card_ram_mapped.attr,
+	&dev_attr_ring_available.attr,
+	&dev_attr_ring_owner.attr,
+	&dev_attr_ring_kicks.attr,
+	&dev_attr_ring_kick_errors.attr,
+	&dev_attr_ring_wakeups.attr,
 	&dev_attr_timeout_ms.attr,
 	&dev_attr_event_queue_depth.attr,
 	&dev_attr_int_coalesce_count.attr,

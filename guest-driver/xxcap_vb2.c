@@ -245,6 +245,8 @@ static int xxcap_start_streaming(struct vb2_queue *q, unsigned int count)
 		ret = -ENODEV;
 	else if (card->v4l2_streaming || card->n_stream)
 		ret = -EBUSY;	/* an open file streams */
+	else if (card->ring_client)
+		ret = -EBUSY;	/* ring task files are not checked */
 	card->v4l2_streaming = !ret;
 	card->v4l2_drops = !ret && drops;
 	v->starting = true;

@@ -143,6 +143,9 @@ void xxcap_req_returned(struct xxcap_card *card, struct xxcap_req *req,
 			complete(&req->done);
 			return;
 		}
+	} else if (req->kind == XXCAP_KIND_KICK) {
+		/* Nobody waits: the reap work frees it. */
+		xxcap_ring_kick_done(card, req);
 	} else if (!req->n_dma && !card->n_unrecorded) {
 		/* Nothing to unpin, nothing before it: record it now. */
 		xxcap_req_record(card, req);
