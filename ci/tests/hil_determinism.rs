@@ -7,7 +7,9 @@
 //! --events`), a hash of the captured frames (the Y4M file) and xxcapd's
 //! trace. The two deterministic runs must agree byte for byte on all three,
 //! and their timestamps must be the virtual clock's (one frame period
-//! apart). A third run without `--deterministic` is the control: the same
+//! apart). Then 60 frames captured from the card-RAM ring through the
+//! mapping (the reader releasing slots, RING_RELEASE), hashed the same way.
+//! A third run without `--deterministic` is the control: the same
 //! comparison tells its timestamps apart, so the check can fail.
 //!
 //! Logs: `target/hil-logs/determinism-{a,b,host}/` (the run directory of
@@ -28,7 +30,11 @@ const SCENARIO: &str = "mkdir -p /tmp/out && \
     xxcap stream --frames 300 --rate 30 --size 320x240 --format yuyv --buffers 4 \
       --seconds 600 --verify --quiet -o /tmp/frames.y4m --events /tmp/out/events.txt; \
     echo \"stream exit $?\"; \
-    sha256sum /tmp/frames.y4m | cut -d' ' -f1 > /tmp/out/frames.sha256";
+    sha256sum /tmp/frames.y4m | cut -d' ' -f1 > /tmp/out/frames.sha256; \
+    xxcap capture --frames 60 --rate 30 --size 320x240 --format yuyv --mode mmap \
+      --verify --quiet --results -o /tmp/ring.y4m; \
+    echo \"capture exit $?\"; \
+    sha256sum /tmp/ring.y4m | cut -d' ' -f1 > /tmp/out/ring.sha256";
 
 /// One run's results.
 struct Run {
@@ -37,6 +43,7 @@ struct Run {
     stdout: String,
     events: String,
     frames_sha256: String,
+    ring_sha256: String,
     trace: Vec<u8>,
 }
 
@@ -78,6 +85,7 @@ fn run(name: &str, deterministic: bool) -> Run {
     Run {
         events: text(&dir.join("out/events.txt")),
         frames_sha256: text(&dir.join("out/frames.sha256")).trim().to_string(),
+        ring_sha256: text(&dir.join("out/ring.sha256")).trim().to_string(),
         trace: read(&trace),
         dir,
         stdout,
@@ -167,6 +175,15 @@ fn a_deterministic_run_repeats_byte_for_byte() {
         first_difference(&a.events, &b.events)
     );
     assert_eq!(a.frames_sha256, b.frames_sha256, "captured frames differ");
+    assert!(
+        a.stdout.contains("capture exit 0"),
+        "the ring capture: {}",
+        a.stdout
+    );
+    assert_eq!(
+        a.ring_sha256, b.ring_sha256,
+        "frames captured from the card-RAM ring differ"
+    );
     assert!(
         a.trace == b.trace,
         "traces differ: {}",
