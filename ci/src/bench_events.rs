@@ -107,11 +107,16 @@ An event through the completion ring, consumer spinning: p50 {:.1} µs{} (target
                 )),
             );
         }
-        if let Some(irq) = self.find("ring-raise-to-user-irq") {
+        if let Some(irq) = self.find("ring-raise-to-sleeper") {
             let _ = writeln!(
                 out,
-                "\nAn event through the completion ring with nothing polling (RING_ENTER and the doorbell in, the card's RING_WAKE interrupt and poll() out): p50 {:.1} µs (target: at most 150 µs).",
-                irq.p50_us
+                "\nAn event through the completion ring to a thread asleep in poll() on the armed ring (EXEC raises it: system call, doorbell, card, the card's RING_WAKE interrupt, wake-up): p50 {:.1} µs (target: at most 150 µs){}.",
+                irq.p50_us,
+                self.find("xxcapture-raise-to-wake")
+                    .map_or(String::new(), |q| format!(
+                        "; the event queue's same path: {:.1} µs",
+                        q.p50_us
+                    )),
             );
         }
         if let Some(one) = self.find("ring-task-file-1-spin") {
