@@ -38,24 +38,18 @@ use crate::error::{Error, Result};
 use crate::events::{Causes, Event};
 use crate::sys;
 
-/// How the rings are set up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the rings are set up. The default has no SQ poller: every
+/// publish costs one RING_ENTER (many entries may share it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingOptions {
-    /// The card polls the SQ while entries keep arriving (a host thread
-    /// spins for it), so submission needs no system call.
+    /// The card polls the SQ while entries keep arriving, so submission
+    /// needs no system call. The poller is a host thread that spins: it
+    /// pays only where the host has a core to spare for it (on a host
+    /// whose cores are all busy it takes time from the guest's vCPU).
     pub sqpoll: bool,
     /// How long the poller spins without a new entry before it sleeps
     /// (zero: the card's default). Ignored without `sqpoll`.
     pub sq_idle: Duration,
-}
-
-impl Default for RingOptions {
-    fn default() -> Self {
-        RingOptions {
-            sqpoll: true,
-            sq_idle: Duration::ZERO,
-        }
-    }
 }
 
 /// A task file's completion from the CQ.

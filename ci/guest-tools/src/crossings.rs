@@ -399,7 +399,10 @@ pub fn run(device: &str, args: CrossingsArgs) -> Result<ExitCode, Error> {
         }
     };
     // The shared rings on the same open, with the card's SQ poller.
-    let mut ring = card.setup_ring(RingOptions::default());
+    let mut ring = card.setup_ring(RingOptions {
+        sqpoll: true,
+        sq_idle: Duration::ZERO,
+    });
     let ring_files: Vec<TaskFile> = COMPLETION_SIZES
         .iter()
         .map(|&n| {

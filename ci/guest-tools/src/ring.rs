@@ -21,6 +21,11 @@ use xxcapture_results::{IrqLatency, Record};
 
 const CANARY: u8 = 0x5c;
 const SPIN: Duration = Duration::from_millis(2);
+/// Rings with the card's SQ poller (its idle time the card's default).
+const SQPOLL: RingOptions = RingOptions {
+    sqpoll: true,
+    sq_idle: Duration::ZERO,
+};
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args)]
@@ -87,10 +92,7 @@ fn pinned(card: &Card) -> Result<u64, Error> {
 
 /// Register round trips, refusals, registered-buffer DMA with canaries.
 fn basics(card: &Card, ring: &mut Ring<'_>) -> Result<(), Error> {
-    let again = card
-        .setup_ring(RingOptions::default())
-        .err()
-        .and_then(|e| e.errno());
+    let again = card.setup_ring(SQPOLL).err().and_then(|e| e.errno());
     check(
         again == Some(Errno::EBUSY),
         &format!("second RING_SETUP of one open: {again:?}"),
@@ -392,7 +394,7 @@ fn sysfs_u64(card: &Card, name: &str) -> Option<u64> {
 pub fn run(device: &str, args: RingArgs) -> Result<ExitCode, Error> {
     {
         let card = Card::open(device, Access::Control)?;
-        let mut ring = card.setup_ring(RingOptions::default())?;
+        let mut ring = card.setup_ring(SQPOLL)?;
         basics(&card, &mut ring)?;
         exactly_once(&card, &mut ring, args.events)?;
         overflow(&card, &mut ring)?;
@@ -443,7 +445,7 @@ pub fn run(device: &str, args: RingArgs) -> Result<ExitCode, Error> {
         let held_id = card.register_raw(held.as_mut_ptr() as u64, 8192)?;
         drop(card);
         let other = Card::open(device, Access::Control)?;
-        let mut ring = other.setup_ring(RingOptions::default())?;
+        let mut ring = other.setup_ring(SQPOLL)?;
         let e = dma_buffer(&mut ring, dma_dir::FROM_CARD, held_id, 0, 0, 8192)?;
         check(
             e == TfError::DmaFault && held.iter().all(|&b| b == CANARY),
@@ -491,7 +493,7 @@ fn kill_leaves_nothing(device: &str) -> Result<(), Error> {
     }
     // The card works for the next user.
     let card = Card::open(device, Access::Control)?;
-    let mut ring = card.setup_ring(RingOptions::default())?;
+    let mut ring = card.setup_ring(SQPOLL)?;
     let mut tf = TaskFile::new();
     let at = tf.get_register(regs::ID);
     let r = ring.run(&tf, SPIN)?;
@@ -505,7 +507,7 @@ fn kill_leaves_nothing(device: &str) -> Result<(), Error> {
 /// until killed.
 pub fn hold(device: &str, _args: HoldArgs) -> Result<ExitCode, Error> {
     let card = Card::open(device, Access::Control)?;
-    let mut ring = card.setup_ring(RingOptions::default())?;
+    let mut ring = card.setup_ring(SQPOLL)?;
     let len = 4 << 20;
     let buf = card.register_buffer(len)?;
     println!("ready");
@@ -530,16 +532,20 @@ pub fn hold(device: &str, _args: HoldArgs) -> Result<ExitCode, Error> {
 
 /// Round trips by the rings: a one-command task file and a TEST event with
 /// the card's SQ poller and this thread spinning (no system call, no
-/// interrupt); then a TEST event to a consumer asleep on the armed ring
-/// (the interrupt path, [`to_sleeper`]).
+/// interrupt); the task file without the poller (a RING_ENTER each); then
+/// a TEST event to a consumer asleep on the armed ring (the interrupt
+/// path, [`to_sleeper`]).
 pub fn bench(device: &str, args: BenchRingArgs) -> Result<ExitCode, Error> {
     let mut one = TaskFile::new();
     one.get_register(regs::ID);
     let raise_one = raise(1);
-    let polled = RingOptions::default();
+    let polled = SQPOLL;
+    let unpolled = RingOptions::default();
     for (name, options, tf, spin, want_event) in [
         ("ring-task-file-1-spin", polled, &one, SPIN, false),
         ("ring-raise-to-user-spin", polled, &raise_one, SPIN, true),
+        // Without the poller: one RING_ENTER (a doorbell) per task file.
+        ("ring-task-file-1-enter", unpolled, &one, SPIN, false),
     ] {
         let card = Card::open(device, Access::Control)?;
         card.enable_interrupts(Causes::TEST, 1, 0)?;
