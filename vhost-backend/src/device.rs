@@ -677,6 +677,14 @@ impl XxcapDevice {
         self.quiescing.load(Ordering::Acquire)
     }
 
+    /// Runs `f` on the card as one command-queue batch sees it (the
+    /// [`Device`] that [`crate::request::process_chain`] drives): requests
+    /// without a virtqueue, for harnesses and tests. `None` once quiescing.
+    pub fn with_batch<R>(&self, f: impl FnOnce(&mut dyn Device) -> R) -> Option<R> {
+        let mut batch = self.begin_batch()?;
+        Some(f(&mut batch))
+    }
+
     /// Starts a command-queue batch: `None` once quiescing. The first batch
     /// after a start moves the card's time zero to it.
     pub(crate) fn begin_batch(&self) -> Option<Batch<'_>> {
@@ -837,6 +845,10 @@ impl Device for Batch<'_> {
         if device.capabilities & caps::RING == 0 {
             return Err(RingError::Unsupported("this card has no rings"));
         }
+        // A refused setup leaves the ring as it was.
+        if req.owner.get() != 0 {
+            device.ring_setup_allowed(req)?;
+        }
         // Any ring there was goes first; its poller is joined with the card
         // released (it may be waiting for the card lock).
         let old = device.ring_teardown_locked(self.card());
@@ -845,6 +857,12 @@ impl Device for Batch<'_> {
             poller.join();
         }
         if req.owner.get() == 0 {
+            // The area reads as zero after a teardown, whatever the
+            // application wrote into it without a ring.
+            if let Some(area) = device.ram.ring_area() {
+                let _events = device.events.lock();
+                area.zero();
+            }
             return Ok(());
         }
         device.ring_setup_locked(self.card(), req)
@@ -926,20 +944,29 @@ impl XxcapDevice {
 
     /// Sets up a ring for `req.owner` (nonzero) with the card locked by
     /// the caller and no ring set up.
-    fn ring_setup_locked(&self, _card: &mut Card, req: RingSetupReq) -> Result<(), RingError> {
-        let Some(area) = self.ram.ring_area() else {
+    /// Why a RING_SETUP for a nonzero owner would be refused, if it would.
+    fn ring_setup_allowed(&self, req: RingSetupReq) -> Result<(), RingError> {
+        if self.ram.ring_area().is_none() {
             return Err(RingError::Unsupported("this card has no rings"));
-        };
+        }
         if !self.mapped.load(Ordering::Acquire) {
             return Err(RingError::Device("region 0 is not mapped".into()));
         }
-        let flags = req.flags.get();
-        let sqpoll = flags & ring_setup::SQPOLL != 0;
-        if sqpoll && self.clock.is_virtual() {
+        if req.flags.get() & ring_setup::SQPOLL != 0 && self.clock.is_virtual() {
             return Err(RingError::Unsupported(
                 "SQPOLL on virtual time (a polling thread would make time depend on the host)",
             ));
         }
+        Ok(())
+    }
+
+    fn ring_setup_locked(&self, card: &mut Card, req: RingSetupReq) -> Result<(), RingError> {
+        self.ring_setup_allowed(req)?;
+        let Some(area) = self.ram.ring_area() else {
+            return Err(RingError::Unsupported("this card has no rings"));
+        };
+        let flags = req.flags.get();
+        let sqpoll = flags & ring_setup::SQPOLL != 0;
         let idle = ring::idle_time(req.sq_idle_us.get());
         let idle_us = if sqpoll {
             u32::try_from(idle.as_micros()).unwrap_or(u32::MAX)
@@ -967,7 +994,7 @@ impl XxcapDevice {
                 Ok(poller) => sq.poller = Some(poller),
                 Err(e) => {
                     drop(sq);
-                    let _ = self.ring_teardown_locked(_card);
+                    let _ = self.ring_teardown_locked(card);
                     return Err(RingError::Device(format!(
                         "cannot start the SQ poller thread: {e}"
                     )));

@@ -108,6 +108,8 @@ impl RingError {
 #[derive(Debug, Default)]
 pub struct RingStats {
     pub setups: AtomicU64,
+    /// CQ entries written: completions, device records, LOST records.
+    pub posted: AtomicU64,
     pub sqes: AtomicU64,
     pub kicks: AtomicU64,
     pub completions: AtomicU64,
@@ -127,8 +129,9 @@ impl RingStats {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "rings: setups={} sqes={} kicks={} completions={} events={} lost={} wakeups={} bad_tails={} poll_cpu_ms={} poll_awake_ms={} poll_sleeps={}",
+            "rings: setups={} posted={} sqes={} kicks={} completions={} events={} lost={} wakeups={} bad_tails={} poll_cpu_ms={} poll_awake_ms={} poll_sleeps={}",
             get(&self.setups),
+            get(&self.posted),
             get(&self.sqes),
             get(&self.kicks),
             get(&self.completions),
@@ -326,6 +329,9 @@ impl CqWriter {
         };
         let _ = area.write(cq_entry_at(self.tail), event.as_bytes());
         self.tail = self.tail.wrapping_add(1);
+        if let Some(s) = &self.stats {
+            RingStats::add(&s.posted, 1);
+        }
         area.store(field::CQ_TAIL, self.tail, Ordering::Release);
         // Pairs with the application's barrier between setting ARMED and
         // re-reading cq_tail: one of the two sees the other.

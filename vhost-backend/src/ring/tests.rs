@@ -207,6 +207,14 @@ fn setup_writes_the_header_and_refuses_what_it_must() {
     ));
     assert_eq!(v.load(field::MAGIC), 0);
     v.setup(OWNER, 0, 0).expect("setup without SQPOLL");
+    // A refused setup leaves the ring as it was.
+    assert!(v.setup(OWNER + 1, ring_setup::SQPOLL, 0).is_err());
+    assert_eq!(v.load(field::MAGIC), xxcapture_abi::RING_MAGIC);
+    // A teardown zeroes the area even without a ring.
+    v.setup(0, 0, 0).expect("teardown");
+    v.store(field::SQ_TAIL, 3);
+    v.setup(0, 0, 0).expect("teardown again");
+    assert_eq!(v.load(field::SQ_TAIL), 0);
 }
 
 #[test]
