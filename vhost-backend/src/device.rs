@@ -1233,7 +1233,7 @@ fn poll_loop(
         };
         shared.clear_kick();
         let awake = awake_before.saturating_add(elapsed_ns(awake_since));
-        if !dev.poll_publish(generation, true, (cpu(), awake, sleeps + 1)) {
+        if !dev.poll_publish(generation, true, (cpu(), awake, sleeps)) {
             return;
         }
         fence(Ordering::SeqCst);
@@ -1243,8 +1243,13 @@ fn poll_loop(
             last_work = Instant::now();
             continue;
         }
-        drop(dev);
+        // Committed to sleep: `poll_sleeps` moves only now, so whoever
+        // sees it move knows the poller takes nothing more until a kick.
         sleeps += 1;
+        if !dev.poll_publish(generation, true, (cpu(), awake, sleeps)) {
+            return;
+        }
+        drop(dev);
         awake_before = awake;
         shared.sleep();
         awake_since = Instant::now();

@@ -547,10 +547,11 @@ fn teardown_and_reset_stop_everything() {
 #[test]
 fn the_sq_poller_takes_entries_without_a_kick_and_sleeps_when_idle() {
     let r = rig();
-    // 20 ms idle: long enough for a loaded host to see the poller awake.
-    r.setup(OWNER, ring_setup::SQPOLL, 20_000).expect("setup");
+    // 200 ms idle: long enough for a loaded host to submit while the
+    // poller is still awake.
+    r.setup(OWNER, ring_setup::SQPOLL, 200_000).expect("setup");
     assert_eq!(r.load(field::SQ_FLAGS), 0, "awake at setup");
-    assert_eq!(r.load(field::SQ_IDLE_US), 20_000);
+    assert_eq!(r.load(field::SQ_IDLE_US), 200_000);
     let mut tf = TaskFile::new();
     tf.get_register(regs::ID);
     r.submit(0, &tf, 1);
@@ -560,10 +561,11 @@ fn the_sq_poller_takes_entries_without_a_kick_and_sleeps_when_idle() {
         || r.load(field::CQ_TAIL) == 1,
     );
     assert_eq!(r.load64(field::KICKS), 0, "no kick was needed");
-    wait_for("NEED_WAKEUP", Duration::from_secs(10), || {
-        r.load(field::SQ_FLAGS) & sq_flags::NEED_WAKEUP != 0
+    // poll_sleeps moves once the poller is past its last look.
+    wait_for("the poller to sleep", Duration::from_secs(10), || {
+        r.load64(field::POLL_SLEEPS) >= 1
     });
-    assert!(r.load64(field::POLL_SLEEPS) >= 1);
+    assert_ne!(r.load(field::SQ_FLAGS) & sq_flags::NEED_WAKEUP, 0);
     assert!(r.load64(field::POLL_AWAKE_NS) > 0);
     // Asleep: an entry waits for the kick.
     r.submit(0, &tf, 2);
