@@ -588,3 +588,36 @@ fn the_sq_poller_takes_entries_without_a_kick_and_sleeps_when_idle() {
     assert_eq!(r.load(field::CQ_TAIL), 0, "zeroed, nothing posted");
     assert!(r.dev.ring_stats().poll_sleeps.load(Ordering::Relaxed) >= 1);
 }
+
+#[test]
+fn ring_entries_take_the_watched_path_with_faults_armed() {
+    let r = rig();
+    r.setup(OWNER, 0, 0).expect("setup");
+    r.register(1, OWNER, GUEST_BUF, 0x1000);
+    let spec: crate::faults::FaultSpec = "dma-error@1".parse().expect("spec");
+    r.dev.faults().arm(spec).expect("arm");
+    let mut tf = TaskFile::new();
+    tf.dma_buffer(dma_dir::TO_CARD, 1, 0, 0, 64);
+    // Apart: an executed task file is written back over its own bytes.
+    r.submit(0, &tf, 0);
+    r.submit(256, &tf, 1);
+    r.kick();
+    // The first transfer is the injected error, the second works.
+    assert_eq!(r.cq(0).status.get(), TfError::DmaFault as u32);
+    assert_eq!(r.cq(1).status.get(), TfError::Ok as u32);
+    assert_eq!(r.dev.faults().injected(), 1);
+}
+
+#[test]
+fn quiesce_tears_the_ring_down_and_joins_the_poller() {
+    let r = rig();
+    r.setup(OWNER, ring_setup::SQPOLL, 0).expect("setup");
+    r.dev.quiesce();
+    assert_eq!(r.load(field::MAGIC), 0);
+    let mut tf = TaskFile::new();
+    tf.get_register(regs::ID);
+    r.submit(0, &tf, 0);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(r.load(field::CQ_TAIL), 0);
+    assert_eq!(r.reg(regs::REQUEST_COUNT), 0);
+}
