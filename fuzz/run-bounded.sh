@@ -6,7 +6,7 @@
 # input) or an invariant the harness checks (see fuzz/README.md).
 #
 # Environment:
-#   XXCAP_FUZZ_SECONDS     seconds per target (default 25: 4 targets, ~100 s)
+#   XXCAP_FUZZ_SECONDS     seconds per target (default 25: 5 targets, ~125 s)
 #   XXCAP_FUZZ_TARGET_DIR  build and scratch directory (default
 #                          ~/.cache/xxcapture/fuzz: outside the work tree, so
 #                          a clean clone reuses the instrumented build)
@@ -17,7 +17,7 @@ seconds=${XXCAP_FUZZ_SECONDS:-25}
 cache=${XXCAP_FUZZ_TARGET_DIR:-${XXCAP_CACHE:-$HOME/.cache/xxcapture}/fuzz}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-	targets=(task_file card_sequence chain backend)
+	targets=(task_file card_sequence chain backend ring)
 fi
 
 # What `cargo fuzz build --sanitizer none` (cargo-fuzz 0.13) passes: SanCov

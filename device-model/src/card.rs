@@ -27,7 +27,8 @@ pub const ALL_CAPS: u32 = caps::TASK_FILE
     | caps::CARD_RAM_SHM
     | caps::EVENTS
     | caps::CAPTURE
-    | caps::STREAMING;
+    | caps::STREAMING
+    | caps::RING;
 
 /// The capabilities of a capture-capable card (what `xxcapd` serves).
 pub const CAPTURE_CARD_CAPS: u32 = ALL_CAPS;
@@ -327,6 +328,36 @@ impl Card {
         now_ns: u64,
         asynchronous: bool,
     ) -> Outcome {
+        self.execute_path(buf, sg, port, irq, now_ns, asynchronous, false)
+    }
+
+    /// Executes a task file of the submission ring (SPEC §15): as an
+    /// asynchronous request of the command queue without a scatter-gather
+    /// table, except that DMA_TRANSFER_BLOCK and DMA_TRANSFER_NONBLOCK fail
+    /// `REFUSED` (their index in the header, nothing executed): the ring
+    /// names memory only by registered buffer, which `port` resolves.
+    pub fn execute_ring(
+        &mut self,
+        buf: &mut [u8],
+        port: &mut dyn DmaPort,
+        irq: &mut InterruptController,
+        now_ns: u64,
+    ) -> Outcome {
+        self.execute_path(buf, &[], port, irq, now_ns, true, true)
+    }
+
+    // The arguments of execute_request and which path the task file came by.
+    #[allow(clippy::too_many_arguments)]
+    fn execute_path(
+        &mut self,
+        buf: &mut [u8],
+        sg: &[SgEntry],
+        port: &mut dyn DmaPort,
+        irq: &mut InterruptController,
+        now_ns: u64,
+        asynchronous: bool,
+        ring: bool,
+    ) -> Outcome {
         self.requests = self.requests.wrapping_add(1);
         // The card's own registers reflect this request before it runs, so a
         // task file can read the counters including itself.
@@ -340,6 +371,7 @@ impl Card {
         self.regs.store(regs::EVENTS_LOST, irq.lost() & 0xffff_ffff);
         let limits = taskfile::Limits {
             asynchronous,
+            ring,
             dma_error: self.dma_error,
             ..self.limits()
         };
@@ -393,6 +425,7 @@ impl Card {
             file_source: self.config.file_source,
             asynchronous: true,
             dma_error: false,
+            ring: false,
         }
     }
 
@@ -479,7 +512,7 @@ mod tests {
             long.validate(),
             Err(ConfigError::SerialTooLong(_))
         ));
-        for capabilities in [0, caps::DMA, 1 << 6] {
+        for capabilities in [0, caps::DMA, 1 << 7] {
             let bad = CardConfig {
                 capabilities,
                 ..ok.clone()

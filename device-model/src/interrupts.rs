@@ -23,6 +23,11 @@ use xxcapture_abi::{irq, Event};
 /// only latch: the request's completion is their notification.
 pub const RECORD_CAUSES: u32 = irq::FRAME_DONE | irq::OVERFLOW | irq::TEST;
 
+/// Most records diverted to the completion ring that wait for the backend
+/// to post them ([`InterruptController::take_diverted`]): a full CQ's
+/// worth. Records beyond it are lost (a LOST entry stands for them).
+pub const DIVERT_LIMIT: usize = xxcapture_abi::RING_CQ_ENTRIES as usize;
+
 /// The coalescing registers as the controller uses them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IrqConfig {
@@ -71,6 +76,12 @@ pub struct InterruptController {
     released: usize,
     /// How many of those are device records.
     released_records: usize,
+    /// Causes whose records bypass `held` (and coalescing) and go to the
+    /// submission ring's completion queue (SPEC §15).
+    divert: u32,
+    /// Diverted records waiting for the backend, oldest first; LOST
+    /// entries stand for records lost past [`DIVERT_LIMIT`].
+    diverted: VecDeque<Event>,
 }
 
 impl InterruptController {
@@ -92,7 +103,72 @@ impl InterruptController {
             held_records: 0,
             released: 0,
             released_records: 0,
+            divert: 0,
+            diverted: VecDeque::new(),
         }
+    }
+
+    /// Records of `causes` from now on go to the completion ring: they are
+    /// numbered and counted as any record, but bypass coalescing and the
+    /// backlog and wait in [`Self::take_diverted`] (0: none; reset clears
+    /// it).
+    pub fn set_divert(&mut self, causes: u32) {
+        self.divert = causes;
+    }
+
+    /// The causes diverted to the completion ring.
+    pub fn divert(&self) -> u32 {
+        self.divert
+    }
+
+    /// Takes the diverted records, oldest first (LOST entries, `count`
+    /// records each, stand for records lost here and are already counted
+    /// in EVENTS_LOST).
+    pub fn take_diverted(&mut self) -> VecDeque<Event> {
+        std::mem::take(&mut self.diverted)
+    }
+
+    /// `count` generated records were lost outside the controller (the
+    /// completion ring had no room): they count in EVENTS_LOST.
+    pub fn lost_elsewhere(&mut self, count: u64) {
+        self.lost = self.lost.saturating_add(count);
+    }
+
+    /// Diverts record `sequence` of `cause`, or loses it past the limit.
+    fn divert_record(&mut self, cause: u32, sequence: u64, frame_number: u64, now_ns: u64) {
+        if self.diverted.len() >= DIVERT_LIMIT {
+            self.divert_lost(sequence, 1, now_ns);
+            return;
+        }
+        self.diverted.push_back(Event {
+            cause: cause.into(),
+            sequence: sequence.into(),
+            frame_number: frame_number.into(),
+            device_time_ns: now_ns.into(),
+            ..Event::default()
+        });
+    }
+
+    /// Records `sequence..sequence + count` lost on their way to the ring.
+    fn divert_lost(&mut self, sequence: u64, count: u32, now_ns: u64) {
+        self.lost += u64::from(count);
+        if let Some(tail) = self.diverted.back_mut().filter(|e| e.cause.get() == LOST) {
+            let first = tail.sequence.get();
+            let have = tail.count.get();
+            if first + u64::from(have) == sequence {
+                if let Some(sum) = have.checked_add(count) {
+                    tail.count = sum.into();
+                    return;
+                }
+            }
+        }
+        self.diverted.push_back(Event {
+            cause: LOST.into(),
+            sequence: sequence.into(),
+            device_time_ns: now_ns.into(),
+            count: count.into(),
+            ..Event::default()
+        });
     }
 
     /// Power-on state: nothing latched, no records, sequence from 0. The
@@ -168,7 +244,9 @@ impl InterruptController {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         self.generated += 1;
-        if self.held_records >= DEVICE_BACKLOG {
+        if cause & self.divert != 0 {
+            self.divert_record(cause, sequence, frame_number, now_ns);
+        } else if self.held_records >= DEVICE_BACKLOG {
             self.lose(sequence, 1, now_ns);
         } else {
             let event = Event {
@@ -196,8 +274,16 @@ impl InterruptController {
         if cause & self.config.mask == 0 || !self.records_enabled || cause & RECORD_CAUSES == 0 {
             return 0;
         }
+        let diverted = cause & self.divert != 0;
+        let room = |c: &Self| {
+            if diverted {
+                c.diverted.len() < DIVERT_LIMIT
+            } else {
+                c.held_records < DEVICE_BACKLOG
+            }
+        };
         let mut left = count;
-        while left > 0 && self.held_records < DEVICE_BACKLOG {
+        while left > 0 && room(self) {
             self.record(cause, frame_number, now_ns);
             left -= 1;
         }
@@ -205,7 +291,11 @@ impl InterruptController {
             let sequence = self.next_sequence;
             self.next_sequence += u64::from(left);
             self.generated += u64::from(left);
-            self.lose(sequence, left, now_ns);
+            if diverted {
+                self.divert_lost(sequence, left, now_ns);
+            } else {
+                self.lose(sequence, left, now_ns);
+            }
         }
         count
     }
@@ -529,5 +619,35 @@ mod tests {
             prop_assert_eq!(lost_seen, c.lost());
             prop_assert_eq!(c.held(), 0);
         }
+    }
+
+    #[test]
+    fn diverted_records_bypass_coalescing_and_keep_their_numbers() {
+        let mut c = enabled(irq::ALL, 100, 0);
+        c.set_divert(irq::FRAME_DONE);
+        assert!(c.raise(irq::FRAME_DONE, 5, 10));
+        assert!(c.raise(irq::OVERFLOW, 6, 11));
+        assert!(c.raise(irq::FRAME_DONE, 7, 12));
+        let diverted: Vec<Event> = c.take_diverted().into();
+        assert_eq!(seqs(&diverted), vec![0, 2]);
+        assert_eq!(diverted[1].frame_number.get(), 7);
+        assert!(c.take_diverted().is_empty());
+        // The other cause coalesces as ever.
+        assert_eq!(c.due(20), 0);
+        assert_eq!(c.held(), 1);
+        assert_eq!(c.generated(), 3);
+        // Past the limit: one LOST entry, counted in EVENTS_LOST.
+        c.raise_many(irq::FRAME_DONE, 9, DIVERT_LIMIT as u32 + 5, 30);
+        let diverted = c.take_diverted();
+        assert_eq!(diverted.len(), DIVERT_LIMIT + 1);
+        let lost = diverted.back().copied().unwrap_or_default();
+        assert_eq!(lost.cause.get(), LOST);
+        assert_eq!(lost.count.get(), 5);
+        assert_eq!(lost.sequence.get(), 3 + DIVERT_LIMIT as u64);
+        assert_eq!(c.lost(), 5);
+        c.lost_elsewhere(2);
+        assert_eq!(c.lost(), 7);
+        c.reset();
+        assert_eq!(c.divert(), 0);
     }
 }

@@ -32,6 +32,9 @@ pub(crate) struct Limits {
     /// STATUS.DMA_ERROR latched by the card when the request started:
     /// reads of STATUS show it until a DMA_RESET in this task file.
     pub dma_error: bool,
+    /// The task file came from the submission ring (SPEC §15): raw-address
+    /// DMA (DMA_TRANSFER_BLOCK / NONBLOCK) is REFUSED.
+    pub ring: bool,
 }
 
 /// The DMA engine of one request: its scatter-gather table and the port
@@ -190,6 +193,12 @@ pub(crate) enum Checked {
 /// command, the register table and the card's fixed limits.
 pub(crate) fn check_static(cmd: &Command, limits: Limits) -> Result<Checked, TfError> {
     let op = Op::from_raw(cmd.op.get()).ok_or(TfError::BadOp)?;
+    // The ring names memory only by registered buffer: checked before
+    // anything else about a raw DMA command, so it neither runs nor
+    // latches DMA_ERROR.
+    if limits.ring && matches!(op, Op::DmaTransferBlock | Op::DmaTransferNonBlock) {
+        return Err(TfError::Refused);
+    }
     if op == Op::DmaTransferNonBlock && !limits.asynchronous {
         return Err(TfError::BadOp);
     }
@@ -318,7 +327,12 @@ fn run_command(
         Err(error) => {
             // A DMA command the engine refused still ends as DMA_ERROR (a
             // card without a DMA engine has nothing to latch).
-            if is_dma && error != TfError::NotSupported && error != TfError::BadOp {
+            if is_dma
+                && !matches!(
+                    error,
+                    TfError::NotSupported | TfError::BadOp | TfError::Refused
+                )
+            {
                 latch_dma(regs, dma, false);
             }
             return Err(error);

@@ -2,7 +2,8 @@
 //! into the guest as virtio shared-memory region 0.
 //!
 //! Layout of the memfd (and of the region): `[0, card_ram_size)` card RAM,
-//! then one page holding the [`StatusBlock`]. The daemon keeps its own shared
+//! then one page holding the [`StatusBlock`], then (a card with `CAP_RING`)
+//! the ring area of SPEC §15 ([`RingArea`], `RING_AREA_SIZE` bytes). The daemon keeps its own shared
 //! mapping of the whole file; the guest maps the same pages through QEMU, so
 //! frames the capture thread renders are visible to the guest without a copy.
 //!
@@ -11,7 +12,10 @@
 //!   with bounds-checked volatile copies ([`GuestDma`]);
 //! - the capture thread renders frames into ring slots ([`CardRam::with_slot`]);
 //! - the status block is written only through [`StatusWriter`], by one writer
-//!   at a time (the capture thread while it runs, the backend otherwise).
+//!   at a time (the capture thread while it runs, the backend otherwise);
+//! - the ring area only through [`RingArea`]: atomic loads and stores of the
+//!   header's words, volatile copies of entries and task files (the guest
+//!   writes the same page at any time).
 //!
 //! DMA copies and slot rendering exclude each other through the "bus" lock,
 //! so no two threads of this process ever access the same card-RAM bytes at
@@ -30,7 +34,7 @@ use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, MmapRegion, VolatileMemory,
 };
 use xxcapture_abi::{slot_state, status, SgEntry, SlotInfo, StatusBlock, STATUS_BLOCK_SIZE};
-use xxcapture_abi::{MAX_RING_SLOTS, STATUS_MAGIC};
+use xxcapture_abi::{MAX_RING_SLOTS, RING_AREA_SIZE, STATUS_MAGIC};
 use xxcapture_model::{CaptureSession, DmaDirection, DmaFault, DmaPort};
 
 /// Layout version written into the status block's `version` field.
@@ -41,6 +45,8 @@ pub struct CardRam {
     file: File,
     map: MmapRegion<()>,
     card_ram_size: u64,
+    /// The ring area follows the status page.
+    ring: bool,
     /// Serialises in-process access to card-RAM bytes (DMA vs. capture).
     /// Fair, so a free-running capture thread that re-takes it at once
     /// cannot starve DMA requests.
@@ -60,13 +66,21 @@ impl CardRam {
     /// must be a whole number of pages) and maps it. The status block is
     /// initialised; card RAM starts zeroed.
     pub fn new(card_ram_size: u64) -> io::Result<CardRam> {
+        Self::with_ring(card_ram_size, false)
+    }
+
+    /// As [`Self::new`]; with `ring` (a card with `CAP_RING`) the memfd
+    /// also holds the ring area (`RING_AREA_SIZE` bytes, zero) after the
+    /// status page.
+    pub fn with_ring(card_ram_size: u64, ring: bool) -> io::Result<CardRam> {
         if card_ram_size == 0 || !card_ram_size.is_multiple_of(STATUS_BLOCK_SIZE as u64) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("card RAM size {card_ram_size} is not a whole number of pages"),
             ));
         }
-        let total = card_ram_size + STATUS_BLOCK_SIZE as u64;
+        let ring_size = if ring { u64::from(RING_AREA_SIZE) } else { 0 };
+        let total = card_ram_size + STATUS_BLOCK_SIZE as u64 + ring_size;
         let len = usize::try_from(total).map_err(io::Error::other)?;
         let fd =
             memfd_create(c"xxcapd-card-ram", MFdFlags::MFD_CLOEXEC).map_err(io::Error::from)?;
@@ -78,6 +92,7 @@ impl CardRam {
             file,
             map,
             card_ram_size,
+            ring,
             bus: FairMutex::new(()),
         };
         ram.status().init();
@@ -93,9 +108,25 @@ impl CardRam {
         self.card_ram_size
     }
 
-    /// Size of the mapped contents: card RAM plus the status page.
+    /// Size of the mapped contents: card RAM plus the status page (plus
+    /// the ring area, if the card has one).
     pub fn region_size(&self) -> u64 {
+        self.ring_offset()
+            + if self.ring {
+                u64::from(RING_AREA_SIZE)
+            } else {
+                0
+            }
+    }
+
+    /// Byte offset of the ring area in the region (after the status page).
+    pub fn ring_offset(&self) -> u64 {
         self.card_ram_size + STATUS_BLOCK_SIZE as u64
+    }
+
+    /// The ring area, if the card has one.
+    pub fn ring_area(&self) -> Option<RingArea<'_>> {
+        self.ring.then_some(RingArea { ram: self })
     }
 
     /// Size announced for shared-memory region 0: QEMU places the region in
@@ -267,6 +298,93 @@ impl CardRam {
         assert!(at.is_multiple_of(8) && at + 8 <= self.map.size());
         // SAFETY: as in `atomic32`, with 8-byte alignment.
         unsafe { AtomicU64::from_ptr(self.map.as_ptr().add(at).cast()) }
+    }
+}
+
+/// The ring area of region 0 (SPEC §15), as the card accesses it: the
+/// application writes the same bytes concurrently, so header words are
+/// accessed with atomics, whole entries and task files with volatile
+/// copies, and every offset is checked against the area (an access outside
+/// it does nothing and reads zeroes: the callers check too).
+#[derive(Clone, Copy)]
+pub struct RingArea<'a> {
+    ram: &'a CardRam,
+}
+
+impl RingArea<'_> {
+    fn base(&self) -> usize {
+        // The mapping exists, so its offsets fit in usize.
+        self.ram.ring_offset() as usize
+    }
+
+    fn inside(at: usize, len: usize) -> bool {
+        at.checked_add(len)
+            .is_some_and(|end| end <= RING_AREA_SIZE as usize)
+    }
+
+    /// The 32-bit header word at byte `at` of the area (4-byte aligned,
+    /// inside the area), or `None`.
+    pub fn word(&self, at: usize) -> Option<&AtomicU32> {
+        (at.is_multiple_of(4) && Self::inside(at, 4)).then(|| self.ram.atomic32(self.base() + at))
+    }
+
+    /// The 64-bit word at byte `at` (8-byte aligned, inside the area).
+    pub fn word64(&self, at: usize) -> Option<&AtomicU64> {
+        (at.is_multiple_of(8) && Self::inside(at, 8)).then(|| self.ram.atomic64(self.base() + at))
+    }
+
+    /// Loads the 32-bit word at `at` (0 outside the area).
+    pub fn load(&self, at: usize, order: Ordering) -> u32 {
+        self.word(at).map_or(0, |w| w.load(order))
+    }
+
+    /// Stores the 32-bit word at `at` (nothing outside the area).
+    pub fn store(&self, at: usize, value: u32, order: Ordering) {
+        if let Some(w) = self.word(at) {
+            w.store(value, order);
+        }
+    }
+
+    /// Stores the 64-bit word at `at` (nothing outside the area).
+    pub fn store64(&self, at: usize, value: u64, order: Ordering) {
+        if let Some(w) = self.word64(at) {
+            w.store(value, order);
+        }
+    }
+
+    /// Copies `out.len()` bytes from `at` (a volatile copy: one read of
+    /// each byte). `None`, and nothing read, outside the area.
+    pub fn read(&self, at: usize, out: &mut [u8]) -> Option<()> {
+        if !Self::inside(at, out.len()) {
+            return None;
+        }
+        self.ram
+            .map
+            .get_slice(self.base() + at, out.len())
+            .ok()?
+            .copy_to(out);
+        Some(())
+    }
+
+    /// Writes `bytes` at `at` (volatile). `None`, and nothing written,
+    /// outside the area.
+    pub fn write(&self, at: usize, bytes: &[u8]) -> Option<()> {
+        if !Self::inside(at, bytes.len()) {
+            return None;
+        }
+        self.ram
+            .map
+            .get_slice(self.base() + at, bytes.len())
+            .ok()?
+            .copy_from(bytes);
+        Some(())
+    }
+
+    /// Zeroes the whole area.
+    pub fn zero(&self) {
+        if let Ok(slice) = self.ram.map.get_slice(self.base(), RING_AREA_SIZE as usize) {
+            slice.copy_from(&vec![0u8; RING_AREA_SIZE as usize][..]);
+        }
     }
 }
 

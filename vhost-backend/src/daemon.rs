@@ -30,6 +30,7 @@ use crate::control;
 use crate::device::Counters;
 use crate::events::Events;
 use crate::options::{check_socket_path, qemu_args, Cli, EXIT_USAGE};
+use crate::ring::RingStats;
 use crate::socket::{activation_fd, inherited_listener, OwnedSocket, SocketError};
 use crate::trace::Tracer;
 use crate::vhu_xxcap::{XxcapBackend, TIMER_EVENT};
@@ -228,6 +229,7 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
     );
     let counters = backend.device().counters();
     let events = backend.device().events();
+    let rings = backend.device().ring_stats();
     let extras = Arc::new(start_extras(&cli, &backend)?);
     let shutdown = Arc::new(Shutdown::default());
     watch_signals(&shutdown, &socket, &counters, &events, &backend, &extras)?;
@@ -250,7 +252,7 @@ pub fn run(cli: Cli) -> Result<(), DaemonError> {
     };
     let result = serve(&backend, &mut listener, &shutdown, policy);
     backend.device().shutdown();
-    finish(&counters, &events, &socket, &extras);
+    finish(&counters, &events, &rings, &socket, &extras);
     result
 }
 
@@ -386,9 +388,16 @@ fn wait(daemon: &mut VhostUserDaemon<Arc<XxcapBackend>>) -> Result<(), DaemonErr
     }
 }
 
-fn finish(counters: &Counters, events: &Events, socket: &Option<OwnedSocket>, extras: &Extras) {
+fn finish(
+    counters: &Counters,
+    events: &Events,
+    rings: &RingStats,
+    socket: &Option<OwnedSocket>,
+    extras: &Extras,
+) {
     info!("exiting: {}", counters.summary());
     info!("{}", events.summary());
+    info!("{}", rings.summary());
     let injected = events.faults().injected();
     if injected > 0 {
         info!("faults injected: {injected}");
@@ -475,7 +484,8 @@ fn watch_signals(
                 info!("requests in flight completed: {}", counters.summary());
                 if !shutdown.request() {
                     debug!("no frontend connected");
-                    finish(&counters, &events, &socket, &extras);
+                    let rings = backend.device().ring_stats();
+                    finish(&counters, &events, &rings, &socket, &extras);
                     std::process::exit(0);
                 }
             }

@@ -11,14 +11,24 @@
 //! 1. `batch`: held for a whole command-queue batch, ATTACH included, so
 //!    that [`XxcapDevice::quiesce`] can wait for the batch in flight;
 //! 2. `card`: the model; held for a batch except while an ATTACH talks to
-//!    QEMU, and by the frontend thread to reset the card or read config
-//!    space, so a reset waits for the requests in flight;
-//! 3. `capture`: the capture thread's slot, taken under `card`; or
+//!    QEMU (or a RING_SETUP joins an SQ poller), by the SQ poller while it
+//!    consumes ring entries, and by the frontend thread to reset the card
+//!    or read config space, so a reset waits for the requests in flight;
+//! 3. `ring`: the SQ side of the rings ([`crate::ring::SqState`]), taken
+//!    under `card` to consume entries, set up or tear down, and alone by
+//!    the SQ poller for its flags and statistics;
+//! 4. `capture`: the capture thread's slot, taken under `card`; or
 //!    `registered` (the registered buffers' tables), taken under `card`
-//!    and held through a task file's execution;
-//! 4. `events` (then the event vring), or `stream` (then the stream vring),
-//!    never both at once;
-//! 5. the card RAM bus lock, a leaf.
+//!    (and `ring`) and held through a task file's execution;
+//! 5. `events` (then the event vring; the CQ writer lives under it), or
+//!    `stream` (then the stream vring), never both at once;
+//! 6. the card RAM bus lock, a leaf.
+//!
+//! The SQ poller thread ([`crate::ring`]) never waits for anything while
+//! it holds a lock, and sleeps with none held; it is stopped under `card`
+//! (a later look finds the ring's generation changed and consumes
+//! nothing) and joined only after `card` was released, since it may be
+//! waiting for `card` then.
 //!
 //! `mapper` is taken alone, briefly. The capture thread takes only the bus,
 //! events and stream locks, each briefly, never the card lock, so joining it
@@ -31,13 +41,16 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use vm_memory::GuestMemoryMmap;
-use xxcapture_abi::{caps, regs, status, SgEntry, CONFIG_SIZE, SHM_ID_CARD_RAM};
+use xxcapture_abi::{
+    caps, regs, ring_setup, sq_flags, status, RingSetupReq, SgEntry, TfError, CONFIG_SIZE,
+    RING_SQ_ENTRIES, SHM_ID_CARD_RAM,
+};
 use xxcapture_model::{CaptureSession, Card, DmaDirection, DmaFault, DmaPort, FileSource, Outcome};
 
 use crate::capture::{CaptureIo, CaptureThread, DeviceClock, SharedFile};
@@ -48,6 +61,7 @@ use crate::faults::{FaultKind, Faults, Unit};
 use crate::queue::{DeviceQueue, MemorySlot};
 use crate::registered::{RegisterError, RegisteredBuffers, RegisteredPort};
 use crate::request::Device;
+use crate::ring::{self, Drain, PollShared, Poller, RingError, RingStats, SqState};
 use crate::stream::{HeldBuffer, StreamBuffers};
 use crate::trace::{Tracer, What};
 
@@ -148,16 +162,45 @@ pub struct XxcapDevice {
     /// The registered buffers' tables (SPEC §12). Taken under `card`, a
     /// leaf like the bus lock.
     registered: Mutex<RegisteredBuffers>,
+    /// The SQ side of the submission ring (SPEC §15). Lock order: `card`
+    /// -> `ring` -> `registered` -> `events`.
+    ring: Mutex<SqState>,
+    /// What the rings counted since the daemon started.
+    ring_stats: Arc<RingStats>,
+    /// This device, for the SQ poller thread (which must not keep it
+    /// alive).
+    this: Weak<XxcapDevice>,
+}
+
+/// Which path a task file came by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// The command queue; `asynchronous`: XXCAP_VQ_FLAG_ASYNC.
+    Queue { asynchronous: bool },
+    /// The submission ring of `owner`.
+    Ring { owner: u32 },
+}
+
+impl Drop for XxcapDevice {
+    fn drop(&mut self) {
+        // The poller holds only a weak reference: it ends at its next look.
+        let sq = self.ring.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(poller) = sq.poller.take() {
+            poller.shared.stop();
+        }
+    }
 }
 
 impl XxcapDevice {
     /// The device for `card`; `file` is the file video source (its geometry
     /// must be the card's `file_source`). Creates card RAM (a memfd of the
-    /// card's RAM size plus the status page).
-    pub fn new(card: Card, file: Option<FileSource>, clock: Clock) -> io::Result<Self> {
-        let ram = Arc::new(CardRam::new(card.config().card_ram_size)?);
+    /// card's RAM size plus the status page, plus the ring area with
+    /// `CAP_RING`).
+    pub fn new(card: Card, file: Option<FileSource>, clock: Clock) -> io::Result<Arc<Self>> {
+        let with_ring = card.capabilities() & caps::RING != 0;
+        let ram = Arc::new(CardRam::with_ring(card.config().card_ram_size, with_ring)?);
         let events = Arc::new(Events::new(card.interrupt_controller())?);
-        Ok(XxcapDevice {
+        Ok(Arc::new_cyclic(|this| XxcapDevice {
             capabilities: card.capabilities(),
             card_epoch_ns: AtomicU64::new(card.epoch_ns()),
             card: Mutex::new(card),
@@ -175,7 +218,10 @@ impl XxcapDevice {
             quiescing: AtomicBool::new(false),
             batch: Mutex::new(()),
             registered: Mutex::new(RegisteredBuffers::default()),
-        })
+            ring: Mutex::new(SqState::default()),
+            ring_stats: Arc::default(),
+            this: this.clone(),
+        }))
     }
 
     /// Stops taking requests off the command queue and waits until every
@@ -190,6 +236,11 @@ impl XxcapDevice {
     pub fn quiesce(&self) {
         self.quiescing.store(true, Ordering::Release);
         drop(self.batch.lock().unwrap_or_else(PoisonError::into_inner));
+        // No ring entry runs from now on either.
+        let poller = self.ring_teardown_locked(&mut self.card());
+        if let Some(poller) = poller {
+            poller.join();
+        }
         let mem = self.mem.get();
         if !self
             .stream
@@ -387,7 +438,7 @@ impl XxcapDevice {
         task_file: &mut [u8],
         sg: &[SgEntry],
         mem: &GuestMemoryMmap,
-        asynchronous: bool,
+        path: Path,
     ) -> Outcome {
         let faults = self.events.faults();
         let tracer = self.events.tracer();
@@ -407,29 +458,14 @@ impl XxcapDevice {
         };
         let registered = self.registered();
         let outcome = if faults.is_live() || tracer.is_some() {
-            self.execute_watched(
-                card,
-                task_file,
-                sg,
-                asynchronous,
-                &mut guest,
-                &registered,
-                before,
-            )
+            self.execute_watched(card, task_file, sg, path, &mut guest, &registered, before)
         } else {
             let mut port = RegisteredPort {
                 inner: &mut guest,
                 buffers: &registered,
+                owner: path.owner(),
             };
-            let mut events = self.events.lock();
-            card.execute_request(
-                task_file,
-                sg,
-                &mut port,
-                &mut events.irq,
-                self.now_ns(),
-                asynchronous,
-            )
+            self.run_model(card, task_file, sg, &mut port, path)
         };
         drop(registered);
         // The status block shows DMA_ERROR as the card latched it.
@@ -438,6 +474,27 @@ impl XxcapDevice {
             .set_dma_error(card.status() & status::DMA_ERROR != 0);
         self.reconcile_capture(card);
         outcome
+    }
+
+    /// Runs the model on one task file, with the controller locked and told
+    /// which causes the completion ring takes.
+    fn run_model(
+        &self,
+        card: &mut Card,
+        task_file: &mut [u8],
+        sg: &[SgEntry],
+        port: &mut dyn DmaPort,
+        path: Path,
+    ) -> Outcome {
+        let mut events = self.events.lock();
+        events.refresh_divert();
+        let now = self.now_ns();
+        match path {
+            Path::Queue { asynchronous } => {
+                card.execute_request(task_file, sg, port, &mut events.irq, now, asynchronous)
+            }
+            Path::Ring { .. } => card.execute_ring(task_file, port, &mut events.irq, now),
+        }
     }
 
     /// The registered buffers' tables.
@@ -457,7 +514,7 @@ impl XxcapDevice {
         card: &mut Card,
         task_file: &mut [u8],
         sg: &[SgEntry],
-        asynchronous: bool,
+        path: Path,
         port: &mut GuestDma<'_>,
         buffers: &RegisteredBuffers,
         before: Vec<u64>,
@@ -478,18 +535,9 @@ impl XxcapDevice {
         let mut port = RegisteredPort {
             inner: &mut watched,
             buffers,
+            owner: path.owner(),
         };
-        let outcome = {
-            let mut events = self.events.lock();
-            card.execute_request(
-                task_file,
-                sg,
-                &mut port,
-                &mut events.irq,
-                self.now_ns(),
-                asynchronous,
-            )
-        };
+        let outcome = self.run_model(card, task_file, sg, &mut port, path);
         if let Some(tracer) = tracer {
             let end = self.device_now();
             tracer.emit(
@@ -575,6 +623,7 @@ impl XxcapDevice {
     /// at device reset). Card RAM keeps its contents.
     pub(crate) fn reset_card(&self, why: &str) {
         let mut card = self.card();
+        let poller = self.ring_teardown_locked(&mut card);
         if let Some(thread) = self.capture_slot().take() {
             thread.stop();
         }
@@ -586,6 +635,10 @@ impl XxcapDevice {
         self.ram.status().init();
         self.mapped.store(false, Ordering::Release);
         Counters::bump(&self.counters.resets);
+        drop(card);
+        if let Some(poller) = poller {
+            poller.join();
+        }
         info!("card reset ({why})");
     }
 
@@ -622,6 +675,14 @@ impl XxcapDevice {
     /// Requests are no longer taken ([`Self::quiesce`]).
     pub(crate) fn is_quiescing(&self) -> bool {
         self.quiescing.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the card as one command-queue batch sees it (the
+    /// [`Device`] that [`crate::request::process_chain`] drives): requests
+    /// without a virtqueue, for harnesses and tests. `None` once quiescing.
+    pub fn with_batch<R>(&self, f: impl FnOnce(&mut dyn Device) -> R) -> Option<R> {
+        let mut batch = self.begin_batch()?;
+        Some(f(&mut batch))
     }
 
     /// Starts a command-queue batch: `None` once quiescing. The first batch
@@ -723,7 +784,13 @@ impl Device for Batch<'_> {
         asynchronous: bool,
     ) -> Outcome {
         let device = self.device;
-        device.execute_locked(self.card(), task_file, sg, mem, asynchronous)
+        device.execute_locked(
+            self.card(),
+            task_file,
+            sg,
+            mem,
+            Path::Queue { asynchronous },
+        )
     }
 
     fn abort_buffers(&mut self, tags: &[u64]) -> usize {
@@ -761,17 +828,438 @@ impl Device for Batch<'_> {
     fn register_buffer(
         &mut self,
         id: u32,
+        owner: u32,
         length: u64,
         entries: Vec<SgEntry>,
         mem: &GuestMemoryMmap,
     ) -> Result<(), RegisterError> {
         // Under the card lock, as every request.
         self.card();
-        self.device.registered().register(id, length, entries, mem)
+        self.device
+            .registered()
+            .register(id, owner, length, entries, mem)
+    }
+
+    fn ring_setup(&mut self, req: RingSetupReq) -> Result<(), RingError> {
+        let device = self.device;
+        if device.capabilities & caps::RING == 0 {
+            return Err(RingError::Unsupported("this card has no rings"));
+        }
+        // A refused setup leaves the ring as it was.
+        if req.owner.get() != 0 {
+            device.ring_setup_allowed(req)?;
+        }
+        // Any ring there was goes first; its poller is joined with the card
+        // released (it may be waiting for the card lock).
+        let old = device.ring_teardown_locked(self.card());
+        if let Some(poller) = old {
+            self.card = None;
+            poller.join();
+        }
+        if req.owner.get() == 0 {
+            // The area reads as zero after a teardown, whatever the
+            // application wrote into it without a ring.
+            if let Some(area) = device.ram.ring_area() {
+                let _events = device.events.lock();
+                area.zero();
+            }
+            return Ok(());
+        }
+        device.ring_setup_locked(self.card(), req)
+    }
+
+    fn ring_kick(&mut self, mem: &GuestMemoryMmap) -> Result<(), RingError> {
+        let device = self.device;
+        if device.capabilities & caps::RING == 0 {
+            return Err(RingError::Unsupported("this card has no rings"));
+        }
+        device.ring_kick_locked(self.card(), mem);
+        Ok(())
     }
 
     fn unregister_buffer(&mut self, id: u32) -> Result<(), RegisterError> {
         self.card();
         self.device.registered().unregister(id)
+    }
+}
+
+impl Path {
+    /// The owner whose registered buffers the task file may name (`None`:
+    /// any, the command queue).
+    fn owner(self) -> Option<u32> {
+        match self {
+            Path::Queue { .. } => None,
+            Path::Ring { owner } => Some(owner),
+        }
+    }
+}
+
+/// The submission and completion rings (SPEC §15): setup, teardown, SQ
+/// consumption and the SQ poller. See [`crate::ring`].
+impl XxcapDevice {
+    /// The SQ side of the ring.
+    fn ring_sq(&self) -> MutexGuard<'_, SqState> {
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the rings counted (exit log, tests).
+    pub fn ring_stats(&self) -> Arc<RingStats> {
+        Arc::clone(&self.ring_stats)
+    }
+
+    /// Tears the ring down, with the card locked by the caller: no entry
+    /// runs after this returns (a poller looking later finds a new
+    /// generation), nothing is posted, the area is zeroed. Returns the
+    /// stopped poller, which the caller joins once it released the card.
+    fn ring_teardown_locked(&self, _card: &mut Card) -> Option<Poller> {
+        let mut sq = self.ring_sq();
+        if !sq.is_active() && sq.poller.is_none() {
+            return None;
+        }
+        let poller = sq.poller.take();
+        if let Some(p) = &poller {
+            p.shared.stop.store(true, Ordering::Release);
+        }
+        let generation = sq.generation.wrapping_add(1);
+        *sq = SqState {
+            generation,
+            ..SqState::default()
+        };
+        {
+            let mut events = self.events.lock();
+            events.ring.stop();
+            events.irq.set_divert(0);
+            events.route_diverted();
+            if let Some(area) = self.ram.ring_area() {
+                area.zero();
+            }
+        }
+        drop(sq);
+        if let Some(p) = &poller {
+            p.shared.stop();
+        }
+        debug!("ring torn down");
+        poller
+    }
+
+    /// Sets up a ring for `req.owner` (nonzero) with the card locked by
+    /// the caller and no ring set up.
+    /// Why a RING_SETUP for a nonzero owner would be refused, if it would.
+    fn ring_setup_allowed(&self, req: RingSetupReq) -> Result<(), RingError> {
+        if self.ram.ring_area().is_none() {
+            return Err(RingError::Unsupported("this card has no rings"));
+        }
+        if !self.mapped.load(Ordering::Acquire) {
+            return Err(RingError::Device("region 0 is not mapped".into()));
+        }
+        if req.flags.get() & ring_setup::SQPOLL != 0 && self.clock.is_virtual() {
+            return Err(RingError::Unsupported(
+                "SQPOLL on virtual time (a polling thread would make time depend on the host)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn ring_setup_locked(&self, card: &mut Card, req: RingSetupReq) -> Result<(), RingError> {
+        self.ring_setup_allowed(req)?;
+        let Some(area) = self.ram.ring_area() else {
+            return Err(RingError::Unsupported("this card has no rings"));
+        };
+        let flags = req.flags.get();
+        let sqpoll = flags & ring_setup::SQPOLL != 0;
+        let idle = ring::idle_time(req.sq_idle_us.get());
+        let idle_us = if sqpoll {
+            u32::try_from(idle.as_micros()).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        let mut sq = self.ring_sq();
+        let generation = sq.generation.wrapping_add(1);
+        *sq = SqState {
+            owner: req.owner.get(),
+            generation,
+            setup_flags: flags,
+            ..SqState::default()
+        };
+        {
+            let mut events = self.events.lock();
+            area.zero();
+            ring::init_header(&area, flags, idle_us);
+            events
+                .ring
+                .start(Arc::clone(&self.ram), Arc::clone(&self.ring_stats));
+        }
+        if sqpoll {
+            match self.start_poller(generation, idle) {
+                Ok(poller) => sq.poller = Some(poller),
+                Err(e) => {
+                    drop(sq);
+                    let _ = self.ring_teardown_locked(card);
+                    return Err(RingError::Device(format!(
+                        "cannot start the SQ poller thread: {e}"
+                    )));
+                }
+            }
+        }
+        RingStats::add(&self.ring_stats.setups, 1);
+        info!(
+            "ring set up: owner {:#x}, flags {flags:#x}, idle {idle_us} us",
+            req.owner.get()
+        );
+        Ok(())
+    }
+
+    /// RING_KICK with the card locked: wakes the poller (SQPOLL) or drains
+    /// the SQ here. Without a ring: nothing.
+    fn ring_kick_locked(&self, card: &mut Card, mem: &GuestMemoryMmap) {
+        let shared = {
+            let mut sq = self.ring_sq();
+            if !sq.is_active() {
+                return;
+            }
+            sq.kicks += 1;
+            if let Some(area) = self.ram.ring_area() {
+                area.store64(ring::field::KICKS, sq.kicks, Ordering::Relaxed);
+            }
+            RingStats::add(&self.ring_stats.kicks, 1);
+            sq.poller.as_ref().map(|p| Arc::clone(&p.shared))
+        };
+        match shared {
+            Some(shared) => shared.kick(),
+            None => {
+                self.ring_drain_locked(card, mem, None);
+            }
+        }
+    }
+
+    /// Consumes SQ entries with the card locked by the caller: up to the
+    /// `sq_tail` it reads (and those that arrive meanwhile, at most
+    /// [`ring::MAX_PER_DRAIN`]), each only while the CQ has room for its
+    /// completion. `generation`: the poller's ring (nothing if it changed).
+    fn ring_drain_locked(
+        &self,
+        card: &mut Card,
+        mem: &GuestMemoryMmap,
+        generation: Option<u64>,
+    ) -> Drain {
+        let mut drain = Drain::default();
+        let mut sq = self.ring_sq();
+        if !sq.is_active() || generation.is_some_and(|g| g != sq.generation) {
+            return drain;
+        }
+        let Some(area) = self.ram.ring_area() else {
+            return drain;
+        };
+        let owner = sq.owner;
+        while drain.consumed < ring::MAX_PER_DRAIN {
+            let tail = area.load(ring::field::SQ_TAIL, Ordering::Acquire);
+            let pending = tail.wrapping_sub(sq.head);
+            if pending == 0 {
+                break;
+            }
+            if pending > RING_SQ_ENTRIES {
+                RingStats::add(&self.ring_stats.bad_tails, 1);
+                if !sq.bad_tail_logged {
+                    sq.bad_tail_logged = true;
+                    warn!(
+                        "ring: sq_tail {tail} is {pending} entries past the card's head {}: waiting for a sane tail",
+                        sq.head
+                    );
+                }
+                break;
+            }
+            if !self.events.lock().ring.has_room() {
+                drain.stalled = true;
+                break;
+            }
+            let index = sq.head;
+            let sqe = ring::read_sq_entry(&area, index);
+            sq.head = index.wrapping_add(1);
+            area.store(ring::field::SQ_HEAD, sq.head, Ordering::Release);
+            sq.sqes += 1;
+            area.store64(ring::field::SQES, sq.sqes, Ordering::Relaxed);
+            RingStats::add(&self.ring_stats.sqes, 1);
+            // On virtual time an entry's own time passes before it runs,
+            // as a command-queue request's does.
+            self.clock.request();
+            let (error, count) = match ring::read_task_file(&area, &sqe) {
+                Some(mut task_file) => {
+                    let outcome =
+                        self.execute_locked(card, &mut task_file, &[], mem, Path::Ring { owner });
+                    ring::write_task_file(&area, &sqe, &task_file);
+                    (outcome.error, outcome.index)
+                }
+                None => (TfError::BadCount, 0),
+            };
+            let now = self.device_now();
+            let done = ring::completion(index, sqe.user_data.get(), error, count, now);
+            let mut events = self.events.lock();
+            events.ring.post_completion(&done);
+            self.events.deliver_locked(&mut events, now, Some(mem));
+            drain.consumed += 1;
+        }
+        drain
+    }
+
+    /// Starts the SQ poller of ring `generation`.
+    fn start_poller(&self, generation: u64, idle: Duration) -> io::Result<Poller> {
+        let shared = Arc::new(PollShared::default());
+        let this = self.this.clone();
+        let ram = Arc::clone(&self.ram);
+        let thread_shared = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("xxcapd-sqpoll".into())
+            .spawn(move || poll_loop(&this, &ram, &thread_shared, generation, idle))?;
+        Ok(Poller { shared, handle })
+    }
+
+    /// One look of the poller: consumes what the SQ holds, with the card
+    /// locked. `None` when the ring went away (the poller ends).
+    fn poll_once(&self, generation: u64) -> Option<Drain> {
+        let mut card = self.card();
+        if self.ring_sq().generation != generation {
+            return None;
+        }
+        // Without guest memory (a frontend going away) there is nothing to
+        // run yet; the disconnect tears the ring down.
+        let Some(mem) = self.mem.get() else {
+            return Some(Drain::default());
+        };
+        Some(self.ring_drain_locked(&mut card, &mem, Some(generation)))
+    }
+
+    /// Sets or clears NEED_WAKEUP for ring `generation` and records the
+    /// poller's statistics; false when the ring went away.
+    fn poll_publish(&self, generation: u64, need_wakeup: bool, stats: (u64, u64, u64)) -> bool {
+        let mut sq = self.ring_sq();
+        if sq.generation != generation || !sq.is_active() {
+            return false;
+        }
+        let Some(area) = self.ram.ring_area() else {
+            return false;
+        };
+        let flags = if need_wakeup {
+            sq_flags::NEED_WAKEUP
+        } else {
+            0
+        };
+        area.store(ring::field::SQ_FLAGS, flags, Ordering::Release);
+        let (cpu, awake, sleeps) = stats;
+        let s = &self.ring_stats;
+        RingStats::add(&s.poll_cpu_ns, cpu.saturating_sub(sq.poll_cpu_ns));
+        RingStats::add(&s.poll_awake_ns, awake.saturating_sub(sq.poll_awake_ns));
+        RingStats::add(&s.poll_sleeps, sleeps.saturating_sub(sq.poll_sleeps));
+        (sq.poll_cpu_ns, sq.poll_awake_ns, sq.poll_sleeps) = stats;
+        area.store64(ring::field::POLL_CPU_NS, cpu, Ordering::Relaxed);
+        area.store64(ring::field::POLL_AWAKE_NS, awake, Ordering::Relaxed);
+        area.store64(ring::field::POLL_SLEEPS, sleeps, Ordering::Relaxed);
+        true
+    }
+}
+
+/// How often an awake poller publishes its statistics.
+const POLL_STATS_EVERY: Duration = Duration::from_millis(10);
+
+/// While entries wait but the CQ is full, the poller looks this often
+/// (the application must consume completions first; no kick comes).
+const POLL_STALL_WAIT: Duration = Duration::from_micros(50);
+
+/// The SQ poller: spins on `sq_tail` while entries keep arriving, consumes
+/// them, and after `idle` without one sets NEED_WAKEUP, looks once more
+/// (a full barrier between) and sleeps until a RING_KICK. Every look at
+/// the ring goes through [`XxcapDevice::poll_once`] /
+/// [`XxcapDevice::poll_publish`], which check that the ring is still the
+/// poller's; the thread keeps no lock while it spins or sleeps.
+fn poll_loop(
+    device: &Weak<XxcapDevice>,
+    ram: &CardRam,
+    shared: &PollShared,
+    generation: u64,
+    idle: Duration,
+) {
+    let cpu_start = ring::thread_cpu_ns();
+    let mut awake_before = 0u64;
+    let mut awake_since = Instant::now();
+    let mut last_work = Instant::now();
+    let mut last_stats = Instant::now();
+    let mut sleeps = 0u64;
+    // The sq_tail after which the last look found nothing to do.
+    let mut done_at: Option<u32> = None;
+    let elapsed_ns = |since: Instant| u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let Some(area) = ram.ring_area() else {
+        return;
+    };
+    while !shared.stopping() {
+        let tail = area.load(ring::field::SQ_TAIL, Ordering::Acquire);
+        if done_at != Some(tail) {
+            let Some(dev) = device.upgrade() else {
+                return;
+            };
+            let Some(drain) = dev.poll_once(generation) else {
+                return;
+            };
+            drop(dev);
+            if drain.consumed > 0 || drain.stalled {
+                last_work = Instant::now();
+            }
+            if drain.stalled {
+                // Entries wait for CQ room, which needs no kick: look
+                // again soon.
+                std::thread::sleep(POLL_STALL_WAIT);
+                continue;
+            }
+            // A tail the drain could not use (hostile) is looked at again
+            // only once it changes.
+            done_at = Some(tail);
+        }
+        let cpu = || ring::thread_cpu_ns().saturating_sub(cpu_start);
+        if last_stats.elapsed() >= POLL_STATS_EVERY {
+            last_stats = Instant::now();
+            let awake = awake_before.saturating_add(elapsed_ns(awake_since));
+            let Some(dev) = device.upgrade() else {
+                return;
+            };
+            if !dev.poll_publish(generation, false, (cpu(), awake, sleeps)) {
+                return;
+            }
+        }
+        if last_work.elapsed() < idle {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Idle: announce the sleep, then look once more.
+        let Some(dev) = device.upgrade() else {
+            return;
+        };
+        shared.clear_kick();
+        let awake = awake_before.saturating_add(elapsed_ns(awake_since));
+        if !dev.poll_publish(generation, true, (cpu(), awake, sleeps)) {
+            return;
+        }
+        fence(Ordering::SeqCst);
+        if Some(area.load(ring::field::SQ_TAIL, Ordering::Acquire)) != done_at {
+            // An entry arrived meanwhile: stay awake.
+            dev.poll_publish(generation, false, (cpu(), awake, sleeps));
+            last_work = Instant::now();
+            continue;
+        }
+        // Committed to sleep: `poll_sleeps` moves only now, so whoever
+        // sees it move knows the poller takes nothing more until a kick.
+        sleeps += 1;
+        if !dev.poll_publish(generation, true, (cpu(), awake, sleeps)) {
+            return;
+        }
+        drop(dev);
+        awake_before = awake;
+        shared.sleep();
+        awake_since = Instant::now();
+        last_work = Instant::now();
+        let Some(dev) = device.upgrade() else {
+            return;
+        };
+        if !dev.poll_publish(generation, false, (cpu(), awake_before, sleeps)) {
+            return;
+        }
+        done_at = None;
     }
 }

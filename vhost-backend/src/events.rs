@@ -15,6 +15,13 @@
 //! exit, and is already where queue work happens. The timer is re-armed
 //! after every delivery to the controller's next deadline.
 //!
+//! Records of the causes the application routes to the completion ring
+//! (SPEC §15) are diverted by the controller as they are generated and
+//! posted into the CQ ([`crate::ring::CqWriter`], which lives under the same
+//! lock) at the next delivery, which every generating path runs at once;
+//! a RING_WAKE owed to a sleeping ring owner goes into the event queue
+//! first, uncoalesced.
+//!
 //! The controller and the event queue share one lock, taken briefly (never
 //! across a wait): lock order card -> events -> the event vring.
 
@@ -30,6 +37,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use virtio_queue::{DescriptorChain, Writer};
 use vm_memory::GuestMemoryMmap;
 use xxcapture_abi::event::LOST as EVENT_LOST;
+use xxcapture_abi::event::RING_WAKE;
 use xxcapture_abi::event::{PER_BUFFER, SIZE as RECORD_SIZE};
 use xxcapture_abi::Event;
 use xxcapture_model::InterruptController;
@@ -37,6 +45,7 @@ use zerocopy::IntoBytes;
 
 use crate::faults::{FaultKind, Faults, Unit};
 use crate::queue::DeviceQueue;
+use crate::ring::CqWriter;
 use crate::trace::{cause_name, Tracer, What};
 
 /// What delivery counted since the daemon started (resets do not clear it).
@@ -96,6 +105,32 @@ pub struct EventState {
     pub stats: DeliveryStats,
     /// EVENTS_LOST at the last look, to count losses over resets.
     lost_seen: u64,
+    /// The completion ring's writer (inactive without a ring).
+    pub ring: CqWriter,
+}
+
+impl EventState {
+    /// Tells the controller which causes the application routes into the
+    /// CQ now (`event_mask`, read once here): called before anything that
+    /// generates records.
+    pub fn refresh_divert(&mut self) {
+        let mask = self.ring.event_mask();
+        self.irq.set_divert(mask);
+    }
+
+    /// Posts the records diverted since the last look into the CQ, in
+    /// order (under the CQ's room rule).
+    pub fn route_diverted(&mut self) {
+        let diverted = self.irq.take_diverted();
+        for record in diverted {
+            if self.ring.is_active() {
+                self.ring.post_event(&record, &mut self.irq);
+            } else if record.cause.get() != EVENT_LOST {
+                // The ring went away between generation and delivery.
+                self.irq.lost_elsewhere(1);
+            }
+        }
+    }
 }
 
 /// Event delivery for one card.
@@ -149,6 +184,7 @@ impl Events {
                 armed: None,
                 stats: DeliveryStats::default(),
                 lost_seen: 0,
+                ring: CqWriter::default(),
             }),
             timer,
             faults: Arc::default(),
@@ -258,6 +294,7 @@ impl Events {
     /// `frame_number`) at device time `now_ns`; delivers whatever is due.
     pub fn raise(&self, cause: u32, frame_number: u64, now_ns: u64, mem: Option<&GuestMemoryMmap>) {
         let mut st = self.lock();
+        st.refresh_divert();
         st.irq.raise(cause, frame_number, now_ns);
         self.deliver_locked(&mut st, now_ns, mem);
     }
@@ -272,6 +309,7 @@ impl Events {
         mem: Option<&GuestMemoryMmap>,
     ) {
         let mut st = self.lock();
+        st.refresh_divert();
         st.irq.raise_many(cause, frame_number, count, now_ns);
         self.deliver_locked(&mut st, now_ns, mem);
     }
@@ -290,11 +328,19 @@ impl Events {
 
     /// As [`Self::deliver`], for a caller that holds the lock.
     pub fn deliver_locked(&self, st: &mut EventState, now_ns: u64, mem: Option<&GuestMemoryMmap>) {
+        st.route_diverted();
         Self::count_lost(st);
         if let (Some(queue), Some(mem)) = (st.queue.clone(), mem) {
             let mut written: Vec<Event> = Vec::new();
             let mut returned = false;
             let mut storm = 0u32;
+            if st.ring.take_wake() {
+                match Self::send_wake(&*queue, mem, now_ns) {
+                    Ok(()) => returned = true,
+                    // No buffer yet: owed until the driver posts one.
+                    Err(()) => st.ring.owe_wake(),
+                }
+            }
             loop {
                 if st.irq.due(now_ns) == 0 {
                     break;
@@ -386,6 +432,44 @@ impl Events {
         }
         let deadline = st.irq.next_deadline();
         self.arm(st, deadline, now_ns);
+    }
+
+    /// Writes one RING_WAKE record into the next event buffer (not
+    /// coalesced, not counted as a device record, sequence 0). `Err` when
+    /// no usable buffer is available.
+    fn send_wake(queue: &dyn DeviceQueue, mem: &GuestMemoryMmap, now_ns: u64) -> Result<(), ()> {
+        let record = Event {
+            cause: RING_WAKE.into(),
+            device_time_ns: now_ns.into(),
+            ..Event::default()
+        };
+        loop {
+            let popped = match queue.pop(mem) {
+                Ok(None) => Self::recheck(queue, mem),
+                other => other,
+            };
+            let Ok(Some(chain)) = popped else {
+                return Err(());
+            };
+            let head = chain.head_index();
+            let used = match buffer_capacity(&chain) {
+                Ok(_) => Writer::new(mem, chain.clone())
+                    .ok()
+                    .and_then(|mut w| {
+                        use std::io::Write;
+                        w.write_all(record.as_bytes()).ok()
+                    })
+                    .map_or(0, |()| RECORD_SIZE as u32),
+                Err(_) => 0,
+            };
+            if let Err(e) = queue.add_used(head, used) {
+                warn!("event queue: add_used({head}) failed: {e}");
+                return Err(());
+            }
+            if used > 0 {
+                return Ok(());
+            }
+        }
     }
 
     /// No buffer was available: re-enable kicks and look once more, since

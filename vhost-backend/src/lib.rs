@@ -15,6 +15,8 @@
 //! - [`queue`]: what those two need from a virtqueue, and guest memory.
 //! - [`registered`]: the registered buffers' tables the card holds, and
 //!   the DMA port that resolves DMA_BUFFER commands through them.
+//! - [`ring`]: the submission and completion rings in shared memory
+//!   (SPEC §15): the CQ writer, SQ entries, the SQ poller's parts.
 //! - [`device`]: the card and its state as the daemon runs it (card RAM,
 //!   capture thread, events, stream buffers, counters), and its lock order.
 //! - [`vhu_xxcap`]: the `VhostUserBackend` implementation over the device;
@@ -45,6 +47,7 @@ pub mod options;
 pub mod queue;
 pub mod registered;
 pub mod request;
+pub mod ring;
 pub mod socket;
 pub mod stream;
 pub mod trace;

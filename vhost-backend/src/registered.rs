@@ -53,20 +53,23 @@ impl RegisterError {
     }
 }
 
-/// The tables one card holds, by id.
+/// The tables one card holds, by id, each with its owner tag (the open
+/// it belongs to, SPEC §15).
 #[derive(Debug, Default)]
 pub struct RegisteredBuffers {
-    tables: HashMap<u32, RegisteredTable>,
+    tables: HashMap<u32, (u32, RegisteredTable)>,
     /// Entries of all tables together.
     entries: u64,
 }
 
 impl RegisteredBuffers {
     /// Holds `entries` (already checked non-empty with `reserved` 0, and at
-    /// most `MAX_SG_ENTRIES` of them) as buffer `id` of `length` bytes.
+    /// most `MAX_SG_ENTRIES` of them) as buffer `id` of `length` bytes,
+    /// belonging to `owner`.
     pub fn register(
         &mut self,
         id: u32,
+        owner: u32,
         length: u64,
         entries: Vec<SgEntry>,
         mem: &GuestMemoryMmap,
@@ -100,13 +103,14 @@ impl RegisteredBuffers {
             });
         }
         self.entries += more;
-        self.tables.insert(id, RegisteredTable::new(entries));
+        self.tables
+            .insert(id, (owner, RegisteredTable::new(entries)));
         Ok(())
     }
 
     /// Forgets buffer `id`.
     pub fn unregister(&mut self, id: u32) -> Result<(), RegisterError> {
-        let table = self.tables.remove(&id).ok_or(RegisterError::Unknown(id))?;
+        let (_, table) = self.tables.remove(&id).ok_or(RegisterError::Unknown(id))?;
         self.entries -= table.entry_count() as u64;
         Ok(())
     }
@@ -131,9 +135,32 @@ impl RegisteredBuffers {
         self.entries
     }
 
+    /// The owner tag of buffer `id`, if the card holds it.
+    pub fn owner(&self, id: u32) -> Option<u32> {
+        self.tables.get(&id).map(|(owner, _)| *owner)
+    }
+
     /// The entries of `[offset, offset + length)` of buffer `id`.
     pub fn range(&self, id: u32, offset: u64, length: u64) -> Result<Vec<SgEntry>, DmaFault> {
-        let table = self.tables.get(&id).ok_or(DmaFault::UnknownBuffer { id })?;
+        self.range_of(id, None, offset, length)
+    }
+
+    /// As [`Self::range`], for a task file that may name only the buffers
+    /// of `owner` (`Some`: the submission ring's): another owner's buffer
+    /// faults as an unknown one does.
+    pub fn range_of(
+        &self,
+        id: u32,
+        owner: Option<u32>,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<SgEntry>, DmaFault> {
+        let table = self
+            .tables
+            .get(&id)
+            .filter(|(held_by, _)| owner.is_none_or(|o| o == *held_by))
+            .map(|(_, table)| table)
+            .ok_or(DmaFault::UnknownBuffer { id })?;
         table.range(offset, length).ok_or(DmaFault::OutsideBuffer {
             id,
             offset,
@@ -148,6 +175,8 @@ impl RegisteredBuffers {
 pub struct RegisteredPort<'a> {
     pub inner: &'a mut dyn DmaPort,
     pub buffers: &'a RegisteredBuffers,
+    /// `Some`: only this owner's buffers resolve (a ring task file).
+    pub owner: Option<u32>,
 }
 
 impl DmaPort for RegisteredPort<'_> {
@@ -166,7 +195,7 @@ impl DmaPort for RegisteredPort<'_> {
         offset: u64,
         length: u64,
     ) -> Result<Vec<SgEntry>, DmaFault> {
-        self.buffers.range(id, offset, length)
+        self.buffers.range_of(id, self.owner, offset, length)
     }
 }
 

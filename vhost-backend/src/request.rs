@@ -34,6 +34,10 @@
 //!   [`Device`] ([`crate::registered`] checks the rest); its status (`OK`,
 //!   or the refusal's `BAD_REQUEST` / `DEVICE_ERROR`) goes at the start of
 //!   the writable area, used length [`STATUS_SIZE`];
+//! * a well-formed RING_SETUP or RING_KICK goes to the [`Device`]
+//!   ([`crate::ring`]); its status (`OK`, `UNSUPPORTED` or
+//!   `DEVICE_ERROR`) goes at the start of the writable area, used length
+//!   [`STATUS_SIZE`];
 //! * every status carries the device clock at completion.
 //!
 //! Stream-queue chains share the chain rules and are parsed with the stream
@@ -47,12 +51,14 @@ use thiserror::Error;
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use xxcapture_abi::{
-    req_type, vq_flags, vq_status, BufferDesc, SgEntry, TaskFileHeader, TfError, VqRequest,
-    VqStatus, MAX_ABORT_TAGS, MAX_SG_ENTRIES, MAX_TASK_FILE_SIZE, TF_HEADER_SIZE,
+    req_type, ring_setup, vq_flags, vq_status, BufferDesc, RingSetupReq, SgEntry, TaskFileHeader,
+    TfError, VqRequest, VqStatus, MAX_ABORT_TAGS, MAX_SG_ENTRIES, MAX_TASK_FILE_SIZE,
+    RING_MAX_SQ_IDLE_US, TF_HEADER_SIZE,
 };
 use xxcapture_model::Outcome;
 
 use crate::registered::RegisterError;
+use crate::ring::RingError;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Size of the request header at the start of the readable part.
@@ -97,11 +103,12 @@ pub trait Device {
     fn device_time_ns(&self) -> u64;
 
     /// Holds `entries` (non-empty, `reserved` 0) as registered buffer `id`
-    /// of `length` bytes, after checking them against `mem` and the card's
-    /// limits.
+    /// of `length` bytes belonging to `owner` (nonzero), after checking
+    /// them against `mem` and the card's limits.
     fn register_buffer(
         &mut self,
         _id: u32,
+        _owner: u32,
         _length: u64,
         _entries: Vec<SgEntry>,
         _mem: &GuestMemoryMmap,
@@ -112,6 +119,17 @@ pub trait Device {
     /// Forgets registered buffer `id`.
     fn unregister_buffer(&mut self, _id: u32) -> Result<(), RegisterError> {
         Err(RegisterError::Unsupported)
+    }
+
+    /// Sets up the rings for `req.owner` (0: tears them down); `req` passed
+    /// the framing checks (flags, reserved, idle time).
+    fn ring_setup(&mut self, _req: RingSetupReq) -> Result<(), RingError> {
+        Err(RingError::Unsupported("this card has no rings"))
+    }
+
+    /// The application advanced the SQ tail.
+    fn ring_kick(&mut self, _mem: &GuestMemoryMmap) -> Result<(), RingError> {
+        Err(RingError::Unsupported("this card has no rings"))
     }
 }
 
@@ -156,13 +174,25 @@ pub enum ChainError {
     ResultTooSmall { got: u64, need: u64 },
     #[error("writing the response to guest memory failed")]
     WriteFailed,
-    #[error("{req} with {readable} readable bytes, {sg_count} entries, reserved {reserved:#x}, length {length}")]
+    #[error("{req} with {readable} readable bytes, {sg_count} entries, owner {owner:#x}, length {length}")]
     BadBufferRequest {
         req: &'static str,
         readable: u64,
         sg_count: u32,
-        reserved: u32,
+        owner: u32,
         length: u64,
+    },
+    #[error("{req} with {readable} readable bytes and {sg_count} scatter-gather entries")]
+    BadRingRequest {
+        req: &'static str,
+        readable: u64,
+        sg_count: u32,
+    },
+    #[error("RING_SETUP with flags {flags:#x}, sq_idle_us {sq_idle_us}, reserved {reserved:#x}")]
+    BadRingSetup {
+        flags: u32,
+        sq_idle_us: u32,
+        reserved: u32,
     },
 }
 
@@ -198,6 +228,12 @@ pub enum Disposition {
         register: bool,
         id: u32,
         result: Result<(), RegisterError>,
+    },
+    /// A RING_SETUP (`kick` false) or RING_KICK was answered with `OK`, or
+    /// with the status of the refusal.
+    Ring {
+        kick: bool,
+        result: Result<(), RingError>,
     },
     /// The chain was refused with the status of `ChainError::status`.
     Rejected(ChainError),
@@ -271,12 +307,15 @@ enum Request {
     Abort(Vec<u64>),
     Register {
         id: u32,
+        owner: u32,
         length: u64,
         sg: Vec<SgEntry>,
     },
     Unregister {
         id: u32,
     },
+    RingSetup(RingSetupReq),
+    RingKick,
 }
 
 /// Processes one command-queue chain against `device`.
@@ -342,7 +381,9 @@ where
             | Request::Flush
             | Request::Abort(_)
             | Request::Register { .. }
-            | Request::Unregister { .. } => 0,
+            | Request::Unregister { .. }
+            | Request::RingSetup(_)
+            | Request::RingKick => 0,
         };
         let need = (result_len + STATUS_SIZE) as u64;
         let got = writer.available_bytes() as u64;
@@ -400,9 +441,22 @@ where
                 ..completion
             }
         }
-        Ok(Request::Register { id, length, sg }) => {
-            let result = device.register_buffer(id, length, sg, mem);
+        Ok(Request::Register {
+            id,
+            owner,
+            length,
+            sg,
+        }) => {
+            let result = device.register_buffer(id, owner, length, sg, mem);
             answer_buffer(device, &mut writer, true, id, result)
+        }
+        Ok(Request::RingSetup(req)) => {
+            let result = device.ring_setup(req);
+            answer_ring(device, &mut writer, false, result)
+        }
+        Ok(Request::RingKick) => {
+            let result = device.ring_kick(mem);
+            answer_ring(device, &mut writer, true, result)
         }
         Ok(Request::Unregister { id }) => {
             let result = device.unregister_buffer(id);
@@ -436,6 +490,27 @@ fn answer_buffer(
                 id,
                 result,
             },
+        },
+        Err(_) => Completion::dropped(ChainError::WriteFailed),
+    }
+}
+
+/// Writes the status of a RING_SETUP or RING_KICK at the start of the
+/// writable area.
+fn answer_ring(
+    device: &mut dyn Device,
+    writer: &mut Writer<'_>,
+    kick: bool,
+    result: Result<(), RingError>,
+) -> Completion {
+    let code = match &result {
+        Ok(()) => vq_status::OK,
+        Err(e) => e.status(),
+    };
+    match writer.write_all(status(code, device.device_time_ns()).as_bytes()) {
+        Ok(()) => Completion {
+            used_len: STATUS_SIZE as u32,
+            disposition: Disposition::Ring { kick, result },
         },
         Err(_) => Completion::dropped(ChainError::WriteFailed),
     }
@@ -509,6 +584,8 @@ where
             | req_type::REGISTER_BUFFER
             | req_type::UNREGISTER_BUFFER
             | req_type::ABORT
+            | req_type::RING_SETUP
+            | req_type::RING_KICK
     );
     let allowed_flags = if req == req_type::EXEC_TASK_FILE {
         vq_flags::ASYNC
@@ -565,6 +642,46 @@ where
     if req == req_type::REGISTER_BUFFER || req == req_type::UNREGISTER_BUFFER {
         return read_buffer_request(&buf, req, sg_count, layout.readable);
     }
+    if req == req_type::RING_KICK {
+        if buf.len() != REQUEST_HEADER_SIZE || sg_count != 0 {
+            return Err(ChainError::BadRingRequest {
+                req: "RING_KICK",
+                readable: layout.readable,
+                sg_count,
+            });
+        }
+        return Ok(Request::RingKick);
+    }
+    if req == req_type::RING_SETUP {
+        let payload = &buf[REQUEST_HEADER_SIZE..];
+        let Ok(setup) = RingSetupReq::read_from_bytes(payload) else {
+            return Err(ChainError::BadRingRequest {
+                req: "RING_SETUP",
+                readable: layout.readable,
+                sg_count,
+            });
+        };
+        if sg_count != 0 {
+            return Err(ChainError::BadRingRequest {
+                req: "RING_SETUP",
+                readable: layout.readable,
+                sg_count,
+            });
+        }
+        let (flags, sq_idle_us, reserved) = (
+            setup.flags.get(),
+            setup.sq_idle_us.get(),
+            setup.reserved.get(),
+        );
+        if flags & !ring_setup::ALL != 0 || reserved != 0 || sq_idle_us > RING_MAX_SQ_IDLE_US {
+            return Err(ChainError::BadRingSetup {
+                flags,
+                sq_idle_us,
+                reserved,
+            });
+        }
+        return Ok(Request::RingSetup(setup));
+    }
     if sg_count > MAX_SG_ENTRIES {
         return Err(ChainError::TooManyEntries(sg_count));
     }
@@ -601,15 +718,15 @@ fn read_buffer_request(
     let register = req == req_type::REGISTER_BUFFER;
     let rest = &buf[REQUEST_HEADER_SIZE..];
     let (desc, entries) = BufferDesc::read_from_prefix(rest).unwrap_or_default();
-    let (reserved, length) = (desc.owner.get(), desc.length.get());
+    let (owner, length) = (desc.owner.get(), desc.length.get());
     let framing_ok = rest.len() >= size_of::<BufferDesc>()
-        && reserved == 0
         && if register {
-            (1..=MAX_SG_ENTRIES).contains(&sg_count)
+            owner != 0
+            && (1..=MAX_SG_ENTRIES).contains(&sg_count)
                 // sg_count <= 2^16: the product is small.
                 && entries.len() == sg_count as usize * SG_ENTRY_SIZE
         } else {
-            sg_count == 0 && entries.is_empty() && length == 0
+            owner == 0 && sg_count == 0 && entries.is_empty() && length == 0
         };
     if !framing_ok {
         return Err(ChainError::BadBufferRequest {
@@ -620,7 +737,7 @@ fn read_buffer_request(
             },
             readable,
             sg_count,
-            reserved,
+            owner,
             length,
         });
     }
@@ -637,6 +754,7 @@ fn read_buffer_request(
     }
     Ok(Request::Register {
         id,
+        owner,
         length,
         sg: table.to_vec(),
     })

@@ -241,6 +241,15 @@ fn finish(
             id,
             result,
         } => debug!("request {head}: buffer {id} (register: {register}): {result:?}"),
+        Disposition::Ring { kick, result } => match result {
+            Ok(()) => trace!("request {head}: ring (kick: {kick}) done"),
+            Err(e) => {
+                if e.status() == xxcapture_abi::vq_status::UNSUPPORTED {
+                    Counters::bump(&counters.unsupported);
+                }
+                debug!("request {head}: ring (kick: {kick}): {e}");
+            }
+        },
         Disposition::Rejected(e) => {
             if e.status() == xxcapture_abi::vq_status::UNSUPPORTED {
                 Counters::bump(&counters.unsupported);

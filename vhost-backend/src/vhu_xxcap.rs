@@ -77,7 +77,7 @@ pub fn protocol_features(capabilities: u32) -> VhostUserProtocolFeatures {
 
 /// The Double X card behind a vhost-user socket.
 pub struct XxcapBackend {
-    device: XxcapDevice,
+    device: Arc<XxcapDevice>,
     features: u64,
     /// VIRTIO_RING_F_EVENT_IDX was negotiated.
     event_idx: AtomicBool,

@@ -437,3 +437,58 @@ fn registered_buffer_commands_use_the_held_table() {
     bad.dma_buffer(dma_dir::FROM_CARD, 7, 0, 0, 0);
     assert_eq!(run(&mut c, &mut port, &bad, &[]).error, TfError::DmaRange);
 }
+
+#[test]
+fn ring_task_files_refuse_raw_dma_and_keep_registered_buffers() {
+    let mut c = card();
+    let mut port = FakePort::new();
+    port.registered = Some(crate::RegisteredTable::new(vec![sg(0x100, 4096)]));
+    let mut irq = c.interrupt_controller();
+    let ring =
+        |c: &mut Card, port: &mut FakePort, irq: &mut crate::InterruptController, tf: &TaskFile| {
+            let mut bytes = tf.to_bytes();
+            c.execute_ring(&mut bytes, port, irq, 1_000);
+            TaskFileResult::parse(&bytes).expect("result parses")
+        };
+    for op in [Op::DmaTransferBlock, Op::DmaTransferNonBlock] {
+        let mut tf = TaskFile::new();
+        tf.set_register(regs::SCRATCH, 5);
+        let mut cmd = dma(dma_dir::TO_CARD, 0, 0, 16);
+        cmd.op = (op as u16).into();
+        tf.push_raw(cmd);
+        // Refused before its other fields are looked at.
+        let mut bad = dma(7, 0, u64::MAX, 0);
+        bad.op = (op as u16).into();
+        bad.flags = 3.into();
+        let mut tf2 = TaskFile::new();
+        tf2.push_raw(bad);
+        let calls = port.calls.len();
+        let res = ring(&mut c, &mut port, &mut irq, &tf);
+        assert_eq!((res.error, res.index), (TfError::Refused, 1), "{op:?}");
+        let res = ring(&mut c, &mut port, &mut irq, &tf2);
+        assert_eq!((res.error, res.index), (TfError::Refused, 0), "{op:?}");
+        assert_eq!(port.calls.len(), calls, "nothing moved");
+        assert_eq!(c.registers().peek(regs::SCRATCH), 0, "nothing committed");
+        assert_eq!(status_bits(&c) & xxcapture_abi::status::DMA_ERROR, 0);
+        assert_eq!(irq.status() & xxcapture_abi::irq::DMA_ERROR, 0);
+    }
+    // DMA_BUFFER works on the ring; an unknown id faults.
+    let mut tf = TaskFile::new();
+    tf.dma_buffer(dma_dir::TO_CARD, 7, 16, 0x1000, 100);
+    let res = ring(&mut c, &mut port, &mut irq, &tf);
+    assert_eq!((res.error, res.index), (TfError::Ok, 1));
+    assert_eq!(
+        &port.card[0x1000..0x1000 + 100],
+        &port.guest[0x110..0x110 + 100]
+    );
+    let mut tf = TaskFile::new();
+    tf.dma_buffer(dma_dir::TO_CARD, 8, 0, 0, 1);
+    assert_eq!(
+        ring(&mut c, &mut port, &mut irq, &tf).error,
+        TfError::DmaFault
+    );
+    // The same raw DMA on the command queue still runs.
+    let mut tf = TaskFile::new();
+    tf.push_raw(dma(dma_dir::TO_CARD, 0, 0, 16));
+    assert_eq!(run(&mut c, &mut port, &tf, &[sg(0, 16)]).error, TfError::Ok);
+}

@@ -43,8 +43,9 @@ use vm_memory::{
 };
 use vmm_sys_util::epoll::EventSet;
 use xxcapture_abi::{
-    caps, queue, registered, req_type, vq_flags, vq_status, BufferDesc, Command, Op, SgEntry,
-    VqRequest, CONFIG_SIZE, MAX_ABORT_TAGS, MAX_SG_ENTRIES, TF_HEADER_SIZE,
+    caps, queue, registered, req_type, ring_setup, vq_flags, vq_status, BufferDesc, Command, Op,
+    RingSetupReq, SgEntry, VqRequest, CONFIG_SIZE, MAX_ABORT_TAGS, MAX_SG_ENTRIES,
+    RING_MAX_SQ_IDLE_US, TF_HEADER_SIZE,
 };
 use xxcapture_model::{Card, CardConfig, Outcome, MIN_CARD_RAM};
 use zerocopy::{FromBytes, IntoBytes};
@@ -204,6 +205,8 @@ fn payload(u: &mut Unstructured<'_>, alloc: &mut Alloc) -> Result<Payload> {
         req_type::REGISTER_BUFFER,
         req_type::UNREGISTER_BUFFER,
         req_type::ABORT,
+        req_type::RING_SETUP,
+        req_type::RING_KICK,
         0,
     ])?;
     let kind = if u.ratio(1u8, 32)? {
@@ -227,8 +230,11 @@ fn payload(u: &mut Unstructured<'_>, alloc: &mut Alloc) -> Result<Payload> {
         let sum: u64 = entries.iter().map(|e| u64::from(e.len.get())).sum();
         let desc = BufferDesc {
             id: u.int_in_range(0..=3u32)?.into(),
+            // REGISTER names a nonzero owner, UNREGISTER none: mostly.
             owner: if u.ratio(1u8, 16)? {
                 u.arbitrary::<u32>()?
+            } else if kind == req_type::REGISTER_BUFFER {
+                1
             } else {
                 0
             }
@@ -241,6 +247,19 @@ fn payload(u: &mut Unstructured<'_>, alloc: &mut Alloc) -> Result<Payload> {
             .into(),
         };
         desc.as_bytes().to_vec()
+    } else if kind == req_type::RING_SETUP && !u.ratio(1u8, 8)? {
+        let setup = RingSetupReq {
+            owner: u.int_in_range(0..=2u32)?.into(),
+            flags: u.int_in_range(0..=2u32)?.into(),
+            sq_idle_us: if u.ratio(1u8, 8)? {
+                u.arbitrary::<u32>()?
+            } else {
+                u.int_in_range(0..=100u32)?
+            }
+            .into(),
+            reserved: u.int_in_range(0..=1u32)?.into(),
+        };
+        setup.as_bytes().to_vec()
     } else if header_only {
         Vec::new()
     } else if u.ratio(1u8, 4)? {
@@ -542,6 +561,9 @@ enum Expect {
     Buffer(u32),
     /// A task file of this many bytes executed.
     Executed { tf_len: usize, sg: Vec<SgEntry> },
+    /// A well-formed RING_SETUP or RING_KICK answered (this harness's card
+    /// has no rings: UNSUPPORTED at the start of the writable part).
+    Ring,
 }
 
 /// SPEC.md §4 and §9 applied to a walked chain whose readable bytes are
@@ -572,6 +594,8 @@ fn expected(walk: &Walk, mem: &GuestMemoryMmap, readable: Option<&[u8]>) -> Expe
             | req_type::REGISTER_BUFFER
             | req_type::UNREGISTER_BUFFER
             | req_type::ABORT
+            | req_type::RING_SETUP
+            | req_type::RING_KICK
     );
     // Only a task file may say it is asynchronous (§4).
     let allowed = if kind == req_type::EXEC_TASK_FILE {
@@ -606,6 +630,24 @@ fn expected(walk: &Walk, mem: &GuestMemoryMmap, readable: Option<&[u8]>) -> Expe
         }
         req_type::REGISTER_BUFFER | req_type::UNREGISTER_BUFFER => {
             expect_buffer(kind == req_type::REGISTER_BUFFER, bytes, sg_count, mem)
+        }
+        req_type::RING_KICK if bytes.len() == REQUEST_HEADER_SIZE && sg_count == 0 => Expect::Ring,
+        req_type::RING_KICK => bad,
+        req_type::RING_SETUP => {
+            // §15: exactly the header and a RingSetupReq with known flags,
+            // reserved 0 and an idle time in range.
+            let payload = &bytes[REQUEST_HEADER_SIZE..];
+            match RingSetupReq::read_from_bytes(payload) {
+                Ok(r)
+                    if sg_count == 0
+                        && r.flags.get() & !ring_setup::ALL == 0
+                        && r.reserved.get() == 0
+                        && r.sq_idle_us.get() <= RING_MAX_SQ_IDLE_US =>
+                {
+                    Expect::Ring
+                }
+                _ => bad,
+            }
         }
         _ => {
             if sg_count > MAX_SG_ENTRIES {
@@ -644,7 +686,8 @@ fn expect_buffer(register: bool, bytes: &[u8], sg_count: u32, mem: &GuestMemoryM
     let Ok((desc, entries)) = BufferDesc::read_from_prefix(&bytes[REQUEST_HEADER_SIZE..]) else {
         return bad;
     };
-    if desc.owner.get() != 0 {
+    // REGISTER names its owner (nonzero), UNREGISTER none (§12).
+    if (desc.owner.get() != 0) != register {
         return bad;
     }
     if !register {
@@ -761,6 +804,10 @@ fn check_completion(
         (Disposition::Attached(_), Expect::Attached)
         | (Disposition::Flushed(_), Expect::Flushed)
         | (Disposition::Aborted(_), Expect::Aborted) => assert_eq!(used, STATUS_SIZE as u64),
+        (Disposition::Ring { result, .. }, Expect::Ring) => {
+            assert_eq!(used, STATUS_SIZE as u64);
+            assert!(result.is_err(), "a card without rings accepted {result:?}");
+        }
         (Disposition::Buffer { result, .. }, Expect::Buffer(status)) => {
             assert_eq!(used, STATUS_SIZE as u64);
             let got = match result {
@@ -796,6 +843,12 @@ fn check_completion(
         (Disposition::Buffer { result, .. }, _) => {
             Some((0, result.map_or_else(|e| e.status(), |()| vq_status::OK)))
         }
+        (Disposition::Ring { result, .. }, _) => Some((
+            0,
+            result
+                .as_ref()
+                .map_or_else(|e| e.status(), |()| vq_status::OK),
+        )),
         (Disposition::Executed(o), Expect::Executed { tf_len, .. }) => {
             assert_eq!(le32(&stream, 0), o.error as u32, "result header error");
             assert_eq!(le32(&stream, 4), o.index, "result header count");
@@ -836,6 +889,7 @@ impl Device for FuzzDevice<'_> {
         let mut port = RegisteredPort {
             inner: &mut guest,
             buffers: &self.registered,
+            owner: None,
         };
         let outcome =
             self.card
@@ -869,11 +923,12 @@ impl Device for FuzzDevice<'_> {
     fn register_buffer(
         &mut self,
         id: u32,
+        owner: u32,
         length: u64,
         entries: Vec<SgEntry>,
         mem: &GuestMemoryMmap,
     ) -> Result<(), RegisterError> {
-        self.registered.register(id, length, entries, mem)
+        self.registered.register(id, owner, length, entries, mem)
     }
 
     fn unregister_buffer(&mut self, id: u32) -> Result<(), RegisterError> {

@@ -6,7 +6,9 @@
 //! - [`model`]: the task-file executor of `xxcapture-model` (targets
 //!   `task_file`, `card_sequence`);
 //! - [`backend`]: the request handling of `xxcapd` (targets `chain`,
-//!   `backend`).
+//!   `backend`);
+//! - [`ring`]: the submission and completion rings of `xxcapd` (target
+//!   `ring`).
 //!
 //! This crate is a member of the main workspace, so that `cargo test`
 //! replays the committed corpus and regressions ([`replay_corpus`]) through
@@ -15,6 +17,7 @@
 
 pub mod backend;
 pub mod model;
+pub mod ring;
 
 /// Runs `run` over every input committed for fuzz target `target`
 /// (`fuzz/corpus/<target>` and `fuzz/regressions/<target>`): this crate's

@@ -197,3 +197,36 @@ fn dma_busy_shows_while_a_transfer_moves_data() {
     ram.status().set_dma_error(false);
     assert_eq!(status_now(&ram), status::READY);
 }
+
+#[test]
+fn the_ring_area_follows_the_status_page_and_is_bounds_checked() {
+    let plain = CardRam::new(4 << 20).expect("ram");
+    assert!(plain.ring_area().is_none());
+    let ram = CardRam::with_ring(4 << 20, true).expect("ram");
+    let area_size = RING_AREA_SIZE as usize;
+    assert_eq!(ram.ring_offset(), (4 << 20) + 4096);
+    assert_eq!(ram.region_size(), (4 << 20) + 4096 + area_size as u64);
+    assert_eq!(ram.bar_size(), 8 << 20);
+    assert_eq!(
+        ram.file().metadata().expect("meta").len(),
+        ram.region_size()
+    );
+    let area = ram.ring_area().expect("area");
+    // Whole-area access works; anything reaching past it does nothing.
+    area.store(area_size - 4, 0xdead_beef, Ordering::Relaxed);
+    assert_eq!(area.load(area_size - 4, Ordering::Relaxed), 0xdead_beef);
+    assert!(area.word(area_size).is_none());
+    assert!(area.word(2).is_none(), "misaligned");
+    assert!(area.word64(area_size - 4).is_none());
+    assert_eq!(area.load(usize::MAX - 3, Ordering::Relaxed), 0);
+    let mut buf = [0u8; 8];
+    assert!(area.read(area_size - 4, &mut buf).is_none());
+    assert!(area.write(area_size - 4, &buf).is_none());
+    assert!(area.write(usize::MAX, &buf).is_none());
+    assert!(area.read(area_size - 8, &mut buf).is_some());
+    assert_eq!(&buf[4..], &0xdead_beef_u32.to_le_bytes());
+    // The status block and card RAM are not the area's.
+    assert_eq!(ram.read_status().expect("status").magic.get(), STATUS_MAGIC);
+    area.zero();
+    assert_eq!(area.load(area_size - 4, Ordering::Relaxed), 0);
+}

@@ -7,12 +7,14 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 use xxcapture_abi::{
-    regs, Command, Op, TaskFileHeader, TaskFileResult, TfError, CMD_SIZE, MAGIC, MAX_COMMANDS,
+    regs, ring_setup, Command, Op, RingSetupReq, TaskFileHeader, TaskFileResult, TfError, CMD_SIZE,
+    MAGIC, MAX_COMMANDS, RING_MAX_SQ_IDLE_US,
 };
 use xxcapture_model::{Card, CardConfig, InterruptController, CAPTURE_CARD_CAPS};
 
 use crate::card_ram::{CardRam, GuestDma};
 use crate::registered::{RegisteredBuffers, RegisteredPort};
+use crate::ring::RingError;
 
 const MEM_SIZE: u64 = 8 << 20;
 const QUEUE_SIZE: u16 = 256;
@@ -34,6 +36,9 @@ struct TestDevice {
     flushes: u32,
     aborted: Vec<Vec<u64>>,
     registered: RegisteredBuffers,
+    /// RING_SETUPs and RING_KICKs that reached the device.
+    ring_setups: Vec<RingSetupReq>,
+    ring_kicks: u32,
 }
 
 impl TestDevice {
@@ -61,6 +66,7 @@ impl Device for TestDevice {
         let mut port = RegisteredPort {
             inner: &mut guest,
             buffers: &self.registered,
+            owner: None,
         };
         self.card
             .execute_request(tf, sg, &mut port, &mut self.irq, 42, asynchronous)
@@ -74,15 +80,29 @@ impl Device for TestDevice {
     fn register_buffer(
         &mut self,
         id: u32,
+        owner: u32,
         length: u64,
         entries: Vec<SgEntry>,
         mem: &GuestMemoryMmap,
     ) -> Result<(), RegisterError> {
-        self.registered.register(id, length, entries, mem)
+        self.registered.register(id, owner, length, entries, mem)
     }
 
     fn unregister_buffer(&mut self, id: u32) -> Result<(), RegisterError> {
         self.registered.unregister(id)
+    }
+
+    fn ring_setup(&mut self, req: RingSetupReq) -> Result<(), RingError> {
+        self.ring_setups.push(req);
+        if req.flags.get() != 0 {
+            return Err(RingError::Unsupported("no SQPOLL here"));
+        }
+        Ok(())
+    }
+
+    fn ring_kick(&mut self, _mem: &GuestMemoryMmap) -> Result<(), RingError> {
+        self.ring_kicks += 1;
+        Ok(())
     }
 
     fn flush_buffers(&mut self) -> Result<(), String> {
@@ -122,6 +142,8 @@ fn card() -> TestDevice {
         flushes: 0,
         aborted: Vec::new(),
         registered: RegisteredBuffers::default(),
+        ring_setups: Vec::new(),
+        ring_kicks: 0,
     }
 }
 
@@ -457,7 +479,7 @@ fn unknown_request_type_or_flags_are_unsupported() {
     for (req_type, flags) in [
         (0u32, 0u32),
         (3, 0),
-        (8, 0),
+        (10, 0),
         (u32::MAX, 0),
         // Bit 0 (ASYNC) is the only flag, and only a task file's.
         (req_type::EXEC_TASK_FILE, 2),
@@ -467,6 +489,8 @@ fn unknown_request_type_or_flags_are_unsupported() {
         (req_type::REGISTER_BUFFER, 1),
         (req_type::UNREGISTER_BUFFER, 1),
         (req_type::ABORT, 1),
+        (req_type::RING_SETUP, 1),
+        (req_type::RING_KICK, 1),
     ] {
         let req = request(req_type, flags, &tf);
         put(&mem, DATA, &req);
@@ -895,6 +919,9 @@ fn abort_request(tags: &[u64], sg_count: u32) -> Vec<u8> {
     buf
 }
 
+/// The owner tag the tests register buffers for.
+const OWNER: u32 = 0x77;
+
 /// REGISTER_BUFFER (`register`) or UNREGISTER_BUFFER request bytes.
 fn buffer_request(register: bool, id: u32, length: u64, table: &[SgEntry]) -> Vec<u8> {
     let header = VqRequest {
@@ -909,7 +936,7 @@ fn buffer_request(register: bool, id: u32, length: u64, table: &[SgEntry]) -> Ve
     };
     let desc = BufferDesc {
         id: id.into(),
-        owner: 0.into(),
+        owner: if register { OWNER } else { 0 }.into(),
         length: length.into(),
     };
     let mut buf = header.as_bytes().to_vec();
@@ -1156,10 +1183,13 @@ fn malformed_buffer_requests_are_refused() {
     let mut short = buffer_request(true, 1, 0x2000, &[sg(BUF, 0x1000), sg(BUF, 0x1000)]);
     short.truncate(short.len() - SG_ENTRY_SIZE);
     cases.push((short, vq_status::BAD_REQUEST));
-    // Non-zero reserved field, and flags.
-    let mut reserved = buffer_request(true, 1, 0x1000, &good);
-    reserved[REQUEST_HEADER_SIZE + 4] = 1;
-    cases.push((reserved, vq_status::BAD_REQUEST));
+    // REGISTER without an owner, UNREGISTER with one, and flags.
+    let mut no_owner = buffer_request(true, 1, 0x1000, &good);
+    no_owner[REQUEST_HEADER_SIZE + 4] = 0;
+    cases.push((no_owner, vq_status::BAD_REQUEST));
+    let mut owned = buffer_request(false, 1, 0, &[]);
+    owned[REQUEST_HEADER_SIZE + 5] = 1;
+    cases.push((owned, vq_status::BAD_REQUEST));
     let mut flags = buffer_request(true, 1, 0x1000, &good);
     flags[4] = 1;
     cases.push((flags, vq_status::UNSUPPORTED));
@@ -1182,4 +1212,89 @@ fn malformed_buffer_requests_are_refused() {
     let (_, status) = send_buffer(&mem, &mut dev, &buffer_request(true, 9, 0x1000, &good));
     assert_eq!(status, vq_status::BAD_REQUEST);
     assert_eq!(dev.registered.len(), 1);
+}
+
+fn ring_setup_request(owner: u32, flags: u32, sq_idle_us: u32, reserved: u32) -> Vec<u8> {
+    let mut buf = header(req_type::RING_SETUP, 0).as_bytes().to_vec();
+    let setup = RingSetupReq {
+        owner: owner.into(),
+        flags: flags.into(),
+        sq_idle_us: sq_idle_us.into(),
+        reserved: reserved.into(),
+    };
+    buf.extend_from_slice(setup.as_bytes());
+    buf
+}
+
+#[test]
+fn ring_requests_are_framed_exactly() {
+    let mem = memory();
+    let mut dev = card();
+    // Good ones reach the device; its answer goes at the start.
+    let (c, status) = send_buffer(&mem, &mut dev, &ring_setup_request(5, 0, 0, 0));
+    assert_eq!(status, vq_status::OK);
+    assert_eq!(c.used_len, STATUS_SIZE as u32);
+    assert!(matches!(
+        c.disposition,
+        Disposition::Ring {
+            kick: false,
+            result: Ok(())
+        }
+    ));
+    let (_, status) = send_buffer(
+        &mem,
+        &mut dev,
+        &ring_setup_request(5, ring_setup::SQPOLL, RING_MAX_SQ_IDLE_US, 0),
+    );
+    assert_eq!(status, vq_status::UNSUPPORTED);
+    let (c, status) = send_buffer(&mem, &mut dev, header(req_type::RING_KICK, 0).as_bytes());
+    assert_eq!(status, vq_status::OK);
+    assert!(matches!(
+        c.disposition,
+        Disposition::Ring { kick: true, .. }
+    ));
+    assert_eq!((dev.ring_setups.len(), dev.ring_kicks), (2, 1));
+    // Unknown flags, reserved, an idle time too long, entries, a short or
+    // long payload; a kick with a payload or entries: BAD_REQUEST, and the
+    // device never sees them.
+    let mut long = ring_setup_request(5, 0, 0, 0);
+    long.push(0);
+    let mut with_entries = ring_setup_request(5, 0, 0, 0);
+    with_entries[16] = 1;
+    let mut kick_entries = header(req_type::RING_KICK, 1).as_bytes().to_vec();
+    kick_entries.truncate(REQUEST_HEADER_SIZE);
+    let mut kick_payload = header(req_type::RING_KICK, 0).as_bytes().to_vec();
+    kick_payload.extend_from_slice(&[0; 8]);
+    for bad in [
+        ring_setup_request(5, 2, 0, 0),
+        ring_setup_request(5, 0, 0, 1),
+        ring_setup_request(5, 0, RING_MAX_SQ_IDLE_US + 1, 0),
+        ring_setup_request(5, 0, 0, 0)[..REQUEST_HEADER_SIZE + 12].to_vec(),
+        header(req_type::RING_SETUP, 0).as_bytes().to_vec(),
+        long,
+        with_entries,
+        kick_entries,
+        kick_payload,
+    ] {
+        let (c, status) = send_buffer(&mem, &mut dev, &bad);
+        assert_eq!(status, vq_status::BAD_REQUEST, "{c:?}");
+        assert!(matches!(c.disposition, Disposition::Rejected(_)), "{c:?}");
+    }
+    assert_eq!((dev.ring_setups.len(), dev.ring_kicks), (2, 1));
+}
+
+#[test]
+fn registered_buffers_keep_their_owner() {
+    let mem = memory();
+    let mut dev = card();
+    let good = [sg(BUF, 0x1000)];
+    let (_, status) = send_buffer(&mem, &mut dev, &buffer_request(true, 3, 0x1000, &good));
+    assert_eq!(status, vq_status::OK);
+    assert_eq!(dev.registered.owner(3), Some(OWNER));
+    assert!(dev.registered.range_of(3, Some(OWNER), 0, 16).is_ok());
+    assert!(dev.registered.range_of(3, None, 0, 16).is_ok());
+    assert_eq!(
+        dev.registered.range_of(3, Some(OWNER + 1), 0, 16),
+        Err(xxcapture_model::DmaFault::UnknownBuffer { id: 3 })
+    );
 }

@@ -308,7 +308,11 @@ struct FakeMapper {
 
 impl ShmemMapper for FakeMapper {
     fn map(&self, ram: &CardRam) -> io::Result<()> {
-        assert_eq!(ram.region_size(), (4 << 20) + 4096);
+        // Card RAM, the status page and (CAP_RING) the ring area.
+        assert_eq!(
+            ram.region_size(),
+            (4 << 20) + 4096 + u64::from(xxcapture_abi::RING_AREA_SIZE)
+        );
         assert_eq!(ram.file().metadata()?.len(), ram.region_size());
         if self.refuse.load(Ordering::Relaxed) {
             return Err(io::Error::other("refused"));
