@@ -163,6 +163,7 @@ fn caps_names(bits: u32) -> String {
         (caps::EVENTS, "events"),
         (caps::CAPTURE, "capture"),
         (caps::STREAMING, "streaming"),
+        (caps::RING, "ring"),
     ]
     .iter()
     .filter(|(bit, _)| bits & bit != 0)
