@@ -107,6 +107,13 @@ An event through the completion ring, consumer spinning: p50 {:.1} µs{} (target
                 )),
             );
         }
+        if let Some(enter) = self.find("ring-raise-to-user-enter") {
+            let _ = writeln!(
+                out,
+                "\nAn event through the completion ring with nothing polling (RING_ENTER and the doorbell in; the consumer arms the ring and sleeps unless the card has posted by then): p50 {:.1} µs.",
+                enter.p50_us
+            );
+        }
         if let Some(irq) = self.find("ring-raise-to-sleeper") {
             let _ = writeln!(
                 out,

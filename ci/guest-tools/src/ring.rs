@@ -544,8 +544,17 @@ pub fn bench(device: &str, args: BenchRingArgs) -> Result<ExitCode, Error> {
     for (name, options, tf, spin, want_event) in [
         ("ring-task-file-1-spin", polled, &one, SPIN, false),
         ("ring-raise-to-user-spin", polled, &raise_one, SPIN, true),
-        // Without the poller: one RING_ENTER (a doorbell) per task file.
+        // Without the poller: one RING_ENTER (a doorbell) per task file,
+        // and the consumer arming the ring at once (it sleeps unless the
+        // card posted before it armed: `wakeups` says how often it did).
         ("ring-task-file-1-enter", unpolled, &one, SPIN, false),
+        (
+            "ring-raise-to-user-enter",
+            unpolled,
+            &raise_one,
+            Duration::ZERO,
+            true,
+        ),
     ] {
         let card = Card::open(device, Access::Control)?;
         card.enable_interrupts(Causes::TEST, 1, 0)?;
