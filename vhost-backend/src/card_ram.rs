@@ -17,10 +17,12 @@
 //!   header's words, volatile copies of entries and task files (the guest
 //!   writes the same page at any time).
 //!
-//! DMA copies and slot rendering exclude each other through the "bus" lock,
-//! so no two threads of this process ever access the same card-RAM bytes at
-//! once. The guest may access card RAM at any time through its own mapping;
-//! that can only garble what the guest itself reads.
+//! DMA copies and slot rendering exclude each other through the "bus" lock
+//! on the byte ranges they touch, so no two threads of this process ever
+//! access the same card-RAM bytes at once (disjoint ones, such as two ring
+//! slots, go ahead together). The guest may access card RAM at any time
+//! through its own mapping; that can only garble what the guest itself
+//! reads.
 
 use std::fs::File;
 use std::io;
@@ -29,13 +31,14 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use nix::sys::memfd::{memfd_create, MFdFlags};
-use parking_lot::{FairMutex, FairMutexGuard};
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, MmapRegion, VolatileMemory,
 };
 use xxcapture_abi::{slot_state, status, SgEntry, SlotInfo, StatusBlock, STATUS_BLOCK_SIZE};
 use xxcapture_abi::{MAX_RING_SLOTS, RING_AREA_SIZE, STATUS_MAGIC};
 use xxcapture_model::{CaptureSession, DmaDirection, DmaFault, DmaPort};
+
+use crate::range_lock::{RangeGuard, RangeLock};
 
 /// Layout version written into the status block's `version` field.
 pub const STATUS_BLOCK_VERSION: u32 = 1;
@@ -47,10 +50,11 @@ pub struct CardRam {
     card_ram_size: u64,
     /// The ring area follows the status page.
     ring: bool,
-    /// Serialises in-process access to card-RAM bytes (DMA vs. capture).
-    /// Fair, so a free-running capture thread that re-takes it at once
-    /// cannot starve DMA requests.
-    bus: FairMutex<()>,
+    /// Excludes in-process accesses to the same card-RAM bytes (DMA vs.
+    /// capture), by range: a DMA of one ring slot runs while the capture
+    /// thread renders another. Fair per overlap, so a free-running capture
+    /// thread that re-takes a slot at once cannot starve a DMA of it.
+    bus: RangeLock,
 }
 
 impl std::fmt::Debug for CardRam {
@@ -93,7 +97,7 @@ impl CardRam {
             map,
             card_ram_size,
             ring,
-            bus: FairMutex::new(()),
+            bus: RangeLock::default(),
         };
         ram.status().init();
         Ok(ram)
@@ -136,8 +140,9 @@ impl CardRam {
         self.region_size().next_power_of_two()
     }
 
-    fn bus(&self) -> FairMutexGuard<'_, ()> {
-        self.bus.lock()
+    /// Holds card-RAM bytes `[start, end)` against other in-process access.
+    fn bus(&self, start: u64, end: u64) -> RangeGuard<'_> {
+        self.bus.lock(start, end)
     }
 
     /// Runs `f` on `len` bytes of card RAM from `offset` with the bus held,
@@ -153,13 +158,14 @@ impl CardRam {
             return None;
         }
         let start = usize::try_from(offset).ok()?;
-        let _bus = self.bus();
+        let _bus = self.bus(offset, end);
         // SAFETY: [start, start + len) lies inside the mapping (checked
         // against card_ram_size, which is below the mapping's size), which
-        // lives as long as `self`. The bus lock is held for the slice's whole
-        // life, and every other access to card RAM from this process (DMA
-        // copies, `read`) takes it too, so no other Rust reference or access
-        // aliases these bytes while the slice exists. The guest's own mapping
+        // lives as long as `self`. The bus lock holds these bytes for the
+        // slice's whole life, and every other access to card RAM from this
+        // process (DMA copies, `read`) takes the range it touches too, so no
+        // other Rust reference or access aliases these bytes while the
+        // slice exists. The guest's own mapping
         // of the same pages is outside this process's control; concurrent
         // guest writes can only change the frame the guest itself reads.
         let slot = unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr().add(start), len) };
@@ -170,7 +176,7 @@ impl CardRam {
     /// memfd: the pages are freed and read as zero in every mapping.
     pub fn clear(&self) -> io::Result<()> {
         let len = i64::try_from(self.card_ram_size).map_err(io::Error::other)?;
-        let _bus = self.bus();
+        let _bus = self.bus(0, self.card_ram_size);
         nix::fcntl::fallocate(
             &self.file,
             nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
@@ -188,7 +194,7 @@ impl CardRam {
         if u64::try_from(end).ok()? > self.card_ram_size {
             return None;
         }
-        let _bus = self.bus();
+        let _bus = self.bus(offset, offset + len as u64);
         let mut out = vec![0u8; len];
         self.map.get_slice(start, len).ok()?.copy_to(&mut out[..]);
         Some(out)
@@ -201,7 +207,7 @@ impl CardRam {
         if u64::try_from(end).ok()? > self.card_ram_size {
             return None;
         }
-        let _bus = self.bus();
+        let _bus = self.bus(offset, offset + bytes.len() as u64);
         self.map
             .get_slice(start, bytes.len())
             .ok()?
@@ -233,7 +239,7 @@ impl CardRam {
         if end > self.card_ram_size {
             return Err(DmaFault::Unavailable);
         }
-        let _bus = self.bus();
+        let _bus = self.bus(card_offset, end);
         // STATUS.DMA_BUSY while the data moves, however the copy ends.
         let _busy = DmaBusy::new(self.status());
         let mut at = usize::try_from(card_offset).map_err(|_| DmaFault::Unavailable)?;

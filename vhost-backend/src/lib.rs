@@ -45,6 +45,7 @@ pub mod events;
 pub mod faults;
 pub mod options;
 pub mod queue;
+mod range_lock;
 pub mod registered;
 pub mod request;
 pub mod ring;
