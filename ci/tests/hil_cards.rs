@@ -72,6 +72,9 @@ fn socket_activated_card_survives_guest_reboot_and_qemu_restart() {
     let pid = backend.pid();
     let started = Instant::now();
     let mut boots_so_far = 0;
+    // Card RAM outlives guest reboots and reconnections: each boot finds
+    // the mark the boot before left (a fresh daemon: none).
+    let mut marks = Vec::new();
 
     // The first QEMU boots the guest twice (it reboots itself: a machine
     // reset, the card reset on the same connection); the second QEMU, a new
@@ -125,9 +128,19 @@ fn socket_activated_card_survives_guest_reboot_and_qemu_restart() {
         assert_eq!(boot_ids.len(), boots, "{run}: one kernel per boot");
 
         let steps = parse_steps(&console);
+        for step in steps.iter().filter(|s| s.name == "ram-mark") {
+            assert_eq!(step.rc, 0, "{run}: {}", step.output.join("\n"));
+            marks.extend(
+                step.output
+                    .iter()
+                    .filter_map(|l| l.strip_prefix("ram-mark: found "))
+                    .map(|l| l.split(',').next().unwrap_or_default().to_string()),
+            );
+        }
         for name in [
             "load-driver",
             "info",
+            "ram-mark",
             "capture-dma",
             "capture-mmap",
             "kernel-log",
@@ -187,6 +200,12 @@ fn socket_activated_card_survives_guest_reboot_and_qemu_restart() {
             run_started.elapsed().as_secs_f64()
         );
     }
+
+    assert_eq!(
+        marks,
+        ["none", "1", "2"],
+        "card RAM must keep each boot's mark for the next, across the reboot and the new QEMU"
+    );
 
     let status = backend
         .terminate(Duration::from_secs(10))

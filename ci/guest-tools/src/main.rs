@@ -12,6 +12,7 @@ mod fuzz;
 mod hotplug;
 mod irq;
 mod props;
+mod ram_mark;
 mod regbuf;
 mod ring;
 mod selftest;
@@ -78,6 +79,8 @@ enum Command {
     /// The card's writable properties: each set and shown to act, bad
     /// values and writes under a controlling open refused.
     PropsTest,
+    /// Read the mark the last run left in card RAM and leave the next one.
+    RamMark,
     /// Registered buffers: round trip, canaries, foreign and stale ids,
     /// limits, and nothing pinned after a kill.
     RegbufTest(regbuf::RegbufArgs),
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         Command::PropsTest => props::run(device),
         Command::RegbufTest(args) => regbuf::run(device, args),
         Command::RegbufHold(args) => regbuf::hold(device, args),
+        Command::RamMark => ram_mark::run(device),
         Command::RingTest(args) => ring::run(device, args),
         Command::RingHold(args) => ring::hold(device, args),
         Command::BenchRing(args) => ring::bench(device, args),
