@@ -3,16 +3,20 @@
  * api_tour: drives every part of libxxcapture against a real card and
  * checks what comes back: listing and opening, task files, synchronous and
  * asynchronous DMA with completion callbacks, events, card RAM and the
- * status block mapped, streaming and mapped capture. One line per check,
+ * status block mapped, streaming and mapped capture, the card's
+ * properties, and the card monitor across an unbind and a bind of the
+ * driver (needs root). One line per check,
  * then a count of checks passed and failed; exits 0 only when none failed.
  *
  * Build: cc api_tour.c $(pkg-config --cflags --libs xxcapture)
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <xxcapture.h>
 
@@ -313,6 +317,119 @@ out_free:
 	free(buf);
 }
 
+/*
+ * Properties: read with the card held, refused to change while it is
+ * held (this process's controlling open), changed once it is not.
+ */
+static void tour_properties_held(void)
+{
+	uint32_t value = 0;
+	int rc;
+
+	rc = xxcap_get_property(0, XXCAP_PROP_TIMEOUT_MS, &value);
+	check(!rc && value > 0, "get_property timeout_ms", rc);
+	rc = xxcap_set_property(0, XXCAP_PROP_TIMEOUT_MS, value);
+	check(rc == -EBUSY, "set_property while the card is held: -EBUSY", rc);
+	rc = xxcap_get_property(0, 99, &value);
+	check(rc == -EINVAL, "get_property of an unknown property: -EINVAL", rc);
+}
+
+static void tour_properties_free(void)
+{
+	uint32_t old = 0, value = 0;
+	int rc;
+
+	rc = xxcap_get_property(0, XXCAP_PROP_INT_COALESCE_COUNT, &old);
+	check(!rc, "get_property int_coalesce_count", rc);
+	rc = xxcap_set_property(0, XXCAP_PROP_INT_COALESCE_COUNT, old + 3);
+	check(!rc, "set_property int_coalesce_count", rc);
+	rc = xxcap_get_property(0, XXCAP_PROP_INT_COALESCE_COUNT, &value);
+	check(!rc && value == old + 3, "the card took the new value", rc);
+	rc = xxcap_set_property(0, XXCAP_PROP_INT_COALESCE_COUNT, old);
+	check(!rc, "set_property back", rc);
+	rc = xxcap_set_property(0, XXCAP_PROP_EVENT_QUEUE_DEPTH, 5);
+	check(rc == -EINVAL, "set_property out of range: -EINVAL", rc);
+}
+
+struct changes {
+	int added;
+	int removed;
+	int other;
+};
+
+static void on_change(const struct xxcap_card_change *change, void *refcon)
+{
+	struct changes *c = refcon;
+
+	if (change->change == XXCAP_CARD_ADDED && change->index == 0)
+		c->added++;
+	else if (change->change == XXCAP_CARD_REMOVED && change->index == 0)
+		c->removed++;
+	else
+		c->other++;
+}
+
+static int write_text(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = write(fd, text, strlen(text));
+	close(fd);
+	return n < 0 ? -errno : 0;
+}
+
+/* Waits up to WAIT_MS for @field of @c to reach 1. */
+static void dispatch_until(struct xxcap_monitor *mon, struct changes *c,
+			   const int *field)
+{
+	int i;
+
+	for (i = 0; i < WAIT_MS / 100 && *field < 1; i++)
+		xxcap_monitor_dispatch(mon, 100, on_change, c);
+}
+
+/*
+ * The card monitor: unbinding the driver from the card removes
+ * /dev/xxcapture0, binding it again adds it back; the monitor reports
+ * each exactly once.
+ */
+static void tour_monitor(void)
+{
+	const char *link = "/sys/class/xxcapture/xxcapture0/device";
+	struct xxcap_monitor *mon;
+	struct changes c = { 0 };
+	char target[256], *dev;
+	ssize_t n;
+	int rc;
+
+	rc = xxcap_monitor_open(&mon);
+	check(!rc && xxcap_monitor_fd(mon) >= 0, "monitor_open", rc);
+	if (rc)
+		return;
+	rc = xxcap_monitor_dispatch(mon, 0, on_change, &c);
+	check(rc == 0, "monitor_dispatch: nothing changed yet", rc);
+	n = readlink(link, target, sizeof(target) - 1);
+	check(n > 0, "the card's virtio device", n < 0 ? -errno : 0);
+	if (n <= 0)
+		goto out;
+	target[n] = '\0';
+	dev = strrchr(target, '/');
+	dev = dev ? dev + 1 : target;
+	rc = write_text("/sys/bus/virtio/drivers/xxcapture/unbind", dev);
+	check(!rc, "unbind the driver", rc);
+	dispatch_until(mon, &c, &c.removed);
+	rc = write_text("/sys/bus/virtio/drivers/xxcapture/bind", dev);
+	check(!rc, "bind it again", rc);
+	dispatch_until(mon, &c, &c.added);
+	check(c.removed == 1 && c.added == 1 && c.other == 0,
+	      "the monitor saw the card removed once and added once", 0);
+out:
+	xxcap_monitor_close(mon);
+}
+
 int main(void)
 {
 	struct xxcap_card *card;
@@ -332,9 +449,12 @@ int main(void)
 	tour_events(card);
 	tour_stream(card);
 	tour_capture(card);
+	tour_properties_held();
 
 	rc = xxcap_close(card);
 	check(!rc, "close", rc);
+	tour_properties_free();
+	tour_monitor();
 out:
 	printf("api tour: %u checks passed, %u failed\n", passed, failed);
 	return failed ? 1 : 0;
