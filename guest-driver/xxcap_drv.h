@@ -169,6 +169,7 @@ struct xxcap_card {
 	unsigned long flags;
 	bool dma;			/* DMA commands are passed to the card */
 	struct inode *inode;		/* its i_mapping holds every user mapping */
+	struct page *gone_page;		/* what mappings show once it is gone */
 	struct xxcap_v4l2 *v4l2;	/* the V4L2 node, or NULL */
 
 	/* Card RAM + status block (virtio shared memory), set at probe */

@@ -118,6 +118,8 @@ static void xxcap_card_release(struct device *dev)
 	/* Last user gone: no mapping of the card is left. */
 	if (card->inode)
 		iput(card->inode);
+	if (card->gone_page)
+		__free_page(card->gone_page);
 	ida_destroy(&card->regbuf_ida);
 	kfree(card);
 }
@@ -250,6 +252,12 @@ static int xxcap_probe(struct virtio_device *vdev)
 		goto err_put;
 	}
 
+	/* What mappings show once the card is gone (xxcap_vm_fault()). */
+	ret = -ENOMEM;
+	card->gone_page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	if (!card->gone_page)
+		goto err_put;
+
 	/*
 	 * The SG entries carry guest-physical addresses: not usable when the
 	 * device sits behind an IOMMU (or needs bounce buffers).
@@ -338,7 +346,7 @@ static void xxcap_remove(struct virtio_device *vdev)
 	/* Streams end with errors; the reset below gives their buffers back. */
 	xxcap_v4l2_unregister(card);
 
-	/* Before the BAR goes: user accesses fault with SIGBUS from now on. */
+	/* Before the BAR goes: user mappings show a zeroed page from now on. */
 	xxcap_zap_mappings(card);
 
 	cdev_device_del(&card->cdev, &card->dev);

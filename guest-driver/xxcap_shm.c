@@ -183,8 +183,18 @@ static vm_fault_t xxcap_vm_fault(struct vm_fault *vmf)
 	phys_addr_t phys;
 
 	down_read(&card->map_rwsem);
-	if (!card->shm_mapped)
-		goto out;	/* the card is gone */
+	if (!card->shm_mapped) {
+		/*
+		 * The card is gone: every page of the mapping shows one zeroed
+		 * page of the card's own (writes land there and count for
+		 * nothing), so a reader sees a status block without its magic,
+		 * not SIGBUS.
+		 */
+		ret = vmf_insert_pfn_prot(vma, vmf->address,
+					  page_to_pfn(card->gone_page),
+					  vm_get_page_prot(vma->vm_flags));
+		goto out;
+	}
 	if (vmf->pgoff < ram_pages)
 		phys = card->shm_phys + ((phys_addr_t)vmf->pgoff << PAGE_SHIFT);
 	else if (vmf->pgoff == XXCAP_MMAP_PGOFF_STATUS &&

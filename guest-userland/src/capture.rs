@@ -83,8 +83,11 @@ impl StatusView {
             fence(Ordering::Acquire);
             if seq.load(Ordering::Relaxed) == before {
                 let block = StatusBlock::read_from_bytes(&copy).map_err(|_| Error::Protocol)?;
-                if block.magic.get() != STATUS_MAGIC {
-                    return Err(Error::Protocol);
+                match block.magic.get() {
+                    STATUS_MAGIC => {}
+                    // A removed card's mappings read as zeroes.
+                    0 => return Err(Error::CardReset),
+                    _ => return Err(Error::Protocol),
                 }
                 return Ok(block);
             }

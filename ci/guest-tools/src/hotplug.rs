@@ -234,7 +234,28 @@ fn use_until_removed(
     fail(&mut failures, "nop", how);
     let how = observer.nop().err().map_or("ok".into(), |e| kind(&e));
     fail(&mut failures, "observer-nop", how);
-    // The mappings are revoked (a touch would be SIGBUS): unmapped unread.
+    // The mappings are revoked by remove() (which may still be on its way
+    // when the calls above already fail): from then on they read as
+    // zeroes, no SIGBUS, and the status block without its magic is a card
+    // reset to the library.
+    let revoked_by = Instant::now() + Duration::from_secs(5);
+    let how = loop {
+        let how = match status.snapshot() {
+            Err(Error::CardReset) => "CardReset".to_string(),
+            Err(e) => kind(&e),
+            Ok(_) => "ok".into(),
+        };
+        if how != "ok" || Instant::now() >= revoked_by {
+            break how;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if how != "CardReset" {
+        fail(&mut failures, "status-after-removal", how);
+    }
+    if ram.as_slice().iter().step_by(4096).any(|&b| b != 0) {
+        fail(&mut failures, "ram-after-removal", "nonzero".into());
+    }
     drop(ram);
     drop(status);
     Ok(failures)
