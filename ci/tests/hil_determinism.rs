@@ -7,8 +7,11 @@
 //! --events`), a hash of the captured frames (the Y4M file) and xxcapd's
 //! trace. The two deterministic runs must agree byte for byte on all three,
 //! and their timestamps must be the virtual clock's (one frame period
-//! apart). Then 60 frames captured from the card-RAM ring through the
-//! mapping (the reader releasing slots, RING_RELEASE), hashed the same way.
+//! apart). Then 150 frames at 30 fps (more than the ring's 64 slots)
+//! captured from the card-RAM ring through the mapping, the reader
+//! releasing slots (RING_RELEASE), hashed the same way; the trace is
+//! compared up to that capture, whose requests race the frames rendered
+//! ahead (docs/xxvm.md, "What is not").
 //! A third run without `--deterministic` is the control: the same
 //! comparison tells its timestamps apart, so the check can fail.
 //!
@@ -31,7 +34,7 @@ const SCENARIO: &str = "mkdir -p /tmp/out && \
       --seconds 600 --verify --quiet -o /tmp/frames.y4m --events /tmp/out/events.txt; \
     echo \"stream exit $?\"; \
     sha256sum /tmp/frames.y4m | cut -d' ' -f1 > /tmp/out/frames.sha256; \
-    xxcap capture --frames 60 --rate 30 --size 320x240 --format yuyv --mode mmap \
+    xxcap capture --frames 150 --rate 30 --size 320x240 --format yuyv --mode mmap \
       --verify --quiet --results -o /tmp/ring.y4m; \
     echo \"capture exit $?\"; \
     sha256sum /tmp/ring.y4m | cut -d' ' -f1 > /tmp/out/ring.sha256";
@@ -118,6 +121,24 @@ fn frame_times(events: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The trace up to the ring capture: the lines before the CONTROL change
+/// that started it (the last one before the first RING_RELEASE change;
+/// the stream writes no RING_RELEASE).
+fn streaming_part(trace: &[u8]) -> String {
+    let text = String::from_utf8_lossy(trace);
+    let lines: Vec<&str> = text.lines().collect();
+    let end = lines
+        .iter()
+        .position(|l| l.contains("\"name\":\"RING_RELEASE\""))
+        .and_then(|release| {
+            lines[..release]
+                .iter()
+                .rposition(|l| l.contains("\"name\":\"CONTROL\""))
+        })
+        .unwrap_or_else(|| panic!("no ring capture in the trace:\n{text}"));
+    lines[..end].join("\n")
+}
+
 /// The first line where two record dumps differ, for the failure message.
 fn first_difference(a: &str, b: &str) -> String {
     a.lines()
@@ -184,14 +205,16 @@ fn a_deterministic_run_repeats_byte_for_byte() {
         a.ring_sha256, b.ring_sha256,
         "frames captured from the card-RAM ring differ"
     );
+    // The traces, up to the ring capture: its reader's requests race the
+    // frames the card renders ahead (SPEC §14: a request sees however many
+    // frames were done), so their device times may differ; its frames may
+    // not (the hash above).
+    let (ta, tb) = (streaming_part(&a.trace), streaming_part(&b.trace));
     assert!(
-        a.trace == b.trace,
-        "traces differ: {}",
-        first_difference(
-            &String::from_utf8_lossy(&a.trace),
-            &String::from_utf8_lossy(&b.trace)
-        )
+        ta.contains("frame corrupt") && ta.contains("frame dropped"),
+        "the streaming part of the trace is not all there:\n{ta}"
     );
+    assert!(ta == tb, "traces differ: {}", first_difference(&ta, &tb));
 
     // The control: on the host's clock the same comparison fails.
     let host = run("determinism-host", false);

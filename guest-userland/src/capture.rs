@@ -410,13 +410,19 @@ impl Capture<'_> {
         self.status.snapshot()
     }
 
-    /// Copies frame `n`'s slot into the capture's buffer. A free-running
-    /// card waits for its reader: frames up to `n` are released
-    /// (RING_RELEASE) after the copy, in the DMA's own task file, so that
-    /// costs no extra crossing.
+    /// Copies frame `n`'s slot into the capture's buffer, and releases
+    /// ring slots (RING_RELEASE): a free-running card waits for its
+    /// reader, and so does a paced one on virtual time (SPEC §14), which
+    /// would stop 64 frames on otherwise. Free-running, frames up to `n`
+    /// are released with the copy; paced, frames before `n` only, so that
+    /// the card cannot start frame `n + slots` in `n`'s slot before the
+    /// reader has checked its copy of `n` (a paced card on the host's
+    /// clock overwrites regardless, and the check catches it). By DMA the
+    /// release goes in the DMA's own task file and costs no extra
+    /// crossing; from the mapping it is one task file per frame.
     fn copy_slot(&mut self, n: u64, offset: u64) -> Result<()> {
-        let free_running = self.format.fps == 0;
-        let release = u32::try_from(n + 1).unwrap_or(u32::MAX);
+        let release = if self.format.fps == 0 { n + 1 } else { n };
+        let release = u32::try_from(release).unwrap_or(u32::MAX);
         let len = self.frame_size;
         if let (CaptureMode::Mapped, Some(ram), FrameBuf::Plain(out)) =
             (&self.mode, &self.ram, &mut self.buf)
@@ -427,9 +433,7 @@ impl Capture<'_> {
                 .get(start..start + len)
                 .ok_or(Error::Protocol)?;
             out.copy_from_slice(src);
-            if free_running {
-                self.card.write_register(regs::RING_RELEASE, release)?;
-            }
+            self.card.write_register(regs::RING_RELEASE, release)?;
             return Ok(());
         }
         let mut tf = TaskFile::new();
@@ -445,9 +449,7 @@ impl Capture<'_> {
                 len as u64,
             ),
         };
-        if free_running {
-            tf.set_register(regs::RING_RELEASE, release);
-        }
+        tf.set_register(regs::RING_RELEASE, release);
         let res = self.card.run(&tf)?;
         let moved = res.commands.get(at).map(|c| c.length.get());
         if moved != Some(len as u64) {
@@ -532,7 +534,11 @@ impl Capture<'_> {
                 } else {
                     oldest
                 };
-                if !flow_controlled && self.next < first {
+                // Unless its slot still holds it: a card paced by this
+                // reader's releases (on virtual time, SPEC §14) fills the
+                // whole ring ahead without overwriting it.
+                let kept = !self.lost_race && slot_holds(&st, self.next, slots);
+                if !flow_controlled && self.next < first && !kept {
                     self.stats.missed += first - self.next;
                     self.next = first;
                 }
@@ -542,9 +548,11 @@ impl Capture<'_> {
                 let info = st.slots.get(slot).copied().ok_or(Error::Protocol)?;
                 self.copy_slot(n, offset)?;
                 // A paced card may have overwritten the slot while we copied
-                // it; a flow-controlled one cannot, so skip the second read.
+                // it (it marks the slot FILLING with the new frame before it
+                // writes a byte); a flow-controlled one cannot, so skip the
+                // second read.
                 let overwritten =
-                    !flow_controlled && self.status.snapshot()?.frame_counter.get() >= n + slots;
+                    !flow_controlled && !slot_holds(&self.status.snapshot()?, n, slots);
                 self.next += 1;
                 self.lost_race = info.frame_number.get() != n
                     || info.state.get() != slot_state::FULL
@@ -570,4 +578,12 @@ impl Capture<'_> {
         self.card.stop_capture()?;
         Ok(self.stats)
     }
+}
+
+/// Whether the status block says frame `n` is whole in its ring slot.
+fn slot_holds(st: &StatusBlock, n: u64, slots: u64) -> bool {
+    usize::try_from(n % slots.max(1))
+        .ok()
+        .and_then(|i| st.slots.get(i))
+        .is_some_and(|i| i.frame_number.get() == n && i.state.get() == slot_state::FULL)
 }
