@@ -918,7 +918,8 @@ impl XxcapDevice {
         }
         let poller = sq.poller.take();
         if let Some(p) = &poller {
-            p.shared.stop.store(true, Ordering::Release);
+            // Wakes it too (`kicked` is a leaf lock); joined by the caller.
+            p.shared.stop();
         }
         let generation = sq.generation.wrapping_add(1);
         *sq = SqState {
@@ -935,9 +936,6 @@ impl XxcapDevice {
             }
         }
         drop(sq);
-        if let Some(p) = &poller {
-            p.shared.stop();
-        }
         debug!("ring torn down");
         poller
     }
