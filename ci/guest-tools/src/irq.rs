@@ -62,7 +62,7 @@ pub struct DmaAsyncArgs {
     size: usize,
 }
 
-fn raise_task_file(count: u32) -> TaskFile {
+pub(crate) fn raise_task_file(count: u32) -> TaskFile {
     let mut tf = TaskFile::new();
     for _ in 0..count {
         tf.set_register(regs::INT_RAISE, irq::TEST);
@@ -70,7 +70,7 @@ fn raise_task_file(count: u32) -> TaskFile {
     tf
 }
 
-fn sysfs_u64(card: &Card, name: &str) -> Option<u64> {
+pub(crate) fn sysfs_u64(card: &Card, name: &str) -> Option<u64> {
     card.sysfs_attribute(name).ok()?.parse().ok()
 }
 

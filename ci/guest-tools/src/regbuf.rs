@@ -60,7 +60,7 @@ fn dma_buffer(
     tf_error(card.run(&tf))
 }
 
-fn pinned(card: &Card) -> Result<u64, Error> {
+pub(crate) fn pinned(card: &Card) -> Result<u64, Error> {
     Ok(card
         .sysfs_attribute("pinned_pages")?
         .trim()
@@ -68,7 +68,7 @@ fn pinned(card: &Card) -> Result<u64, Error> {
         .unwrap_or(u64::MAX))
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
         .collect()

@@ -19,6 +19,9 @@ use xxcapture::measure::{cpu_time, GuestCpu, Percentiles};
 use xxcapture::{Access, Card, Cause, Causes, Error, Event, Ring, RingEntry, RingOptions};
 use xxcapture_results::{IrqLatency, Record};
 
+use crate::irq::{raise_task_file as raise, sysfs_u64};
+use crate::regbuf::{pattern, pinned};
+
 const CANARY: u8 = 0x5c;
 const SPIN: Duration = Duration::from_millis(2);
 /// Rings with the card's SQ poller (its idle time the card's default).
@@ -55,20 +58,6 @@ fn check(ok: bool, what: &str) -> Result<(), Error> {
     }
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| (i.wrapping_mul(29).wrapping_add(seed) % 253) as u8)
-        .collect()
-}
-
-fn raise(count: u32) -> TaskFile {
-    let mut tf = TaskFile::new();
-    for _ in 0..count {
-        tf.set_register(regs::INT_RAISE, irq::TEST);
-    }
-    tf
-}
-
 fn dma_buffer(
     ring: &mut Ring<'_>,
     dir: u16,
@@ -80,14 +69,6 @@ fn dma_buffer(
     let mut tf = TaskFile::new();
     tf.dma_buffer(dir, id, offset, card, len);
     Ok(ring.run(&tf, SPIN)?.error)
-}
-
-fn pinned(card: &Card) -> Result<u64, Error> {
-    Ok(card
-        .sysfs_attribute("pinned_pages")?
-        .trim()
-        .parse()
-        .unwrap_or(u64::MAX))
 }
 
 /// Register round trips, refusals, registered-buffer DMA with canaries.
@@ -385,10 +366,6 @@ fn sleeper_woken(card: &Card, ring: &mut Ring<'_>) -> Result<(), Error> {
         frames == 10 && wakeups >= 5,
         &format!("a sleeping consumer woken for {frames} frames: card sent {wakeups} RING_WAKE, driver took {wakes:?}"),
     )
-}
-
-fn sysfs_u64(card: &Card, name: &str) -> Option<u64> {
-    card.sysfs_attribute(name).ok()?.trim().parse().ok()
 }
 
 pub fn run(device: &str, args: RingArgs) -> Result<ExitCode, Error> {
