@@ -246,14 +246,26 @@ impl Ring<'_> {
     /// Copies `len` bytes at `offset` of the area (which the card may be
     /// writing) into a vector.
     fn read_bytes(&self, offset: usize, len: usize) -> Vec<u8> {
-        let mut out = vec![0u8; len];
+        let mut out = Vec::with_capacity(len);
         // SAFETY: callers pass ranges inside the mapping (arena and CQ
         // bounds are the ABI's constants, checked against the mapping's
-        // length at setup). A volatile copy: the card may write meanwhile.
+        // length at setup). Volatile copies, as the card shares the
+        // memory; by aligned 64-bit words where the range allows (CQ
+        // entries and task files are whole 16-byte multiples at 16-byte
+        // offsets), else by bytes.
         unsafe {
             let src = self.map.as_ptr().add(offset);
-            for (i, b) in out.iter_mut().enumerate() {
-                *b = std::ptr::read_volatile(src.add(i));
+            let mut i = 0;
+            if src.align_offset(8) == 0 {
+                while i + 8 <= len {
+                    let word = std::ptr::read_volatile(src.add(i).cast::<u64>());
+                    out.extend_from_slice(&word.to_ne_bytes());
+                    i += 8;
+                }
+            }
+            while i < len {
+                out.push(std::ptr::read_volatile(src.add(i)));
+                i += 1;
             }
         }
         out
